@@ -1,0 +1,131 @@
+"""The `dripmail` / `python send.py` command line.
+
+This module builds the typer app, handles the global options, and turns every `DripmailError`
+into one line on stderr with exit code 1 (``--debug`` shows the traceback). The commands live
+in sibling modules, one per area, each exposing ``register(app)``; they import heavy modules
+inside the command functions so ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import typer
+
+from dripmail.errors import DripmailError
+
+HELP = """\
+Run a seven-day email course and a newsletter from files in a git repo.
+
+Content lives in course/ (one Markdown file per day) and emails/ (MJML + Jinja templates).
+Start with `demo` to see a simulated week, `check` after editing, `preview` to look at emails.
+"""
+
+app = typer.Typer(
+    help=HELP,
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+@dataclass
+class State:
+    """What every command gets: the project folder, debug flag, and lazily loaded settings."""
+
+    root: Path = field(default_factory=Path.cwd)
+    debug: bool = False
+    _settings: object | None = None
+
+    @property
+    def project(self):  # -> dripmail.config.Project
+        from dripmail.config import Project
+
+        return Project(self.root)
+
+    @property
+    def settings(self):  # -> dripmail.config.Settings
+        if self._settings is None:
+            from dripmail.config import load_settings
+
+            self._settings = load_settings(self.root)
+        return self._settings
+
+
+state = State()
+
+
+@app.callback()
+def _global(
+    root: Path = typer.Option(
+        Path("."), "--root", help="The course project folder (holds course/ and emails/)."
+    ),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks instead of one-line errors."),
+) -> None:
+    state.root = root.resolve()
+    state.debug = debug
+    state._settings = None
+
+
+def _register_all() -> None:
+    # Each area registers its own commands; a missing module means that area is not built yet.
+    from importlib import import_module
+
+    for name in (
+        "content_cmds",
+        "engine_cmds",
+        "subscriber_cmds",
+        "provider_cmds",
+        "web_cmds",
+        "broadcast_cmds",
+    ):
+        try:
+            module = import_module(f"dripmail.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"dripmail.cli.{name}":
+                continue
+            raise
+        module.register(app)
+
+
+_register_all()
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    """Print one line to stderr and return an Exit to raise."""
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def main() -> None:
+    """Console-script entry point: run the app, one line per error, never a traceback."""
+    debug = "--debug" in sys.argv
+    try:
+        app(standalone_mode=False)
+    except DripmailError as exc:
+        if debug:
+            raise
+        for line in str(exc).splitlines() or [type(exc).__name__]:
+            typer.echo(f"error: {line}", err=True)
+        sys.exit(exc.exit_code)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        typer.echo("Aborted.", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        typer.echo("Interrupted.", err=True)
+        sys.exit(130)
+    except Exception as exc:  # click usage errors and the like
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if debug:
+            raise
+        typer.echo(f"error: unexpected {type(exc).__name__}: {exc} (re-run with --debug)", err=True)
+        sys.exit(1)

@@ -1,0 +1,103 @@
+"""Settings from the environment (or a ``.env`` file in the project folder), validated once.
+
+Course settings (sender, send time, colours...) live in ``course/course.toml`` and are loaded by
+`dripmail.content`; this module holds only deployment settings and secrets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from dripmail.errors import ConfigError
+
+ProviderName = Literal["outbox", "smtp", "postmark", "sendgrid", "mailgun", "resend"]
+
+
+class Settings(BaseSettings):
+    """Deployment settings. Every field maps to an environment variable shown in the README."""
+
+    model_config = SettingsConfigDict(extra="ignore", env_file_encoding="utf-8")
+
+    database_url: str = Field("sqlite:///dripmail.db", alias="DRIPMAIL_DATABASE_URL")
+    provider: ProviderName = Field("outbox", alias="DRIPMAIL_PROVIDER")
+    outbox_dir: str = Field("outbox", alias="DRIPMAIL_OUTBOX_DIR")
+    public_url: str = Field("http://localhost:8000", alias="DRIPMAIL_PUBLIC_URL")
+    secret_key: SecretStr = Field(SecretStr("dev-only-insecure-key"), alias="DRIPMAIL_SECRET_KEY")
+    # Comma-separated older keys still accepted for links already sent (key rotation).
+    old_secret_keys: SecretStr = Field(SecretStr(""), alias="DRIPMAIL_OLD_SECRET_KEYS")
+    # How long before its due time a lesson may be handed to a provider that cannot cancel.
+    handover_window_minutes: int = Field(60, alias="DRIPMAIL_HANDOVER_WINDOW_MINUTES", ge=0)
+    rate_per_second: float | None = Field(None, alias="DRIPMAIL_RATE_PER_SECOND", gt=0)
+    max_concurrency: int | None = Field(None, alias="DRIPMAIL_MAX_CONCURRENCY", ge=1)
+    confirm_threshold: int = Field(100, alias="DRIPMAIL_CONFIRM_THRESHOLD", ge=0)
+
+    postmark_server_token: SecretStr | None = Field(None, alias="POSTMARK_SERVER_TOKEN")
+    postmark_base_url: str = Field("https://api.postmarkapp.com", alias="DRIPMAIL_POSTMARK_BASE_URL")
+    postmark_stream: str = Field("outbound", alias="DRIPMAIL_POSTMARK_STREAM")
+    postmark_broadcast_stream: str = Field("broadcast", alias="DRIPMAIL_POSTMARK_BROADCAST_STREAM")
+    postmark_webhook_user: str | None = Field(None, alias="POSTMARK_WEBHOOK_USER")
+    postmark_webhook_password: SecretStr | None = Field(None, alias="POSTMARK_WEBHOOK_PASSWORD")
+    sendgrid_api_key: SecretStr | None = Field(None, alias="SENDGRID_API_KEY")
+    sendgrid_base_url: str = Field("https://api.sendgrid.com", alias="DRIPMAIL_SENDGRID_BASE_URL")
+    sendgrid_webhook_public_key: str | None = Field(None, alias="SENDGRID_WEBHOOK_PUBLIC_KEY")
+    mailgun_api_key: SecretStr | None = Field(None, alias="MAILGUN_API_KEY")
+    mailgun_domain: str | None = Field(None, alias="MAILGUN_DOMAIN")
+    mailgun_base_url: str = Field("https://api.mailgun.net", alias="DRIPMAIL_MAILGUN_BASE_URL")
+    mailgun_webhook_signing_key: SecretStr | None = Field(None, alias="MAILGUN_WEBHOOK_SIGNING_KEY")
+    resend_api_key: SecretStr | None = Field(None, alias="RESEND_API_KEY")
+    resend_base_url: str = Field("https://api.resend.com", alias="DRIPMAIL_RESEND_BASE_URL")
+    resend_webhook_secret: SecretStr | None = Field(None, alias="RESEND_WEBHOOK_SECRET")
+    smtp_host: str = Field("localhost", alias="DRIPMAIL_SMTP_HOST")
+    smtp_port: int = Field(25, alias="DRIPMAIL_SMTP_PORT")
+    smtp_user: str | None = Field(None, alias="DRIPMAIL_SMTP_USER")
+    smtp_password: SecretStr | None = Field(None, alias="DRIPMAIL_SMTP_PASSWORD")
+    smtp_tls: Literal["none", "starttls", "ssl"] = Field("none", alias="DRIPMAIL_SMTP_TLS")
+
+
+def load_settings(root: Path | None = None) -> Settings:
+    """Read settings from the environment, then ``<root>/.env``; the environment wins."""
+    env_file = (root or Path.cwd()) / ".env"
+    try:
+        return Settings(_env_file=env_file if env_file.is_file() else None)  # type: ignore[call-arg]
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            name = ".".join(str(p) for p in err["loc"])
+            problems.append(f"{name}: {err['msg']}")
+        raise ConfigError("invalid setting " + "; ".join(problems)) from None
+
+
+@dataclass(frozen=True, slots=True)
+class Project:
+    """Where a course project's files are: ``course/``, ``emails/``, ``newsletters/``."""
+
+    root: Path
+
+    @property
+    def course_dir(self) -> Path:
+        return self.root / "course"
+
+    @property
+    def emails_dir(self) -> Path:
+        return self.root / "emails"
+
+    @property
+    def newsletters_dir(self) -> Path:
+        return self.root / "newsletters"
+
+    def resolve(self, path: str) -> Path:
+        """A setting's path, relative to the project root unless absolute."""
+        p = Path(path)
+        return p if p.is_absolute() else self.root / p
+
+    def display(self, path: Path) -> str:
+        """A path as shown in messages: relative to the project root where possible."""
+        try:
+            return str(path.relative_to(self.root))
+        except ValueError:
+            return str(path)

@@ -1,0 +1,77 @@
+"""The provider protocol: capabilities, per-message results and the send call."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import Enum
+from typing import Protocol, runtime_checkable
+
+from dripmail.message import Message
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a provider can do; the engine plans around these, never around provider names."""
+
+    max_batch: int
+    # How far ahead a send time may be given; None means "hand it over when it is due".
+    schedule_ahead: timedelta | None
+    can_cancel: bool
+    idempotency_key: bool
+
+
+class Outcome(str, Enum):
+    """How the provider answered for one message."""
+
+    ACCEPTED = "accepted"
+    TRANSIENT = "transient"  # try again later (429, 5xx, timeout before acceptance)
+    PERMANENT = "permanent"  # this message will never be accepted as it is
+    REVIEW = "review"  # ambiguous and the provider cannot tell: never resend automatically
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    """The answer for one message of a batch, in the order the batch was given."""
+
+    key: str
+    outcome: Outcome
+    provider_id: str | None = None
+    error: str | None = None
+    suppress: bool = False  # the provider says this address must not be mailed again
+
+    @property
+    def accepted(self) -> bool:
+        return self.outcome is Outcome.ACCEPTED
+
+
+@runtime_checkable
+class Provider(Protocol):
+    """One email provider. Implementations live one per module in this package."""
+
+    name: str
+    capabilities: Capabilities
+
+    async def send_batch(
+        self, messages: Sequence[Message], send_at: datetime | None = None
+    ) -> list[SendResult]:
+        """Hand over a batch (at most `capabilities.max_batch`); one result per message, in order.
+
+        `send_at` (UTC) asks for delivery later, within `capabilities.schedule_ahead`; each
+        message's own `send_at` is used when this is None. Raises `ProviderAuthError` when the
+        credential is refused: nothing in the batch counts as sent.
+        """
+        ...
+
+    async def cancel(self, provider_ids: Sequence[str]) -> list[str]:
+        """Cancel scheduled sends; returns the ids actually cancelled (empty if it cannot)."""
+        ...
+
+    async def check(self) -> str:
+        """A harmless authenticated call; returns a one-line description of the account."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections."""
+        ...

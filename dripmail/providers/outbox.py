@@ -1,0 +1,96 @@
+"""The default provider: writes each message as ``outbox/<key>.eml``, no account needed.
+
+Each message is written to a temporary file and renamed into place, so a process killed at
+any instant leaves either no file or a whole one; a key already present is never written
+again, which makes re-runs after a crash safe. ``index.jsonl`` gets one line per new file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+from dripmail.message import Message
+from dripmail.providers.base import Capabilities, Outcome, SendResult
+
+_SAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def outbox_filename(key: str) -> str:
+    """The file name a key is stored under (keys are already mostly safe; anything else is _)."""
+    return _SAFE.sub("_", key) + ".eml"
+
+
+class OutboxProvider:
+    """Writes messages to a folder, atomically and at most once per key."""
+
+    name = "outbox"
+    # No scheduling window: it receives a message when it is due, like the inbox would.
+    capabilities = Capabilities(
+        max_batch=500, schedule_ahead=None, can_cancel=False, idempotency_key=True
+    )
+
+    def __init__(self, folder: Path, clock: Callable[[], datetime] | None = None) -> None:
+        self.folder = Path(folder)
+        self._clock = clock or (lambda: datetime.now(UTC))
+
+    def _index_line(self, message: Message, send_at: datetime | None) -> str:
+        when = send_at or message.send_at or self._clock()
+        record = {
+            "key": message.key,
+            "kind": message.kind,
+            "ref": message.ref,
+            "to": message.to.address,
+            "subject": message.subject,
+            "send_at": when.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+            "written_at": self._clock().astimezone(UTC).isoformat().replace("+00:00", "Z"),
+        }
+        return json.dumps(record, ensure_ascii=False) + "\n"
+
+    def write(self, message: Message, send_at: datetime | None = None) -> bool:
+        """Write one message; returns False when its key was already in the outbox."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        target = self.folder / outbox_filename(message.key)
+        if target.exists():
+            return False
+        tmp = self.folder / f".{target.name}.{os.getpid()}.tmp"
+        data = message.to_bytes()
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            # link() fails if the target appeared meanwhile (another process): never overwrite.
+            os.link(tmp, target)
+        except FileExistsError:
+            return False
+        finally:
+            tmp.unlink(missing_ok=True)
+        with open(self.folder / "index.jsonl", "a", encoding="utf-8") as index:
+            index.write(self._index_line(message, send_at))
+        return True
+
+    async def send_batch(
+        self, messages: Sequence[Message], send_at: datetime | None = None
+    ) -> list[SendResult]:
+        """Write every message; an already-present key counts as accepted (it was delivered)."""
+        results = []
+        for message in messages:
+            self.write(message, send_at)
+            results.append(SendResult(message.key, Outcome.ACCEPTED, provider_id=message.key))
+        return results
+
+    async def cancel(self, provider_ids: Sequence[str]) -> list[str]:
+        """Nothing is ever scheduled in the outbox, so nothing can be cancelled."""
+        return []
+
+    async def check(self) -> str:
+        """Report where messages go."""
+        return f"outbox: writing .eml files to {self.folder}"
+
+    async def aclose(self) -> None:
+        """Nothing to release."""

@@ -1,0 +1,1 @@
+"""Subscribers and delivery state in a database: SQLite by default, PostgreSQL for many workers."""

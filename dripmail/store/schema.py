@@ -1,0 +1,160 @@
+"""The tables, as SQLAlchemy Core. Alembic migrations in ``store/migrations`` create them.
+
+Conventions: every timestamp is UTC and timezone-aware in Python (`UTCDateTime`); keys that
+make "exactly once" true are unique constraints, not application checks.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Date,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.types import TypeDecorator
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Stores naive UTC (portable across SQLite and PostgreSQL), returns aware UTC."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store: pass an aware UTC datetime")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+# status: pending, active, paused, completed, unsubscribed, bounced, complained
+subscribers = Table(
+    "subscribers",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("email", String(320), nullable=False, unique=True),  # normalised, lower-cased
+    Column("first_name", String(200), nullable=False, default=""),
+    Column("timezone", String(64), nullable=False),
+    Column("status", String(16), nullable=False, index=True),
+    Column("consent_source", String(64), nullable=False),
+    Column("consent_at", UTCDateTime, nullable=False),
+    Column("consent_ip", String(64)),
+    Column("consent_user_agent", String(512)),
+    Column("consent_page", String(512)),
+    Column("start_date", Date),  # local date of lesson 1
+    Column("send_time", String(5)),  # "HH:MM" override of the course send time
+    Column("newsletters", Boolean, nullable=False, default=True),
+    Column("tags", Text, nullable=False, default=""),  # comma-separated
+    Column("confirm_sent_at", UTCDateTime),
+    Column("confirm_count", Integer, nullable=False, default=0),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+# state: planned, claimed, handed (to a provider, scheduled there), sent, failed, cancelled,
+# skipped, review (ambiguous and the provider cannot tell: never resent automatically)
+deliveries = Table(
+    "deliveries",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("subscriber_id", ForeignKey("subscribers.id", ondelete="CASCADE"), nullable=False),
+    Column("lesson_day", Integer, nullable=False),
+    Column("key", String(128), nullable=False, unique=True),
+    Column("due_at", UTCDateTime, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("provider", String(16)),
+    Column("provider_message_id", String(256)),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("last_error", Text),
+    Column("next_attempt_at", UTCDateTime),
+    Column("claimed_by", String(128)),
+    Column("lease_expires_at", UTCDateTime),
+    Column("handed_at", UTCDateTime),
+    Column("sent_at", UTCDateTime),
+    Column("updated_at", UTCDateTime, nullable=False),
+    UniqueConstraint("subscriber_id", "lesson_day"),
+    Index("ix_deliveries_state_due", "state", "due_at"),
+)
+
+# type: delivered, bounced, soft_bounced, complained, opened, clicked, unsubscribed, ...
+events = Table(
+    "events",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("subscriber_id", ForeignKey("subscribers.id", ondelete="CASCADE"), index=True),
+    Column("delivery_key", String(128), index=True),
+    Column("provider", String(16), nullable=False),
+    # A stable id for the event so a provider's retry is stored once.
+    Column("dedupe_key", String(256), nullable=False),
+    Column("type", String(32), nullable=False),
+    Column("detail", Text, nullable=False, default=""),
+    Column("occurred_at", UTCDateTime, nullable=False),
+    Column("received_at", UTCDateTime, nullable=False),
+    UniqueConstraint("provider", "dedupe_key"),
+)
+
+# Hashed addresses that must never be mailed or re-imported (forget, bounces, complaints).
+suppressions = Table(
+    "suppressions",
+    metadata,
+    Column("email_hash", String(64), primary_key=True),
+    Column("reason", String(32), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+
+# status: scheduled, sending, sent, cancelled
+broadcasts = Table(
+    "broadcasts",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("slug", String(200), nullable=False, unique=True),  # from the newsletter file
+    Column("subject", String(500), nullable=False),
+    Column("segment", String(100), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("scheduled_at", UTCDateTime),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("started_at", UTCDateTime),
+    Column("finished_at", UTCDateTime),
+)
+
+broadcast_deliveries = Table(
+    "broadcast_deliveries",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("broadcast_id", ForeignKey("broadcasts.id", ondelete="CASCADE"), nullable=False),
+    Column("subscriber_id", ForeignKey("subscribers.id", ondelete="CASCADE"), nullable=False),
+    Column("key", String(128), nullable=False, unique=True),
+    Column("state", String(16), nullable=False),
+    Column("provider_message_id", String(256)),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("last_error", Text),
+    Column("claimed_by", String(128)),
+    Column("lease_expires_at", UTCDateTime),
+    Column("sent_at", UTCDateTime),
+    UniqueConstraint("broadcast_id", "subscriber_id"),
+    Index("ix_broadcast_deliveries_state", "broadcast_id", "state"),
+)
