@@ -37,7 +37,9 @@ class Settings(BaseSettings):
     confirm_threshold: int = Field(100, alias="DRIPMAIL_CONFIRM_THRESHOLD", ge=0)
 
     postmark_server_token: SecretStr | None = Field(None, alias="POSTMARK_SERVER_TOKEN")
-    postmark_base_url: str = Field("https://api.postmarkapp.com", alias="DRIPMAIL_POSTMARK_BASE_URL")
+    postmark_base_url: str = Field(
+        "https://api.postmarkapp.com", alias="DRIPMAIL_POSTMARK_BASE_URL"
+    )
     postmark_stream: str = Field("outbound", alias="DRIPMAIL_POSTMARK_STREAM")
     postmark_broadcast_stream: str = Field("broadcast", alias="DRIPMAIL_POSTMARK_BROADCAST_STREAM")
     postmark_webhook_user: str | None = Field(None, alias="POSTMARK_WEBHOOK_USER")

@@ -63,7 +63,9 @@ def _global(
     root: Path = typer.Option(
         Path("."), "--root", help="The course project folder (holds course/ and emails/)."
     ),
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks instead of one-line errors."),
+    debug: bool = typer.Option(
+        False, "--debug", help="Show tracebacks instead of one-line errors."
+    ),
 ) -> None:
     state.root = root.resolve()
     state.debug = debug

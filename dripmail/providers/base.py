@@ -31,6 +31,14 @@ class Outcome(str, Enum):
     REVIEW = "review"  # ambiguous and the provider cannot tell: never resend automatically
 
 
+class Lookup(str, Enum):
+    """Whether the provider already holds a message whose earlier hand-over was ambiguous."""
+
+    FOUND = "found"  # it has it: record as accepted, do not send again
+    ABSENT = "absent"  # it surely does not (or a resend is deduplicated): safe to send
+    UNKNOWN = "unknown"  # its API cannot tell: report for review, never resend automatically
+
+
 @dataclass(frozen=True, slots=True)
 class SendResult:
     """The answer for one message of a batch, in the order the batch was given."""
@@ -54,14 +62,27 @@ class Provider(Protocol):
     capabilities: Capabilities
 
     async def send_batch(
-        self, messages: Sequence[Message], send_at: datetime | None = None
+        self,
+        messages: Sequence[Message],
+        send_at: datetime | None = None,
+        batch_key: str | None = None,
     ) -> list[SendResult]:
         """Hand over a batch (at most `capabilities.max_batch`); one result per message, in order.
 
         `send_at` (UTC) asks for delivery later, within `capabilities.schedule_ahead`; each
-        message's own `send_at` is used when this is None. Raises `ProviderAuthError` when the
+        message's own `send_at` is used when this is None. `batch_key` is a stable key for this
+        exact batch (the idempotency key where the provider honours one); the caller records it
+        before the first call and passes the same key and messages when resending.
+
+        Retries of transient failures happen inside; what comes back is final for this call:
+        ACCEPTED, TRANSIENT (surely not sent: the caller retries later), PERMANENT, or REVIEW
+        (maybe sent and the provider cannot tell). Raises `ProviderAuthError` when the
         credential is refused: nothing in the batch counts as sent.
         """
+        ...
+
+    async def reconcile(self, messages: Sequence[Message]) -> dict[str, Lookup]:
+        """After a crash mid-hand-over: does the provider already hold these messages (by key)?"""
         ...
 
     async def cancel(self, provider_ids: Sequence[str]) -> list[str]:

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from dripmail.message import Message
-from dripmail.providers.base import Capabilities, Outcome, SendResult
+from dripmail.providers.base import Capabilities, Lookup, Outcome, SendResult
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]")
 
@@ -75,7 +75,10 @@ class OutboxProvider:
         return True
 
     async def send_batch(
-        self, messages: Sequence[Message], send_at: datetime | None = None
+        self,
+        messages: Sequence[Message],
+        send_at: datetime | None = None,
+        batch_key: str | None = None,
     ) -> list[SendResult]:
         """Write every message; an already-present key counts as accepted (it was delivered)."""
         results = []
@@ -83,6 +86,15 @@ class OutboxProvider:
             self.write(message, send_at)
             results.append(SendResult(message.key, Outcome.ACCEPTED, provider_id=message.key))
         return results
+
+    async def reconcile(self, messages: Sequence[Message]) -> dict[str, Lookup]:
+        """A message is in the outbox exactly when its file is."""
+        return {
+            m.key: Lookup.FOUND
+            if (self.folder / outbox_filename(m.key)).exists()
+            else Lookup.ABSENT
+            for m in messages
+        }
 
     async def cancel(self, provider_ids: Sequence[str]) -> list[str]:
         """Nothing is ever scheduled in the outbox, so nothing can be cancelled."""

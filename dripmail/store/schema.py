@@ -75,8 +75,9 @@ subscribers = Table(
     Column("updated_at", UTCDateTime, nullable=False),
 )
 
-# state: planned, claimed, handed (to a provider, scheduled there), sent, failed, cancelled,
-# skipped, review (ambiguous and the provider cannot tell: never resent automatically)
+# state: planned, claimed, sending (in flight: recorded before the provider call), handed (to a
+# provider that will deliver it at due_at), sent, failed, cancelled, skipped, review (the
+# hand-over was ambiguous and the provider cannot tell: never resent automatically)
 deliveries = Table(
     "deliveries",
     metadata,
@@ -93,6 +94,9 @@ deliveries = Table(
     Column("next_attempt_at", UTCDateTime),
     Column("claimed_by", String(128)),
     Column("lease_expires_at", UTCDateTime),
+    # The batch this delivery was first sent in, recorded before the call, so a retry after a
+    # crash resends the very same batch under the same idempotency key.
+    Column("batch_key", String(128), index=True),
     Column("handed_at", UTCDateTime),
     Column("sent_at", UTCDateTime),
     Column("updated_at", UTCDateTime, nullable=False),
@@ -154,6 +158,7 @@ broadcast_deliveries = Table(
     Column("last_error", Text),
     Column("claimed_by", String(128)),
     Column("lease_expires_at", UTCDateTime),
+    Column("batch_key", String(128), index=True),
     Column("sent_at", UTCDateTime),
     UniqueConstraint("broadcast_id", "subscriber_id"),
     Index("ix_broadcast_deliveries_state", "broadcast_id", "state"),
