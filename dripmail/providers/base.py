@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from enum import Enum
+from enum import StrEnum
 from typing import Protocol, runtime_checkable
 
 from dripmail.message import Message
@@ -22,7 +22,7 @@ class Capabilities:
     idempotency_key: bool
 
 
-class Outcome(str, Enum):
+class Outcome(StrEnum):
     """How the provider answered for one message."""
 
     ACCEPTED = "accepted"
@@ -31,7 +31,7 @@ class Outcome(str, Enum):
     REVIEW = "review"  # ambiguous and the provider cannot tell: never resend automatically
 
 
-class Lookup(str, Enum):
+class Lookup(StrEnum):
     """Whether the provider already holds a message whose earlier hand-over was ambiguous."""
 
     FOUND = "found"  # it has it: record as accepted, do not send again
