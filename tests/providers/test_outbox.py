@@ -1,0 +1,19 @@
+import asyncio
+import json
+from pathlib import Path
+
+from dripmail.providers.base import Lookup
+from dripmail.providers.outbox import OutboxProvider
+from tests.test_message import _msg
+
+
+def test_outbox_writes_each_key_once(tmp_path: Path) -> None:
+    box = OutboxProvider(tmp_path / "outbox")
+    first = asyncio.run(box.send_batch([_msg("k1"), _msg("k2")]))
+    again = asyncio.run(box.send_batch([_msg("k1")]))
+    assert all(r.accepted for r in first + again)
+    assert sorted(p.name for p in (tmp_path / "outbox").glob("*.eml")) == ["k1.eml", "k2.eml"]
+    lines = (tmp_path / "outbox" / "index.jsonl").read_text().splitlines()
+    assert [json.loads(line)["key"] for line in lines] == ["k1", "k2"]
+    found = asyncio.run(box.reconcile([_msg("k1"), _msg("k3")]))
+    assert found == {"k1": Lookup.FOUND, "k3": Lookup.ABSENT}
