@@ -1,0 +1,85 @@
+"""Opening the database: URL resolution, SQLite pragmas, and migrations on first use."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, OperationalError
+
+from dripmail.errors import StoreError
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def resolve_url(url: str, root: Path) -> str:
+    """A relative SQLite path is relative to the project root, not to the shell's folder."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise StoreError(
+            f"DRIPMAIL_DATABASE_URL is not a database URL: {url!r} "
+            "(e.g. sqlite:///dripmail.db or postgresql+psycopg://user:pass@host/db)"
+        ) from None
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        path = Path(parsed.database)
+        if not path.is_absolute():
+            parsed = parsed.set(database=str(root / path))
+    return parsed.render_as_string(hide_password=False)
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:
+    # WAL lets readers and one writer work at once; the busy timeout makes concurrent
+    # `run` processes wait for the write lock instead of failing.
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.close()
+
+
+def upgrade(engine: Engine) -> None:
+    """Apply every Alembic migration shipped in the package (a no-op when up to date)."""
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+
+
+def open_store(url: str, root: Path, migrate: bool = True) -> Engine:
+    """An Engine for `url`, schema created or upgraded on first use; StoreError if unreachable."""
+    resolved = resolve_url(url, root)
+    try:
+        engine = create_engine(resolved, future=True)
+    except (ArgumentError, ModuleNotFoundError) as exc:
+        raise StoreError(f"cannot use DRIPMAIL_DATABASE_URL {url!r}: {exc}") from None
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    try:
+        if migrate and not _is_current(engine):
+            upgrade(engine)
+    except OperationalError as exc:
+        reason = str(exc.orig).splitlines()[0] if exc.orig else str(exc)
+        safe = make_url(resolved).render_as_string(hide_password=True)
+        raise StoreError(f"cannot reach the database at {safe}: {reason}") from None
+    return engine
+
+
+def _is_current(engine: Engine) -> bool:
+    from alembic.config import Config
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    head = ScriptDirectory.from_config(cfg).get_current_head()
+    with engine.connect() as conn:
+        if "alembic_version" not in inspect(conn).get_table_names():
+            return False
+        return MigrationContext.configure(conn).get_current_revision() == head

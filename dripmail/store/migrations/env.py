@@ -1,0 +1,10 @@
+"""Alembic environment: runs on the connection `dripmail.store.db.upgrade` hands over."""
+
+from alembic import context
+
+from dripmail.store.schema import metadata
+
+connection = context.config.attributes["connection"]
+context.configure(connection=connection, target_metadata=metadata, render_as_batch=True)
+with context.begin_transaction():
+    context.run_migrations()
