@@ -1,0 +1,295 @@
+"""Subscriber operations shared by the CLI, the web app and the engine.
+
+Every function takes the clock (`now`, aware UTC) as an argument so tests and `--now` agree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import date, datetime, time
+from typing import Any, Protocol
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
+
+from email_validator import EmailNotValidError, validate_email
+from sqlalchemy import Engine, RowMapping, func, insert, select, update
+
+from dripmail import schedule
+from dripmail.errors import InputError, NotFoundError
+from dripmail.store.schema import deliveries, events, subscribers, suppressions
+
+STATUSES = ("pending", "active", "paused", "completed", "unsubscribed", "bounced", "complained")
+STOPPED = ("unsubscribed", "bounced", "complained")
+
+
+class CourseRules(Protocol):
+    """What planning needs from a course (satisfied by `dripmail.content.Course`)."""
+
+    id: str
+    send_time: time
+    start: str
+    skip_weekends: bool
+    lessons: tuple[Any, ...]
+
+
+def normalise_email(address: str) -> str:
+    """The canonical, lower-cased form of an address; InputError naming it when invalid."""
+    try:
+        valid = validate_email(address.strip(), check_deliverability=False)
+    except EmailNotValidError as exc:
+        raise InputError(f"{address!r} is not a valid email address: {exc}") from None
+    return valid.normalized.lower()
+
+
+def email_hash(address: str) -> str:
+    """The hash kept in `suppressions` (never the address itself)."""
+    return hashlib.sha256(normalise_email(address).encode()).hexdigest()
+
+
+def validate_timezone(name: str) -> str:
+    """An IANA zone name, checked; InputError with a hint otherwise."""
+    try:
+        if name in available_timezones() or name == "UTC":
+            ZoneInfo(name)
+            return name
+    except (ZoneInfoNotFoundError, ValueError):
+        pass
+    raise InputError(
+        f"{name!r} is not an IANA time zone (e.g. America/New_York, Europe/Berlin, Asia/Kolkata)"
+    )
+
+
+def is_suppressed(engine: Engine, address: str) -> bool:
+    """True when the address was forgotten, bounced or complained before."""
+    with engine.connect() as conn:
+        row = conn.execute(
+            select(suppressions.c.email_hash).where(
+                suppressions.c.email_hash == email_hash(address)
+            )
+        ).first()
+    return row is not None
+
+
+def add_subscriber(
+    engine: Engine,
+    email: str,
+    *,
+    timezone: str,
+    status: str,
+    consent_source: str,
+    now: datetime,
+    first_name: str = "",
+    consent_ip: str | None = None,
+    consent_user_agent: str | None = None,
+    consent_page: str | None = None,
+    start_date: date | None = None,
+) -> tuple[int, bool]:
+    """Add a subscriber, or find the existing one; returns (id, created).
+
+    An existing subscriber is left as is (re-imports and repeated sign-ups are idempotent);
+    a suppressed address is refused with InputError.
+    """
+    address = normalise_email(email)
+    zone = validate_timezone(timezone)
+    if status not in STATUSES:
+        raise InputError(f"unknown status {status!r}: use one of {', '.join(STATUSES)}")
+    if is_suppressed(engine, address):
+        raise InputError(f"{address} is suppressed (forgotten, bounced or complained): not added")
+    with engine.begin() as conn:
+        existing = conn.execute(
+            select(subscribers.c.id).where(subscribers.c.email == address)
+        ).first()
+        if existing:
+            return existing.id, False
+        result = conn.execute(
+            insert(subscribers).values(
+                email=address,
+                first_name=first_name.strip()[:200],
+                timezone=zone,
+                status=status,
+                consent_source=consent_source,
+                consent_at=now,
+                consent_ip=consent_ip,
+                consent_user_agent=(consent_user_agent or "")[:512] or None,
+                consent_page=consent_page,
+                start_date=start_date,
+                newsletters=True,
+                tags="",
+                confirm_count=0,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        return int(result.inserted_primary_key[0]), True
+
+
+def get_subscriber(engine: Engine, ref: int | str) -> RowMapping:
+    """A subscriber by id or email; NotFoundError naming what was asked for."""
+    with engine.connect() as conn:
+        if isinstance(ref, int):
+            cond = subscribers.c.id == ref
+        else:
+            cond = subscribers.c.email == normalise_email(ref)
+        row = conn.execute(select(subscribers).where(cond)).mappings().first()
+    if row is None:
+        raise NotFoundError(f"no subscriber {ref!r}: see `subscribers list`")
+    return row
+
+
+def plan_lessons(
+    engine: Engine, subscriber_id: int, course: CourseRules, first: date, now: datetime
+) -> int:
+    """Create the planned deliveries of every lesson not yet planned; returns how many."""
+    sub = get_subscriber(engine, subscriber_id)
+    zone = ZoneInfo(sub["timezone"])
+    send = time.fromisoformat(sub["send_time"]) if sub["send_time"] else course.send_time
+    days = [lesson.day for lesson in course.lessons]
+    dues = schedule.due_times(first, len(days), send, zone, course.skip_weekends)
+    with engine.begin() as conn:
+        have = set(
+            conn.execute(
+                select(deliveries.c.lesson_day).where(deliveries.c.subscriber_id == subscriber_id)
+            ).scalars()
+        )
+        rows = [
+            {
+                "subscriber_id": subscriber_id,
+                "lesson_day": day,
+                "key": f"{course.id}-s{subscriber_id}-d{day}",
+                "due_at": due,
+                "state": "planned",
+                "attempts": 0,
+                "updated_at": now,
+            }
+            for day, due in zip(days, dues, strict=True)
+            if day not in have
+        ]
+        if rows:
+            conn.execute(insert(deliveries), rows)
+    return len(rows)
+
+
+def activate(engine: Engine, subscriber_id: int, course: CourseRules, now: datetime) -> date:
+    """Pending -> active: set the start date by the course's start rule and plan the lessons."""
+    sub = get_subscriber(engine, subscriber_id)
+    if sub["status"] in STOPPED:
+        raise InputError(f"{sub['email']} is {sub['status']}: not restarted")
+    zone = ZoneInfo(sub["timezone"])
+    send = time.fromisoformat(sub["send_time"]) if sub["send_time"] else course.send_time
+    first = sub["start_date"] or schedule.start_date(
+        now, zone, send, course.start, course.skip_weekends
+    )  # type: ignore[arg-type]
+    with engine.begin() as conn:
+        conn.execute(
+            update(subscribers)
+            .where(subscribers.c.id == subscriber_id)
+            .values(status="active", start_date=first, updated_at=now)
+        )
+    plan_lessons(engine, subscriber_id, course, first, now)
+    return first
+
+
+def _stop(engine: Engine, subscriber_id: int, status: str, now: datetime) -> list[str]:
+    """Set a stopping status and cancel every lesson not yet delivered.
+
+    Returns provider message ids already handed over (scheduled at the provider) so the caller
+    can cancel them there.
+    """
+    with engine.begin() as conn:
+        handed = list(
+            conn.execute(
+                select(deliveries.c.provider_message_id).where(
+                    deliveries.c.subscriber_id == subscriber_id,
+                    deliveries.c.state == "handed",
+                    deliveries.c.provider_message_id.is_not(None),
+                )
+            ).scalars()
+        )
+        conn.execute(
+            update(deliveries)
+            .where(
+                deliveries.c.subscriber_id == subscriber_id,
+                deliveries.c.state.in_(("planned", "claimed", "handed")),
+            )
+            .values(state="cancelled", updated_at=now, claimed_by=None, lease_expires_at=None)
+        )
+        conn.execute(
+            update(subscribers)
+            .where(subscribers.c.id == subscriber_id)
+            .values(status=status, updated_at=now)
+        )
+    return handed
+
+
+def unsubscribe(
+    engine: Engine, subscriber_id: int, now: datetime, source: str = "link"
+) -> list[str]:
+    """Unsubscribe at once (idempotent); returns handed-over provider ids to cancel."""
+    get_subscriber(engine, subscriber_id)
+    handed = _stop(engine, subscriber_id, "unsubscribed", now)
+    record_event(
+        engine,
+        "dripmail",
+        f"unsubscribe-{subscriber_id}",
+        "unsubscribed",
+        now,
+        now,
+        subscriber_id=subscriber_id,
+        detail=source,
+    )
+    return handed
+
+
+def suppress(engine: Engine, subscriber_id: int, reason: str, now: datetime) -> list[str]:
+    """Hard bounce or complaint: stop all mail and remember the address's hash."""
+    sub = get_subscriber(engine, subscriber_id)
+    status = "complained" if reason == "complained" else "bounced"
+    handed = _stop(engine, subscriber_id, status, now)
+    with engine.begin() as conn:
+        exists = conn.execute(
+            select(suppressions.c.email_hash).where(
+                suppressions.c.email_hash == email_hash(sub["email"])
+            )
+        ).first()
+        if not exists:
+            conn.execute(
+                insert(suppressions).values(
+                    email_hash=email_hash(sub["email"]), reason=reason, created_at=now
+                )
+            )
+    return handed
+
+
+def record_event(
+    engine: Engine,
+    provider: str,
+    dedupe_key: str,
+    type_: str,
+    now: datetime,
+    occurred_at: datetime,
+    *,
+    subscriber_id: int | None = None,
+    delivery_key: str | None = None,
+    detail: str = "",
+) -> bool:
+    """Store an event once; False when the same (provider, dedupe_key) is already stored."""
+    with engine.begin() as conn:
+        seen = conn.execute(
+            select(func.count())
+            .select_from(events)
+            .where(events.c.provider == provider, events.c.dedupe_key == dedupe_key)
+        ).scalar_one()
+        if seen:
+            return False
+        conn.execute(
+            insert(events).values(
+                subscriber_id=subscriber_id,
+                delivery_key=delivery_key,
+                provider=provider,
+                dedupe_key=dedupe_key,
+                type=type_,
+                detail=detail,
+                occurred_at=occurred_at,
+                received_at=now,
+            )
+        )
+    return True
