@@ -1,0 +1,267 @@
+"""The drip engine: plan -> claim (with a lease) -> render -> hand to provider -> record.
+
+Exactly once rests on three things: the unique delivery key, a conditional claim (a row is taken
+only if it is still free, so two workers never hold the same delivery), and the `sending` state
+written *before* the provider call with its batch key, so a run that dies mid-call is followed by
+a reconcile with the provider instead of a blind resend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, time, timedelta
+from hashlib import sha256
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import Engine, and_, or_, select, update
+
+from dripmail import schedule
+from dripmail.message import Message
+from dripmail.providers.base import Lookup, Outcome, Provider
+from dripmail.store.schema import deliveries, subscribers
+
+DONE = ("sent", "handed", "skipped", "failed", "review", "cancelled")
+LEASE = timedelta(minutes=10)
+RETRY_AFTER = timedelta(minutes=15)
+
+RenderFn = Callable[[dict], Message]  # a joined delivery + subscriber row -> Message
+
+
+@dataclass
+class RunReport:
+    """What one pass did, for the CLI to print."""
+
+    sent: int = 0
+    handed: int = 0
+    retry: int = 0
+    failed: int = 0
+    review: int = 0
+    recovered: int = 0
+    due: list[dict] = field(default_factory=list)
+
+
+def default_worker_id() -> str:
+    """host:pid, so an operator can tell whose claims these are."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _due_candidates(engine: Engine, now: datetime, horizon: datetime, limit: int | None) -> list:
+    """Deliveries that may be claimed now: free and due before the horizon, or lease expired."""
+    free = and_(
+        deliveries.c.state == "planned",
+        deliveries.c.due_at <= horizon,
+        or_(deliveries.c.next_attempt_at.is_(None), deliveries.c.next_attempt_at <= now),
+    )
+    expired = and_(
+        deliveries.c.state.in_(("claimed", "sending")), deliveries.c.lease_expires_at < now
+    )
+    query = (
+        select(
+            deliveries,
+            subscribers.c.email,
+            subscribers.c.first_name,
+            subscribers.c.timezone,
+            subscribers.c.send_time,
+        )
+        .join(subscribers, subscribers.c.id == deliveries.c.subscriber_id)
+        .where(subscribers.c.status == "active", or_(free, expired))
+        .order_by(deliveries.c.due_at, deliveries.c.id)
+    )
+    if limit:
+        query = query.limit(limit)
+    with engine.connect() as conn:
+        return [dict(r) for r in conn.execute(query).mappings()]
+
+
+def _previous_done(engine: Engine, rows: list[dict]) -> dict[tuple[int, int], datetime | None]:
+    """For each (subscriber, day): when the day before went out, or absent if not done yet."""
+    wanted = {(r["subscriber_id"], r["lesson_day"] - 1) for r in rows if r["lesson_day"] > 1}
+    if not wanted:
+        return {}
+    sids = {s for s, _ in wanted}
+    with engine.connect() as conn:
+        prev = conn.execute(
+            select(
+                deliveries.c.subscriber_id,
+                deliveries.c.lesson_day,
+                deliveries.c.state,
+                deliveries.c.sent_at,
+                deliveries.c.due_at,
+            ).where(deliveries.c.subscriber_id.in_(sids))
+        ).mappings()
+        out: dict[tuple[int, int], datetime | None] = {}
+        for p in prev:
+            k = (p["subscriber_id"], p["lesson_day"])
+            if k in wanted and p["state"] in DONE:
+                out[(k[0], k[1] + 1)] = p["sent_at"] or p["due_at"]
+    return out
+
+
+def _eligible(engine: Engine, rows: list[dict], now: datetime, default_send: time) -> list[dict]:
+    """Keep lessons whose predecessor is done and that are due under the catch-up rule."""
+    prev = _previous_done(engine, rows)
+    keep = []
+    for row in rows:
+        if row["state"] != "planned":
+            keep.append(row)  # an expired claim: finish what was started
+            continue
+        key = (row["subscriber_id"], row["lesson_day"])
+        if row["lesson_day"] > 1 and key not in prev:
+            continue
+        zone = ZoneInfo(row["timezone"])
+        send = time.fromisoformat(row["send_time"]) if row["send_time"] else default_send
+        due = schedule.catch_up_due(row["due_at"], prev.get(key), send, zone)
+        if due <= now:
+            row["effective_due"] = due
+            keep.append(row)
+    return keep
+
+
+def _claim(engine: Engine, rows: list[dict], worker: str, now: datetime) -> list[dict]:
+    """Take rows that are still free (conditional update); returns those this worker holds."""
+    held = []
+    with engine.begin() as conn:
+        for row in rows:
+            cond = and_(deliveries.c.id == row["id"], deliveries.c.state == row["state"])
+            if row["state"] != "planned":
+                cond = and_(cond, deliveries.c.lease_expires_at < now)
+            result = conn.execute(
+                update(deliveries)
+                .where(cond)
+                .values(
+                    state="claimed" if row["state"] == "planned" else row["state"],
+                    claimed_by=worker,
+                    lease_expires_at=now + LEASE,
+                    updated_at=now,
+                )
+            )
+            if result.rowcount == 1:
+                held.append(row)
+    return held
+
+
+def _record(engine: Engine, key: str, now: datetime, **values) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            update(deliveries)
+            .where(deliveries.c.key == key)
+            .values(updated_at=now, claimed_by=None, lease_expires_at=None, **values)
+        )
+
+
+async def _deliver(
+    engine: Engine,
+    provider: Provider,
+    held: list[dict],
+    render: RenderFn,
+    now: datetime,
+    report: RunReport,
+) -> None:
+    messages = {row["key"]: render(row) for row in held}
+    # Crash recovery first: anything left `sending` may already be at the provider.
+    in_flight = [row for row in held if row["state"] == "sending"]
+    if in_flight:
+        looked = await provider.reconcile([messages[r["key"]] for r in in_flight])
+        for row in in_flight:
+            found = looked.get(row["key"], Lookup.UNKNOWN)
+            report.recovered += 1
+            if found is Lookup.FOUND:
+                _record(engine, row["key"], now, state="sent", sent_at=now)
+                report.sent += 1
+                messages.pop(row["key"])
+            elif found is Lookup.UNKNOWN:
+                _record(
+                    engine,
+                    row["key"],
+                    now,
+                    state="review",
+                    last_error="hand-over interrupted; provider cannot tell: check by hand",
+                )
+                report.review += 1
+                messages.pop(row["key"])
+    keys = list(messages)
+    size = provider.capabilities.max_batch
+    for start in range(0, len(keys), size):
+        batch = [messages[k] for k in keys[start : start + size]]
+        batch_key = "b-" + sha256("|".join(m.key for m in batch).encode()).hexdigest()[:32]
+        with engine.begin() as conn:
+            conn.execute(
+                update(deliveries)
+                .where(deliveries.c.key.in_([m.key for m in batch]))
+                .values(
+                    state="sending",
+                    batch_key=batch_key,
+                    updated_at=now,
+                    attempts=deliveries.c.attempts + 1,
+                    provider=provider.name,
+                )
+            )
+        results = await provider.send_batch(batch, batch_key=batch_key)
+        for message, result in zip(batch, results, strict=True):
+            if result.outcome is Outcome.ACCEPTED:
+                later = message.send_at is not None and message.send_at > now
+                _record(
+                    engine,
+                    message.key,
+                    now,
+                    state="handed" if later else "sent",
+                    provider_message_id=result.provider_id,
+                    sent_at=message.send_at or now,
+                )
+                report.handed += later
+                report.sent += not later
+            elif result.outcome is Outcome.TRANSIENT:
+                _record(
+                    engine,
+                    message.key,
+                    now,
+                    state="planned",
+                    last_error=result.error,
+                    next_attempt_at=now + RETRY_AFTER,
+                )
+                report.retry += 1
+            elif result.outcome is Outcome.PERMANENT:
+                _record(engine, message.key, now, state="failed", last_error=result.error)
+                report.failed += 1
+            else:
+                _record(engine, message.key, now, state="review", last_error=result.error)
+                report.review += 1
+
+
+def run_once(
+    engine: Engine,
+    provider: Provider,
+    render: RenderFn,
+    now: datetime,
+    *,
+    default_send_time: time,
+    worker_id: str | None = None,
+    limit: int | None = None,
+    dry_run: bool = False,
+    handover: timedelta = timedelta(0),
+) -> RunReport:
+    """One pass over what is due at `now` (plus `handover` for providers that schedule ahead)."""
+    report = RunReport()
+    horizon = now + handover
+    rows = _eligible(
+        engine, _due_candidates(engine, now, horizon, limit), horizon, default_send_time
+    )
+    if dry_run:
+        report.due = rows
+        return report
+    held = _claim(engine, rows, worker_id or default_worker_id(), now)
+    if held:
+        asyncio.run(_deliver(engine, provider, held, render, now, report))
+    return report
+
+
+def pending_keys(engine: Engine, states: Sequence[str] = ("planned",)) -> list[str]:
+    """Keys of deliveries in the given states (for status and tests)."""
+    with engine.connect() as conn:
+        return list(
+            conn.execute(select(deliveries.c.key).where(deliveries.c.state.in_(states))).scalars()
+        )

@@ -1,0 +1,137 @@
+import json
+from collections import Counter
+from dataclasses import dataclass
+from datetime import UTC, datetime, time, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+from sqlalchemy import Engine, select, update
+
+from dripmail import subscribers as subs
+from dripmail.engine import run_once
+from dripmail.message import Mailbox, Message
+from dripmail.providers.outbox import OutboxProvider
+from dripmail.store.db import open_store
+from dripmail.store.schema import deliveries
+
+START = datetime(2026, 3, 5, 12, 0, tzinfo=UTC)  # the week crosses US/EU DST changes
+ZONES = {
+    "ny@example.org": "America/New_York",
+    "berlin@example.org": "Europe/Berlin",
+    "kolkata@example.org": "Asia/Kolkata",
+}
+
+
+@dataclass(frozen=True)
+class _Lesson:
+    day: int
+
+
+@dataclass(frozen=True)
+class _Rules:
+    id: str = "psoas-week"
+    send_time: time = time(7)
+    start: str = "next-morning"
+    skip_weekends: bool = False
+    lessons: tuple[_Lesson, ...] = tuple(_Lesson(d) for d in range(1, 8))
+
+
+def _render(row: dict) -> Message:
+    return Message(
+        key=row["key"],
+        kind="lesson",
+        ref=str(row["lesson_day"]),
+        sender=Mailbox("hello@studio.example.com"),
+        to=Mailbox(row["email"]),
+        subject=f"Day {row['lesson_day']}",
+        html="<p>x</p>",
+        text="x",
+    )
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Engine:
+    engine = open_store("sqlite:///dripmail.db", tmp_path)
+    for email, zone in ZONES.items():
+        sid, _ = subs.add_subscriber(
+            engine, email, timezone=zone, status="pending", consent_source="test", now=START
+        )
+        subs.activate(engine, sid, _Rules(), START)
+    return engine
+
+
+def _simulate(engine: Engine, outbox: OutboxProvider, hours: list[datetime]) -> None:
+    for now in hours:
+        outbox._clock = lambda now=now: now
+        run_once(engine, outbox, _render, now, default_send_time=time(7), worker_id="t")
+
+
+def test_week_in_three_zones_each_lesson_once_at_local_seven(
+    engine: Engine, tmp_path: Path
+) -> None:
+    outbox = OutboxProvider(tmp_path / "outbox")
+    _simulate(engine, outbox, [START + timedelta(minutes=15 * i) for i in range(4 * 24 * 9)])
+    lines = [json.loads(x) for x in (tmp_path / "outbox/index.jsonl").read_text().splitlines()]
+    assert len(lines) == 21 and len({x["key"] for x in lines}) == 21
+    for email, zone in ZONES.items():
+        mine = [x for x in lines if x["to"] == email]
+        assert [int(x["ref"]) for x in mine] == list(range(1, 8))
+        written = [datetime.fromisoformat(x["written_at"]).astimezone(ZoneInfo(zone)) for x in mine]
+        assert len({w.date() for w in written}) == 7
+        # Written at the first 15-minute tick at or after 07:00 local.
+        assert all(w.hour == 7 and w.minute < 15 for w in written)
+    # A re-run is a no-op.
+    _simulate(engine, outbox, [START + timedelta(days=10)])
+    assert len((tmp_path / "outbox/index.jsonl").read_text().splitlines()) == 21
+
+
+def test_downtime_catch_up_one_lesson_per_local_day(engine: Engine, tmp_path: Path) -> None:
+    outbox = OutboxProvider(tmp_path / "outbox")
+    # The engine is off for the first four days, then runs hourly.
+    _simulate(engine, outbox, [START + timedelta(days=4, hours=h) for h in range(24 * 10)])
+    lines = [json.loads(x) for x in (tmp_path / "outbox/index.jsonl").read_text().splitlines()]
+    per_day = Counter(
+        (
+            x["to"],
+            datetime.fromisoformat(x["written_at"]).astimezone(ZoneInfo(ZONES[x["to"]])).date(),
+        )
+        for x in lines
+    )
+    assert len(lines) == 21 and max(per_day.values()) == 1
+
+
+def test_crashed_sending_claim_is_reconciled_not_resent(engine: Engine, tmp_path: Path) -> None:
+    outbox = OutboxProvider(tmp_path / "outbox")
+    now = START + timedelta(days=1, hours=12)
+    run_once(engine, outbox, _render, now, default_send_time=time(7), worker_id="a")
+    # Simulate a worker that died after the provider accepted but before the commit.
+    with engine.begin() as conn:
+        conn.execute(
+            update(deliveries)
+            .where(deliveries.c.state == "sent")
+            .values(state="sending", claimed_by="dead", lease_expires_at=now)
+        )
+    report = run_once(
+        engine,
+        outbox,
+        _render,
+        now + timedelta(minutes=1),
+        default_send_time=time(7),
+        worker_id="b",
+    )
+    assert report.recovered == 3 and report.sent == 3
+    assert len(list((tmp_path / "outbox").glob("*.eml"))) == 3
+    with engine.connect() as conn:
+        assert set(
+            conn.execute(select(deliveries.c.state).where(deliveries.c.lesson_day == 1)).scalars()
+        ) == {"sent"}
+
+
+def test_unsubscribed_gets_nothing_more(engine: Engine, tmp_path: Path) -> None:
+    outbox = OutboxProvider(tmp_path / "outbox")
+    sid = subs.get_subscriber(engine, "ny@example.org")["id"]
+    subs.unsubscribe(engine, sid, START)
+    _simulate(engine, outbox, [START + timedelta(hours=h) for h in range(24 * 9)])
+    lines = (tmp_path / "outbox/index.jsonl").read_text()
+    assert "ny@example.org" not in lines and lines.count("\n") == 14
