@@ -125,6 +125,16 @@ def _claim(engine: Engine, rows: list[dict], worker: str, now: datetime) -> list
     """Take rows that are still free (conditional update); returns those this worker holds."""
     held = []
     with engine.begin() as conn:
+        if engine.dialect.name == "postgresql" and rows:
+            # Rows another worker is claiming right now are skipped, not waited for.
+            lockable = set(
+                conn.execute(
+                    select(deliveries.c.id)
+                    .where(deliveries.c.id.in_([r["id"] for r in rows]))
+                    .with_for_update(skip_locked=True)
+                ).scalars()
+            )
+            rows = [r for r in rows if r["id"] in lockable]
         for row in rows:
             cond = and_(deliveries.c.id == row["id"], deliveries.c.state == row["state"])
             if row["state"] != "planned":
