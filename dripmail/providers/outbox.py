@@ -37,6 +37,24 @@ class OutboxProvider:
     def __init__(self, folder: Path, clock: Callable[[], datetime] | None = None) -> None:
         self.folder = Path(folder)
         self._clock = clock or (lambda: datetime.now(UTC))
+        self._indexed: set[str] | None = None
+
+    def _index_keys(self) -> set[str]:
+        if self._indexed is None:
+            index = self.folder / "index.jsonl"
+            self._indexed = set()
+            if index.exists():
+                for line in index.read_text(encoding="utf-8").splitlines():
+                    try:
+                        self._indexed.add(json.loads(line)["key"])
+                    except (ValueError, KeyError):
+                        continue  # a line torn by a crash: the .eml file is the truth
+        return self._indexed
+
+    def _append_index(self, message: Message, send_at: datetime | None) -> None:
+        with open(self.folder / "index.jsonl", "a", encoding="utf-8") as index:
+            index.write(self._index_line(message, send_at))
+        self._index_keys().add(message.key)
 
     def _index_line(self, message: Message, send_at: datetime | None) -> str:
         when = send_at or message.send_at or self._clock()
@@ -56,6 +74,7 @@ class OutboxProvider:
         self.folder.mkdir(parents=True, exist_ok=True)
         target = self.folder / outbox_filename(message.key)
         if target.exists():
+            self._repair(message, send_at)
             return False
         tmp = self.folder / f".{target.name}.{os.getpid()}.tmp"
         data = message.to_bytes()
@@ -70,9 +89,14 @@ class OutboxProvider:
             return False
         finally:
             tmp.unlink(missing_ok=True)
-        with open(self.folder / "index.jsonl", "a", encoding="utf-8") as index:
-            index.write(self._index_line(message, send_at))
+        self._append_index(message, send_at)
         return True
+
+    def _repair(self, message: Message, send_at: datetime | None) -> None:
+        # A process killed between writing the file and its index line leaves the file alone;
+        # the next run that meets the file adds the missing line.
+        if message.key not in self._index_keys():
+            self._append_index(message, send_at)
 
     async def send_batch(
         self,

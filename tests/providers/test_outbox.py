@@ -17,3 +17,17 @@ def test_outbox_writes_each_key_once(tmp_path: Path) -> None:
     assert [json.loads(line)["key"] for line in lines] == ["k1", "k2"]
     found = asyncio.run(box.reconcile([_msg("k1"), _msg("k3")]))
     assert found == {"k1": Lookup.FOUND, "k3": Lookup.ABSENT}
+
+
+def test_missing_index_line_after_a_crash_is_mended(tmp_path: Path) -> None:
+    box = OutboxProvider(tmp_path / "outbox")
+    box.write(_msg("k1"))
+    box.write(_msg("k2"))
+    index = tmp_path / "outbox" / "index.jsonl"
+    # As if killed after k2's file was linked but before its index line was appended.
+    index.write_text(index.read_text().splitlines(keepends=True)[0])
+    fresh = OutboxProvider(tmp_path / "outbox")
+    assert asyncio.run(fresh.reconcile([_msg("k2")])) == {"k2": Lookup.FOUND}
+    assert fresh.write(_msg("k2")) is False
+    keys = [json.loads(line)["key"] for line in index.read_text().splitlines()]
+    assert keys == ["k1", "k2"]
