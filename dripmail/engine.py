@@ -20,9 +20,11 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Engine, and_, or_, select, update
 
 from dripmail import schedule
+from dripmail.errors import ProviderAuthError
 from dripmail.message import Message
 from dripmail.providers.base import Lookup, Outcome, Provider
 from dripmail.store.schema import deliveries, subscribers
+from dripmail.subscribers import suppress
 
 DONE = ("sent", "handed", "skipped", "failed", "review", "cancelled")
 LEASE = timedelta(minutes=10)
@@ -41,6 +43,7 @@ class RunReport:
     failed: int = 0
     review: int = 0
     recovered: int = 0
+    suppressed: int = 0
     due: list[dict] = field(default_factory=list)
 
 
@@ -49,8 +52,17 @@ def default_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _due_candidates(engine: Engine, now: datetime, horizon: datetime, limit: int | None) -> list:
-    """Deliveries that may be claimed now: free and due before the horizon, or lease expired."""
+def _due_candidates(
+    engine: Engine,
+    now: datetime,
+    horizon: datetime,
+    limit: int | None,
+    after: tuple[datetime, int] | None = None,
+) -> list:
+    """Deliveries that may be claimed now: free and due before the horizon, or lease expired.
+
+    Pages by (due_at, id) after `after`, so a long queue is walked in chunks, never loaded whole.
+    """
     free = and_(
         deliveries.c.state == "planned",
         deliveries.c.due_at <= horizon,
@@ -71,6 +83,13 @@ def _due_candidates(engine: Engine, now: datetime, horizon: datetime, limit: int
         .where(subscribers.c.status == "active", or_(free, expired))
         .order_by(deliveries.c.due_at, deliveries.c.id)
     )
+    if after is not None:
+        query = query.where(
+            or_(
+                deliveries.c.due_at > after[0],
+                and_(deliveries.c.due_at == after[0], deliveries.c.id > after[1]),
+            )
+        )
     if limit:
         query = query.limit(limit)
     with engine.connect() as conn:
@@ -171,6 +190,7 @@ async def _deliver(
     now: datetime,
     report: RunReport,
 ) -> None:
+    by_key = {row["key"]: row for row in held}
     messages = {row["key"]: render(row) for row in held}
     # Crash recovery first: anything left `sending` may already be at the provider.
     in_flight = [row for row in held if row["state"] == "sending"]
@@ -210,7 +230,21 @@ async def _deliver(
                     provider=provider.name,
                 )
             )
-        results = await provider.send_batch(batch, batch_key=batch_key)
+        try:
+            results = await provider.send_batch(batch, batch_key=batch_key)
+        except ProviderAuthError:
+            # The credential was refused for the whole call: nothing was sent. Undo the
+            # `sending` mark so the rows go back to the queue exactly as they were.
+            with engine.begin() as conn:
+                conn.execute(
+                    update(deliveries)
+                    .where(
+                        deliveries.c.key.in_([m.key for m in batch]),
+                        deliveries.c.state == "sending",
+                    )
+                    .values(state="claimed", batch_key=None, attempts=deliveries.c.attempts - 1)
+                )
+            raise
         for message, result in zip(batch, results, strict=True):
             if result.outcome is Outcome.ACCEPTED:
                 later = message.send_at is not None and message.send_at > now
@@ -237,9 +271,49 @@ async def _deliver(
             elif result.outcome is Outcome.PERMANENT:
                 _record(engine, message.key, now, state="failed", last_error=result.error)
                 report.failed += 1
+                if result.suppress:
+                    # e.g. Postmark 406 (inactive recipient): never mail this address again.
+                    suppress(engine, by_key[message.key]["subscriber_id"], "bounced", now)
+                    report.suppressed += 1
             else:
                 _record(engine, message.key, now, state="review", last_error=result.error)
                 report.review += 1
+
+
+def _release(engine: Engine, keys: Sequence[str], now: datetime) -> None:
+    """Give claimed rows back to the queue untouched (e.g. the provider refused our credential).
+
+    Only `claimed` rows: a row marked `sending` may be at the provider and is left for
+    reconcile (except when the provider refused the whole call, see `_deliver`).
+    """
+    if not keys:
+        return
+    with engine.begin() as conn:
+        conn.execute(
+            update(deliveries)
+            .where(deliveries.c.key.in_(list(keys)), deliveries.c.state == "claimed")
+            .values(state="planned", claimed_by=None, lease_expires_at=None, updated_at=now)
+        )
+
+
+def complete_finished(engine: Engine, now: datetime) -> int:
+    """Mark active subscribers whose every lesson is done as `completed`; returns how many."""
+    open_rows = (
+        select(deliveries.c.id)
+        .where(
+            deliveries.c.subscriber_id == subscribers.c.id,
+            deliveries.c.state.in_(("planned", "claimed", "sending", "handed")),
+        )
+        .exists()
+    )
+    any_rows = select(deliveries.c.id).where(deliveries.c.subscriber_id == subscribers.c.id)
+    with engine.begin() as conn:
+        result = conn.execute(
+            update(subscribers)
+            .where(subscribers.c.status == "active", any_rows.exists(), ~open_rows)
+            .values(status="completed", updated_at=now)
+        )
+    return result.rowcount or 0
 
 
 def run_once(
@@ -253,20 +327,60 @@ def run_once(
     limit: int | None = None,
     dry_run: bool = False,
     handover: timedelta = timedelta(0),
+    chunk: int = 1000,
+    progress: Callable[[int], None] | None = None,
 ) -> RunReport:
-    """One pass over what is due at `now` (plus `handover` for providers that schedule ahead)."""
+    """One pass over what is due at `now` (plus `handover` for providers that schedule ahead).
+
+    Walks the queue in chunks of `chunk` rows: claim, render, hand over, record, next chunk;
+    memory stays bounded by the chunk whatever the queue length. `limit` caps how many
+    deliveries this pass takes. `progress` is called with the number handled after each chunk.
+    """
     report = RunReport()
     horizon = now + handover
-    rows = _eligible(
-        engine, _due_candidates(engine, now, horizon, limit), horizon, default_send_time
-    )
-    if dry_run:
-        report.due = rows
-        return report
-    held = _claim(engine, rows, worker_id or default_worker_id(), now)
-    if held:
-        asyncio.run(_deliver(engine, provider, held, render, now, report))
+    worker = worker_id or default_worker_id()
+    cursor: tuple[datetime, int] | None = None
+    taken = 0
+    while limit is None or taken < limit:
+        size = chunk if limit is None else min(chunk, limit - taken)
+        page = _due_candidates(engine, now, horizon, size, cursor)
+        if not page:
+            break
+        cursor = (page[-1]["due_at"], page[-1]["id"])
+        rows = _eligible(engine, page, horizon, default_send_time)
+        if dry_run:
+            report.due.extend(rows)
+            taken += len(rows)
+            continue
+        held = _claim(engine, rows, worker, now)
+        if held:
+            try:
+                asyncio.run(_deliver(engine, provider, held, render, now, report))
+            except BaseException:
+                # Whatever stopped us (a refused credential, a content error, Ctrl-C), what
+                # this worker holds and did not hand over goes back to the queue unchanged.
+                _release(engine, [r["key"] for r in held], now)
+                raise
+            taken += len(held)
+            if progress:
+                progress(len(held))
+        if len(page) < size:
+            break
+    if not dry_run:
+        complete_finished(engine, now)
     return report
+
+
+def next_due(engine: Engine) -> datetime | None:
+    """The earliest due time of anything still planned (for `run --loop` and `status`)."""
+    with engine.connect() as conn:
+        return conn.execute(
+            select(deliveries.c.due_at)
+            .join(subscribers, subscribers.c.id == deliveries.c.subscriber_id)
+            .where(deliveries.c.state == "planned", subscribers.c.status == "active")
+            .order_by(deliveries.c.due_at)
+            .limit(1)
+        ).scalar()
 
 
 def pending_keys(engine: Engine, states: Sequence[str] = ("planned",)) -> list[str]:

@@ -293,3 +293,143 @@ def record_event(
             )
         )
     return True
+
+
+def reschedule(
+    engine: Engine, subscriber_id: int, course: CourseRules, now: datetime
+) -> date | None:
+    """Re-plan the lessons not yet handed over from the next local send time on.
+
+    Used after a resume or a change of send time or zone: the next lesson goes out at the next
+    local send time (today if it has not passed yet), the rest one per (week)day after it.
+    Returns the local date of the next lesson, or None when nothing is left to send.
+    """
+    sub = get_subscriber(engine, subscriber_id)
+    zone = ZoneInfo(sub["timezone"])
+    send = time.fromisoformat(sub["send_time"]) if sub["send_time"] else course.send_time
+    with engine.begin() as conn:
+        left = list(
+            conn.execute(
+                select(deliveries.c.id)
+                .where(deliveries.c.subscriber_id == subscriber_id, deliveries.c.state == "planned")
+                .order_by(deliveries.c.lesson_day)
+            ).scalars()
+        )
+        if not left:
+            return None
+        first = schedule.start_date(now, zone, send, "next-morning", course.skip_weekends)
+        dues = schedule.due_times(first, len(left), send, zone, course.skip_weekends)
+        for delivery_id, due in zip(left, dues, strict=True):
+            conn.execute(
+                update(deliveries)
+                .where(deliveries.c.id == delivery_id)
+                .values(due_at=due, next_attempt_at=None, updated_at=now)
+            )
+    return first
+
+
+def pause(engine: Engine, subscriber_id: int, now: datetime) -> list[str]:
+    """Freeze the course. Returns provider ids of lessons already handed over (to cancel).
+
+    The caller cancels those at the provider and passes the ones it could cancel to
+    `unhand`; the rest will still arrive (the provider cannot take them back).
+    """
+    sub = get_subscriber(engine, subscriber_id)
+    if sub["status"] not in ("active", "paused"):
+        raise InputError(f"{sub['email']} is {sub['status']}: only an active course can pause")
+    with engine.begin() as conn:
+        handed = list(
+            conn.execute(
+                select(deliveries.c.provider_message_id).where(
+                    deliveries.c.subscriber_id == subscriber_id,
+                    deliveries.c.state == "handed",
+                    deliveries.c.provider_message_id.is_not(None),
+                )
+            ).scalars()
+        )
+        conn.execute(
+            update(subscribers)
+            .where(subscribers.c.id == subscriber_id)
+            .values(status="paused", updated_at=now)
+        )
+    return handed
+
+
+def unhand(engine: Engine, provider_ids: list[str], now: datetime) -> int:
+    """Return deliveries whose scheduled send was cancelled at the provider to `planned`."""
+    if not provider_ids:
+        return 0
+    with engine.begin() as conn:
+        result = conn.execute(
+            update(deliveries)
+            .where(
+                deliveries.c.provider_message_id.in_(provider_ids),
+                deliveries.c.state == "handed",
+            )
+            .values(state="planned", provider_message_id=None, batch_key=None, updated_at=now)
+        )
+    return result.rowcount or 0
+
+
+def resume(engine: Engine, subscriber_id: int, course: CourseRules, now: datetime) -> date | None:
+    """Continue a paused course with the next lesson at the next local send time."""
+    sub = get_subscriber(engine, subscriber_id)
+    if sub["status"] != "paused":
+        raise InputError(f"{sub['email']} is {sub['status']}, not paused: nothing to resume")
+    with engine.begin() as conn:
+        conn.execute(
+            update(subscribers)
+            .where(subscribers.c.id == subscriber_id)
+            .values(status="active", updated_at=now)
+        )
+    return reschedule(engine, subscriber_id, course, now)
+
+
+def forget(engine: Engine, subscriber_id: int, now: datetime) -> list[str]:
+    """Erase a subscriber: rows and events deleted, only a hashed suppression kept.
+
+    The hash stops an import or sign-up from adding the address again. Returns provider ids of
+    lessons already handed over, for the caller to cancel.
+    """
+    sub = get_subscriber(engine, subscriber_id)
+    with engine.begin() as conn:
+        handed = list(
+            conn.execute(
+                select(deliveries.c.provider_message_id).where(
+                    deliveries.c.subscriber_id == subscriber_id,
+                    deliveries.c.state == "handed",
+                    deliveries.c.provider_message_id.is_not(None),
+                )
+            ).scalars()
+        )
+        conn.execute(events.delete().where(events.c.subscriber_id == subscriber_id))
+        conn.execute(deliveries.delete().where(deliveries.c.subscriber_id == subscriber_id))
+        conn.execute(subscribers.delete().where(subscribers.c.id == subscriber_id))
+        hashed = email_hash(sub["email"])
+        if not conn.execute(
+            select(suppressions.c.email_hash).where(suppressions.c.email_hash == hashed)
+        ).first():
+            conn.execute(
+                insert(suppressions).values(email_hash=hashed, reason="forgotten", created_at=now)
+            )
+    return handed
+
+
+def timeline(engine: Engine, subscriber_id: int) -> tuple[list[RowMapping], list[RowMapping]]:
+    """A subscriber's deliveries (by lesson) and events (by time), for `subscribers show`."""
+    with engine.connect() as conn:
+        lessons = list(
+            conn.execute(
+                select(deliveries)
+                .where(deliveries.c.subscriber_id == subscriber_id)
+                .order_by(deliveries.c.lesson_day)
+            ).mappings()
+        )
+        happened = list(
+            conn.execute(
+                select(events)
+                .where(events.c.subscriber_id == subscriber_id)
+                .order_by(events.c.occurred_at, events.c.id)
+            ).mappings()
+        )
+    return lessons, happened

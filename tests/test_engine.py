@@ -135,3 +135,87 @@ def test_unsubscribed_gets_nothing_more(engine: Engine, tmp_path: Path) -> None:
     _simulate(engine, outbox, [START + timedelta(hours=h) for h in range(24 * 9)])
     lines = (tmp_path / "outbox/index.jsonl").read_text()
     assert "ny@example.org" not in lines and lines.count("\n") == 14
+
+
+class _RefusingProvider(OutboxProvider):
+    """The outbox, except that the credential is refused on the first call."""
+
+    async def send_batch(self, messages, send_at=None, batch_key=None):
+        from dripmail.errors import ProviderAuthError
+
+        raise ProviderAuthError("postmark", "POSTMARK_SERVER_TOKEN", "401")
+
+
+def _states(engine: Engine) -> list[tuple]:
+    with engine.connect() as conn:
+        return list(
+            conn.execute(
+                select(
+                    deliveries.c.key,
+                    deliveries.c.state,
+                    deliveries.c.attempts,
+                    deliveries.c.batch_key,
+                    deliveries.c.claimed_by,
+                ).order_by(deliveries.c.key)
+            ).all()
+        )
+
+
+def test_refused_credential_returns_every_claim_unchanged(engine: Engine, tmp_path: Path) -> None:
+    from dripmail.errors import ProviderAuthError
+
+    before = _states(engine)
+    now = START + timedelta(days=1, hours=12)
+    with pytest.raises(ProviderAuthError, match="POSTMARK_SERVER_TOKEN"):
+        run_once(engine, _RefusingProvider(tmp_path / "x"), _render, now, default_send_time=time(7))
+    assert _states(engine) == before
+    # The next run with a working provider sends all of day 1.
+    report = run_once(
+        engine, OutboxProvider(tmp_path / "outbox"), _render, now, default_send_time=time(7)
+    )
+    assert report.sent == 3
+
+
+def test_small_chunks_and_limit_walk_the_queue_without_skipping(
+    engine: Engine, tmp_path: Path
+) -> None:
+    outbox = OutboxProvider(tmp_path / "outbox")
+    now = START + timedelta(days=1, hours=12)
+    first = run_once(engine, outbox, _render, now, default_send_time=time(7), limit=2, chunk=1)
+    assert first.sent == 2
+    rest = run_once(engine, outbox, _render, now, default_send_time=time(7), chunk=1)
+    assert rest.sent == 1
+    assert len(list((tmp_path / "outbox").glob("*.eml"))) == 3
+
+
+def test_subscriber_completes_after_the_last_lesson(engine: Engine, tmp_path: Path) -> None:
+    outbox = OutboxProvider(tmp_path / "outbox")
+    _simulate(engine, outbox, [START + timedelta(hours=h) for h in range(24 * 9)])
+    statuses = {subs.get_subscriber(engine, e)["status"] for e in ZONES}
+    assert statuses == {"completed"}
+
+
+def test_permanent_rejection_with_suppress_stops_the_address(
+    engine: Engine, tmp_path: Path
+) -> None:
+    from dripmail.providers.base import Outcome, SendResult
+
+    class Rejecting(OutboxProvider):
+        async def send_batch(self, messages, send_at=None, batch_key=None):
+            out = []
+            for m in messages:
+                if m.to.address.startswith("ny@"):
+                    out.append(
+                        SendResult(m.key, Outcome.PERMANENT, error="406 inactive", suppress=True)
+                    )
+                else:
+                    out.extend(await OutboxProvider.send_batch(self, [m]))
+            return out
+
+    now = START + timedelta(days=1, hours=12)
+    report = run_once(
+        engine, Rejecting(tmp_path / "outbox"), _render, now, default_send_time=time(7)
+    )
+    assert report.failed == 1 and report.suppressed == 1 and report.sent == 2
+    assert subs.get_subscriber(engine, "ny@example.org")["status"] == "bounced"
+    assert subs.is_suppressed(engine, "NY@example.org")

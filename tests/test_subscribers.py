@@ -109,3 +109,52 @@ def test_unsubscribe_cancels_and_sticks_and_suppress_blocks_readd(engine: Engine
         subs.activate(engine, sid, _Rules(), NOW)
     subs.suppress(engine, sid, "complained", NOW)
     assert subs.is_suppressed(engine, "KIM@example.org")
+
+
+def _active(engine: Engine, email: str = "ana@example.org", zone: str = "Europe/Berlin") -> int:
+    sid, _ = subs.add_subscriber(
+        engine, email, timezone=zone, status="pending", consent_source="test", now=NOW
+    )
+    subs.activate(engine, sid, _Rules(), NOW)
+    return sid
+
+
+def _dues(engine: Engine, sid: int) -> dict[int, datetime]:
+    with engine.connect() as conn:
+        return dict(
+            conn.execute(
+                select(deliveries.c.lesson_day, deliveries.c.due_at).where(
+                    deliveries.c.subscriber_id == sid, deliveries.c.state == "planned"
+                )
+            ).all()
+        )
+
+
+def test_pause_then_resume_continues_next_local_morning(engine: Engine) -> None:
+    sid = _active(engine)
+    later = datetime(2026, 6, 10, 9, 0, tzinfo=UTC)  # 11:00 in Berlin: past today's 07:00
+    subs.pause(engine, sid, NOW)
+    assert subs.get_subscriber(engine, sid)["status"] == "paused"
+    first = subs.resume(engine, sid, _Rules(), later)
+    assert first == date(2026, 6, 11)
+    dues = _dues(engine, sid)
+    berlin = ZoneInfo("Europe/Berlin")
+    local = {d: t.astimezone(berlin) for d, t in dues.items()}
+    assert local[1].date() == date(2026, 6, 11) and local[1].hour == 7
+    assert [local[d].date() for d in range(1, 8)] == [date(2026, 6, 11 + i) for i in range(7)]
+    with pytest.raises(InputError, match="not paused"):
+        subs.resume(engine, sid, _Rules(), later)
+
+
+def test_forget_erases_and_blocks_re_adding(engine: Engine) -> None:
+    sid = _active(engine)
+    subs.forget(engine, sid, NOW)
+    with pytest.raises(NotFoundError):
+        subs.get_subscriber(engine, "ana@example.org")
+    with engine.connect() as conn:
+        assert conn.execute(select(deliveries)).first() is None
+        assert conn.execute(select(events)).first() is None
+    with pytest.raises(InputError, match="suppressed"):
+        subs.add_subscriber(
+            engine, "ANA@example.org", timezone="UTC", status="pending", consent_source="x", now=NOW
+        )

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import typer
 
-from dripmail.errors import DripmailError
+from dripmail.errors import DripmailError, InputError
 
 HELP = """\
 Run a seven-day email course and a newsletter from files in a git repo.
@@ -93,13 +94,23 @@ def _register_all() -> None:
         module.register(app)
 
 
-_register_all()
-
-
 def fail(message: str, code: int = 1) -> typer.Exit:
     """Print one line to stderr and return an Exit to raise."""
     typer.echo(f"error: {message}", err=True)
     return typer.Exit(code)
+
+
+def parse_now(value: str | None) -> datetime | None:
+    """A `--now` option as an aware UTC datetime (naive values are taken as UTC)."""
+    if not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise InputError(
+            f"--now {value!r} is not an ISO-8601 time (e.g. 2026-12-01T07:00Z)"
+        ) from None
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC)
 
 
 def main() -> None:
@@ -131,3 +142,7 @@ def main() -> None:
             raise
         typer.echo(f"error: unexpected {type(exc).__name__}: {exc} (re-run with --debug)", err=True)
         sys.exit(1)
+
+
+# Last, so command modules can import the helpers defined above.
+_register_all()

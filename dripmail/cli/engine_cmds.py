@@ -1,0 +1,226 @@
+"""`run`, `status`, `demo` and `db upgrade`: the drip engine from the command line."""
+
+from __future__ import annotations
+
+import time as wallclock
+from datetime import UTC, datetime, timedelta
+
+import typer
+
+from dripmail.cli import parse_now, state
+from dripmail.errors import InputError
+
+db = typer.Typer(help="Database maintenance.", no_args_is_help=True)
+
+# `run` exits with this when it finished but some deliveries failed or wait for review, so a
+# cron job or monitor can alert without parsing output.
+EXIT_ATTENTION = 3
+
+
+def _runner(clock=None):
+    from dripmail.runner import Runner
+
+    if clock is None:
+        return Runner(state.project, state.settings)
+    return Runner(state.project, state.settings, clock=clock)
+
+
+def _count_due(runner, now: datetime, window: timedelta) -> int:
+    from sqlalchemy import func, select
+
+    from dripmail.store.schema import deliveries, subscribers
+
+    with runner.engine.connect() as conn:
+        return conn.execute(
+            select(func.count())
+            .select_from(deliveries.join(subscribers))
+            .where(
+                subscribers.c.status == "active",
+                deliveries.c.state == "planned",
+                deliveries.c.due_at <= now + window,
+            )
+        ).scalar_one()
+
+
+def _one_pass(runner, now: datetime, limit: int | None, dry_run: bool, quiet: bool):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from dripmail.engine import run_once
+    from dripmail.runner import handover_window
+
+    window = handover_window(runner.provider, runner.settings)
+    kwargs = dict(
+        default_send_time=runner.course.send_time,
+        limit=limit,
+        dry_run=dry_run,
+        handover=window,
+    )
+    total = _count_due(runner, now, window)
+    if limit:
+        total = min(total, limit)
+    if dry_run or quiet or total < 50:
+        return run_once(runner.engine, runner.provider, runner.render_lesson, now, **kwargs)
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        transient=False,
+    ) as bar:
+        task = bar.add_task("sending lessons", total=total)
+        return run_once(
+            runner.engine,
+            runner.provider,
+            runner.render_lesson,
+            now,
+            progress=lambda n: bar.advance(task, n),
+            **kwargs,
+        )
+
+
+def _print_report(report, now: datetime, dry_run: bool) -> None:
+    if dry_run:
+        typer.echo(f"dry run at {now:%Y-%m-%d %H:%M} UTC: {len(report.due)} lesson(s) would go out")
+        for row in report.due[:50]:
+            typer.echo(f"  {row['key']:<28} day {row['lesson_day']}  to {row['email']}")
+        if len(report.due) > 50:
+            typer.echo(f"  ... and {len(report.due) - 50} more")
+        typer.echo("nothing was written")
+        return
+    parts = [f"{report.sent} sent", f"{report.handed} scheduled at the provider"]
+    for label, value in (
+        ("to retry later", report.retry),
+        ("failed", report.failed),
+        ("for review", report.review),
+        ("recovered after a crash", report.recovered),
+        ("suppressed", report.suppressed),
+    ):
+        if value:
+            parts.append(f"{value} {label}")
+    typer.echo(f"{now:%Y-%m-%d %H:%M} UTC: " + ", ".join(parts))
+
+
+def run(
+    now: str | None = typer.Option(
+        None, "--now", help="Pretend it is this time (ISO-8601, UTC if no offset): test a schedule."
+    ),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Show what would go out; write and send nothing."
+    ),
+    limit: int | None = typer.Option(
+        None, "--limit", min=1, help="Hand over at most N lessons in this run."
+    ),
+    loop: bool = typer.Option(
+        False, "--loop", help="Keep running: sleep until the next lesson is due, then send it."
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar (for cron)."),
+) -> None:
+    """Send every lesson that is due, once. Safe to re-run: what is done stays done.
+
+    Run it from cron every few minutes, or once with --loop. Exit code 0: all went out;
+    1: an error stopped the run (nothing half-done is lost; re-run after fixing it);
+    3: finished, but some deliveries failed or need review (see `status`).
+    """
+    clock_at = parse_now(now)
+    if loop and clock_at:
+        raise InputError("--loop runs on the real clock; drop --now (or run without --loop)")
+    runner = _runner((lambda: clock_at) if clock_at else None)
+    attention = False
+    while True:
+        current = clock_at or datetime.now(UTC)
+        report = _one_pass(runner, current, limit, dry_run, quiet)
+        _print_report(report, current, dry_run)
+        attention = attention or bool(report.failed or report.review)
+        if not loop or dry_run:
+            break
+        try:
+            _sleep_until_next(runner)
+        except KeyboardInterrupt:
+            typer.echo("stopped")
+            break
+    if attention:
+        raise typer.Exit(EXIT_ATTENTION)
+
+
+def _sleep_until_next(runner) -> None:
+    from dripmail.engine import next_due
+    from dripmail.runner import handover_window
+
+    upcoming = next_due(runner.engine)
+    window = handover_window(runner.provider, runner.settings)
+    wait = 60.0  # re-check at least every minute: new sign-ups and retries appear meanwhile
+    if upcoming is not None:
+        wait = min(wait, max(1.0, (upcoming - window - datetime.now(UTC)).total_seconds()))
+    wallclock.sleep(wait)
+
+
+def status() -> None:
+    """Subscribers by status and lesson, deliveries by state, next due time, recent failures."""
+    from dripmail.stats import collect
+
+    runner = _runner()
+    report = collect(runner.engine)
+    typer.echo("Subscribers")
+    for name, count in report.subscribers.items():
+        typer.echo(f"  {name:<14}{count:>8}")
+    typer.echo("Lessons delivered (sent or scheduled at the provider)")
+    for day, count in report.lessons.items():
+        typer.echo(f"  day {day:<10}{count:>8}")
+    typer.echo("Deliveries")
+    for name, count in report.deliveries.items():
+        typer.echo(f"  {name:<14}{count:>8}")
+    typer.echo(
+        "Next due: "
+        + (f"{report.next_due:%Y-%m-%d %H:%M} UTC" if report.next_due else "nothing planned")
+    )
+    if report.failures:
+        typer.echo("Recent failures and reviews")
+        for row in report.failures:
+            typer.echo(f"  {row['key']:<28} {row['state']:<8} {row['last_error'] or ''}")
+
+
+def demo(
+    subscribers: int = typer.Option(3, "--subscribers", min=1, max=300, hidden=True),
+) -> None:
+    """A simulated week: sample subscribers in three zones, every lesson written to outbox/.
+
+    Uses the course in this folder (or creates one from the sample course if there is none),
+    the SQLite database and the outbox provider whatever the settings say: nothing leaves
+    this machine. Then prints when each lesson went out, in local time and UTC.
+    """
+    from dripmail.demo import run_demo
+
+    result = run_demo(state.project, state.settings, datetime.now(UTC), count=subscribers)
+    for line in result.notes:
+        typer.echo(line)
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="A simulated week (each lesson once, at 07:00 local time)")
+    for col in ("subscriber", "zone", "lesson", "local send time", "UTC"):
+        table.add_column(col)
+    for row in result.rows:
+        table.add_row(*row)
+    Console(width=110).print(table)
+    typer.echo(f"{len(result.rows)} emails written to {result.outbox}")
+    typer.echo("Look at them: `python send.py preview` (live) or `python send.py render`")
+
+
+@db.command("upgrade")
+def upgrade() -> None:
+    """Create or upgrade the database schema to this version (also done on first use)."""
+    from dripmail.store.db import open_store, resolve_url
+
+    open_store(state.settings.database_url, state.root)
+    from sqlalchemy.engine import make_url
+
+    url = make_url(resolve_url(state.settings.database_url, state.root))
+    typer.echo(f"database is up to date: {url.render_as_string(hide_password=True)}")
+
+
+def register(app: typer.Typer) -> None:
+    """Attach `run`, `status`, `demo` and `db`."""
+    app.command("run")(run)
+    app.command("status")(status)
+    app.command("demo")(demo)
+    app.add_typer(db, name="db")

@@ -1,0 +1,116 @@
+"""Wiring the course into the engine: store, provider, renderer and hand-over window.
+
+The CLI, the demo and the web app build a `Runner` from settings so they all send the same way:
+lessons rendered through the compile-once path, signed links, the configured provider.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from functools import cached_property
+
+from sqlalchemy import Engine
+
+from dripmail.config import Project, Settings
+from dripmail.errors import ConfigError
+from dripmail.message import Message
+from dripmail.providers.base import Provider
+
+DEV_SECRET = "dev-only-insecure-key"
+
+
+def make_provider(
+    settings: Settings, project: Project, clock: Callable[[], datetime] | None = None
+) -> Provider:
+    """The configured provider. `clock` feeds the outbox's `written_at` under a simulated clock."""
+    if settings.provider == "outbox":
+        from dripmail.providers.outbox import OutboxProvider
+
+        return OutboxProvider(project.resolve(settings.outbox_dir), clock=clock)
+    if settings.secret_key.get_secret_value() == DEV_SECRET:
+        # Links signed with a public key could be forged to unsubscribe anyone.
+        raise ConfigError(
+            "DRIPMAIL_SECRET_KEY is the development default: set a long random value "
+            "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`) before "
+            f"sending through {settings.provider}"
+        )
+    from dripmail.providers import get_provider
+
+    return get_provider(settings, project)
+
+
+def handover_window(provider: Provider, settings: Settings) -> timedelta:
+    """How far ahead of its due time a lesson may be handed to this provider.
+
+    A provider that can cancel gets its whole scheduling window (an unsubscribe cancels what
+    was handed over); one that cannot gets at most the configured short window, so a change
+    of mind reaches at most the next hour's mail.
+    """
+    ahead = provider.capabilities.schedule_ahead
+    if not ahead:
+        return timedelta(0)
+    if provider.capabilities.can_cancel:
+        return ahead
+    return min(ahead, timedelta(minutes=settings.handover_window_minutes))
+
+
+@dataclass
+class Runner:
+    """Everything `run` needs, built lazily from the project and settings."""
+
+    project: Project
+    settings: Settings
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+
+    @cached_property
+    def engine(self) -> Engine:
+        from dripmail.store.db import open_store
+
+        return open_store(self.settings.database_url, self.project.root)
+
+    @cached_property
+    def course(self):  # -> dripmail.content.Course
+        from dripmail.content import load_course
+
+        return load_course(self.project)
+
+    @cached_property
+    def renderer(self):  # -> dripmail.render.Renderer
+        from dripmail.render import Renderer
+
+        return Renderer(self.project, self.course)
+
+    @cached_property
+    def provider(self) -> Provider:
+        return make_provider(self.settings, self.project, self.clock)
+
+    @cached_property
+    def signer(self):  # -> dripmail.tokens.Signer
+        from dripmail.tokens import Signer
+
+        return Signer.from_settings(self.settings)
+
+    def render_lesson(self, row: dict) -> Message:
+        """A due delivery row (joined with its subscriber) as a personalised Message."""
+        from dripmail.render import recipient_for
+
+        recipient = recipient_for(
+            {"id": row["subscriber_id"], "email": row["email"], "first_name": row["first_name"]},
+            self.settings.public_url,
+            self.signer,
+        )
+        return self.renderer.lesson(row["lesson_day"]).personalise(
+            recipient,
+            key=row["key"],
+            kind="lesson",
+            ref=str(row["lesson_day"]),
+            send_at=row.get("effective_due") or row["due_at"],
+        )
+
+    async def cancel_handed(self, provider_ids: list[str]) -> list[str]:
+        """Cancel scheduled sends at the provider; returns those it really cancelled."""
+        if not provider_ids or not self.provider.capabilities.can_cancel:
+            return []
+        return await self.provider.cancel(provider_ids)

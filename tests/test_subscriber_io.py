@@ -1,0 +1,109 @@
+import csv
+import io
+from dataclasses import dataclass
+from datetime import UTC, datetime, time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, func, select
+
+from dripmail import subscribers as subs
+from dripmail.errors import InputError
+from dripmail.store.db import open_store
+from dripmail.store.schema import deliveries, subscribers
+from dripmail.subscriber_io import export_csv, import_csv, safe_cell
+
+NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class _Lesson:
+    day: int
+
+
+@dataclass(frozen=True)
+class _Rules:
+    id: str = "psoas-week"
+    send_time: time = time(7)
+    start: str = "next-morning"
+    skip_weekends: bool = False
+    lessons: tuple[_Lesson, ...] = tuple(_Lesson(d) for d in range(1, 8))
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Engine:
+    return open_store("sqlite:///dripmail.db", tmp_path)
+
+
+def _csv(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "people.csv"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _count(engine: Engine, table) -> int:
+    with engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(table)).scalar_one()
+
+
+def test_import_reports_bad_rows_by_line_and_is_idempotent(engine: Engine, tmp_path: Path) -> None:
+    path = _csv(
+        tmp_path,
+        "email,first_name,timezone,start_date,shoe_size\n"
+        "ana@example.org,Ana,Europe/Berlin,,38\n"
+        "not-an-address,Bob,UTC,,41\n"
+        "cy@example.org,Cy,Mars/Olympus,,40\n"
+        "di@example.org,Di,,2026-06-03,39\n"
+        "ed@example.org,Ed,UTC,June 3rd,42\n"
+        "ANA@example.org,Ana again,UTC,,38\n",
+    )
+    report = import_csv(engine, path, _Rules(), "America/New_York", NOW)
+    assert report.added == 2 and report.existing == 1
+    assert [line for line, _ in report.rejected] == [3, 4, 6]
+    assert "not-an-address" in report.rejected[0][1]
+    assert "Mars/Olympus" in report.rejected[1][1]
+    assert "start_date" in report.rejected[2][1]
+    assert report.ignored_columns == ["shoe_size"]
+    di = subs.get_subscriber(engine, "di@example.org")
+    assert di["status"] == "active" and di["timezone"] == "America/New_York"
+    assert di["consent_source"] == "import" and str(di["start_date"]) == "2026-06-03"
+    assert _count(engine, deliveries) == 14
+    again = import_csv(engine, path, _Rules(), "America/New_York", NOW)
+    assert again.added == 0 and again.existing == 3
+    assert _count(engine, subscribers) == 2 and _count(engine, deliveries) == 14
+
+
+def test_import_dry_run_and_confirm_mode(engine: Engine, tmp_path: Path) -> None:
+    path = _csv(tmp_path, "email\nana@example.org\nbo@example.org\n")
+    dry = import_csv(engine, path, _Rules(), "UTC", NOW, dry_run=True)
+    assert dry.added == 2 and _count(engine, subscribers) == 0
+    report = import_csv(engine, path, _Rules(), "UTC", NOW, confirm=True)
+    assert len(report.added_ids) == 2
+    assert subs.get_subscriber(engine, "ana@example.org")["status"] == "pending"
+    assert _count(engine, deliveries) == 0
+
+
+def test_import_without_email_column_names_the_file(engine: Engine, tmp_path: Path) -> None:
+    path = _csv(tmp_path, "mail,name\nana@example.org,Ana\n")
+    with pytest.raises(InputError, match=r"people.csv:1: .*`email` column"):
+        import_csv(engine, path, _Rules(), "UTC", NOW)
+    with pytest.raises(InputError, match="cannot read"):
+        import_csv(engine, tmp_path / "missing.csv", _Rules(), "UTC", NOW)
+
+
+def test_export_neutralises_formula_cells(engine: Engine) -> None:
+    subs.add_subscriber(
+        engine,
+        "ana@example.org",
+        first_name='=HYPERLINK("http://evil")',
+        timezone="UTC",
+        status="active",
+        consent_source="test",
+        now=NOW,
+    )
+    out = io.StringIO()
+    assert export_csv(engine, out) == 1
+    rows = list(csv.DictReader(io.StringIO(out.getvalue())))
+    assert rows[0]["email"] == "ana@example.org"
+    assert rows[0]["first_name"].startswith("'=")
+    assert [safe_cell(v) for v in ("+1", "-1", "@x", "ok")] == ["'+1", "'-1", "'@x", "ok"]
