@@ -17,7 +17,7 @@ from datetime import datetime, time, timedelta
 from hashlib import sha256
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Engine, and_, or_, select, update
+from sqlalchemy import Engine, and_, bindparam, or_, select, update
 
 from dripmail import schedule
 from dripmail.errors import ProviderAuthError
@@ -154,23 +154,64 @@ def _claim(engine: Engine, rows: list[dict], worker: str, now: datetime) -> list
                 ).scalars()
             )
             rows = [r for r in rows if r["id"] in lockable]
-        for row in rows:
-            cond = and_(deliveries.c.id == row["id"], deliveries.c.state == row["state"])
-            if row["state"] != "planned":
-                cond = and_(cond, deliveries.c.lease_expires_at < now)
-            result = conn.execute(
+        free = {r["id"]: r for r in rows if r["state"] == "planned"}
+        if free:
+            # One conditional UPDATE for the whole chunk; RETURNING says which rows we won
+            # (another worker may have taken some between our read and this write).
+            won = conn.execute(
                 update(deliveries)
-                .where(cond)
+                .where(deliveries.c.id.in_(list(free)), deliveries.c.state == "planned")
                 .values(
-                    state="claimed" if row["state"] == "planned" else row["state"],
+                    state="claimed",
                     claimed_by=worker,
                     lease_expires_at=now + LEASE,
                     updated_at=now,
                 )
+                .returning(deliveries.c.id)
+            ).scalars()
+            held.extend(free[i] for i in won)
+        for row in rows:
+            if row["state"] == "planned":
+                continue
+            # An expired claim (its worker died): take it over only if still expired.
+            result = conn.execute(
+                update(deliveries)
+                .where(
+                    deliveries.c.id == row["id"],
+                    deliveries.c.state == row["state"],
+                    deliveries.c.lease_expires_at < now,
+                )
+                .values(claimed_by=worker, lease_expires_at=now + LEASE, updated_at=now)
             )
             if result.rowcount == 1:
                 held.append(row)
     return held
+
+
+def _record_many(engine: Engine, now: datetime, outcomes: list[tuple[str, dict]]) -> None:
+    """Record several deliveries' outcomes in one transaction (claims released).
+
+    Outcomes with the same columns go out as one executemany, so a batch of 500 costs a
+    handful of statements, not 500 round trips.
+    """
+    groups: dict[tuple[str, ...], list[dict]] = {}
+    for key, values in outcomes:
+        groups.setdefault(tuple(sorted(values)), []).append({"k": key, **values})
+    if not groups:
+        return
+    with engine.begin() as conn:
+        for columns, params in groups.items():
+            conn.execute(
+                update(deliveries)
+                .where(deliveries.c.key == bindparam("k"))
+                .values(
+                    updated_at=now,
+                    claimed_by=None,
+                    lease_expires_at=None,
+                    **{c: bindparam(c) for c in columns},
+                ),
+                params,
+            )
 
 
 def _record(engine: Engine, key: str, now: datetime, **values) -> None:
@@ -245,39 +286,49 @@ async def _deliver(
                     .values(state="claimed", batch_key=None, attempts=deliveries.c.attempts - 1)
                 )
             raise
+        outcomes: list[tuple[str, dict]] = []
+        to_suppress: list[int] = []
         for message, result in zip(batch, results, strict=True):
             if result.outcome is Outcome.ACCEPTED:
                 later = message.send_at is not None and message.send_at > now
-                _record(
-                    engine,
-                    message.key,
-                    now,
-                    state="handed" if later else "sent",
-                    provider_message_id=result.provider_id,
-                    sent_at=message.send_at or now,
+                outcomes.append(
+                    (
+                        message.key,
+                        {
+                            "state": "handed" if later else "sent",
+                            "provider_message_id": result.provider_id,
+                            "sent_at": message.send_at or now,
+                        },
+                    )
                 )
                 report.handed += later
                 report.sent += not later
             elif result.outcome is Outcome.TRANSIENT:
-                _record(
-                    engine,
-                    message.key,
-                    now,
-                    state="planned",
-                    last_error=result.error,
-                    next_attempt_at=now + RETRY_AFTER,
+                outcomes.append(
+                    (
+                        message.key,
+                        {
+                            "state": "planned",
+                            "last_error": result.error,
+                            "next_attempt_at": now + RETRY_AFTER,
+                        },
+                    )
                 )
                 report.retry += 1
             elif result.outcome is Outcome.PERMANENT:
-                _record(engine, message.key, now, state="failed", last_error=result.error)
+                outcomes.append((message.key, {"state": "failed", "last_error": result.error}))
                 report.failed += 1
                 if result.suppress:
                     # e.g. Postmark 406 (inactive recipient): never mail this address again.
-                    suppress(engine, by_key[message.key]["subscriber_id"], "bounced", now)
-                    report.suppressed += 1
+                    to_suppress.append(by_key[message.key]["subscriber_id"])
             else:
-                _record(engine, message.key, now, state="review", last_error=result.error)
+                outcomes.append((message.key, {"state": "review", "last_error": result.error}))
                 report.review += 1
+        # One commit per batch, not per message: the outcome of a batch lands together.
+        _record_many(engine, now, outcomes)
+        for subscriber_id in to_suppress:
+            suppress(engine, subscriber_id, "bounced", now)
+            report.suppressed += 1
 
 
 def _release(engine: Engine, keys: Sequence[str], now: datetime) -> None:
