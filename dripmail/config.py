@@ -54,6 +54,10 @@ class Settings(BaseSettings):
     resend_api_key: SecretStr | None = Field(None, alias="RESEND_API_KEY")
     resend_base_url: str = Field("https://api.resend.com", alias="DRIPMAIL_RESEND_BASE_URL")
     resend_webhook_secret: SecretStr | None = Field(None, alias="RESEND_WEBHOOK_SECRET")
+    # How far a signed webhook timestamp may be from our clock (SendGrid, Mailgun, Resend).
+    webhook_tolerance_seconds: int = Field(
+        300, alias="DRIPMAIL_WEBHOOK_TOLERANCE_SECONDS", ge=30, le=86400
+    )
     smtp_host: str = Field("localhost", alias="DRIPMAIL_SMTP_HOST")
     smtp_port: int = Field(25, alias="DRIPMAIL_SMTP_PORT")
     smtp_user: str | None = Field(None, alias="DRIPMAIL_SMTP_USER")

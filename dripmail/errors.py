@@ -64,3 +64,15 @@ class ProviderAuthError(ProviderError):
 
 class TokenError(DripmailError):
     """A signed link token is malformed, tampered with, expired or for another purpose."""
+
+
+class WebhookAuthError(TokenError):
+    """A provider webhook is unsigned, mis-signed, stale or replayed: answer 401, store nothing.
+
+    The message names the provider and what was wrong, never a secret or the signature.
+    """
+
+    def __init__(self, provider: str, reason: str) -> None:
+        self.provider = provider
+        self.reason = reason
+        super().__init__(f"{provider} webhook refused: {reason}")

@@ -121,6 +121,18 @@ events = Table(
     UniqueConstraint("provider", "dedupe_key"),
 )
 
+# Per-request webhook nonces (Mailgun tokens, Svix message ids) with a digest of what they came
+# with: a nonce seen again with other content is a replay and is refused. Rows older than the
+# freshness window are useless (the timestamp check refuses them first) and are pruned.
+webhook_nonces = Table(
+    "webhook_nonces",
+    metadata,
+    Column("provider", String(16), primary_key=True),
+    Column("nonce", String(256), primary_key=True),
+    Column("digest", String(64), nullable=False),
+    Column("seen_at", UTCDateTime, nullable=False, index=True),
+)
+
 # Hashed addresses that must never be mailed or re-imported (forget, bounces, complaints).
 suppressions = Table(
     "suppressions",
