@@ -10,8 +10,14 @@ from sqlalchemy import Engine, delete, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from dripmail import subscribers as subs
-from dripmail.errors import DripmailError, InputError, WebhookAuthError
-from dripmail.store.schema import broadcast_deliveries, deliveries, events, webhook_nonces
+from dripmail.errors import InputError, WebhookAuthError
+from dripmail.store.schema import (
+    broadcast_deliveries,
+    deliveries,
+    events,
+    subscribers,
+    webhook_nonces,
+)
 from dripmail.webhooks.common import WebhookEvent
 
 # Nonces only need keeping while their signed timestamp could still pass the freshness check
@@ -64,32 +70,76 @@ def check_replays(engine: Engine, batch: Sequence[WebhookEvent], now: datetime) 
             raise WebhookAuthError(provider, "this signature was already used for another event")
 
 
-def _find_subscriber(engine: Engine, event: WebhookEvent) -> int | None:
-    """By the delivery key the message carried, else by the recipient address."""
+CHUNK = 500  # ids per IN (...) query: well under every database's parameter limit
+
+
+def _chunks(items: list, size: int = CHUNK):
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def _already_stored(engine: Engine, batch: list[WebhookEvent]) -> set[tuple[str, str]]:
+    """The (provider, dedupe_key) pairs of `batch` already in the events table."""
+    found: set[tuple[str, str]] = set()
+    by_provider: dict[str, list[str]] = {}
+    for e in batch:
+        by_provider.setdefault(e.provider, []).append(e.dedupe_key)
     with engine.connect() as conn:
-        if event.delivery_key:
-            for table in (deliveries, broadcast_deliveries):
-                sid = conn.execute(
-                    select(table.c.subscriber_id).where(table.c.key == event.delivery_key)
-                ).scalar_one_or_none()
-                if sid is not None:
-                    return int(sid)
+        for provider, keys in by_provider.items():
+            for part in _chunks(keys):
+                rows = conn.execute(
+                    select(events.c.dedupe_key).where(
+                        events.c.provider == provider, events.c.dedupe_key.in_(part)
+                    )
+                ).scalars()
+                found.update((provider, k) for k in rows)
+    return found
+
+
+def _normalised(address: str) -> str | None:
     try:
-        return int(subs.get_subscriber(engine, event.email)["id"])
-    except (InputError, DripmailError):
+        return subs.normalise_email(address)
+    except InputError:
         return None
 
 
-def _seen(engine: Engine, event: WebhookEvent) -> bool:
+def _subscribers_for(engine: Engine, batch: list[WebhookEvent]) -> list[int | None]:
+    """Each event's subscriber: by the delivery key it carried, else by the recipient address.
+
+    A handful of queries for the whole batch, not several per event.
+    """
+    keys = sorted({e.delivery_key for e in batch if e.delivery_key})
+    by_key: dict[str, int] = {}
+    addresses = {e.email: _normalised(e.email) for e in batch}
+    wanted = sorted({a for a in addresses.values() if a})
+    by_email: dict[str, int] = {}
     with engine.connect() as conn:
-        return (
-            conn.execute(
-                select(events.c.id).where(
-                    events.c.provider == event.provider, events.c.dedupe_key == event.dedupe_key
+        for table in (broadcast_deliveries, deliveries):  # lessons win on a clash
+            for part in _chunks(keys):
+                rows = conn.execute(
+                    select(table.c.key, table.c.subscriber_id).where(table.c.key.in_(part))
                 )
-            ).first()
-            is not None
-        )
+                by_key.update({k: int(sid) for k, sid in rows})
+        for part in _chunks(wanted):
+            rows = conn.execute(
+                select(subscribers.c.email, subscribers.c.id).where(subscribers.c.email.in_(part))
+            )
+            by_email.update({email: int(sid) for email, sid in rows})
+    out: list[int | None] = []
+    for e in batch:
+        sid = by_key.get(e.delivery_key) if e.delivery_key else None
+        if sid is None:
+            address = addresses[e.email]
+            sid = by_email.get(address) if address else None
+        out.append(sid)
+    return out
+
+
+STRENGTH = {"unsubscribed": 0, "bounced": 1, "complained": 2}
+
+
+def _action(event: WebhookEvent) -> str:
+    return "bounced" if event.type == "bounced" else event.type
 
 
 def _stop(engine: Engine, sid: int, event: WebhookEvent, now: datetime) -> list[str]:
@@ -99,45 +149,64 @@ def _stop(engine: Engine, sid: int, event: WebhookEvent, now: datetime) -> list[
     return subs.suppress(engine, sid, reason, now)
 
 
+def _row(event: WebhookEvent, sid: int | None, now: datetime) -> dict:
+    return {
+        "subscriber_id": sid,
+        "delivery_key": event.delivery_key,
+        "provider": event.provider,
+        "dedupe_key": event.dedupe_key,
+        "type": event.stored_type,
+        "detail": event.detail,
+        "occurred_at": event.at,
+        "received_at": now,
+    }
+
+
 def ingest(engine: Engine, batch: Iterable[WebhookEvent], now: datetime) -> Applied:
     """Store each event once and stop mail on hard bounce, complaint or unsubscribe.
 
-    The stop happens *before* the event is stored: if the process dies in between, the
-    provider's retry finds the event unstored and stops again (stopping is idempotent),
-    instead of finding it stored and never stopping.
+    Stops happen *before* the events are stored: if the process dies in between, the
+    provider's retry finds the events unstored and stops again (stopping is idempotent),
+    instead of finding them stored and never stopping. New events are written in one
+    transaction; if a concurrent retry of the same request wins the race, each is then
+    stored on its own and the ones already there count as duplicates.
     """
     batch = list(batch)
     check_replays(engine, batch, now)
     out = Applied()
+    unique: dict[tuple[str, str], WebhookEvent] = {}
     for event in batch:
-        if _seen(engine, event):
-            out.duplicates += 1
-            continue
-        sid = _find_subscriber(engine, event)
-        if sid is None:
-            out.unmatched += 1
-        elif event.stops_mail:
-            out.to_cancel.extend(_stop(engine, sid, event, now))
-            if sid not in out.stopped:
-                out.stopped.append(sid)
-        try:
-            stored = subs.record_event(
-                engine,
-                event.provider,
-                event.dedupe_key,
-                event.stored_type,
-                now,
-                event.at,
-                subscriber_id=sid,
-                delivery_key=event.delivery_key,
-                detail=event.detail,
-            )
-        except IntegrityError:
-            stored = False  # a concurrent retry of the same event stored it first
-        if stored:
-            out.new += 1
-        else:
-            out.duplicates += 1
+        unique.setdefault((event.provider, event.dedupe_key), event)
+    stored = _already_stored(engine, list(unique.values()))
+    fresh = [e for k, e in unique.items() if k not in stored]
+    out.duplicates = len(batch) - len(fresh)
+    sids = _subscribers_for(engine, fresh)
+    out.unmatched = sum(1 for sid in sids if sid is None)
+    # Weakest first, so a subscriber who unsubscribed and also complained ends up complained
+    # (and suppressed), whatever order the provider listed the events in.
+    stops: dict[tuple[int, int], WebhookEvent] = {}
+    for event, sid in zip(fresh, sids, strict=True):
+        if sid is not None and event.stops_mail:
+            stops.setdefault((STRENGTH[_action(event)], sid), event)
+    for (_strength, sid), event in sorted(stops.items(), key=lambda item: item[0]):
+        out.to_cancel.extend(_stop(engine, sid, event, now))
+        if sid not in out.stopped:
+            out.stopped.append(sid)
+    rows = [_row(e, sid, now) for e, sid in zip(fresh, sids, strict=True)]
+    if not rows:
+        return out
+    try:
+        with engine.begin() as conn:
+            conn.execute(insert(events), rows)
+        out.new = len(rows)
+    except IntegrityError:
+        for row in rows:
+            try:
+                with engine.begin() as conn:
+                    conn.execute(insert(events).values(**row))
+                out.new += 1
+            except IntegrityError:
+                out.duplicates += 1
     return out
 
 

@@ -291,3 +291,44 @@ def test_database_at_revision_0001_gains_the_nonce_table(tmp_path: Path) -> None
     upgraded = open_store("sqlite:///old.db", tmp_path)
     with upgraded.connect() as conn:
         assert "webhook_nonces" in inspect(conn).get_table_names()
+
+
+def test_complaint_wins_over_unsubscribe_in_one_batch_in_any_order(
+    engine: Engine, sid: int, keys: WebhookKeys
+) -> None:
+    batch = [sendgrid_event("spamreport", ADDR), sendgrid_event("unsubscribe", ADDR)]
+    applied = ingest(engine, parse(keys, "sendgrid", batch), NOW)
+    assert applied.new == 2 and applied.stopped == [sid]
+    assert subs.get_subscriber(engine, sid)["status"] == "complained"
+    assert subs.is_suppressed(engine, ADDR)
+
+
+def test_a_large_batch_with_repeats_is_stored_once_per_event(
+    engine: Engine, sid: int, keys: WebhookKeys
+) -> None:
+    # More events than one IN (...) query takes, the same open listed twice, and events for
+    # addresses nobody subscribed with.
+    opens = [
+        sendgrid_event("open", f"reader{i}@example.com", timestamp=1780315080 + i)
+        for i in range(1200)
+    ]
+    mine = sendgrid_event("open", ADDR, key=key(sid))
+    applied = ingest(engine, parse(keys, "sendgrid", [*opens, mine, mine]), NOW)
+    assert (applied.new, applied.duplicates, applied.unmatched) == (1201, 1, 1200)
+    assert len(stored(engine)) == 1201
+    assert [e["subscriber_id"] for e in stored(engine) if e["subscriber_id"]] == [sid]
+    assert ingest(engine, parse(keys, "sendgrid", opens), NOW).new == 0
+
+
+def test_losing_a_race_with_a_concurrent_retry_counts_duplicates(
+    engine: Engine, sid: int, keys: WebhookKeys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dripmail.webhooks import apply
+
+    first = [sendgrid_event("open", ADDR), sendgrid_event("click", ADDR)]
+    assert apply_events(engine, parse(keys, "sendgrid", first[:1]), NOW) == 1
+    # The other request stored its event after this one looked: the insert then collides.
+    monkeypatch.setattr(apply, "_already_stored", lambda engine, batch: set())
+    applied = ingest(engine, parse(keys, "sendgrid", first), NOW)
+    assert (applied.new, applied.duplicates) == (1, 1)
+    assert sorted(e["type"] for e in stored(engine)) == ["clicked", "opened"]
