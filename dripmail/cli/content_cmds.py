@@ -1,0 +1,127 @@
+"""`check`, `render`, `preview`, `test-send` and `init`: the commands marketers use."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import typer
+
+from dripmail.cli import state
+
+
+def check() -> None:
+    """Check course.toml, every lesson, the templates and the rendered emails.
+
+    One line per problem, `file:line: field: message`. Errors exit 1; warnings alone exit 0.
+    """
+    from dripmail.checks import check_project
+
+    problems, checked = check_project(state.project)
+    for line in dict.fromkeys(problems.errors):
+        typer.echo(f"error: {line}", err=True)
+    for line in dict.fromkeys(problems.warnings):
+        typer.echo(f"warning: {line}", err=True)
+    errors, warnings = len(set(problems.errors)), len(set(problems.warnings))
+    if errors:
+        typer.echo(f"{errors} error(s), {warnings} warning(s): fix the errors and run check again")
+        raise typer.Exit(1)
+    typer.echo(f"ok: {checked} emails checked, {warnings} warning(s)")
+
+
+def render(
+    out: Path = typer.Option(
+        Path("build/preview"), "--out", help="Folder to write into (relative to the project)."
+    ),
+) -> None:
+    """Write every email for a sample reader as .html, .txt and .eml, plus an index.html."""
+    from dripmail.content import load_course
+    from dripmail.preview_files import write_preview
+
+    course = load_course(state.project)
+    folder = out if out.is_absolute() else state.root / out
+    written = write_preview(state.project, course, folder)
+    typer.echo(f"wrote {len(written)} emails to {folder}; open {folder / 'index.html'}")
+
+
+def preview(
+    port: int = typer.Option(8025, "--port", help="Port on localhost."),
+) -> None:
+    """Serve a live preview on localhost; it re-renders and reloads when a file changes."""
+    import uvicorn
+
+    from dripmail.web.app import create_app
+
+    typer.echo(f"preview on http://127.0.0.1:{port}/preview  (Ctrl-C to stop)")
+    app = create_app(state.project, state.settings, preview=True)
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+
+
+def test_send(
+    day: int = typer.Argument(..., min=1, max=7, help="Which lesson (1-7)."),
+    to: str = typer.Option(..., "--to", help="Your own address."),
+) -> None:
+    """Send one lesson to yourself through the configured provider (default: outbox/)."""
+    import asyncio
+
+    from dripmail.checks import sample_recipient
+    from dripmail.providers.base import Outcome
+    from dripmail.render import Recipient
+    from dripmail.runner import Runner
+    from dripmail.subscribers import normalise_email
+
+    address = normalise_email(to)
+    runner = Runner(state.project, state.settings)
+    compiled = runner.renderer.lesson(day)
+    sample = sample_recipient()
+    reader = Recipient(
+        email=address,
+        first_name=sample.first_name,
+        unsubscribe_url=sample.unsubscribe_url,
+        preferences_url=sample.preferences_url,
+    )
+    probe = compiled.personalise(reader, key="probe", kind="test", ref=str(day))
+    # The same content to the same address is one test email; an edit makes a new one.
+    digest = hashlib.sha256(f"{address}|{probe.subject}|{probe.html}".encode()).hexdigest()
+    key = f"test-d{day}-{digest[:16]}"
+    message = compiled.personalise(reader, key=key, kind="test", ref=str(day))
+
+    async def send():
+        try:
+            return await runner.provider.send_batch([message])
+        finally:
+            await runner.provider.aclose()
+
+    result = asyncio.run(send())[0]
+    if result.outcome is not Outcome.ACCEPTED:
+        raise typer.Exit(_failed(result))
+    where = state.settings.provider
+    if where == "outbox":
+        where = f"outbox ({runner.project.resolve(state.settings.outbox_dir) / (key + '.eml')})"
+    typer.echo(f"sent day {day} ({message.subject!r}) to {address} via {where}")
+
+
+def _failed(result) -> int:
+    typer.echo(f"error: not sent ({result.outcome}): {result.error}", err=True)
+    return 1
+
+
+def init(
+    folder: Path = typer.Argument(..., help="Where to create the new course project."),
+) -> None:
+    """Create a course project (course/, emails/, newsletters/, .env.example) from the sample."""
+    from dripmail.scaffold import init_project
+
+    created = init_project(folder.resolve())
+    for path in created:
+        typer.echo(f"created {path}")
+    typer.echo(f"next: cd {folder} && dripmail check && dripmail render")
+
+
+def register(app: typer.Typer) -> None:
+    """Attach the content commands."""
+    app.command("check")(check)
+    app.command("render")(render)
+    app.command("preview")(preview)
+    app.command("test-send")(test_send)
+    app.command("init")(init)

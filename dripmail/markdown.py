@@ -1,0 +1,105 @@
+"""Markdown for lessons and newsletters: HTML for the email body, plain text for the text part.
+
+CommonMark via markdown-it-py with raw HTML off: a lesson file cannot smuggle markup into the
+email. The plain-text part is built from the same tokens, so it follows the lesson's own
+structure (headings, numbered steps, links written out) instead of being scraped from HTML.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from functools import lru_cache
+
+from markdown_it import MarkdownIt
+from markdown_it.token import Token
+
+ITEM, ITEM_END = "\x00item:", "\x00"
+
+
+@lru_cache(maxsize=1)
+def _md() -> MarkdownIt:
+    return MarkdownIt("commonmark", {"html": False, "typographer": False})
+
+
+def parse(source: str) -> list[Token]:
+    """The token stream of a Markdown text."""
+    return _md().parse(source)
+
+
+def to_html(source: str) -> str:
+    """Markdown rendered to HTML (raw HTML in the source is shown as text)."""
+    return _md().render(source)
+
+
+def _inline_text(token: Token) -> str:
+    out: list[str] = []
+    href_stack: list[str] = []
+    for child in token.children or []:
+        if child.type in ("text", "code_inline"):
+            out.append(child.content)
+        elif child.type in ("softbreak", "hardbreak"):
+            out.append(" " if child.type == "softbreak" else "\n")
+        elif child.type == "link_open":
+            href_stack.append(str(child.attrGet("href") or ""))
+        elif child.type == "link_close":
+            href = href_stack.pop() if href_stack else ""
+            if href and not href.startswith("mailto:"):
+                out.append(f" ({href})")
+        elif child.type == "image":
+            out.append(f"[{child.content}]")
+    return "".join(out)
+
+
+def to_text(source: str, width: int = 72) -> str:
+    """Markdown as readable plain text: headings in capitals, lists numbered, links in brackets."""
+    blocks: list[str] = []
+    stack: list[list[int | str]] = []  # per open list: [kind, next number]
+    prefix = ""
+    tokens = parse(source)
+    for index, token in enumerate(tokens):
+        if token.type == "heading_open":
+            inline = tokens[index + 1]
+            title = _inline_text(inline)
+            blocks.append(title.upper() if token.tag == "h2" else title)
+        elif token.type == "bullet_list_open":
+            stack.append(["bullet", 0])
+        elif token.type == "ordered_list_open":
+            start = token.attrGet("start")
+            stack.append(["ordered", int(start) if start else 1])
+        elif token.type in ("bullet_list_close", "ordered_list_close"):
+            stack.pop()
+        elif token.type == "list_item_open" and stack:
+            kind, number = stack[-1]
+            if kind == "ordered":
+                prefix = f"{number}. "
+                stack[-1][1] = int(number) + 1
+            else:
+                prefix = "- "
+        elif token.type == "inline" and tokens[index - 1].type == "paragraph_open":
+            text = _inline_text(token)
+            indent = "   " * max(0, len(stack) - 1)
+            if prefix:
+                lead = indent + prefix
+                body = textwrap.fill(
+                    text, width, initial_indent=lead, subsequent_indent=" " * len(lead)
+                )
+                prefix = ""
+                # Items of one list stay together: no blank line between steps.
+                blocks.append(ITEM + body)
+            else:
+                blocks.append(
+                    textwrap.fill(text, width, initial_indent=indent, subsequent_indent=indent)
+                )
+        elif token.type in ("fence", "code_block"):
+            blocks.append(textwrap.indent(token.content.rstrip("\n"), "    "))
+        elif token.type == "hr":
+            blocks.append("-" * 8)
+    out = ""
+    for block in blocks:
+        if block.startswith(ITEM):
+            joiner = "\n" if out.endswith(ITEM_END) else "\n\n"
+            block = block[len(ITEM) :] + ITEM_END
+        else:
+            joiner = "\n\n"
+        out = (out + joiner + block) if out else block
+    return out.replace(ITEM_END, "").strip() + "\n"

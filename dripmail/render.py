@@ -1,0 +1,316 @@
+"""Rendering: lesson + course -> MJML (Jinja) -> HTML (compiled once) -> per-recipient Message.
+
+Stage 1 runs the templates in `emails/` in a Jinja sandbox (marketers edit them) with
+`StrictUndefined`, and compiles the MJML with mjml-python once per email. Per-recipient values
+(first name, unsubscribe and preferences links) are left in the compiled HTML as stage-2
+placeholders ``[[ recipient.first_name ]]``; stage 2 is a precompiled sandboxed Jinja template
+with those delimiters, so personalising costs one cheap template render per reader, never an
+MJML compile. The plain-text part comes from the lesson's Markdown through `*.txt.j2`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from jinja2 import (
+    FileSystemLoader,
+    StrictUndefined,
+    Template,
+    TemplateNotFound,
+    TemplateSyntaxError,
+    UndefinedError,
+)
+from jinja2.sandbox import SandboxedEnvironment, SecurityError
+from markupsafe import Markup
+
+from dripmail.config import Project
+from dripmail.content import Course, Newsletter
+from dripmail.errors import ContentError
+from dripmail.markdown import to_html, to_text
+from dripmail.message import Mailbox, Message, MessageKind
+
+GREETING_FALLBACK = "there"
+RECIPIENT_FIELDS = ("first_name", "email", "unsubscribe_url", "preferences_url", "confirm_url")
+# Stage-2 delimiters: unusual in prose, untouched by MJML, distinct from stage 1's {{ }}.
+STAGE2 = {
+    "variable_start_string": "[[",
+    "variable_end_string": "]]",
+    "block_start_string": "[%",
+    "block_end_string": "%]",
+    "comment_start_string": "[#",
+    "comment_end_string": "#]",
+}
+_STAGE2_OPENERS = re.compile(r"\[(?=[\[%#])")
+
+
+@dataclass(frozen=True, slots=True)
+class Recipient:
+    """Who one email is for, with the signed links built for them."""
+
+    email: str
+    first_name: str = ""
+    subscriber_id: int | None = None
+    unsubscribe_url: str = ""
+    preferences_url: str = ""
+    confirm_url: str = ""
+
+
+def recipient_for(row: Mapping[str, Any], public_url: str, signer) -> Recipient:
+    """A Recipient from a subscribers row (id, email, first_name) with signed links."""
+    from dripmail.tokens import link
+
+    sid = int(row["id"])
+    return Recipient(
+        email=row["email"],
+        first_name=row.get("first_name") or "",
+        subscriber_id=sid,
+        unsubscribe_url=link(public_url, signer, sid, "unsubscribe"),
+        preferences_url=link(public_url, signer, sid, "preferences"),
+        confirm_url=link(public_url, signer, sid, "confirm"),
+    )
+
+
+class _Placeholder(Markup):
+    """A stage-2 placeholder; kept verbatim by stage 1 (never escaped or neutralised)."""
+
+
+class _RecipientPlaceholders:
+    """What `recipient` is in stage 1: each field renders as its stage-2 placeholder."""
+
+    def __getattr__(self, name: str) -> _Placeholder:
+        if name not in RECIPIENT_FIELDS:
+            raise AttributeError(name)
+        return _Placeholder(f"[[ recipient.{name} ]]")
+
+
+def _neutralise(value: Any, html: bool) -> Any:
+    # Lesson text that happens to contain "[[" must not become stage-2 template code.
+    if isinstance(value, _Placeholder) or not isinstance(value, str):
+        return value
+    if not _STAGE2_OPENERS.search(value):
+        return value
+    if html:
+        escaped = Markup(value) if isinstance(value, Markup) else Markup.escape(value)
+        return Markup(_STAGE2_OPENERS.sub("&#91;", str(escaped)))
+    return _STAGE2_OPENERS.sub("[\u200b", value)
+
+
+def _template_line(exc: BaseException, emails_dir: Path) -> tuple[str, int | None]:
+    """The template file and line an exception was raised from (Jinja rewrites tracebacks)."""
+    tb = exc.__traceback__
+    found: tuple[str, int | None] = ("", None)
+    while tb is not None:
+        name = tb.tb_frame.f_code.co_filename
+        if name.endswith(".j2"):
+            found = (name, tb.tb_lineno)
+        tb = tb.tb_next
+    return found
+
+
+@dataclass(frozen=True)
+class CompiledEmail:
+    """One email compiled for everyone: only the per-recipient stage is left."""
+
+    subject: str
+    preheader: str
+    sender: Mailbox
+    reply_to: Mailbox | None
+    tags: tuple[str, ...]
+    html_template: Template
+    text_template: Template
+    html_size: int  # bytes of the compiled HTML, before personalisation
+
+    def personalise(
+        self,
+        recipient: Recipient,
+        *,
+        key: str,
+        kind: MessageKind,
+        ref: str,
+        send_at: datetime | None = None,
+    ) -> Message:
+        """The Message for one recipient (links, name), with RFC 8058 unsubscribe headers."""
+        view = {
+            "first_name": recipient.first_name.strip() or GREETING_FALLBACK,
+            "email": recipient.email,
+            "unsubscribe_url": recipient.unsubscribe_url,
+            "preferences_url": recipient.preferences_url,
+            "confirm_url": recipient.confirm_url,
+        }
+        headers: dict[str, str] = {}
+        if recipient.unsubscribe_url:
+            headers["List-Unsubscribe"] = f"<{recipient.unsubscribe_url}>"
+            headers["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+        return Message(
+            key=key,
+            kind=kind,
+            ref=ref,
+            sender=self.sender,
+            to=Mailbox(recipient.email, recipient.first_name.strip()),
+            subject=self.subject,
+            html=self.html_template.render(recipient=view),
+            text=self.text_template.render(recipient=view),
+            preheader=self.preheader,
+            reply_to=self.reply_to,
+            headers=headers,
+            tags=self.tags,
+            send_at=send_at,
+        )
+
+
+class Renderer:
+    """Renders the course's emails from the templates in `emails/`; compiled emails are cached."""
+
+    def __init__(self, project: Project, course: Course) -> None:
+        self.project = project
+        self.course = course
+        loader = FileSystemLoader(str(project.emails_dir))
+        common = {"loader": loader, "undefined": StrictUndefined, "keep_trailing_newline": True}
+        self._html_env = SandboxedEnvironment(
+            autoescape=True, finalize=lambda v: _neutralise(v, html=True), **common
+        )
+        self._text_env = SandboxedEnvironment(
+            autoescape=False, finalize=lambda v: _neutralise(v, html=False), **common
+        )
+        self._stage2_html = SandboxedEnvironment(
+            autoescape=True, undefined=StrictUndefined, keep_trailing_newline=True, **STAGE2
+        )
+        self._stage2_text = SandboxedEnvironment(
+            autoescape=False, undefined=StrictUndefined, keep_trailing_newline=True, **STAGE2
+        )
+        self._cache: dict[tuple[str, str], CompiledEmail] = {}
+
+    # -- public -----------------------------------------------------------------------
+
+    def lesson(self, day: int) -> CompiledEmail:
+        """Day `day`'s lesson, compiled once."""
+        cached = self._cache.get(("lesson", str(day)))
+        if cached:
+            return cached
+        lesson = self.course.lesson(day)
+        context = {
+            "lesson": lesson,
+            "body_html": Markup(to_html(lesson.body)),
+            "body_text": to_text(lesson.body),
+        }
+        compiled = self._compile(
+            "lesson",
+            context,
+            subject=lesson.subject,
+            preheader=lesson.preheader,
+            tags=(self.course.id, f"day-{day}"),
+            source=lesson.path,
+        )
+        self._cache[("lesson", str(day))] = compiled
+        return compiled
+
+    def newsletter(self, newsletter: Newsletter) -> CompiledEmail:
+        """A newsletter issue, compiled once."""
+        cached = self._cache.get(("newsletter", str(newsletter.path)))
+        if cached:
+            return cached
+        context = {
+            "newsletter": newsletter,
+            "body_html": Markup(to_html(newsletter.body)),
+            "body_text": to_text(newsletter.body),
+        }
+        compiled = self._compile(
+            "newsletter",
+            context,
+            subject=newsletter.subject,
+            preheader=newsletter.preheader,
+            tags=("newsletter", newsletter.slug),
+            source=newsletter.path,
+        )
+        self._cache[("newsletter", str(newsletter.path))] = compiled
+        return compiled
+
+    def confirm(self) -> CompiledEmail:
+        """The double opt-in email."""
+        cached = self._cache.get(("confirm", ""))
+        if cached:
+            return cached
+        compiled = self._compile(
+            "confirm",
+            {},
+            subject=f"Please confirm: {self.course.title}",
+            preheader="One click and your first lesson is on its way.",
+            tags=(self.course.id, "confirm"),
+            source=None,
+        )
+        self._cache[("confirm", "")] = compiled
+        return compiled
+
+    # -- stages -----------------------------------------------------------------------
+
+    def _stage1(self, env: SandboxedEnvironment, name: str, context: dict[str, Any]) -> str:
+        where = f"emails/{name}"
+        try:
+            template = env.get_template(name)
+            return template.render(
+                course=self.course, recipient=_RecipientPlaceholders(), **context
+            )
+        except TemplateSyntaxError as exc:
+            file = f"emails/{exc.name}" if exc.name else where
+            raise ContentError.at(file, exc.lineno, f"template syntax: {exc.message}") from None
+        except TemplateNotFound as exc:
+            raise ContentError.at(
+                where, None, f"template not found: emails/{exc.name} (check the name)"
+            ) from None
+        except (UndefinedError, SecurityError) as exc:
+            file, line = _template_line(exc, self.project.emails_dir)
+            shown = self.project.display(Path(file)) if file else where
+            raise ContentError.at(shown, line, f"unknown variable: {exc}") from None
+
+    def _compile(
+        self,
+        name: str,
+        context: dict[str, Any],
+        *,
+        subject: str,
+        preheader: str,
+        tags: tuple[str, ...],
+        source: Path | None,
+    ) -> CompiledEmail:
+        from mjml import mjml2html
+
+        mjml_source = self._stage1(self._html_env, f"{name}.mjml.j2", context)
+        text_source = self._stage1(self._text_env, f"{name}.txt.j2", context)
+        try:
+            html = mjml2html(mjml_source, disable_comments=True)
+        except ValueError as exc:
+            about = f" (rendering {self.project.display(source)})" if source else ""
+            raise ContentError.at(f"emails/{name}.mjml.j2", None, f"MJML: {exc}{about}") from None
+        try:
+            html_template = self._stage2_html.from_string(html)
+            text_template = self._stage2_text.from_string(text_source)
+        except TemplateSyntaxError as exc:
+            raise ContentError.at(
+                f"emails/{name}.mjml.j2", None, f"placeholder syntax: {exc.message}"
+            ) from None
+        return CompiledEmail(
+            subject=subject,
+            preheader=preheader,
+            sender=self.course.sender,
+            reply_to=self.course.reply_to,
+            tags=tags,
+            html_template=html_template,
+            text_template=text_template,
+            html_size=len(html.encode()),
+        )
+
+    def mjml_per_recipient(self, day: int, recipient: Recipient) -> str:
+        """The naive way, for the benchmark only: Jinja and MJML for every single reader."""
+        lesson = self.course.lesson(day)
+        context = {"lesson": lesson, "body_html": Markup(to_html(lesson.body))}
+        template = self._html_env.get_template("lesson.mjml.j2")
+        view = {f: getattr(recipient, f) for f in RECIPIENT_FIELDS}
+        view["first_name"] = view["first_name"] or GREETING_FALLBACK
+        from mjml import mjml2html
+
+        return mjml2html(template.render(course=self.course, recipient=view, **context))
