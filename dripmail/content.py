@@ -318,7 +318,10 @@ def _read_front_matter(
     try:
         post = frontmatter.loads(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
+        # python-frontmatter hands YAML the text right after the opening "---" (its newline
+        # included), so a 0-based mark line is the file's 1-based line. The context mark
+        # (where the broken construct began) is the line a person needs to look at.
+        mark = getattr(exc, "context_mark", None) or getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
         reason = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         problems.error(where, line, f"front matter is not valid YAML: {reason}")

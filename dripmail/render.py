@@ -154,7 +154,7 @@ class CompiledEmail:
             to=Mailbox(recipient.email, recipient.first_name.strip()),
             subject=self.subject,
             html=self.html_template.render(recipient=view),
-            text=self.text_template.render(recipient=view),
+            text=self.text_template.render(recipient=view).rstrip() + "\n",
             preheader=self.preheader,
             reply_to=self.reply_to,
             headers=headers,

@@ -36,7 +36,7 @@ logo_alt = "Test Studio"
 """
 
 
-def lesson_text(day: int, **overrides: str) -> str:
+def lesson_text(day: int, /, **overrides: str) -> str:
     """A valid lesson file for `day`; `overrides` replace front matter values."""
     meta = {
         "day": str(day),

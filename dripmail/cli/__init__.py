@@ -117,7 +117,10 @@ def main() -> None:
     """Console-script entry point: run the app, one line per error, never a traceback."""
     debug = "--debug" in sys.argv
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
+        # Outside standalone mode click returns `typer.Exit(n)` codes instead of exiting.
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except DripmailError as exc:
         if debug:
             raise

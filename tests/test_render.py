@@ -1,0 +1,133 @@
+from email import message_from_bytes, policy
+from pathlib import Path
+
+import pytest
+
+from dripmail.checks import CLIP_LIMIT, scan_html
+from dripmail.config import Project
+from dripmail.content import load_course
+from dripmail.errors import ContentError
+from dripmail.render import Recipient, Renderer
+from tests.course_fixture import lesson_text, make_project
+
+SNAPSHOTS = Path(__file__).parent / "snapshots"
+ANA = Recipient(
+    email="ana@example.org",
+    first_name="Ana",
+    subscriber_id=7,
+    unsubscribe_url="https://signup.example.com/unsubscribe/tok-u",
+    preferences_url="https://signup.example.com/preferences/tok-p",
+)
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Project:
+    return Project(make_project(tmp_path))
+
+
+def _lesson(project: Project, day: int = 1, who: Recipient = ANA):
+    renderer = Renderer(project, load_course(project))
+    return renderer.lesson(day).personalise(who, key=f"k-{day}", kind="lesson", ref=str(day))
+
+
+def test_lesson_html_has_video_link_alt_text_unsubscribe_and_fits(project: Project) -> None:
+    message = _lesson(project, 2)
+    scan = scan_html(message.html)
+    assert "https://studio.example.com/videos/day-2" in scan.links
+    assert ANA.unsubscribe_url in scan.links and ANA.preferences_url in scan.links
+    assert not scan.images_without_alt and scan.lang == "en" and scan.headings >= 2
+    assert "Play the video" in message.html and "Hi Ana," in message.html
+    assert 'name="color-scheme" content="light dark"' in message.html
+    assert "prefers-color-scheme: dark" in message.html
+    assert len(message.html.encode()) < CLIP_LIMIT // 3
+    assert message.headers == {
+        "List-Unsubscribe": f"<{ANA.unsubscribe_url}>",
+        "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+    }
+    assert message.tags == ("test-week", "day-2") and message.subject.startswith("Day 2")
+
+
+def test_text_part_matches_snapshot(project: Project) -> None:
+    text = _lesson(project, 1).text
+    snapshot = SNAPSHOTS / "lesson-1.txt"
+    assert text == snapshot.read_text(encoding="utf-8")
+    assert "<" not in text  # written from the Markdown, not scraped from HTML
+
+
+def test_first_name_falls_back_and_is_escaped(project: Project) -> None:
+    nameless = _lesson(project, 1, Recipient(email="x@example.org"))
+    assert "Hi there," in nameless.html and "Hi there," in nameless.text
+    tricky = Recipient(email="x@example.org", first_name="<b>Bo & Co</b>")
+    message = _lesson(project, 1, tricky)
+    assert "Hi &lt;b&gt;Bo &amp; Co&lt;/b&gt;," in message.html
+    assert "Hi <b>Bo & Co</b>," in message.text  # plain text is not HTML-escaped
+
+
+def test_same_inputs_give_byte_identical_output(project: Project, tmp_path: Path) -> None:
+    first, second = _lesson(project, 3), _lesson(project, 3)
+    assert first.html == second.html and first.to_bytes() == second.to_bytes()
+
+
+def test_mime_parses_back_with_both_parts_and_headers(project: Project) -> None:
+    parsed = message_from_bytes(_lesson(project, 1).to_bytes(), policy=policy.default)
+    assert parsed.get_content_type() == "multipart/alternative"
+    kinds = [part.get_content_type() for part in parsed.iter_parts()]
+    assert kinds == ["text/plain", "text/html"]
+    assert parsed["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert parsed["To"] == "Ana <ana@example.org>"
+    assert "Hi Ana," in parsed.get_body(("plain",)).get_content()
+
+
+def test_lesson_text_with_brackets_is_not_template_code(project: Project) -> None:
+    path = project.course_dir / "day-4-stretch-4.md"
+    path.write_text(lesson_text(4) + "\nKeep [[ recipient.email ]] and {{ x }} as typed.\n")
+    message = _lesson(project, 4)
+    assert "recipient.email ]]" in message.text and "ana@example.org ]]" not in message.text
+    assert "ana@example.org ]]" not in message.html and "{{ x }}" in message.html
+
+
+def test_unknown_variable_is_reported_at_template_line(project: Project) -> None:
+    template = project.emails_dir / "lesson.mjml.j2"
+    lines = template.read_text().splitlines()
+    lines.insert(9, "{{ lesson.video_length }}")
+    template.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ContentError) as caught:
+        _lesson(project)
+    (problem,) = caught.value.problems
+    assert problem.startswith("emails/lesson.mjml.j2:10: unknown variable")
+    assert "video_length" in problem
+
+
+def test_template_syntax_error_names_file_and_line(project: Project) -> None:
+    partial = project.emails_dir / "partials" / "video.mjml.j2"
+    partial.write_text(partial.read_text() + "{% if %}\n")
+    with pytest.raises(ContentError, match=r"emails/partials/video.mjml.j2:\d+: template syntax"):
+        _lesson(project)
+
+
+def test_sandbox_blocks_python_internals(project: Project) -> None:
+    template = project.emails_dir / "lesson.txt.j2"
+    template.write_text("{{ lesson.__class__.__mro__ }}\n" + template.read_text())
+    with pytest.raises(ContentError, match=r"emails/lesson\.txt\.j2:1"):
+        _lesson(project)
+
+
+def test_broken_mjml_is_a_content_error(project: Project) -> None:
+    template = project.emails_dir / "confirm.mjml.j2"
+    template.write_text(template.read_text().replace("</mj-column>", "", 1))
+    with pytest.raises(ContentError, match=r"emails/confirm\.mjml\.j2: MJML"):
+        Renderer(project, load_course(project)).confirm()
+
+
+def test_mjml_is_compiled_once_per_lesson(project: Project, monkeypatch) -> None:
+    import mjml
+
+    calls = []
+    real = mjml.mjml2html
+    monkeypatch.setattr(mjml, "mjml2html", lambda *a, **k: calls.append(1) or real(*a, **k))
+    renderer = Renderer(project, load_course(project))
+    for i in range(50):
+        renderer.lesson(1).personalise(
+            Recipient(email=f"r{i}@example.org"), key=str(i), kind="lesson", ref="1"
+        )
+    assert len(calls) == 1
