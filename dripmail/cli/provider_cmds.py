@@ -1,0 +1,80 @@
+"""`providers check` and `providers list`: is the configured provider usable, what can each do."""
+
+from __future__ import annotations
+
+import typer
+
+from dripmail.cli import state
+
+providers_app = typer.Typer(help="Email providers: check credentials, compare capabilities.")
+
+NAMES = ("outbox", "smtp", "postmark", "sendgrid", "mailgun", "resend")
+
+
+@providers_app.command("check")
+def check() -> None:
+    """Verify the configured provider with a harmless authenticated call (sends nothing)."""
+    import asyncio
+
+    from dripmail.providers import get_provider
+
+    provider = get_provider(state.settings, state.project)
+
+    async def run() -> str:
+        try:
+            return await provider.check()
+        finally:
+            await provider.aclose()
+
+    typer.echo(asyncio.run(run()))
+
+
+def _capabilities(name: str):
+    from importlib import import_module
+
+    if name == "outbox":
+        from dripmail.providers.outbox import OutboxProvider
+
+        return OutboxProvider.capabilities
+    try:
+        module = import_module(f"dripmail.providers.{name}")
+    except ModuleNotFoundError:
+        return None
+    return module.CAPABILITIES
+
+
+def _window(ahead) -> str:
+    if not ahead:
+        return "none (handed over when due)"
+    hours = ahead.total_seconds() / 3600
+    return f"{hours / 24:g} days" if hours >= 48 else f"{hours:g} h"
+
+
+@providers_app.command("list")
+def list_() -> None:
+    """What each provider can do: batch size, scheduling window, cancel, idempotency key."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="Providers (DRIPMAIL_PROVIDER)")
+    for col in ("provider", "batch", "schedule ahead", "cancel", "idempotency key", ""):
+        table.add_column(col)
+    current = state.settings.provider
+    for name in NAMES:
+        caps = _capabilities(name)
+        if caps is None:
+            continue
+        table.add_row(
+            name,
+            str(caps.max_batch),
+            _window(caps.schedule_ahead),
+            "yes" if caps.can_cancel else "no",
+            "yes" if caps.idempotency_key else "no",
+            "configured" if name == current else "",
+        )
+    Console(width=100).print(table)
+
+
+def register(app: typer.Typer) -> None:
+    """Attach the `providers` group."""
+    app.add_typer(providers_app, name="providers")

@@ -1,0 +1,320 @@
+"""What every HTTP provider shares: one pooled client, a rate limiter, retries, classification.
+
+The question that matters after a failed request is not "did it fail?" but "could the provider
+have acted on it?". `HttpClient.call` answers it for every attempt:
+
+- surely not sent: the connection was refused or never set up (nothing left this machine), or
+  the provider answered 429 (it refused before doing anything). Safe to retry at once.
+- ambiguous: the request went out and no usable answer came back (a read/write timeout, a
+  dropped connection, a 5xx). The provider may have accepted it. Only a request the provider
+  deduplicates (an idempotency key) may be retried blindly; everything else goes back to the
+  provider module, which either looks the messages up or reports them for review.
+- answered: 2xx or 4xx. The provider module maps the body (4xx other than 401/403/429 are
+  permanent for what was asked, never retried blindly). 401/403 raise `ProviderAuthError`.
+
+Retries use exponential backoff with full jitter (a random wait in [0, base * 2^n], capped),
+honour ``Retry-After`` and the providers' rate-limit headers, and stop after a bounded number
+of attempts. A client-side limiter paces messages per second and requests per second and bounds
+concurrent requests, so a large send does not run into a storm of 429s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
+from email.utils import parsedate_to_datetime
+from enum import StrEnum
+from typing import Any
+
+import httpx
+
+from dripmail.errors import ProviderAuthError
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Client-side pacing for one provider (None means no limit on that dimension)."""
+
+    messages_per_second: float | None = None
+    requests_per_second: float | None = None
+    max_concurrency: int = 4
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Bounded retries with exponential backoff and full jitter."""
+
+    max_attempts: int = 5
+    base_delay: float = 0.5  # seconds; the n-th retry waits uniform(0, base * 2^(n-1))
+    max_delay: float = 30.0
+    # A provider asking us to wait longer than this gets its wish from the engine instead:
+    # the batch goes back to the queue (surely not sent) rather than blocking the run.
+    max_retry_after: float = 120.0
+    timeout: float = 30.0  # read/write timeout per request, seconds
+    connect_timeout: float = 10.0
+
+    def backoff(self, attempt: int) -> float:
+        """Full jitter: a uniformly random wait up to the exponential ceiling."""
+        ceiling = min(self.max_delay, self.base_delay * (2 ** (attempt - 1)))
+        return random.uniform(0, ceiling)
+
+
+class Sent(StrEnum):
+    """What we know about a request after the last attempt."""
+
+    ANSWERED = "answered"  # a usable answer: 2xx or a 4xx other than 401/403/429
+    NOT_SENT = "not_sent"  # surely not acted on (refused connection, 429, ...)
+    AMBIGUOUS = "ambiguous"  # may have been acted on (timeout after sending, dropped, 5xx)
+
+
+@dataclass(slots=True)
+class Answer:
+    """The outcome of `HttpClient.call`."""
+
+    sent: Sent
+    response: httpx.Response | None = None
+    error: str = ""
+    attempts: int = 0
+
+    @property
+    def status(self) -> int:
+        return self.response.status_code if self.response is not None else 0
+
+    def json(self) -> Any:
+        """The answer body as JSON, or None when it is not JSON."""
+        if self.response is None:
+            return None
+        try:
+            return self.response.json()
+        except ValueError:
+            return None
+
+
+def retry_after_seconds(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """How long the provider asks us to wait: ``Retry-After`` or a rate-limit reset header.
+
+    ``Retry-After`` is seconds or an HTTP date. Rate-limit headers come in two dialects:
+    SendGrid ``X-RateLimit-Reset`` (a Unix time) and the IETF draft used by Resend
+    (``ratelimit-reset``, seconds from now). They count only when the remaining budget is 0.
+    """
+    now = time.time() if now is None else now
+    lower = {k.lower(): v for k, v in headers.items()}
+    value = lower.get("retry-after")
+    if value:
+        value = value.strip()
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            try:
+                return max(0.0, parsedate_to_datetime(value).timestamp() - now)
+            except (TypeError, ValueError):
+                pass
+    remaining = lower.get("x-ratelimit-remaining", lower.get("ratelimit-remaining"))
+    reset = lower.get("x-ratelimit-reset", lower.get("ratelimit-reset"))
+    if remaining is not None and reset is not None and remaining.strip() == "0":
+        try:
+            reset_value = float(reset)
+        except ValueError:
+            return None
+        # A value this large is a Unix time (SendGrid); a small one is seconds (Resend).
+        return max(0.0, reset_value - now) if reset_value > 1e9 else max(0.0, reset_value)
+    return None
+
+
+class RateLimiter:
+    """Paces messages/s and requests/s (reservations in arrival order) and bounds concurrency.
+
+    Pacing state lives in plain floats so it survives `asyncio.run` being called once per
+    engine chunk; the semaphore is rebuilt for each event loop.
+    """
+
+    def __init__(self, limits: Limits, clock: Callable[[], float] = time.monotonic) -> None:
+        self.limits = limits
+        self._clock = clock
+        self._next_message = 0.0
+        self._next_request = 0.0
+        self._paused_until = 0.0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._semaphore: asyncio.Semaphore | None = None
+
+    def _sem(self) -> asyncio.Semaphore:
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop or self._semaphore is None:
+            self._loop = loop
+            self._semaphore = asyncio.Semaphore(self.limits.max_concurrency)
+        return self._semaphore
+
+    def reserve(self, messages: int) -> float:
+        """Book the next slot for a request carrying `messages`; returns the wait in seconds."""
+        now = self._clock()
+        start = max(now, self._paused_until)
+        if self.limits.messages_per_second and messages:
+            start = max(start, self._next_message)
+            self._next_message = start + messages / self.limits.messages_per_second
+        if self.limits.requests_per_second:
+            start = max(start, self._next_request)
+            self._next_request = start + 1 / self.limits.requests_per_second
+        return start - now
+
+    def pause(self, seconds: float) -> None:
+        """Hold every request (also those already waiting for a slot) for `seconds`."""
+        self._paused_until = max(self._paused_until, self._clock() + seconds)
+
+    @asynccontextmanager
+    async def slot(self, messages: int) -> AsyncIterator[None]:
+        """Wait for a pacing slot, then hold one of the concurrent-request places."""
+        wait = self.reserve(messages)
+        if wait > 0:
+            await asyncio.sleep(wait)
+        async with self._sem():
+            # A 429 seen by another request while we waited pauses us as well.
+            late = self._paused_until - self._clock()
+            if late > 0:
+                await asyncio.sleep(late)
+            yield
+
+
+# Connection set-up failures: the request never left this machine.
+_NOT_SENT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+# The request (or part of it) went out and no answer came back.
+_AMBIGUOUS_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
+
+
+def _describe(exc: Exception) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return f"{type(exc).__name__}: {text}"[:300]
+
+
+class HttpClient:
+    """One pooled `httpx.AsyncClient` per provider, with the limiter and retry policy.
+
+    The client is rebuilt when the running event loop changes (the engine calls `asyncio.run`
+    once per chunk), because pooled connections belong to the loop that opened them.
+    """
+
+    def __init__(
+        self,
+        provider: str,
+        credential_variable: str,
+        base_url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        auth: httpx.Auth | tuple[str, str] | None = None,
+        limits: Limits | None = None,
+        retry: RetryPolicy | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        is_auth_error: Callable[[httpx.Response], bool] | None = None,
+    ) -> None:
+        self.provider = provider
+        self.credential_variable = credential_variable
+        self.base_url = base_url.rstrip("/")
+        self.headers = dict(headers or {})
+        self.auth = auth
+        self.limits = limits or Limits()
+        self.retry = retry or RetryPolicy()
+        self.limiter = RateLimiter(self.limits)
+        self._transport = transport
+        # Which answers mean "the credential was refused" (default 401/403); Resend also uses
+        # 403 for an unverified sending domain, which is not a credential problem.
+        self.is_auth_error = is_auth_error or (lambda r: r.status_code in (401, 403))
+        self._client: httpx.AsyncClient | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.requests = 0  # every attempt, for tests and the benchmark
+
+    def with_retry(self, **changes: Any) -> None:
+        """Adjust the retry policy (tests shorten delays and timeouts)."""
+        self.retry = replace(self.retry, **changes)
+
+    def _get(self) -> httpx.AsyncClient:
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._loop is not loop:
+            # The old client's connections died with their loop; drop it without awaiting.
+            self._loop = loop
+            self._client = httpx.AsyncClient(
+                base_url=self.base_url,
+                headers={"User-Agent": "dripmail", **self.headers},
+                auth=self.auth,
+                timeout=httpx.Timeout(self.retry.timeout, connect=self.retry.connect_timeout),
+                limits=httpx.Limits(
+                    max_connections=self.limits.max_concurrency,
+                    max_keepalive_connections=self.limits.max_concurrency,
+                ),
+                transport=self._transport,
+            )
+        return self._client
+
+    async def aclose(self) -> None:
+        """Close pooled connections (only possible on the loop that opened them)."""
+        client, self._client = self._client, None
+        if client is not None and self._loop is asyncio.get_running_loop():
+            await client.aclose()
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        messages: int = 0,
+        idempotent: bool = False,
+        retry_if: Callable[[httpx.Response], bool] | None = None,
+        **kwargs: Any,
+    ) -> Answer:
+        """Send one request with retries; see the module docstring for the classification.
+
+        `idempotent`: the provider deduplicates this exact request (GET, or an idempotency key
+        with the identical body), so an ambiguous attempt may be retried. Otherwise an
+        ambiguous attempt ends the call at once. `retry_if` marks provider-specific answers
+        that mean "not done yet, ask again" (Resend's 409 for a key still in progress).
+        """
+        ambiguous = False
+        last_error = ""
+        attempt = 0
+        for attempt in range(1, self.retry.max_attempts + 1):
+            wait: float | None = None
+            async with self.limiter.slot(messages):
+                self.requests += 1
+                try:
+                    response = await self._get().request(method, path, **kwargs)
+                except _NOT_SENT_ERRORS as exc:
+                    last_error = "not sent: " + _describe(exc)
+                    response = None
+                except _AMBIGUOUS_ERRORS as exc:
+                    ambiguous = True
+                    last_error = "no answer after sending: " + _describe(exc)
+                    response = None
+            if response is not None:
+                status = response.status_code
+                if self.is_auth_error(response):
+                    raise ProviderAuthError(
+                        self.provider, self.credential_variable, f"HTTP {status}"
+                    )
+                hint = retry_after_seconds(response.headers)
+                if status == 429 or (retry_if is not None and retry_if(response)):
+                    last_error = f"HTTP {status} {_snippet(response)}"
+                    wait = hint
+                    if hint is not None and hint > self.retry.max_retry_after:
+                        break  # the provider wants a long pause: let the engine come back
+                    if hint is not None:
+                        self.limiter.pause(hint)
+                elif status >= 500:
+                    ambiguous = True
+                    last_error = f"HTTP {status} {_snippet(response)}"
+                    wait = hint
+                else:
+                    if hint is not None and hint <= self.retry.max_retry_after:
+                        self.limiter.pause(hint)  # budget used up: slow the next requests
+                    return Answer(Sent.ANSWERED, response, "", attempt)
+            if ambiguous and not idempotent:
+                return Answer(Sent.AMBIGUOUS, response, last_error, attempt)
+            if attempt < self.retry.max_attempts:
+                await asyncio.sleep(wait if wait is not None else self.retry.backoff(attempt))
+        return Answer(Sent.AMBIGUOUS if ambiguous else Sent.NOT_SENT, None, last_error, attempt)
+
+
+def _snippet(response: httpx.Response) -> str:
+    text = response.text.strip().replace("\n", " ")
+    return text[:200]

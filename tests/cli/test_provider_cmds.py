@@ -1,0 +1,71 @@
+"""`send.py providers check|list` as subprocesses against the loopback fake provider."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+PREFIXES = ("DRIPMAIL_", "POSTMARK_", "SENDGRID_", "MAILGUN_", "RESEND_")
+
+
+def _run(tmp_path: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(PREFIXES)}
+    return subprocess.run(
+        [sys.executable, str(ROOT / "send.py"), "--root", str(tmp_path), *args],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**clean, **env},
+        timeout=60,
+    )
+
+
+def test_check_makes_an_authenticated_call(tmp_path: Path, fake_providers) -> None:
+    env = {
+        "DRIPMAIL_PROVIDER": "postmark",
+        "POSTMARK_SERVER_TOKEN": fake_providers.POSTMARK_TOKEN,
+        "DRIPMAIL_POSTMARK_BASE_URL": fake_providers.base("postmark"),
+    }
+    out = _run(tmp_path, env, "providers", "check")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().count("\n") == 0 and "dripmail test server" in out.stdout
+    assert ("postmark", "GET", "/server") in fake_providers.requests
+    assert fake_providers.accepted("postmark") == []  # harmless: nothing sent
+
+
+def test_check_with_a_refused_credential_names_the_variable(tmp_path: Path, fake_providers) -> None:
+    env = {
+        "DRIPMAIL_PROVIDER": "resend",
+        "RESEND_API_KEY": "re_wrong",
+        "DRIPMAIL_RESEND_BASE_URL": fake_providers.base("resend"),
+    }
+    out = _run(tmp_path, env, "providers", "check")
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines() == [
+        "error: resend rejected the credential in RESEND_API_KEY: check and set it, then re-run "
+        "(HTTP 403)"
+    ]
+
+
+def test_missing_credential_is_one_line_before_any_request(tmp_path: Path, fake_providers) -> None:
+    env = {
+        "DRIPMAIL_PROVIDER": "postmark",
+        "DRIPMAIL_POSTMARK_BASE_URL": fake_providers.base("postmark"),
+    }
+    out = _run(tmp_path, env, "providers", "check")
+    assert out.returncode == 1
+    assert "POSTMARK_SERVER_TOKEN is not set" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
+    assert fake_providers.requests == []
+
+
+def test_list_shows_capabilities(tmp_path: Path) -> None:
+    out = _run(tmp_path, {}, "providers", "list")
+    assert out.returncode == 0, out.stderr
+    rows = {line.split("│")[1].strip(): line for line in out.stdout.splitlines() if "│" in line}
+    assert "500" in rows["postmark"] and "none" in rows["postmark"]
+    assert "100" in rows["resend"] and "30 days" in rows["resend"]
+    assert "configured" in rows["outbox"]

@@ -1,0 +1,250 @@
+"""Check requests against the providers' published API definitions in ../shared/provider-specs.
+
+- SendGrid and Resend (OpenAPI 3.1) go through openapi-core as they are: path, method,
+  parameters, security scheme and JSON body.
+- Postmark's file is Swagger 2.0, which openapi-core does not read: the operations are converted
+  to OpenAPI 3 here (body parameter -> requestBody, ``#/definitions`` -> components), then
+  checked the same way.
+- Mailgun's send is multipart/form-data with families of fields (``h:<Header>``, ``v:<var>``
+  written in the file as the placeholders ``h:X-My-Header`` / ``v:my-var``): the form is parsed
+  here (repeated fields -> lists for array properties) and checked with jsonschema against the
+  published body schema, each family member against its placeholder's schema.
+
+Known quirks of the files, worked around here and said in the README: SendGrid's message-level
+``custom_args`` is typed string (dripmail only sends it per personalization, as an object);
+Resend has no ``maxItems`` on batch (the fake enforces 100 itself) and no error schemas;
+Postmark's file predates ``MessageStream`` and ``Metadata`` (extra fields still validate).
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+SPECS = Path(
+    os.environ.get(
+        "DRIPMAIL_PROVIDER_SPECS",
+        str(Path(__file__).resolve().parents[3] / "shared" / "provider-specs"),
+    )
+)
+if not SPECS.is_dir():  # worktrees live one level deeper than the main checkout
+    SPECS = Path("/work/shared/provider-specs")
+
+HOSTS = {
+    "postmark": "https://api.postmarkapp.com",
+    "sendgrid": "https://api.sendgrid.com",
+    "resend": "https://api.resend.com",
+}
+
+
+def _rewrite_refs(node: Any) -> Any:
+    if isinstance(node, dict):
+        out = {}
+        for key, value in node.items():
+            if key == "$ref" and isinstance(value, str):
+                out[key] = value.replace("#/definitions/", "#/components/schemas/")
+            else:
+                out[key] = _rewrite_refs(value)
+        return out
+    if isinstance(node, list):
+        return [_rewrite_refs(v) for v in node]
+    return node
+
+
+def swagger2_to_openapi3(spec: dict, host: str) -> dict:
+    """Just enough of a Swagger 2.0 -> OpenAPI 3.0 conversion to validate requests."""
+    paths: dict = {}
+    for path, item in spec.get("paths", {}).items():
+        new_item = {}
+        for method, op in item.items():
+            if method not in ("get", "post", "put", "delete", "patch"):
+                continue
+            params, body = [], None
+            for param in op.get("parameters", []):
+                if param.get("in") == "body":
+                    body = {
+                        "required": bool(param.get("required", False)),
+                        "content": {"application/json": {"schema": _rewrite_refs(param["schema"])}},
+                    }
+                    continue
+                schema = {k: param[k] for k in ("type", "format", "enum", "items") if k in param}
+                params.append(
+                    {
+                        "name": param["name"],
+                        "in": param["in"],
+                        "required": bool(param.get("required", False)),
+                        "schema": schema,
+                    }
+                )
+            new_op: dict = {"parameters": params, "responses": {"200": {"description": "OK"}}}
+            if body:
+                new_op["requestBody"] = body
+            new_item[method] = new_op
+        paths[path] = new_item
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": spec.get("info", {}).get("title", "converted"), "version": "1"},
+        "servers": [{"url": host}],
+        "paths": paths,
+        "components": {"schemas": _rewrite_refs(spec.get("definitions", {}))},
+    }
+
+
+@functools.cache
+def _openapi(provider: str):
+    from openapi_core import OpenAPI
+
+    if provider == "postmark":
+        raw = yaml.safe_load((SPECS / "postmark" / "server-api.swagger.yaml").read_text())
+        return OpenAPI.from_dict(swagger2_to_openapi3(raw, HOSTS["postmark"]))
+    if provider == "sendgrid":
+        merged: dict | None = None
+        for name in ("tsg_mail_v3.yaml", "tsg_scheduled_sends_v3.yaml"):
+            part = yaml.safe_load((SPECS / "sendgrid" / name).read_text())
+            if merged is None:
+                merged = copy.deepcopy(part)
+            else:
+                merged["paths"].update(part["paths"])
+                for kind, values in part.get("components", {}).items():
+                    merged.setdefault("components", {}).setdefault(kind, {}).update(values)
+        return OpenAPI.from_dict(merged)
+    if provider == "resend":
+        return OpenAPI.from_dict(yaml.safe_load((SPECS / "resend" / "resend.yaml").read_text()))
+    raise KeyError(provider)
+
+
+@functools.cache
+def _mailgun() -> dict:
+    return yaml.safe_load((SPECS / "mailgun" / "openapi.yaml").read_text())
+
+
+def preload(providers: tuple[str, ...] = ("postmark", "sendgrid", "resend", "mailgun")) -> None:
+    """Parse the definitions up front (the Mailgun file is large)."""
+    for provider in providers:
+        if provider == "mailgun":
+            _mailgun()
+        else:
+            _openapi(provider)
+
+
+@dataclass
+class _Request:
+    """The request shape openapi-core's protocol asks for."""
+
+    host_url: str
+    path: str
+    method: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]
+    body: bytes | None
+    content_type: str
+    parameters: Any = field(init=False)
+
+    def __post_init__(self) -> None:
+        from openapi_core.datatypes import RequestParameters
+        from werkzeug.datastructures import Headers, ImmutableMultiDict
+
+        self.parameters = RequestParameters(
+            query=ImmutableMultiDict([(k, v) for k, vs in self.query.items() for v in vs]),
+            header=Headers(list(self.headers.items())),
+            cookie=ImmutableMultiDict(),
+            path={},
+        )
+
+    @property
+    def full_url_pattern(self) -> str:
+        return self.host_url + self.path
+
+
+def _describe(exc: Exception) -> str:
+    parts = [f"{type(exc).__name__}: {exc}"]
+    cause = exc.__cause__
+    while cause is not None and len(parts) < 4:
+        parts.append(str(cause)[:500])
+        cause = cause.__cause__
+    return " | ".join(parts)[:1500]
+
+
+def validate(
+    provider: str,
+    method: str,
+    path: str,
+    query: dict[str, list[str]],
+    headers: dict[str, str],
+    body: bytes,
+    form: dict[str, list[str]] | None = None,
+) -> str | None:
+    """None when the request matches the provider's published definition, else why not."""
+    if provider == "mailgun":
+        return _validate_mailgun(method, path, headers, form)
+    request = _Request(
+        HOSTS[provider],
+        path,
+        method.lower(),
+        query,
+        headers,
+        body or None,
+        headers.get("Content-Type", headers.get("content-type", "application/json")).split(";")[0],
+    )
+    try:
+        _openapi(provider).validate_request(request)
+    except Exception as exc:  # openapi-core raises a family of validation errors
+        return _describe(exc)
+    return None
+
+
+def _validate_mailgun(
+    method: str, path: str, headers: dict[str, str], form: dict[str, list[str]] | None
+) -> str | None:
+    spec = _mailgun()
+    lower = {k.lower(): v for k, v in headers.items()}
+    if not lower.get("authorization", "").startswith("Basic "):
+        return "security: basicAuth (api:KEY) missing"
+    parts = path.strip("/").split("/")
+    if method == "GET" and len(parts) == 3 and parts[:2] == ["v3", "domains"]:
+        return None if "/v3/domains/{name}" in spec["paths"] else "no GET /v3/domains/{name}"
+    if not (method == "POST" and len(parts) == 3 and parts[0] == "v3" and parts[2] == "messages"):
+        return f"{method} {path} is not an operation dripmail expects to call"
+    op = spec["paths"]["/v3/{domain_name}/messages"]["post"]
+    ref = op["requestBody"]["content"]["multipart/form-data"]["schema"]["$ref"]
+    schema = spec["components"]["schemas"][ref.rsplit("/", 1)[1]]
+    if not lower.get("content-type", "").startswith("multipart/form-data"):
+        return "body must be multipart/form-data"
+    props = schema["properties"]
+    instance: dict[str, Any] = {}
+    for name, values in (form or {}).items():
+        if name.startswith("h:"):
+            target = props["h:X-My-Header"]
+        elif name.startswith("v:"):
+            target = props["v:my-var"]
+        elif name in props:
+            target = props[name]
+        else:
+            return f"unknown form field {name!r}"
+        value: Any = values if target.get("type") == "array" else values[-1]
+        if target.get("type") != "array" and len(values) > 1:
+            return f"form field {name!r} given {len(values)} times"
+        try:
+            jsonschema.validate(value, target)
+        except jsonschema.ValidationError as exc:
+            return f"{name}: {exc.message}"
+        instance[name] = value
+    plain = {k: v for k, v in instance.items() if not k.startswith(("h:", "v:"))}
+    try:
+        jsonschema.validate(plain, {**schema, "properties": props})
+    except jsonschema.ValidationError as exc:
+        return f"body: {exc.message}"
+    if "recipient-variables" in instance:
+        try:
+            json.loads(instance["recipient-variables"])
+        except ValueError:
+            return "recipient-variables is not JSON"
+    return None
