@@ -14,23 +14,17 @@ import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
-from hashlib import sha256
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Engine, and_, bindparam, or_, select, update
+from sqlalchemy import Engine, and_, or_, select, update
 
 from dripmail import schedule
-from dripmail.errors import ProviderAuthError
-from dripmail.message import Message
-from dripmail.providers.base import Lookup, Outcome, Provider
+from dripmail.handover import RenderFn, deliver, release
+from dripmail.providers.base import Provider
 from dripmail.store.schema import deliveries, subscribers
-from dripmail.subscribers import suppress
 
 DONE = ("sent", "handed", "skipped", "failed", "review", "cancelled")
 LEASE = timedelta(minutes=10)
-RETRY_AFTER = timedelta(minutes=15)
-
-RenderFn = Callable[[dict], Message]  # a joined delivery + subscriber row -> Message
 
 
 @dataclass
@@ -188,165 +182,6 @@ def _claim(engine: Engine, rows: list[dict], worker: str, now: datetime) -> list
     return held
 
 
-def _record_many(engine: Engine, now: datetime, outcomes: list[tuple[str, dict]]) -> None:
-    """Record several deliveries' outcomes in one transaction (claims released).
-
-    Outcomes with the same columns go out as one executemany, so a batch of 500 costs a
-    handful of statements, not 500 round trips.
-    """
-    groups: dict[tuple[str, ...], list[dict]] = {}
-    for key, values in outcomes:
-        groups.setdefault(tuple(sorted(values)), []).append({"k": key, **values})
-    if not groups:
-        return
-    with engine.begin() as conn:
-        for columns, params in groups.items():
-            conn.execute(
-                update(deliveries)
-                .where(deliveries.c.key == bindparam("k"))
-                .values(
-                    updated_at=now,
-                    claimed_by=None,
-                    lease_expires_at=None,
-                    **{c: bindparam(c) for c in columns},
-                ),
-                params,
-            )
-
-
-def _record(engine: Engine, key: str, now: datetime, **values) -> None:
-    with engine.begin() as conn:
-        conn.execute(
-            update(deliveries)
-            .where(deliveries.c.key == key)
-            .values(updated_at=now, claimed_by=None, lease_expires_at=None, **values)
-        )
-
-
-async def _deliver(
-    engine: Engine,
-    provider: Provider,
-    held: list[dict],
-    render: RenderFn,
-    now: datetime,
-    report: RunReport,
-) -> None:
-    by_key = {row["key"]: row for row in held}
-    messages = {row["key"]: render(row) for row in held}
-    # Crash recovery first: anything left `sending` may already be at the provider.
-    in_flight = [row for row in held if row["state"] == "sending"]
-    if in_flight:
-        looked = await provider.reconcile([messages[r["key"]] for r in in_flight])
-        for row in in_flight:
-            found = looked.get(row["key"], Lookup.UNKNOWN)
-            report.recovered += 1
-            if found is Lookup.FOUND:
-                _record(engine, row["key"], now, state="sent", sent_at=now)
-                report.sent += 1
-                messages.pop(row["key"])
-            elif found is Lookup.UNKNOWN:
-                _record(
-                    engine,
-                    row["key"],
-                    now,
-                    state="review",
-                    last_error="hand-over interrupted; provider cannot tell: check by hand",
-                )
-                report.review += 1
-                messages.pop(row["key"])
-    keys = list(messages)
-    size = provider.capabilities.max_batch
-    for start in range(0, len(keys), size):
-        batch = [messages[k] for k in keys[start : start + size]]
-        batch_key = "b-" + sha256("|".join(m.key for m in batch).encode()).hexdigest()[:32]
-        with engine.begin() as conn:
-            conn.execute(
-                update(deliveries)
-                .where(deliveries.c.key.in_([m.key for m in batch]))
-                .values(
-                    state="sending",
-                    batch_key=batch_key,
-                    updated_at=now,
-                    attempts=deliveries.c.attempts + 1,
-                    provider=provider.name,
-                )
-            )
-        try:
-            results = await provider.send_batch(batch, batch_key=batch_key)
-        except ProviderAuthError:
-            # The credential was refused for the whole call: nothing was sent. Undo the
-            # `sending` mark so the rows go back to the queue exactly as they were.
-            with engine.begin() as conn:
-                conn.execute(
-                    update(deliveries)
-                    .where(
-                        deliveries.c.key.in_([m.key for m in batch]),
-                        deliveries.c.state == "sending",
-                    )
-                    .values(state="claimed", batch_key=None, attempts=deliveries.c.attempts - 1)
-                )
-            raise
-        outcomes: list[tuple[str, dict]] = []
-        to_suppress: list[int] = []
-        for message, result in zip(batch, results, strict=True):
-            if result.outcome is Outcome.ACCEPTED:
-                later = message.send_at is not None and message.send_at > now
-                outcomes.append(
-                    (
-                        message.key,
-                        {
-                            "state": "handed" if later else "sent",
-                            "provider_message_id": result.provider_id,
-                            "sent_at": message.send_at or now,
-                        },
-                    )
-                )
-                report.handed += later
-                report.sent += not later
-            elif result.outcome is Outcome.TRANSIENT:
-                outcomes.append(
-                    (
-                        message.key,
-                        {
-                            "state": "planned",
-                            "last_error": result.error,
-                            "next_attempt_at": now + RETRY_AFTER,
-                        },
-                    )
-                )
-                report.retry += 1
-            elif result.outcome is Outcome.PERMANENT:
-                outcomes.append((message.key, {"state": "failed", "last_error": result.error}))
-                report.failed += 1
-                if result.suppress:
-                    # e.g. Postmark 406 (inactive recipient): never mail this address again.
-                    to_suppress.append(by_key[message.key]["subscriber_id"])
-            else:
-                outcomes.append((message.key, {"state": "review", "last_error": result.error}))
-                report.review += 1
-        # One commit per batch, not per message: the outcome of a batch lands together.
-        _record_many(engine, now, outcomes)
-        for subscriber_id in to_suppress:
-            suppress(engine, subscriber_id, "bounced", now)
-            report.suppressed += 1
-
-
-def _release(engine: Engine, keys: Sequence[str], now: datetime) -> None:
-    """Give claimed rows back to the queue untouched (e.g. the provider refused our credential).
-
-    Only `claimed` rows: a row marked `sending` may be at the provider and is left for
-    reconcile (except when the provider refused the whole call, see `_deliver`).
-    """
-    if not keys:
-        return
-    with engine.begin() as conn:
-        conn.execute(
-            update(deliveries)
-            .where(deliveries.c.key.in_(list(keys)), deliveries.c.state == "claimed")
-            .values(state="planned", claimed_by=None, lease_expires_at=None, updated_at=now)
-        )
-
-
 def complete_finished(engine: Engine, now: datetime) -> int:
     """Mark active subscribers whose every lesson is done as `completed`; returns how many."""
     open_rows = (
@@ -406,11 +241,11 @@ def run_once(
         held = _claim(engine, rows, worker, now)
         if held:
             try:
-                asyncio.run(_deliver(engine, provider, held, render, now, report))
+                asyncio.run(deliver(engine, deliveries, provider, held, render, now, report))
             except BaseException:
                 # Whatever stopped us (a refused credential, a content error, Ctrl-C), what
                 # this worker holds and did not hand over goes back to the queue unchanged.
-                _release(engine, [r["key"] for r in held], now)
+                release(engine, deliveries, [r["key"] for r in held], now)
                 raise
             taken += len(held)
             if progress:

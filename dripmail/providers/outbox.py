@@ -38,6 +38,7 @@ class OutboxProvider:
         self.folder = Path(folder)
         self._clock = clock or (lambda: datetime.now(UTC))
         self._indexed: set[str] | None = None
+        self._tail_checked = False
 
     def _index_keys(self) -> set[str]:
         if self._indexed is None:
@@ -52,9 +53,21 @@ class OutboxProvider:
         return self._indexed
 
     def _append_index(self, message: Message, send_at: datetime | None) -> None:
-        with open(self.folder / "index.jsonl", "a", encoding="utf-8") as index:
-            index.write(self._index_line(message, send_at))
-        self._index_keys().add(message.key)
+        path = self.folder / "index.jsonl"
+        keys = self._index_keys()
+        with open(path, "a+", encoding="utf-8") as index:
+            line = self._index_line(message, send_at)
+            if not self._tail_checked:
+                # A process killed mid-line leaves a torn last line; start on a fresh line so
+                # the torn one does not swallow this one.
+                index.seek(0, os.SEEK_END)
+                if index.tell() > 0:
+                    index.seek(index.tell() - 1)
+                    if index.read(1) != "\n":
+                        line = "\n" + line
+                self._tail_checked = True
+            index.write(line)
+        keys.add(message.key)
 
     def _index_line(self, message: Message, send_at: datetime | None) -> str:
         when = send_at or message.send_at or self._clock()
@@ -112,13 +125,15 @@ class OutboxProvider:
         return results
 
     async def reconcile(self, messages: Sequence[Message]) -> dict[str, Lookup]:
-        """A message is in the outbox exactly when its file is."""
-        return {
-            m.key: Lookup.FOUND
-            if (self.folder / outbox_filename(m.key)).exists()
-            else Lookup.ABSENT
-            for m in messages
-        }
+        """A message is in the outbox exactly when its file is (its index line is mended)."""
+        found = {}
+        for m in messages:
+            if (self.folder / outbox_filename(m.key)).exists():
+                self._repair(m, None)
+                found[m.key] = Lookup.FOUND
+            else:
+                found[m.key] = Lookup.ABSENT
+        return found
 
     async def cancel(self, provider_ids: Sequence[str]) -> list[str]:
         """Nothing is ever scheduled in the outbox, so nothing can be cancelled."""

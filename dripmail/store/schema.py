@@ -152,6 +152,7 @@ broadcasts = Table(
     Column("segment", String(100), nullable=False),
     Column("status", String(16), nullable=False),
     Column("scheduled_at", UTCDateTime),
+    Column("content_hash", String(64)),  # of the file when it started: edits are refused
     Column("created_at", UTCDateTime, nullable=False),
     Column("started_at", UTCDateTime),
     Column("finished_at", UTCDateTime),
@@ -171,7 +172,10 @@ broadcast_deliveries = Table(
     Column("claimed_by", String(128)),
     Column("lease_expires_at", UTCDateTime),
     Column("batch_key", String(128), index=True),
+    Column("provider", String(16)),
+    Column("next_attempt_at", UTCDateTime),
     Column("sent_at", UTCDateTime),
+    Column("updated_at", UTCDateTime),
     UniqueConstraint("broadcast_id", "subscriber_id"),
     Index("ix_broadcast_deliveries_state", "broadcast_id", "state"),
 )

@@ -31,3 +31,38 @@ def test_missing_index_line_after_a_crash_is_mended(tmp_path: Path) -> None:
     assert fresh.write(_msg("k2")) is False
     keys = [json.loads(line)["key"] for line in index.read_text().splitlines()]
     assert keys == ["k1", "k2"]
+
+
+def test_torn_index_line_does_not_swallow_the_next(tmp_path: Path) -> None:
+    import asyncio
+    import json
+
+    from dripmail.message import Mailbox, Message
+
+    def msg(key: str) -> Message:
+        return Message(
+            key,
+            "lesson",
+            "1",
+            Mailbox("a@example.org"),
+            Mailbox("b@example.org"),
+            "s",
+            "<p>h</p>",
+            "t",
+        )
+
+    box = OutboxProvider(tmp_path)
+    asyncio.run(box.send_batch([msg("one")]))
+    with open(tmp_path / "index.jsonl", "a") as index:
+        index.write('{"key": "two", "ki')  # killed mid-line
+    (tmp_path / "two.eml").write_bytes(msg("two").to_bytes())
+    again = OutboxProvider(tmp_path)
+    assert asyncio.run(again.reconcile([msg("two")])) == {"two": "found"}
+    asyncio.run(again.send_batch([msg("three")]))
+    keys = []
+    for line in (tmp_path / "index.jsonl").read_text().splitlines():
+        try:
+            keys.append(json.loads(line)["key"])
+        except ValueError:
+            continue
+    assert keys == ["one", "two", "three"]

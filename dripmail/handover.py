@@ -1,0 +1,204 @@
+"""Handing claimed rows to a provider and recording what it said: shared by lessons and newsletters.
+
+The rows live in `deliveries` (lessons) or `broadcast_deliveries` (newsletters); both have the
+same state columns, so one implementation of the careful part serves both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
+from hashlib import sha256
+from typing import Protocol
+
+from sqlalchemy import Engine, Table, bindparam, update
+
+from dripmail.errors import ProviderAuthError
+from dripmail.message import Message
+from dripmail.providers.base import Lookup, Outcome, Provider
+from dripmail.subscribers import suppress
+
+RETRY_AFTER = timedelta(minutes=15)
+RenderFn = Callable[[dict], Message]
+
+
+class Report(Protocol):
+    """Counters `deliver` updates (the engine's RunReport, the broadcast's report)."""
+
+    sent: int
+    handed: int
+    retry: int
+    failed: int
+    review: int
+    recovered: int
+    suppressed: int
+
+
+def record_many(
+    engine: Engine, table: Table, now: datetime, outcomes: list[tuple[str, dict]]
+) -> None:
+    """Record several deliveries' outcomes in one transaction (claims released).
+
+    Outcomes with the same columns go out as one executemany, so a batch of 500 costs a
+    handful of statements, not 500 round trips.
+    """
+    groups: dict[tuple[str, ...], list[dict]] = {}
+    for key, values in outcomes:
+        groups.setdefault(tuple(sorted(values)), []).append({"k": key, **values})
+    if not groups:
+        return
+    with engine.begin() as conn:
+        for columns, params in groups.items():
+            conn.execute(
+                update(table)
+                .where(table.c.key == bindparam("k"))
+                .values(
+                    updated_at=now,
+                    claimed_by=None,
+                    lease_expires_at=None,
+                    **{c: bindparam(c) for c in columns},
+                ),
+                params,
+            )
+
+
+def record(engine: Engine, table: Table, key: str, now: datetime, **values) -> None:
+    """Record one delivery's outcome (claim released)."""
+    with engine.begin() as conn:
+        conn.execute(
+            update(table)
+            .where(table.c.key == key)
+            .values(updated_at=now, claimed_by=None, lease_expires_at=None, **values)
+        )
+
+
+async def deliver(
+    engine: Engine,
+    table: Table,
+    provider: Provider,
+    held: list[dict],
+    render: RenderFn,
+    now: datetime,
+    report: Report,
+) -> None:
+    """Render the rows this worker holds and hand them to the provider in batches.
+
+    Rows left `sending` by a crashed worker are reconciled with the provider first. Each batch
+    is marked `sending` with its batch key before the call; outcomes land in one transaction
+    per batch. A refused credential puts the batch back as it was and re-raises.
+    """
+    by_key = {row["key"]: row for row in held}
+    messages = {row["key"]: render(row) for row in held}
+    # Crash recovery first: anything left `sending` may already be at the provider.
+    in_flight = [row for row in held if row["state"] == "sending"]
+    if in_flight:
+        looked = await provider.reconcile([messages[r["key"]] for r in in_flight])
+        for row in in_flight:
+            found = looked.get(row["key"], Lookup.UNKNOWN)
+            report.recovered += 1
+            if found is Lookup.FOUND:
+                record(engine, table, row["key"], now, state="sent", sent_at=now)
+                report.sent += 1
+                messages.pop(row["key"])
+            elif found is Lookup.UNKNOWN:
+                record(
+                    engine,
+                    table,
+                    row["key"],
+                    now,
+                    state="review",
+                    last_error="hand-over interrupted; provider cannot tell: check by hand",
+                )
+                report.review += 1
+                messages.pop(row["key"])
+    keys = list(messages)
+    size = provider.capabilities.max_batch
+    for start in range(0, len(keys), size):
+        batch = [messages[k] for k in keys[start : start + size]]
+        batch_key = "b-" + sha256("|".join(m.key for m in batch).encode()).hexdigest()[:32]
+        with engine.begin() as conn:
+            conn.execute(
+                update(table)
+                .where(table.c.key.in_([m.key for m in batch]))
+                .values(
+                    state="sending",
+                    batch_key=batch_key,
+                    updated_at=now,
+                    attempts=table.c.attempts + 1,
+                    provider=provider.name,
+                )
+            )
+        try:
+            results = await provider.send_batch(batch, batch_key=batch_key)
+        except ProviderAuthError:
+            # The credential was refused for the whole call: nothing was sent. Undo the
+            # `sending` mark so the rows go back to the queue exactly as they were.
+            with engine.begin() as conn:
+                conn.execute(
+                    update(table)
+                    .where(
+                        table.c.key.in_([m.key for m in batch]),
+                        table.c.state == "sending",
+                    )
+                    .values(state="claimed", batch_key=None, attempts=table.c.attempts - 1)
+                )
+            raise
+        outcomes: list[tuple[str, dict]] = []
+        to_suppress: list[int] = []
+        for message, result in zip(batch, results, strict=True):
+            if result.outcome is Outcome.ACCEPTED:
+                later = message.send_at is not None and message.send_at > now
+                outcomes.append(
+                    (
+                        message.key,
+                        {
+                            "state": "handed" if later else "sent",
+                            "provider_message_id": result.provider_id,
+                            "sent_at": message.send_at or now,
+                        },
+                    )
+                )
+                report.handed += later
+                report.sent += not later
+            elif result.outcome is Outcome.TRANSIENT:
+                outcomes.append(
+                    (
+                        message.key,
+                        {
+                            "state": "planned",
+                            "last_error": result.error,
+                            "next_attempt_at": now + RETRY_AFTER,
+                        },
+                    )
+                )
+                report.retry += 1
+            elif result.outcome is Outcome.PERMANENT:
+                outcomes.append((message.key, {"state": "failed", "last_error": result.error}))
+                report.failed += 1
+                if result.suppress:
+                    # e.g. Postmark 406 (inactive recipient): never mail this address again.
+                    to_suppress.append(by_key[message.key]["subscriber_id"])
+            else:
+                outcomes.append((message.key, {"state": "review", "last_error": result.error}))
+                report.review += 1
+        # One commit per batch, not per message: the outcome of a batch lands together.
+        record_many(engine, table, now, outcomes)
+        for subscriber_id in to_suppress:
+            suppress(engine, subscriber_id, "bounced", now)
+            report.suppressed += 1
+
+
+def release(engine: Engine, table: Table, keys: Sequence[str], now: datetime) -> None:
+    """Give claimed rows back to the queue untouched (e.g. the provider refused our credential).
+
+    Only `claimed` rows: a row marked `sending` may be at the provider and is left for
+    reconcile (except when the provider refused the whole call, see `deliver`).
+    """
+    if not keys:
+        return
+    with engine.begin() as conn:
+        conn.execute(
+            update(table)
+            .where(table.c.key.in_(list(keys)), table.c.state == "claimed")
+            .values(state="planned", claimed_by=None, lease_expires_at=None, updated_at=now)
+        )
