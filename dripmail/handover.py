@@ -6,6 +6,7 @@ same state columns, so one implementation of the careful part serves both.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from hashlib import sha256
@@ -111,12 +112,25 @@ async def deliver(
                 )
                 report.review += 1
                 messages.pop(row["key"])
+    # Rows whose earlier hand-over the provider surely did not keep go again as the very
+    # same batch under the same batch key (Resend's Idempotency-Key needs key + identical body).
+    batches: list[tuple[str, list[Message]]] = []
+    again: dict[str, list[Message]] = {}
+    for row in in_flight:
+        if row["key"] in messages and row.get("batch_key"):
+            again.setdefault(row["batch_key"], []).append(messages.pop(row["key"]))
+    batches.extend(again.items())
     keys = list(messages)
     size = provider.capabilities.max_batch
     for start in range(0, len(keys), size):
         batch = [messages[k] for k in keys[start : start + size]]
         batch_key = "b-" + sha256("|".join(m.key for m in batch).encode()).hexdigest()[:32]
-        with engine.begin() as conn:
+        batches.append((batch_key, batch))
+    if not batches:
+        return
+    # Every batch is recorded as `sending` with its key before any is sent.
+    with engine.begin() as conn:
+        for batch_key, batch in batches:
             conn.execute(
                 update(table)
                 .where(table.c.key.in_([m.key for m in batch]))
@@ -128,9 +142,14 @@ async def deliver(
                     provider=provider.name,
                 )
             )
-        try:
-            results = await provider.send_batch(batch, batch_key=batch_key)
-        except ProviderAuthError:
+    # Batches go out concurrently; the provider's own limiter paces requests and connections.
+    answers = await asyncio.gather(
+        *(provider.send_batch(batch, batch_key=key) for key, batch in batches),
+        return_exceptions=True,
+    )
+    failure: BaseException | None = None
+    for (_, batch), answer in zip(batches, answers, strict=True):
+        if isinstance(answer, ProviderAuthError):
             # The credential was refused for the whole call: nothing was sent. Undo the
             # `sending` mark so the rows go back to the queue exactly as they were.
             with engine.begin() as conn:
@@ -142,50 +161,68 @@ async def deliver(
                     )
                     .values(state="claimed", batch_key=None, attempts=table.c.attempts - 1)
                 )
-            raise
-        outcomes: list[tuple[str, dict]] = []
-        to_suppress: list[int] = []
-        for message, result in zip(batch, results, strict=True):
-            if result.outcome is Outcome.ACCEPTED:
-                later = message.send_at is not None and message.send_at > now
-                outcomes.append(
-                    (
-                        message.key,
-                        {
-                            "state": "handed" if later else "sent",
-                            "provider_message_id": result.provider_id,
-                            "sent_at": message.send_at or now,
-                        },
-                    )
+            failure = failure or answer
+        elif isinstance(answer, BaseException):
+            # Unknown fate: the rows stay `sending` and the next run reconciles them.
+            failure = failure or answer
+        else:
+            _record_outcomes(engine, table, batch, answer, by_key, now, report)
+    if failure is not None:
+        raise failure
+
+
+def _record_outcomes(
+    engine: Engine,
+    table: Table,
+    batch: list[Message],
+    results: list,
+    by_key: dict[str, dict],
+    now: datetime,
+    report: Report,
+) -> None:
+    """Store what the provider said about each message of one batch, in one transaction."""
+    outcomes: list[tuple[str, dict]] = []
+    to_suppress: list[int] = []
+    for message, result in zip(batch, results, strict=True):
+        if result.outcome is Outcome.ACCEPTED:
+            later = message.send_at is not None and message.send_at > now
+            outcomes.append(
+                (
+                    message.key,
+                    {
+                        "state": "handed" if later else "sent",
+                        "provider_message_id": result.provider_id,
+                        "sent_at": message.send_at or now,
+                    },
                 )
-                report.handed += later
-                report.sent += not later
-            elif result.outcome is Outcome.TRANSIENT:
-                outcomes.append(
-                    (
-                        message.key,
-                        {
-                            "state": "planned",
-                            "last_error": result.error,
-                            "next_attempt_at": now + RETRY_AFTER,
-                        },
-                    )
+            )
+            report.handed += later
+            report.sent += not later
+        elif result.outcome is Outcome.TRANSIENT:
+            outcomes.append(
+                (
+                    message.key,
+                    {
+                        "state": "planned",
+                        "last_error": result.error,
+                        "next_attempt_at": now + RETRY_AFTER,
+                    },
                 )
-                report.retry += 1
-            elif result.outcome is Outcome.PERMANENT:
-                outcomes.append((message.key, {"state": "failed", "last_error": result.error}))
-                report.failed += 1
-                if result.suppress:
-                    # e.g. Postmark 406 (inactive recipient): never mail this address again.
-                    to_suppress.append(by_key[message.key]["subscriber_id"])
-            else:
-                outcomes.append((message.key, {"state": "review", "last_error": result.error}))
-                report.review += 1
-        # One commit per batch, not per message: the outcome of a batch lands together.
-        record_many(engine, table, now, outcomes)
-        for subscriber_id in to_suppress:
-            suppress(engine, subscriber_id, "bounced", now)
-            report.suppressed += 1
+            )
+            report.retry += 1
+        elif result.outcome is Outcome.PERMANENT:
+            outcomes.append((message.key, {"state": "failed", "last_error": result.error}))
+            report.failed += 1
+            if result.suppress:
+                # e.g. Postmark 406 (inactive recipient): never mail this address again.
+                to_suppress.append(by_key[message.key]["subscriber_id"])
+        else:
+            outcomes.append((message.key, {"state": "review", "last_error": result.error}))
+            report.review += 1
+    record_many(engine, table, now, outcomes)
+    for subscriber_id in to_suppress:
+        suppress(engine, subscriber_id, "bounced", now)
+        report.suppressed += 1
 
 
 def release(engine: Engine, table: Table, keys: Sequence[str], now: datetime) -> None:

@@ -132,15 +132,17 @@ def test_run_killed_mid_run_and_rerun_delivers_each_lesson_once(project: Path) -
             select(func.sum(deliveries.c.attempts)).where(deliveries.c.lesson_day == 1)
         ).scalar_one()
     assert states == {"sent": count}
-    # Handed over at most once each, except the one batch in flight at the kill, whose
-    # reconcile found it at the outbox instead of sending it again.
-    assert count <= attempts <= count + 500
+    # One attempt each, plus at most the chunk in flight at the kill (1,000 rows, marked
+    # `sending` before the calls): reconcile found those already written or sent them once.
+    assert count <= attempts <= count + 1000
 
 
 def test_db_upgrade_reports_the_database(tmp_path: Path) -> None:
     out = _cli(tmp_path, "db", "upgrade")
     assert out.returncode == 0 and "up to date" in out.stdout
     assert (tmp_path / "dripmail.db").exists()
+
+
 def test_demo_in_an_empty_folder_shows_a_week_in_three_zones(tmp_path: Path) -> None:
     out = _cli(tmp_path, "demo")
     assert out.returncode == 0, out.stderr
@@ -151,5 +153,3 @@ def test_demo_in_an_empty_folder_shows_a_week_in_three_zones(tmp_path: Path) -> 
     assert "Asia/Kolkata" in out.stdout and "07:00" in out.stdout
     again = _cli(tmp_path, "demo")
     assert again.returncode == 0 and len(_index(tmp_path)) == 21
-
-
