@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import typer
@@ -72,6 +72,34 @@ def send_broadcast(runner, newsletter, row, now: datetime, quiet: bool = False):
             worker=default_worker_id(),
             progress=lambda n: bar.advance(task, n),
         )
+
+
+def send_due_broadcasts(runner, now: datetime) -> list[str]:
+    """Send scheduled broadcasts whose time has come (called by `run`); one line each."""
+    from dripmail import broadcast as bc
+    from dripmail.content import load_newsletter
+    from dripmail.errors import DripmailError
+
+    ahead = runner.provider.capabilities.schedule_ahead or timedelta(0)
+    lines = []
+    for row in bc.list_broadcasts(runner.engine):
+        due = row["scheduled_at"]
+        if row["status"] not in ("scheduled", "sending") or due is None or due > now + ahead:
+            continue
+        path = runner.project.newsletters_dir / f"{row['slug']}.md"
+        try:
+            newsletter = load_newsletter(runner.project, path)
+            row = bc.open_broadcast(runner.engine, newsletter, row["segment"], now)
+            send_broadcast(runner, newsletter, row, now, quiet=True)
+        except DripmailError as exc:
+            lines.append(f"scheduled broadcast {row['id']} not sent: {exc}")
+            continue
+        stats = bc.stats(runner.engine, row["id"])
+        lines.append(
+            f"scheduled broadcast {row['id']} ({row['slug']}): {stats.accepted} of "
+            f"{stats.recipients} accepted"
+        )
+    return lines
 
 
 def broadcast(

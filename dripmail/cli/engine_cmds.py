@@ -130,6 +130,11 @@ def run(
         current = clock_at or datetime.now(UTC)
         report = _one_pass(runner, current, limit, dry_run, quiet)
         _print_report(report, current, dry_run)
+        if not dry_run:
+            from dripmail.cli.broadcast_cmds import send_due_broadcasts
+
+            for line in send_due_broadcasts(runner, current):
+                typer.echo(line)
         attention = attention or bool(report.failed or report.review)
         if not loop or dry_run:
             break

@@ -103,3 +103,14 @@ def test_schedule_then_cancel(root: Path) -> None:
     assert cancelled.returncode == 0 and "cancelled broadcast 1" in cancelled.stdout
     missing = _cli(root, "broadcasts", "show", "9")
     assert missing.returncode == 1 and "no broadcast 9" in missing.stderr
+
+
+def test_scheduled_broadcast_goes_out_with_run_after_its_time(root: Path) -> None:
+    seed(open_store("sqlite:///dripmail.db", root), 10)
+    _cli(root, "broadcast", "newsletters/hips.md", "--schedule", "2099-01-01T09:00Z")
+    early = _cli(root, "run", "--now", "2099-01-01T08:00Z")
+    assert early.returncode == 0 and not _sent(root)
+    on_time = _cli(root, "run", "--now", "2099-01-01T09:05Z")
+    assert on_time.returncode == 0, on_time.stderr
+    assert "scheduled broadcast 1 (hips): 8 of 8 accepted" in on_time.stdout
+    assert set(_sent(root)) == eligible_emails(10)
