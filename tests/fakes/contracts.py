@@ -173,6 +173,12 @@ def _describe(exc: Exception) -> str:
     return " | ".join(parts)[:1500]
 
 
+# Documented calls that are not in the copied files: served unvalidated, and said so here.
+# GET /v3/scopes is SendGrid's "what may this key do" call (API Keys > scopes), which
+# `providers check` uses because it works for a key restricted to Mail Send.
+NOT_IN_FILES = {("sendgrid", "GET", "/v3/scopes")}
+
+
 def validate(
     provider: str,
     method: str,
@@ -183,6 +189,8 @@ def validate(
     form: dict[str, list[str]] | None = None,
 ) -> str | None:
     """None when the request matches the provider's published definition, else why not."""
+    if (provider, method.upper(), path) in NOT_IN_FILES:
+        return None
     if provider == "mailgun":
         return _validate_mailgun(method, path, headers, form)
     request = _Request(

@@ -1,0 +1,229 @@
+"""Mailgun: ``POST /v3/{domain}/messages`` (multipart form), up to 1,000 recipients per call.
+
+- Messages are grouped into shared templates (`batching`): one request lists every recipient
+  in ``to`` and gives each its values in ``recipient-variables``; the body, subject and
+  ``h:`` headers use ``%recipient.vN%``. The delivery key travels as
+  ``v:dripmail_key=%recipient.dripmail_key%`` (user variables come back in webhooks), the
+  course and lesson as ``o:tag``, reply-to as ``h:Reply-To``.
+- ``o:deliverytime`` (RFC 2822) schedules within Mailgun's window (3 days; 7 on some plans).
+  Mailgun cannot cancel one scheduled message (only every scheduled message of the domain), so
+  dripmail hands over at most ``DRIPMAIL_HANDOVER_WINDOW_MINUTES`` ahead (see runner).
+- Base URL ``https://api.mailgun.net``, or ``https://api.eu.mailgun.net`` for EU domains.
+- Mailgun answers for the whole request (no per-recipient errors): a 400 is narrowed down by
+  splitting the request; an ambiguous answer is REVIEW (no idempotency key, no lookup by key).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from email.utils import format_datetime
+
+from dripmail.message import Message
+from dripmail.providers.base import Capabilities, Lookup, Outcome, SendResult
+from dripmail.providers.batching import Group, group_messages
+from dripmail.providers.common import (
+    KEY_FIELD,
+    Clock,
+    ProviderRefused,
+    base_url,
+    check_failed,
+    limits_for,
+    require,
+    retry_policy,
+    scheduled_for,
+    utc_now,
+)
+from dripmail.providers.http import HttpClient, Limits, RetryPolicy, Sent
+
+NAME = "mailgun"
+VARIABLE = "MAILGUN_API_KEY"
+WINDOW = timedelta(days=3)
+# Mailgun's limits depend on the account; these are conservative and configurable.
+DEFAULT_LIMITS = Limits(messages_per_second=2000, requests_per_second=10, max_concurrency=4)
+CAPABILITIES = Capabilities(
+    max_batch=1000, schedule_ahead=WINDOW, can_cancel=False, idempotency_key=False
+)
+MAX_TAGS = 3  # Mailgun keeps at most three o:tag values per message
+
+
+def placeholder(name: str) -> str:
+    """Mailgun's recipient-variable syntax."""
+    return f"%recipient.{name}%"
+
+
+def _parts(message: Message) -> dict[str, str]:
+    parts = {"subject": message.subject, "html": message.html, "text": message.text}
+    for name, value in message.headers.items():
+        parts[f"h:{name}"] = value
+    if message.reply_to:
+        parts["h:Reply-To"] = message.reply_to.formatted()
+    return parts
+
+
+class MailgunProvider:
+    """The Mailgun Messages API for one sending domain."""
+
+    name = NAME
+    capabilities = CAPABILITIES
+
+    def __init__(
+        self,
+        api_key: str,
+        domain: str,
+        *,
+        base: str = "https://api.mailgun.net",
+        limits: Limits = DEFAULT_LIMITS,
+        retry: RetryPolicy | None = None,
+        clock: Clock = utc_now,
+    ) -> None:
+        self.domain = domain
+        self.http = HttpClient(
+            NAME,
+            VARIABLE,
+            base,
+            auth=("api", api_key),
+            limits=limits,
+            retry=retry or retry_policy(),
+        )
+        self.clock = clock
+
+    def form(self, group: Group, when: datetime | None) -> list[tuple[str, tuple[None, str]]]:
+        """The multipart fields for one group (repeated names for arrays)."""
+        first = group.members[0].message
+        fields: list[tuple[str, str]] = [("from", first.sender.formatted())]
+        fields += [("to", m.message.to.formatted()) for m in group.members]
+        fields += [(name, value) for name, value in group.parts.items()]
+        fields += [("o:tag", tag) for tag in list(dict.fromkeys(first.tags))[:MAX_TAGS]]
+        if when is not None:
+            fields.append(("o:deliverytime", format_datetime(when, usegmt=True)))
+        if group.templated:
+            fields.append((f"v:{KEY_FIELD}", placeholder(KEY_FIELD)))
+            variables = {
+                m.message.to.address: {**m.values, KEY_FIELD: m.message.key} for m in group.members
+            }
+            fields.append(("recipient-variables", json.dumps(variables, ensure_ascii=False)))
+        else:
+            fields.append((f"v:{KEY_FIELD}", first.key))
+        return [(name, (None, value)) for name, value in fields]
+
+    async def send_batch(
+        self,
+        messages: Sequence[Message],
+        send_at: datetime | None = None,
+        batch_key: str | None = None,
+    ) -> list[SendResult]:
+        """Group (one send time per group), then one request per group, concurrently."""
+        now = self.clock()
+        results: dict[int, SendResult] = {}
+        when: dict[int, datetime | None] = {}
+        sendable = []
+        for i, message in enumerate(messages):
+            try:
+                when[i] = scheduled_for(message, send_at, now, WINDOW)
+                sendable.append(i)
+            except ValueError as exc:
+                results[i] = SendResult(message.key, Outcome.TRANSIENT, error=str(exc))
+        chosen = [messages[i] for i in sendable]
+        at = {id(messages[i]): when[i] for i in sendable}
+        groups = group_messages(
+            chosen,
+            _parts,
+            lambda m: (m.sender, m.tags[:MAX_TAGS], at[id(m)]),
+            placeholder,
+            CAPABILITIES.max_batch,
+        )
+        for group in groups:
+            for member in group.members:
+                member.index = sendable[member.index]
+        parts = await asyncio.gather(
+            *(self._send_group(g, when[g.members[0].index]) for g in groups)
+        )
+        for part in parts:
+            results.update(part)
+        return [results[i] for i in range(len(messages))]
+
+    async def _send_group(self, group: Group, when: datetime | None) -> dict[int, SendResult]:
+        members = group.members
+        answer = await self.http.call(
+            "POST",
+            f"/v3/{self.domain}/messages",
+            files=self.form(group, when),
+            messages=len(members),
+        )
+        if answer.sent is Sent.NOT_SENT:
+            return {
+                m.index: SendResult(m.message.key, Outcome.TRANSIENT, error=answer.error)
+                for m in members
+            }
+        if answer.sent is Sent.AMBIGUOUS:
+            error = f"{answer.error}; maybe sent, Mailgun cannot be asked: check by hand"
+            return {
+                m.index: SendResult(m.message.key, Outcome.REVIEW, error=error) for m in members
+            }
+        body = answer.json()
+        if answer.status == 200 and isinstance(body, dict):
+            provider_id = str(body.get("id") or "") or None
+            return {
+                m.index: SendResult(m.message.key, Outcome.ACCEPTED, provider_id) for m in members
+            }
+        if answer.status == 404:
+            raise ProviderRefused(
+                NAME,
+                "MAILGUN_DOMAIN",
+                f"mailgun does not know the domain {self.domain!r}: check MAILGUN_DOMAIN (and "
+                "DRIPMAIL_MAILGUN_BASE_URL=https://api.eu.mailgun.net for EU domains), then re-run",
+            )
+        reason = f"HTTP {answer.status}: " + (
+            str(body.get("message")) if isinstance(body, dict) else answer.error or "refused"
+        )
+        if answer.status in (400, 413) and len(members) > 1:
+            # Nothing was accepted; find the culprit by halves (log2(1000) = 10 levels).
+            half = len(members) // 2
+            halves = [Group(group.parts, members[:half]), Group(group.parts, members[half:])]
+            out: dict[int, SendResult] = {}
+            for part in await asyncio.gather(*(self._send_group(g, when) for g in halves)):
+                out.update(part)
+            return out
+        return {
+            m.index: SendResult(m.message.key, Outcome.PERMANENT, error=reason) for m in members
+        }
+
+    async def reconcile(self, messages: Sequence[Message]) -> dict[str, Lookup]:
+        """Mailgun cannot look a message up by key: UNKNOWN (reported for review)."""
+        return {m.key: Lookup.UNKNOWN for m in messages}
+
+    async def cancel(self, provider_ids: Sequence[str]) -> list[str]:
+        """Mailgun cannot cancel one scheduled message: nothing is cancelled."""
+        return []
+
+    async def check(self) -> str:
+        """``GET /v3/domains/{domain}``: proves the key and shows the domain's state."""
+        answer = await self.http.call("GET", f"/v3/domains/{self.domain}", idempotent=True)
+        body = answer.json()
+        if answer.sent is Sent.ANSWERED and answer.status == 404:
+            raise ProviderRefused(
+                NAME, "MAILGUN_DOMAIN", f"mailgun does not know the domain {self.domain!r}"
+            )
+        if answer.sent is not Sent.ANSWERED or answer.status != 200 or not isinstance(body, dict):
+            raise check_failed(NAME, answer)
+        state = (body.get("domain") or {}).get("state", "?")
+        return f"mailgun: key accepted; domain {self.domain} is {state}"
+
+    async def aclose(self) -> None:
+        """Release pooled connections."""
+        await self.http.aclose()
+
+
+def from_settings(settings) -> MailgunProvider:
+    """Build from settings; missing key or domain is a one-line ConfigError before sending."""
+    key = require(settings.mailgun_api_key, VARIABLE, NAME, "a sending API key")
+    domain = require(settings.mailgun_domain, "MAILGUN_DOMAIN", NAME, "the sending domain")
+    return MailgunProvider(
+        key,
+        domain,
+        base=base_url(settings.mailgun_base_url, "DRIPMAIL_MAILGUN_BASE_URL"),
+        limits=limits_for(settings, DEFAULT_LIMITS),
+    )

@@ -1,0 +1,329 @@
+"""SendGrid: ``POST /v3/mail/send`` with up to 1,000 personalizations per request.
+
+- Messages are grouped into shared templates (`batching`): one request carries the common
+  body and, per recipient, a personalization with its address, subject, headers
+  (List-Unsubscribe...), ``substitutions`` for what differs, ``custom_args`` with the delivery
+  key and, when scheduled, ``send_at`` (Unix seconds, at most 72 hours ahead).
+- A scheduled send gets a ``batch_id`` (``POST /v3/mail/batch``) so it can be cancelled with
+  ``POST /v3/user/scheduled_sends {batch_id, status: cancel}``. The cancel covers the whole
+  batch, so the provider id of every scheduled message in it is ``<batch_id>@<earliest send
+  time>``: cancelling one returns that id, and the engine puts the other lessons of the batch
+  back in the queue (`subscribers.unhand`). SendGrid does not promise a cancel within 10
+  minutes of the send time, so those are reported as not cancelled.
+- The answer is 202 for the whole request or 400 for it: a 400 naming
+  ``personalizations.N`` fails that recipient and the rest is sent again (nothing was
+  accepted); a 400 without an index is narrowed down by splitting the request.
+- No idempotency key and no way to look a message up (the Email Activity API is a paid add-on
+  limited to 6 requests a minute): an ambiguous answer means REVIEW, never a blind resend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+
+import httpx
+
+from dripmail.message import Mailbox, Message
+from dripmail.providers.base import Capabilities, Lookup, Outcome, SendResult
+from dripmail.providers.batching import Group, group_messages
+from dripmail.providers.common import (
+    KEY_FIELD,
+    Clock,
+    ProviderRefused,
+    base_url,
+    check_failed,
+    limits_for,
+    require,
+    retry_policy,
+    scheduled_for,
+    utc_now,
+)
+from dripmail.providers.http import Answer, HttpClient, Limits, RetryPolicy, Sent
+
+NAME = "sendgrid"
+VARIABLE = "SENDGRID_API_KEY"
+WINDOW = timedelta(hours=72)
+CANCEL_CUTOFF = timedelta(minutes=10)
+# SendGrid answers with X-RateLimit-* headers, honoured as they come; these are conservative.
+DEFAULT_LIMITS = Limits(messages_per_second=2000, requests_per_second=10, max_concurrency=4)
+CAPABILITIES = Capabilities(
+    max_batch=1000, schedule_ahead=WINDOW, can_cancel=True, idempotency_key=False
+)
+
+_INDEX = re.compile(r"^personalizations\.(\d+)")
+
+
+def placeholder(name: str) -> str:
+    """A substitution tag that never occurs in rendered mail (checked, see `batching`)."""
+    return f"[%dm:{name}%]"
+
+
+def _mailbox(box: Mailbox) -> dict:
+    return {"email": box.address, **({"name": box.name} if box.name else {})}
+
+
+def _errors(answer: Answer) -> list[dict]:
+    body = answer.json()
+    if isinstance(body, dict) and isinstance(body.get("errors"), list):
+        return [e for e in body["errors"] if isinstance(e, dict)]
+    return []
+
+
+def _sender_refused(response: httpx.Response) -> bool:
+    text = response.text.lower()
+    return response.status_code == 403 and "sender identity" in text
+
+
+def _is_auth_error(response: httpx.Response) -> bool:
+    if response.status_code == 401:
+        return True
+    return response.status_code == 403 and not _sender_refused(response)
+
+
+class SendGridProvider:
+    """The SendGrid v3 Mail Send API."""
+
+    name = NAME
+    capabilities = CAPABILITIES
+
+    def __init__(
+        self,
+        api_key: str,
+        *,
+        base: str = "https://api.sendgrid.com",
+        limits: Limits = DEFAULT_LIMITS,
+        retry: RetryPolicy | None = None,
+        clock: Clock = utc_now,
+    ) -> None:
+        self.http = HttpClient(
+            NAME,
+            VARIABLE,
+            base,
+            headers={"Authorization": f"Bearer {api_key}"},
+            limits=limits,
+            retry=retry or retry_policy(),
+            is_auth_error=_is_auth_error,
+        )
+        self.clock = clock
+
+    def request_body(
+        self, group: Group, when: dict[int, datetime | None], batch_id: str | None
+    ) -> dict:
+        """The ``/v3/mail/send`` body for one group."""
+        first = group.members[0].message
+        personalizations = []
+        for member in group.members:
+            m = member.message
+            p: dict = {
+                "to": [_mailbox(m.to)],
+                "subject": m.subject,
+                "headers": dict(m.headers),
+                "custom_args": {KEY_FIELD: m.key},
+            }
+            if member.values:
+                p["substitutions"] = {placeholder(k): v for k, v in member.values.items()}
+            if when.get(member.index) is not None:
+                p["send_at"] = int(when[member.index].timestamp())
+            personalizations.append(p)
+        body: dict = {
+            "personalizations": personalizations,
+            "from": _mailbox(first.sender),
+            "subject": first.subject,
+            "content": [
+                {"type": "text/plain", "value": group.parts["text"]},
+                {"type": "text/html", "value": group.parts["html"]},
+            ],
+            "categories": [t[:255] for t in dict.fromkeys(first.tags)][:10] or [first.kind],
+        }
+        if first.reply_to:
+            body["reply_to"] = _mailbox(first.reply_to)
+        if batch_id and any(when.get(m.index) for m in group.members):
+            body["batch_id"] = batch_id
+        return body
+
+    async def send_batch(
+        self,
+        messages: Sequence[Message],
+        send_at: datetime | None = None,
+        batch_key: str | None = None,
+    ) -> list[SendResult]:
+        """Group, then one request per group, concurrently (bounded by the limiter)."""
+        now = self.clock()
+        results: dict[int, SendResult] = {}
+        when: dict[int, datetime | None] = {}
+        sendable = []
+        for i, message in enumerate(messages):
+            try:
+                when[i] = scheduled_for(message, send_at, now, WINDOW)
+                sendable.append(i)
+            except ValueError as exc:
+                results[i] = SendResult(message.key, Outcome.TRANSIENT, error=str(exc))
+        batch_id = None
+        if any(when.get(i) for i in sendable):
+            batch_id = await self._new_batch_id()
+            if batch_id is None:
+                for i in sendable:
+                    if when[i] is not None:
+                        results[i] = SendResult(
+                            messages[i].key, Outcome.TRANSIENT, error="could not create batch_id"
+                        )
+                sendable = [i for i in sendable if when[i] is None]
+        groups = group_messages(
+            [messages[i] for i in sendable],
+            lambda m: {"html": m.html, "text": m.text},
+            lambda m: (m.sender, m.reply_to, m.tags, m.kind),
+            placeholder,
+            CAPABILITIES.max_batch,
+        )
+        # group_messages numbers members within `sendable`; map back to batch positions.
+        for group in groups:
+            for member in group.members:
+                member.index = sendable[member.index]
+        parts = await asyncio.gather(*(self._send_group(g, when, batch_id) for g in groups))
+        for part in parts:
+            results.update(part)
+        return [results[i] for i in range(len(messages))]
+
+    async def _new_batch_id(self) -> str | None:
+        answer = await self.http.call("POST", "/v3/mail/batch", idempotent=True)
+        body = answer.json()
+        if answer.sent is Sent.ANSWERED and isinstance(body, dict) and body.get("batch_id"):
+            return str(body["batch_id"])
+        return None
+
+    async def _send_group(
+        self, group: Group, when: dict[int, datetime | None], batch_id: str | None
+    ) -> dict[int, SendResult]:
+        out: dict[int, SendResult] = {}
+        answer = await self.http.call(
+            "POST",
+            "/v3/mail/send",
+            json=self.request_body(group, when, batch_id),
+            messages=len(group.members),
+        )
+        members = group.members
+        if answer.sent is Sent.NOT_SENT:
+            return {
+                m.index: SendResult(m.message.key, Outcome.TRANSIENT, error=answer.error)
+                for m in members
+            }
+        if answer.sent is Sent.AMBIGUOUS:
+            error = f"{answer.error}; maybe sent, SendGrid cannot be asked: check by hand"
+            return {
+                m.index: SendResult(m.message.key, Outcome.REVIEW, error=error) for m in members
+            }
+        if answer.status == 202:
+            message_id = answer.response.headers.get("X-Message-Id", "") if answer.response else ""
+            scheduled = [when[m.index] for m in members if when.get(m.index)]
+            for m in members:
+                if when.get(m.index) and batch_id:
+                    earliest = int(min(scheduled).timestamp())
+                    provider_id = f"{batch_id}@{earliest}"
+                else:
+                    provider_id = message_id or None
+                out[m.index] = SendResult(m.message.key, Outcome.ACCEPTED, provider_id)
+            return out
+        if answer.response is not None and _sender_refused(answer.response):
+            raise ProviderRefused(
+                NAME,
+                "[sender] in course/course.toml",
+                "sendgrid refuses the sender: the from address is not a verified Sender "
+                "Identity (verify it at SendGrid or change [sender]), then re-run",
+            )
+        if answer.status in (400, 413):
+            return await self._narrow(group, when, batch_id, answer)
+        reason = _reason(answer)
+        return {
+            m.index: SendResult(m.message.key, Outcome.PERMANENT, error=reason) for m in members
+        }
+
+    async def _narrow(
+        self, group: Group, when: dict[int, datetime | None], batch_id: str | None, answer: Answer
+    ) -> dict[int, SendResult]:
+        """A refused request (nothing accepted): fail what SendGrid names, resend the rest."""
+        members = group.members
+        bad: dict[int, str] = {}
+        for error in _errors(answer):
+            match = _INDEX.match(str(error.get("field") or ""))
+            if match and int(match.group(1)) < len(members):
+                bad[int(match.group(1))] = str(error.get("message", "rejected"))
+        if len(members) == 1:
+            reason = _reason(answer)
+            return {
+                m.index: SendResult(m.message.key, Outcome.PERMANENT, error=reason) for m in members
+            }
+        out: dict[int, SendResult] = {}
+        if bad:
+            for pos, message in bad.items():
+                member = members[pos]
+                out[member.index] = SendResult(member.message.key, Outcome.PERMANENT, error=message)
+            rest = [m for pos, m in enumerate(members) if pos not in bad]
+            halves = [rest] if rest else []
+        else:
+            half = len(members) // 2
+            halves = [members[:half], members[half:]]
+        parts = await asyncio.gather(
+            *(self._send_group(Group(group.parts, part), when, batch_id) for part in halves)
+        )
+        for part in parts:
+            out.update(part)
+        return out
+
+    async def reconcile(self, messages: Sequence[Message]) -> dict[str, Lookup]:
+        """SendGrid offers no affordable lookup by key: UNKNOWN (reported for review)."""
+        return {m.key: Lookup.UNKNOWN for m in messages}
+
+    async def cancel(self, provider_ids: Sequence[str]) -> list[str]:
+        """Cancel each distinct batch (``<batch_id>@<earliest send>``) not within 10 minutes."""
+        now = self.clock()
+        cancelled = []
+        for provider_id in dict.fromkeys(provider_ids):
+            batch_id, _, earliest = provider_id.partition("@")
+            if not earliest.isdigit():
+                continue  # sent at once: nothing scheduled to cancel
+            if datetime.fromtimestamp(int(earliest), UTC) - now < CANCEL_CUTOFF:
+                continue  # SendGrid does not promise a cancel this close to the send time
+            answer = await self.http.call(
+                "POST",
+                "/v3/user/scheduled_sends",
+                json={"batch_id": batch_id, "status": "cancel"},
+                idempotent=True,
+            )
+            if answer.sent is Sent.ANSWERED and answer.status in (200, 201):
+                cancelled.append(provider_id)
+        return cancelled
+
+    async def check(self) -> str:
+        """``GET /v3/scopes``: proves the key and says whether it may send mail."""
+        answer = await self.http.call("GET", "/v3/scopes", idempotent=True)
+        body = answer.json()
+        if answer.sent is not Sent.ANSWERED or answer.status != 200 or not isinstance(body, dict):
+            raise check_failed(NAME, answer)
+        scopes = set(body.get("scopes") or [])
+        if "mail.send" not in scopes:
+            return "sendgrid: key accepted but it lacks the mail.send permission: give it Mail Send"
+        extra = "" if "user.scheduled_sends.create" in scopes else " (no scheduled-send cancel)"
+        return f"sendgrid: key accepted, mail.send allowed{extra}"
+
+    async def aclose(self) -> None:
+        """Release pooled connections."""
+        await self.http.aclose()
+
+
+def _reason(answer: Answer) -> str:
+    messages = [str(e.get("message", "")) for e in _errors(answer)]
+    detail = "; ".join(m for m in messages if m)
+    return f"HTTP {answer.status}" + (f": {detail}" if detail else "")
+
+
+def from_settings(settings) -> SendGridProvider:
+    """Build from settings; a missing key is a one-line ConfigError before anything is sent."""
+    key = require(settings.sendgrid_api_key, VARIABLE, NAME, "an API key with Mail Send access")
+    return SendGridProvider(
+        key,
+        base=base_url(settings.sendgrid_base_url, "DRIPMAIL_SENDGRID_BASE_URL"),
+        limits=limits_for(settings, DEFAULT_LIMITS),
+    )
