@@ -53,7 +53,7 @@ def test_deliverytime_within_the_window_and_no_cancel(fake_providers) -> None:
     assert provider.capabilities.schedule_ahead == timedelta(days=3)
     assert not provider.capabilities.can_cancel
     later = datetime.now(UTC).replace(microsecond=0) + timedelta(minutes=50)
-    results = asyncio.run(provider.send_batch(lessons(2, send_at=later) + [lesson(9)]))
+    results = asyncio.run(provider.send_batch([*lessons(2, send_at=later), lesson(9)]))
     assert all(r.accepted for r in results)
     scheduled = fake_providers.accepted("mailgun", status="scheduled")
     assert [r.send_at for r in scheduled] == [later, later]
