@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import smtplib
-import socket
 import ssl
 import time
 from collections.abc import Sequence
@@ -144,7 +143,7 @@ class SmtpProvider:
             return SendResult(
                 message.key, outcome, error=f"SMTP {exc.smtp_code} {exc.smtp_error!r}"
             )
-        except (OSError, smtplib.SMTPServerDisconnected, socket.timeout) as exc:
+        except (TimeoutError, OSError, smtplib.SMTPServerDisconnected) as exc:
             return SendResult(
                 message.key,
                 Outcome.REVIEW,
