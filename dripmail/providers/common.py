@@ -59,13 +59,16 @@ def require(value: object, variable: str, provider: str, what: str) -> str:
 
 
 def limits_for(settings, default: Limits) -> Limits:
-    """The provider's default limits, overridden by DRIPMAIL_RATE_PER_SECOND / _MAX_CONCURRENCY."""
+    """The provider's default limits, overridden by DRIPMAIL_RATE_PER_SECOND / _MAX_CONCURRENCY.
+
+    An explicit message rate replaces the default pacing altogether (also the request rate,
+    which for Resend is the documented limit): the operator knows their account's limits.
+    """
     rate = getattr(settings, "rate_per_second", None)
     concurrency = getattr(settings, "max_concurrency", None)
     return Limits(
         messages_per_second=rate if rate else default.messages_per_second,
-        # An explicit message rate replaces a request rate guessed from it.
-        requests_per_second=default.requests_per_second,
+        requests_per_second=None if rate else default.requests_per_second,
         max_concurrency=concurrency or default.max_concurrency,
     )
 

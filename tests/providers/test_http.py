@@ -1,0 +1,176 @@
+"""The shared HTTP layer: classification, Retry-After, pacing, settings -> providers."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+
+import httpx
+import pytest
+
+from dripmail.config import Project, Settings
+from dripmail.errors import ConfigError
+from dripmail.providers import get_provider
+from dripmail.providers.http import (
+    HttpClient,
+    Limits,
+    RateLimiter,
+    RetryPolicy,
+    Sent,
+    retry_after_seconds,
+)
+
+FAST = RetryPolicy(max_attempts=3, base_delay=0.001, max_delay=0.01, timeout=0.4)
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_refused_connection_is_surely_not_sent_after_bounded_attempts() -> None:
+    client = HttpClient("postmark", "X", f"http://127.0.0.1:{_closed_port()}", retry=FAST)
+    answer = asyncio.run(client.call("POST", "/email/batch", json=[]))
+    assert answer.sent is Sent.NOT_SENT and "not sent" in answer.error
+    assert client.requests == 3
+
+
+def test_dropped_connection_is_ambiguous_and_not_retried_without_a_key(fake_providers) -> None:
+    fake_providers.script("postmark", ["drop"])
+    client = HttpClient(
+        "postmark",
+        "X",
+        fake_providers.base("postmark"),
+        headers={"X-Postmark-Server-Token": fake_providers.POSTMARK_TOKEN},
+        retry=FAST,
+    )
+    answer = asyncio.run(client.call("POST", "/email/batch", json=[]))
+    assert answer.sent is Sent.AMBIGUOUS and client.requests == 1
+
+
+def test_retry_after_is_honoured(fake_providers) -> None:
+    from fakes.provider_server import Fault
+
+    fake_providers.script("postmark", [Fault("429", retry_after=1)])
+    client = HttpClient(
+        "postmark",
+        "X",
+        fake_providers.base("postmark"),
+        headers={"X-Postmark-Server-Token": fake_providers.POSTMARK_TOKEN},
+        retry=FAST,
+    )
+    began = time.monotonic()
+    answer = asyncio.run(client.call("POST", "/email/batch", json=[]))
+    assert answer.sent is Sent.ANSWERED and answer.status == 200
+    assert time.monotonic() - began >= 1.0  # waited as asked, not the 1 ms backoff
+
+
+def test_retry_after_forms() -> None:
+    assert retry_after_seconds({"Retry-After": "7"}) == 7
+    assert retry_after_seconds({"ratelimit-remaining": "0", "ratelimit-reset": "3"}) == 3
+    assert retry_after_seconds({"ratelimit-remaining": "5", "ratelimit-reset": "3"}) is None
+    date = "Wed, 21 Oct 2015 07:28:00 GMT"
+    assert retry_after_seconds({"Retry-After": date}, now=1445412470.0) == 10
+
+
+def test_limiter_paces_messages_and_requests() -> None:
+    clock = [100.0]
+    limiter = RateLimiter(Limits(messages_per_second=100, requests_per_second=2), lambda: clock[0])
+    waits = [limiter.reserve(50) for _ in range(4)]
+    # 50 messages at 100/s take 0.5 s each; 2 requests/s also spaces them 0.5 s apart.
+    assert waits == [0.0, 0.5, 1.0, 1.5]
+    limiter.pause(10)
+    assert limiter.reserve(1) == 10
+
+
+def test_a_new_event_loop_gets_a_fresh_pooled_client(fake_providers) -> None:
+    client = HttpClient(
+        "resend",
+        "RESEND_API_KEY",
+        fake_providers.base("resend"),
+        headers={"Authorization": f"Bearer {fake_providers.RESEND_KEY}"},
+        retry=FAST,
+    )
+    for _ in range(2):  # the engine runs one asyncio.run per chunk
+        assert asyncio.run(client.call("GET", "/domains", idempotent=True)).status == 200
+
+
+@pytest.mark.parametrize(
+    ("provider", "variable"),
+    [
+        ("postmark", "POSTMARK_SERVER_TOKEN"),
+        ("sendgrid", "SENDGRID_API_KEY"),
+        ("mailgun", "MAILGUN_API_KEY"),
+        ("resend", "RESEND_API_KEY"),
+    ],
+)
+def test_missing_credential_names_the_variable(tmp_path, monkeypatch, provider, variable) -> None:
+    for name in ("POSTMARK_SERVER_TOKEN", "SENDGRID_API_KEY", "MAILGUN_API_KEY", "RESEND_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    settings = Settings(DRIPMAIL_PROVIDER=provider)  # type: ignore[call-arg]
+    with pytest.raises(ConfigError, match=f"^{variable} is not set"):
+        get_provider(settings, Project(tmp_path))
+
+
+def test_mailgun_needs_its_domain_and_settings_choose_base_url_and_limits(tmp_path) -> None:
+    settings = Settings(  # type: ignore[call-arg]
+        DRIPMAIL_PROVIDER="mailgun", MAILGUN_API_KEY="k", MAILGUN_DOMAIN=None
+    )
+    with pytest.raises(ConfigError, match="MAILGUN_DOMAIN"):
+        get_provider(settings, Project(tmp_path))
+    eu = Settings(  # type: ignore[call-arg]
+        DRIPMAIL_PROVIDER="mailgun",
+        MAILGUN_API_KEY="k",
+        MAILGUN_DOMAIN="mg.example.com",
+        DRIPMAIL_MAILGUN_BASE_URL="https://api.eu.mailgun.net",
+        DRIPMAIL_RATE_PER_SECOND=50,
+        DRIPMAIL_MAX_CONCURRENCY=2,
+    )
+    provider = get_provider(eu, Project(tmp_path))
+    assert provider.http.base_url == "https://api.eu.mailgun.net"
+    assert provider.http.limits == Limits(50, None, 2)
+    with pytest.raises(ConfigError, match="DRIPMAIL_RESEND_BASE_URL"):
+        get_provider(
+            Settings(  # type: ignore[call-arg]
+                DRIPMAIL_PROVIDER="resend", RESEND_API_KEY="re_x", DRIPMAIL_RESEND_BASE_URL="nope"
+            ),
+            Project(tmp_path),
+        )
+
+
+def test_contract_check_refuses_what_the_published_files_forbid(fake_providers) -> None:
+    bad = [
+        (
+            "postmark",
+            {"X-Postmark-Server-Token": fake_providers.POSTMARK_TOKEN},
+            "/email/batch",
+            {"not": "a list"},
+        ),
+        (
+            "resend",
+            {"Authorization": f"Bearer {fake_providers.RESEND_KEY}"},
+            "/emails/batch",
+            [{"from": "a@b.c", "subject": "no to"}],
+        ),
+        (
+            "sendgrid",
+            {"Authorization": f"Bearer {fake_providers.SENDGRID_KEY}"},
+            "/v3/mail/send",
+            {"personalizations": [{"to": [{"email": "x@example.org"}]}]},
+        ),
+    ]
+    with httpx.Client() as client:
+        for provider, headers, path, body in bad:
+            answer = client.post(fake_providers.base(provider) + path, json=body, headers=headers)
+            assert answer.status_code == 400, provider
+        answer = client.post(
+            fake_providers.base("mailgun") + f"/v3/{fake_providers.MAILGUN_DOMAIN}/messages",
+            files=[("from", (None, "a@b.c")), ("o:tracking", (None, "sometimes"))],
+            auth=("api", fake_providers.MAILGUN_KEY),
+        )
+        assert answer.status_code == 400
+    found = fake_providers.validation_errors
+    assert [e.split()[0] for e in found] == ["postmark", "resend", "sendgrid", "mailgun"]
+    fake_providers.validation_errors.clear()  # expected here; the fixture checks the rest
