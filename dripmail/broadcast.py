@@ -237,21 +237,33 @@ def _claim_chunk(
                 update(bd).where(bd.c.id.in_(gone)).values(state="skipped", updated_at=now)
             )
         held = []
-        for row in rows:
-            if row["id"] in gone:
-                continue
-            cond = and_(bd.c.id == row["id"], bd.c.state == row["state"])
-            if row["state"] != "planned":
-                cond = and_(cond, bd.c.lease_expires_at < now)
-            result = conn.execute(
+        free = {r["id"]: r for r in rows if r["state"] == "planned" and r["id"] not in gone}
+        if free:
+            # One conditional UPDATE for the chunk; RETURNING says which rows we won.
+            won = conn.execute(
                 update(bd)
-                .where(cond)
+                .where(bd.c.id.in_(list(free)), bd.c.state == "planned")
                 .values(
-                    state="claimed" if row["state"] == "planned" else row["state"],
+                    state="claimed",
                     claimed_by=worker,
                     lease_expires_at=now + LEASE,
                     updated_at=now,
                 )
+                .returning(bd.c.id)
+            ).scalars()
+            held.extend(free[i] for i in won)
+        for row in rows:
+            if row["id"] in gone or row["state"] == "planned":
+                continue
+            # A dead worker's claim: take it over only if its lease is still expired.
+            result = conn.execute(
+                update(bd)
+                .where(
+                    bd.c.id == row["id"],
+                    bd.c.state == row["state"],
+                    bd.c.lease_expires_at < now,
+                )
+                .values(claimed_by=worker, lease_expires_at=now + LEASE, updated_at=now)
             )
             if result.rowcount == 1:
                 held.append(row)
