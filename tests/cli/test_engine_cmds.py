@@ -153,3 +153,30 @@ def test_demo_in_an_empty_folder_shows_a_week_in_three_zones(tmp_path: Path) -> 
     assert "Asia/Kolkata" in out.stdout and "07:00" in out.stdout
     again = _cli(tmp_path, "demo")
     assert again.returncode == 0 and len(_index(tmp_path)) == 21
+
+
+def test_run_loop_sends_what_is_due_then_sleeps_until_stopped(project: Path) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    yesterday = (datetime.now(UTC) - timedelta(days=1)).date().isoformat()
+    added = _cli(
+        project, "subscribers", "add", "loop@example.org", "--timezone", "UTC", "--start", yesterday
+    )
+    assert added.returncode == 0, added.stderr
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "send.py"), "--root", str(project), "run", "--loop", "-q"],
+        cwd=project,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not _index(project):
+        time.sleep(0.1)
+    time.sleep(1.0)  # now asleep until the next lesson is due
+    assert proc.poll() is None, "the loop should keep running"
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "stopped" in out and "1 sent" in out
+    assert [x["ref"] for x in _index(project)] == ["1"]
