@@ -119,10 +119,18 @@ def _eligible(engine: Engine, rows: list[dict], now: datetime, default_send: tim
     prev = _previous_done(engine, rows)
     keep = []
     for row in rows:
-        if row["state"] != "planned":
-            keep.append(row)  # an expired claim: finish what was started
-            continue
         key = (row["subscriber_id"], row["lesson_day"])
+        if row["state"] != "planned":
+            # An expired claim: finish what was started, with the send time it had then, so
+            # a batch resent after a crash is the same batch (see handover._resendable).
+            if row["lesson_day"] == 1 or key in prev:
+                zone = ZoneInfo(row["timezone"])
+                send = time.fromisoformat(row["send_time"]) if row["send_time"] else default_send
+                row["effective_due"] = schedule.catch_up_due(
+                    row["due_at"], prev.get(key), send, zone
+                )
+            keep.append(row)
+            continue
         if row["lesson_day"] > 1 and key not in prev:
             continue
         zone = ZoneInfo(row["timezone"])

@@ -20,6 +20,8 @@ from dripmail.providers.base import Lookup, Outcome, Provider
 from dripmail.subscribers import suppress
 
 RETRY_AFTER = timedelta(minutes=15)
+# Resend an interrupted batch only this long before the provider forgets its idempotency key.
+KEY_MARGIN = timedelta(hours=1)
 RenderFn = Callable[[dict], Message]
 
 
@@ -73,6 +75,41 @@ def record(engine: Engine, table: Table, key: str, now: datetime, **values) -> N
         )
 
 
+def batch_key_for(keys: Sequence[str]) -> str:
+    """The key of a batch of deliveries (given sorted, so the same rows give the same key)."""
+    return "b-" + sha256("|".join(keys).encode()).hexdigest()[:32]
+
+
+def _resendable(provider: Provider, rows: list[dict], now: datetime) -> dict[str, list[str]]:
+    """Interrupted batches the provider deduplicates: batch key -> the batch's keys, sorted.
+
+    Where the provider honours an idempotency key (Resend), a batch left `sending` by a crash
+    is sent again *as it was*: same rows, same order, same key, same bytes (links are stamped
+    with the send time, see `tokens`). The provider answers the first result if it had
+    accepted it, or sends it now if not. That needs the whole batch in hand (its keys hash to
+    the recorded batch key) and the key still remembered by the provider (`idempotency_ttl`,
+    counted from `handed_at`, when the key was first used).
+    """
+    caps = provider.capabilities
+    ttl = getattr(caps, "idempotency_ttl", None)
+    if not caps.idempotency_key or ttl is None:
+        return {}
+    by_batch: dict[str, list[dict]] = {}
+    for row in rows:
+        if row.get("batch_key"):
+            by_batch.setdefault(row["batch_key"], []).append(row)
+    out = {}
+    for batch_key, members in by_batch.items():
+        keys = sorted(r["key"] for r in members)
+        if batch_key_for(keys) != batch_key:
+            continue  # part of the batch is elsewhere: it cannot be rebuilt exactly
+        started = [r.get("handed_at") for r in members]
+        if None in started or now - min(started) > ttl - KEY_MARGIN:
+            continue  # the provider may have forgotten the key: a resend could land twice
+        out[batch_key] = keys
+    return out
+
+
 async def deliver(
     engine: Engine,
     table: Table,
@@ -84,7 +121,8 @@ async def deliver(
 ) -> None:
     """Render the rows this worker holds and hand them to the provider in batches.
 
-    Rows left `sending` by a crashed worker are reconciled with the provider first. Each batch
+    Rows left `sending` by a crashed worker are recovered first: resent as the same batch under
+    the same key where the provider deduplicates (`_resendable`), else looked up. Each batch
     is marked `sending` with its batch key before the call; outcomes land in one transaction
     per batch. A refused credential puts the batch back as it was and re-raises.
     """
@@ -92,6 +130,11 @@ async def deliver(
     messages = {row["key"]: render(row) for row in held}
     # Crash recovery first: anything left `sending` may already be at the provider.
     in_flight = [row for row in held if row["state"] == "sending"]
+    recovered: dict[str, list[Message]] = {}
+    for batch_key, keys in _resendable(provider, in_flight, now).items():
+        recovered[batch_key] = [messages.pop(k) for k in keys]
+        report.recovered += len(keys)
+    in_flight = [row for row in in_flight if row["key"] in messages]
     if in_flight:
         looked = await provider.reconcile([messages[r["key"]] for r in in_flight])
         for row in in_flight:
@@ -120,27 +163,31 @@ async def deliver(
         if row["key"] in messages and row.get("batch_key"):
             again.setdefault(row["batch_key"], []).append(messages.pop(row["key"]))
     batches.extend(again.items())
+    batches.extend(recovered.items())
     keys = list(messages)
     size = provider.capabilities.max_batch
     for start in range(0, len(keys), size):
-        batch = [messages[k] for k in keys[start : start + size]]
-        batch_key = "b-" + sha256("|".join(m.key for m in batch).encode()).hexdigest()[:32]
-        batches.append((batch_key, batch))
+        # Sorted within the batch, so the recorded key is enough to rebuild it after a crash.
+        batch = sorted((messages[k] for k in keys[start : start + size]), key=lambda m: m.key)
+        batches.append((batch_key_for([m.key for m in batch]), batch))
     if not batches:
         return
     # Every batch is recorded as `sending` with its key before any is sent.
     with engine.begin() as conn:
         for batch_key, batch in batches:
+            mark: dict = {
+                "state": "sending",
+                "batch_key": batch_key,
+                "updated_at": now,
+                "attempts": table.c.attempts + 1,
+                "provider": provider.name,
+            }
+            if "handed_at" in table.c and batch_key not in recovered:
+                # When this key was first used: a recovery trusts the provider's idempotency
+                # key only while the provider still remembers it (`_resendable`).
+                mark["handed_at"] = now
             conn.execute(
-                update(table)
-                .where(table.c.key.in_([m.key for m in batch]))
-                .values(
-                    state="sending",
-                    batch_key=batch_key,
-                    updated_at=now,
-                    attempts=table.c.attempts + 1,
-                    provider=provider.name,
-                )
+                update(table).where(table.c.key.in_([m.key for m in batch])).values(**mark)
             )
     # Batches go out concurrently; the provider's own limiter paces requests and connections.
     answers = await asyncio.gather(
@@ -148,10 +195,15 @@ async def deliver(
         return_exceptions=True,
     )
     failure: BaseException | None = None
-    for (_, batch), answer in zip(batches, answers, strict=True):
+    for (batch_key, batch), answer in zip(batches, answers, strict=True):
         if isinstance(answer, ProviderAuthError):
-            # The credential was refused for the whole call: nothing was sent. Undo the
-            # `sending` mark so the rows go back to the queue exactly as they were.
+            # The credential was refused for the whole call: nothing was sent by it. Undo the
+            # `sending` mark so the rows go back to the queue exactly as they were; a recovered
+            # batch may be at the provider from before the crash, so it stays `sending` under
+            # its key (recovered again once the credential is fixed).
+            undo: dict = {"attempts": table.c.attempts - 1}
+            if batch_key not in recovered:
+                undo.update(state="claimed", batch_key=None)
             with engine.begin() as conn:
                 conn.execute(
                     update(table)
@@ -159,14 +211,16 @@ async def deliver(
                         table.c.key.in_([m.key for m in batch]),
                         table.c.state == "sending",
                     )
-                    .values(state="claimed", batch_key=None, attempts=table.c.attempts - 1)
+                    .values(**undo)
                 )
             failure = failure or answer
         elif isinstance(answer, BaseException):
             # Unknown fate: the rows stay `sending` and the next run reconciles them.
             failure = failure or answer
         else:
-            _record_outcomes(engine, table, batch, answer, by_key, now, report)
+            _record_outcomes(
+                engine, table, batch, answer, by_key, now, report, batch_key in recovered
+            )
     if failure is not None:
         raise failure
 
@@ -179,10 +233,12 @@ def _record_outcomes(
     by_key: dict[str, dict],
     now: datetime,
     report: Report,
+    recovered: bool = False,
 ) -> None:
     """Store what the provider said about each message of one batch, in one transaction."""
     outcomes: list[tuple[str, dict]] = []
     to_suppress: list[int] = []
+    again: list[str] = []
     for message, result in zip(batch, results, strict=True):
         if result.outcome is Outcome.ACCEPTED:
             later = message.send_at is not None and message.send_at > now
@@ -198,6 +254,11 @@ def _record_outcomes(
             )
             report.handed += later
             report.sent += not later
+        elif result.outcome is Outcome.TRANSIENT and recovered:
+            # Not sent by this call, but the call before the crash may have landed: only the
+            # same batch under the same key may go again, so it stays `sending` for later.
+            again.append(message.key)
+            report.retry += 1
         elif result.outcome is Outcome.TRANSIENT:
             outcomes.append(
                 (
@@ -220,6 +281,17 @@ def _record_outcomes(
             outcomes.append((message.key, {"state": "review", "last_error": result.error}))
             report.review += 1
     record_many(engine, table, now, outcomes)
+    if again:
+        with engine.begin() as conn:
+            conn.execute(
+                update(table)
+                .where(table.c.key.in_(again), table.c.state == "sending")
+                .values(
+                    claimed_by=None,
+                    lease_expires_at=now + RETRY_AFTER,
+                    last_error="interrupted batch not taken this time: the same batch goes again",
+                )
+            )
     for subscriber_id in to_suppress:
         suppress(engine, subscriber_id, "bounced", now)
         report.suppressed += 1

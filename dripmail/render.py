@@ -60,8 +60,14 @@ class Recipient:
     confirm_url: str = ""
 
 
-def recipient_for(row: Mapping[str, Any], public_url: str, signer) -> Recipient:
-    """A Recipient from a subscribers row (id, email, first_name) with signed links."""
+def recipient_for(
+    row: Mapping[str, Any], public_url: str, signer, issued_at: datetime | None = None
+) -> Recipient:
+    """A Recipient from a subscribers row (id, email, first_name) with signed links.
+
+    `issued_at` (the email's send time) makes the links, and so the email, the same whenever
+    it is rendered; without it they are stamped with the current time.
+    """
     from dripmail.tokens import link
 
     sid = int(row["id"])
@@ -69,9 +75,9 @@ def recipient_for(row: Mapping[str, Any], public_url: str, signer) -> Recipient:
         email=row["email"],
         first_name=row.get("first_name") or "",
         subscriber_id=sid,
-        unsubscribe_url=link(public_url, signer, sid, "unsubscribe"),
-        preferences_url=link(public_url, signer, sid, "preferences"),
-        confirm_url=link(public_url, signer, sid, "confirm"),
+        unsubscribe_url=link(public_url, signer, sid, "unsubscribe", issued_at),
+        preferences_url=link(public_url, signer, sid, "preferences", issued_at),
+        confirm_url=link(public_url, signer, sid, "confirm", issued_at),
     )
 
 

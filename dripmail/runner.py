@@ -96,17 +96,19 @@ class Runner:
         """A due delivery row (joined with its subscriber) as a personalised Message."""
         from dripmail.render import recipient_for
 
+        send_at = row.get("effective_due") or row["due_at"]
         recipient = recipient_for(
             {"id": row["subscriber_id"], "email": row["email"], "first_name": row["first_name"]},
             self.settings.public_url,
             self.signer,
+            issued_at=send_at,  # the same delivery always renders to the same bytes
         )
         return self.renderer.lesson(row["lesson_day"]).personalise(
             recipient,
             key=row["key"],
             kind="lesson",
             ref=str(row["lesson_day"]),
-            send_at=row.get("effective_due") or row["due_at"],
+            send_at=send_at,
         )
 
     async def cancel_handed(self, provider_ids: list[str]) -> list[str]:

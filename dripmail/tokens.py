@@ -8,10 +8,10 @@ The email address is never in a token.
 
 from __future__ import annotations
 
-from datetime import timedelta
-from typing import Literal
+from datetime import datetime, timedelta
+from typing import Any, Literal
 
-from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
+from itsdangerous import BadSignature, SignatureExpired, TimestampSigner, URLSafeTimedSerializer
 
 from dripmail.errors import TokenError
 
@@ -23,6 +23,17 @@ MAX_AGE: dict[str, timedelta | None] = {
     "unsubscribe": None,
     "preferences": timedelta(days=365),
 }
+
+
+class _IssuedAt(TimestampSigner):
+    """A timestamp signer that stamps a given time (an email's send time) instead of the clock."""
+
+    def __init__(self, *args: Any, issued_at: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.issued_at = issued_at
+
+    def get_timestamp(self) -> int:
+        return self.issued_at
 
 
 class Signer:
@@ -40,12 +51,26 @@ class Signer:
         old = settings.old_secret_keys.get_secret_value().split(",")
         return cls(settings.secret_key.get_secret_value(), [k.strip() for k in old])
 
-    def _serializer(self, purpose: Purpose) -> URLSafeTimedSerializer:
-        return URLSafeTimedSerializer(self._keys, salt=f"dripmail.{purpose}")
+    def _serializer(
+        self, purpose: Purpose, issued_at: datetime | None = None
+    ) -> URLSafeTimedSerializer:
+        if issued_at is None:
+            return URLSafeTimedSerializer(self._keys, salt=f"dripmail.{purpose}")
+        return URLSafeTimedSerializer(
+            self._keys,
+            salt=f"dripmail.{purpose}",
+            signer=_IssuedAt,
+            signer_kwargs={"issued_at": int(issued_at.timestamp())},
+        )
 
-    def make(self, subscriber_id: int, purpose: Purpose) -> str:
-        """A URL-safe token for one subscriber and one purpose."""
-        return self._serializer(purpose).dumps(subscriber_id)
+    def make(self, subscriber_id: int, purpose: Purpose, issued_at: datetime | None = None) -> str:
+        """A URL-safe token for one subscriber and one purpose.
+
+        `issued_at` stamps the token with that time instead of now (a lesson's send time), so
+        rendering the same delivery again gives the same links, byte for byte: a batch resent
+        after a crash under its idempotency key must be the same request (see handover.py).
+        """
+        return self._serializer(purpose, issued_at).dumps(subscriber_id)
 
     def read(self, token: str, purpose: Purpose) -> int:
         """The subscriber id in a token; raises `TokenError` if bad, expired or for another use."""
@@ -63,6 +88,13 @@ class Signer:
         return value
 
 
-def link(public_url: str, signer: Signer, subscriber_id: int, purpose: Purpose) -> str:
+def link(
+    public_url: str,
+    signer: Signer,
+    subscriber_id: int,
+    purpose: Purpose,
+    issued_at: datetime | None = None,
+) -> str:
     """The absolute URL for a purpose: /confirm/<t>, /unsubscribe/<t> or /preferences/<t>."""
-    return f"{public_url.rstrip('/')}/{purpose}/{signer.make(subscriber_id, purpose)}"
+    token = signer.make(subscriber_id, purpose, issued_at)
+    return f"{public_url.rstrip('/')}/{purpose}/{token}"

@@ -20,6 +20,9 @@ class Capabilities:
     schedule_ahead: timedelta | None
     can_cancel: bool
     idempotency_key: bool
+    # How long the provider remembers an idempotency key (Resend: 24 h). Within it, a batch
+    # interrupted by a crash is sent again as it was instead of being reported for review.
+    idempotency_ttl: timedelta | None = None
 
 
 class Outcome(StrEnum):

@@ -78,7 +78,11 @@ def _reason(answer: Answer) -> str:
 
 
 CAPABILITIES = Capabilities(
-    max_batch=100, schedule_ahead=WINDOW, can_cancel=True, idempotency_key=True
+    max_batch=100,
+    schedule_ahead=WINDOW,
+    can_cancel=True,
+    idempotency_key=True,
+    idempotency_ttl=timedelta(hours=24),  # documented: keys are kept 24 hours
 )
 
 
