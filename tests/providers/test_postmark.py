@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from fakes.mail import FAST_LIMITS, FAST_RETRY, lesson, lessons
+from fakes.mail import BIG_RETRY, FAST_LIMITS, FAST_RETRY, lesson, lessons
 
 from dripmail.errors import ProviderAuthError
 from dripmail.providers.base import Lookup, Outcome
@@ -48,6 +48,7 @@ def test_a_full_batch_of_500_is_one_request(fake_providers) -> None:
     provider = _provider(fake_providers)
     assert provider.capabilities.max_batch == 500
     assert provider.capabilities.schedule_ahead is None and not provider.capabilities.can_cancel
+    provider.http.retry = BIG_RETRY
     results = asyncio.run(provider.send_batch(lessons(500)))
     assert all(r.accepted for r in results)
     assert fake_providers.send_requests["postmark"] == 1

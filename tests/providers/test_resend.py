@@ -6,7 +6,7 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from fakes.mail import FAST_LIMITS, FAST_RETRY, lesson, lessons
+from fakes.mail import BIG_RETRY, FAST_LIMITS, FAST_RETRY, lesson, lessons
 
 from dripmail.errors import ProviderAuthError
 from dripmail.providers.base import Lookup, Outcome
@@ -34,6 +34,7 @@ def test_payload_carries_parts_headers_reply_to_and_tags(fake_providers) -> None
 def test_a_full_batch_of_100_is_one_request_with_the_batch_key(fake_providers) -> None:
     provider = _provider(fake_providers)
     assert provider.capabilities.max_batch == 100 and provider.capabilities.idempotency_key
+    provider.http.retry = BIG_RETRY
     results = asyncio.run(provider.send_batch(lessons(100), batch_key="b-full"))
     assert all(r.accepted for r in results)
     assert fake_providers.send_requests["resend"] == 1
