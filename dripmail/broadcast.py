@@ -1,16 +1,23 @@
 """Newsletter broadcasts: one issue to every eligible subscriber, once each, resumable.
 
-A broadcast is identified by its file's slug. Starting it plans one `broadcast_deliveries` row
-per eligible subscriber (a unique key, so a re-run can never plan anyone twice), streaming the
-subscribers by id in chunks; sending claims chunks with a lease and hands them over through the
-same careful path as lessons (`dripmail.handover`). Killing it at any moment and running the
-same command again continues where it stopped.
+A broadcast is identified by its file's slug (the file name without `.md`) and the hash of its
+content. Starting it plans one `broadcast_deliveries` row per eligible subscriber under the
+unique key ``nl-<broadcast>-s<subscriber>`` (so a re-run can never plan anyone twice),
+streaming subscribers by id in chunks of `CHUNK`; sending claims chunks with a lease (the same
+conditional claim as lessons, `dripmail.handover.claim`) and hands them over through the same
+careful path (`dripmail.handover.deliver`: batches of the provider's size, each marked
+`sending` with its batch key before the call, outcomes recorded per batch). Killing it at any
+moment and running the same command again continues where it stopped; rows that were in flight
+are reconciled with the provider, never resent blindly.
+
+Memory stays flat whatever the list size: at most one chunk of rows and messages is held.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -20,12 +27,17 @@ from sqlalchemy.engine import RowMapping
 
 from dripmail.content import Newsletter
 from dripmail.errors import InputError, NotFoundError
-from dripmail.handover import RenderFn, deliver, release
+from dripmail.handover import RenderFn, claim, deliver, expire_dead_claims, release
+from dripmail.message import Message
 from dripmail.providers.base import Provider
 from dripmail.store.schema import broadcast_deliveries, broadcasts, events, subscribers
 
 LEASE = timedelta(minutes=10)
 CHUNK = 1000
+# Statuses that may receive a newsletter; unsubscribed, bounced and complained never do, and
+# pending (unconfirmed) or paused subscribers are left alone. Forgotten ones no longer exist.
+SEGMENTS = {"all": ("active", "completed"), "in-course": ("active",), "graduates": ("completed",)}
+OPEN_STATES = ("planned", "claimed", "sending")
 
 
 @dataclass
@@ -39,6 +51,7 @@ class BroadcastReport:
     review: int = 0
     recovered: int = 0
     suppressed: int = 0
+    skipped: int = 0
 
 
 def content_hash(newsletter: Newsletter) -> str:
@@ -47,21 +60,27 @@ def content_hash(newsletter: Newsletter) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def key_for(broadcast_id: int, subscriber_id: int) -> str:
+    """The delivery key of one subscriber's copy of one broadcast."""
+    return f"nl-{broadcast_id}-s{subscriber_id}"
+
+
 def eligible(segment: str):
-    """The WHERE clause for subscribers who may receive a newsletter of `segment`."""
-    # Unsubscribed, bounced and complained never match; forgotten ones no longer exist.
-    statuses = {"all": ("active", "completed"), "in-course": ("active",)}
-    statuses["graduates"] = ("completed",)
-    if segment.startswith("tag:"):
+    """The WHERE clause for subscribers who may receive a newsletter of `segment` now."""
+    if segment.startswith("tag:") and len(segment) > 4:
         tag = segment[4:]
+        if not tag.replace("-", "").replace("_", "").isalnum():
+            raise InputError(f"segment {segment!r}: a tag is letters, digits, - and _")
+        # Tags are stored comma-separated; match a whole tag, `_` taken literally.
+        pattern = "%," + tag.replace("_", "\\_") + ",%"
         return and_(
-            subscribers.c.status.in_(("active", "completed")),
+            subscribers.c.status.in_(SEGMENTS["all"]),
             subscribers.c.newsletters.is_(True),
-            ("," + subscribers.c.tags + ",").like(f"%,{tag},%"),
+            ("," + func.replace(subscribers.c.tags, " ", "") + ",").like(pattern, escape="\\"),
         )
-    if segment not in statuses:
+    if segment not in SEGMENTS:
         raise InputError(f"segment {segment!r}: use all, in-course, graduates or tag:NAME")
-    return and_(subscribers.c.status.in_(statuses[segment]), subscribers.c.newsletters.is_(True))
+    return and_(subscribers.c.status.in_(SEGMENTS[segment]), subscribers.c.newsletters.is_(True))
 
 
 def count_eligible(engine: Engine, segment: str) -> int:
@@ -72,16 +91,16 @@ def count_eligible(engine: Engine, segment: str) -> int:
         ).scalar_one()
 
 
-def sample(engine: Engine, segment: str, size: int = 5) -> list[str]:
-    """A few addresses of the segment, to show before asking for confirmation."""
+def sample(engine: Engine, segment: str, size: int = 5) -> list[RowMapping]:
+    """A few subscribers of the segment (email, first_name), to show before sending."""
     with engine.connect() as conn:
         return list(
             conn.execute(
-                select(subscribers.c.email)
+                select(subscribers.c.email, subscribers.c.first_name)
                 .where(eligible(segment))
                 .order_by(subscribers.c.id)
                 .limit(size)
-            ).scalars()
+            ).mappings()
         )
 
 
@@ -91,8 +110,29 @@ def find(engine: Engine, ref: int | str) -> RowMapping:
     with engine.connect() as conn:
         row = conn.execute(select(broadcasts).where(cond)).mappings().first()
     if row is None:
-        raise NotFoundError(f"no broadcast {ref!r}: see `broadcasts list`")
+        raise NotFoundError(f"no broadcast {ref!r}: see `python send.py broadcasts list`")
     return row
+
+
+def existing(engine: Engine, slug: str) -> RowMapping | None:
+    """The broadcast for this newsletter slug, if one was created."""
+    with engine.connect() as conn:
+        return conn.execute(select(broadcasts).where(broadcasts.c.slug == slug)).mappings().first()
+
+
+def check_resumable(row: RowMapping, newsletter: Newsletter, segment: str) -> None:
+    """Refuse to continue `row` with this file: cancelled, edited after start, other segment."""
+    where = f"{newsletter.path.name} (broadcast {row['id']})"
+    if row["status"] == "cancelled":
+        raise InputError(f"{where} was cancelled; save the file under a new name to send it")
+    edited = row["content_hash"] and row["content_hash"] != content_hash(newsletter)
+    if row["started_at"] and edited:
+        raise InputError(
+            f"{where} was edited after it started sending; readers so far got the old text. "
+            "Restore the file, or save the new text under a new file name for a new broadcast"
+        )
+    if row["started_at"] and row["segment"] != segment:
+        raise InputError(f"{where} was started for segment {row['segment']!r}, not {segment!r}")
 
 
 def open_broadcast(
@@ -104,48 +144,48 @@ def open_broadcast(
 ) -> RowMapping:
     """The broadcast row for this newsletter, created on first use.
 
-    An existing one is continued only if the file is unchanged and the segment is the same;
-    a cancelled one is refused.
+    Until it starts sending, the file, segment and schedule may change (the row follows the
+    file); once started, only the same text and segment continue it, and a cancelled one is
+    refused. The unique slug makes two processes starting the same file share one row.
     """
+    eligible(segment)
     digest = content_hash(newsletter)
-    with engine.begin() as conn:
-        row = (
-            conn.execute(select(broadcasts).where(broadcasts.c.slug == newsletter.slug))
-            .mappings()
-            .first()
-        )
-        if row is None:
-            conn.execute(
-                insert(broadcasts).values(
-                    slug=newsletter.slug,
-                    subject=newsletter.subject,
-                    segment=segment,
-                    status="scheduled",
-                    scheduled_at=scheduled_at,
-                    content_hash=digest,
-                    created_at=now,
-                )
-            )
+    row = existing(engine, newsletter.slug)
     if row is None:
+        try:
+            with engine.begin() as conn:
+                conn.execute(
+                    insert(broadcasts).values(
+                        slug=newsletter.slug,
+                        subject=newsletter.subject,
+                        segment=segment,
+                        status="scheduled",
+                        scheduled_at=scheduled_at,
+                        content_hash=digest,
+                        created_at=now,
+                    )
+                )
+        except Exception:
+            # Another process created it at the same moment: continue theirs.
+            if existing(engine, newsletter.slug) is None:
+                raise
         return find(engine, newsletter.slug)
-    where = f"{newsletter.path.name} (broadcast {row['id']})"
-    if row["status"] == "cancelled":
-        raise InputError(f"{where} was cancelled; copy the file under a new name to send it")
-    if row["content_hash"] and row["content_hash"] != digest and row["started_at"]:
-        raise InputError(
-            f"{where} was edited after it started sending; readers so far got the old text. "
-            "Restore the file, or save the new text under a new file name for a new broadcast"
-        )
-    if row["segment"] != segment:
-        raise InputError(f"{where} was started for segment {row['segment']!r}, not {segment!r}")
-    if scheduled_at is not None and row["scheduled_at"] != scheduled_at and not row["started_at"]:
-        with engine.begin() as conn:
-            conn.execute(
-                update(broadcasts)
-                .where(broadcasts.c.id == row["id"])
-                .values(scheduled_at=scheduled_at, content_hash=digest)
-            )
-        return find(engine, row["id"])
+    check_resumable(row, newsletter, segment)
+    if row["started_at"] is None:
+        changes = {
+            "subject": newsletter.subject,
+            "segment": segment,
+            "content_hash": digest,
+            "scheduled_at": scheduled_at,
+        }
+        if any(row[k] != v for k, v in changes.items()):
+            with engine.begin() as conn:
+                conn.execute(
+                    update(broadcasts)
+                    .where(broadcasts.c.id == row["id"], broadcasts.c.started_at.is_(None))
+                    .values(**changes)
+                )
+            return find(engine, row["id"])
     return row
 
 
@@ -159,9 +199,12 @@ def plan(
 ) -> int:
     """Plan one delivery per eligible subscriber not planned yet; returns how many were added.
 
-    Streams subscribers by id (keyset pagination), so memory does not grow with the list.
+    Streams subscribers by id (keyset pagination, `chunk` ids per transaction), so memory does
+    not grow with the list; the unique (broadcast, subscriber) pair makes a re-run add only
+    those who were not planned before.
     """
     added, last = 0, 0
+    bd = broadcast_deliveries
     while True:
         with engine.begin() as conn:
             ids = list(
@@ -177,9 +220,9 @@ def plan(
             last = ids[-1]
             have = set(
                 conn.execute(
-                    select(broadcast_deliveries.c.subscriber_id).where(
-                        broadcast_deliveries.c.broadcast_id == broadcast_id,
-                        broadcast_deliveries.c.subscriber_id.in_(ids),
+                    select(bd.c.subscriber_id).where(
+                        bd.c.broadcast_id == broadcast_id,
+                        bd.c.subscriber_id.between(ids[0], ids[-1]),
                     )
                 ).scalars()
             )
@@ -187,7 +230,7 @@ def plan(
                 {
                     "broadcast_id": broadcast_id,
                     "subscriber_id": sid,
-                    "key": f"nl-{broadcast_id}-s{sid}",
+                    "key": key_for(broadcast_id, sid),
                     "state": "planned",
                     "attempts": 0,
                     "updated_at": now,
@@ -196,7 +239,7 @@ def plan(
                 if sid not in have
             ]
             if rows:
-                conn.execute(insert(broadcast_deliveries), rows)
+                conn.execute(insert(bd), rows)
             added += len(rows)
         if progress:
             progress(len(ids))
@@ -204,8 +247,12 @@ def plan(
 
 def _claim_chunk(
     engine: Engine, broadcast_id: int, worker: str, now: datetime, chunk: int
-) -> list[dict]:
-    """Claim up to `chunk` rows still to send (free, or left by a dead worker)."""
+) -> tuple[list[dict], int, int]:
+    """Claim up to `chunk` rows still to send (free, or left by a dead worker).
+
+    Returns the held rows, how many were skipped because their subscriber left or stopped
+    newsletters since planning (marked `skipped`, never sent), and how many rows were read.
+    """
     bd = broadcast_deliveries
     free = and_(
         bd.c.state == "planned",
@@ -213,61 +260,69 @@ def _claim_chunk(
     )
     expired = and_(bd.c.state.in_(("claimed", "sending")), bd.c.lease_expires_at < now)
     query = (
-        select(bd, subscribers.c.email, subscribers.c.first_name, subscribers.c.status)
+        select(
+            bd,
+            subscribers.c.email,
+            subscribers.c.first_name,
+            subscribers.c.status,
+            subscribers.c.newsletters,
+        )
         .join(subscribers, subscribers.c.id == bd.c.subscriber_id)
         .where(bd.c.broadcast_id == broadcast_id, or_(free, expired))
         .order_by(bd.c.id)
         .limit(chunk)
     )
-    with engine.begin() as conn:
+    with engine.connect() as conn:
         rows = [dict(r) for r in conn.execute(query).mappings()]
-        if engine.dialect.name == "postgresql" and rows:
-            lockable = set(
-                conn.execute(
-                    select(bd.c.id)
-                    .where(bd.c.id.in_([r["id"] for r in rows]))
-                    .with_for_update(skip_locked=True)
-                ).scalars()
-            )
-            rows = [r for r in rows if r["id"] in lockable]
-        # Someone who left since planning gets nothing: skip rather than send.
-        gone = [r["id"] for r in rows if r["status"] not in ("active", "completed")]
-        if gone:
+    # Someone who left or stopped newsletters since planning gets nothing. A row already
+    # `sending` may be at the provider: it is reconciled like any other, not skipped.
+    gone = [
+        r["id"]
+        for r in rows
+        if r["state"] == "planned" and (r["status"] not in SEGMENTS["all"] or not r["newsletters"])
+    ]
+    if gone:
+        with engine.begin() as conn:
             conn.execute(
-                update(bd).where(bd.c.id.in_(gone)).values(state="skipped", updated_at=now)
-            )
-        held = []
-        free = {r["id"]: r for r in rows if r["state"] == "planned" and r["id"] not in gone}
-        if free:
-            # One conditional UPDATE for the chunk; RETURNING says which rows we won.
-            won = conn.execute(
                 update(bd)
-                .where(bd.c.id.in_(list(free)), bd.c.state == "planned")
-                .values(
-                    state="claimed",
-                    claimed_by=worker,
-                    lease_expires_at=now + LEASE,
-                    updated_at=now,
-                )
-                .returning(bd.c.id)
-            ).scalars()
-            held.extend(free[i] for i in won)
-        for row in rows:
-            if row["id"] in gone or row["state"] == "planned":
-                continue
-            # A dead worker's claim: take it over only if its lease is still expired.
-            result = conn.execute(
-                update(bd)
-                .where(
-                    bd.c.id == row["id"],
-                    bd.c.state == row["state"],
-                    bd.c.lease_expires_at < now,
-                )
-                .values(claimed_by=worker, lease_expires_at=now + LEASE, updated_at=now)
+                .where(bd.c.id.in_(gone), bd.c.state == "planned")
+                .values(state="skipped", updated_at=now)
             )
-            if result.rowcount == 1:
-                held.append(row)
-    return held
+    skip = set(gone)
+    held = claim(engine, bd, [r for r in rows if r["id"] not in skip], worker, now, LEASE)
+    return held, len(gone), len(rows)
+
+
+def render_fn(compiled, public_url: str, signer, broadcast_id: int) -> RenderFn:
+    """Personalise the compiled newsletter for a claimed row: name, unsubscribe, preferences.
+
+    `compiled` is the newsletter's `CompiledEmail` (MJML compiled once for the broadcast);
+    each reader costs one small template render and two signed links.
+    """
+    from dripmail.render import Recipient
+    from dripmail.tokens import link
+
+    ref = str(broadcast_id)
+
+    def render(row: dict) -> Message:
+        sid = row["subscriber_id"]
+        recipient = Recipient(
+            email=row["email"],
+            first_name=row["first_name"] or "",
+            subscriber_id=sid,
+            unsubscribe_url=link(public_url, signer, sid, "unsubscribe"),
+            preferences_url=link(public_url, signer, sid, "preferences"),
+        )
+        return compiled.personalise(recipient, key=row["key"], kind="broadcast", ref=ref)
+
+    return render
+
+
+def default_worker_id() -> str:
+    """host:pid, the form `expire_dead_claims` can judge."""
+    from dripmail.engine import default_worker_id as engine_worker_id
+
+    return engine_worker_id()
 
 
 def send(
@@ -277,68 +332,128 @@ def send(
     render: RenderFn,
     now: datetime,
     *,
-    worker: str,
+    worker: str | None = None,
     chunk: int = CHUNK,
     progress: Callable[[int], None] | None = None,
 ) -> BroadcastReport:
-    """Hand over everything planned for this broadcast; safe to run again after a crash."""
+    """Hand over everything planned for this broadcast; safe to run again after a crash.
+
+    Claims of a worker on this host that is no longer running are taken over at once (a
+    re-run right after a kill does not wait for the lease). `progress` is called with the
+    number of rows finished after each chunk.
+    """
     report = BroadcastReport()
+    worker = worker or default_worker_id()
+    bd = broadcast_deliveries
     with engine.begin() as conn:
         conn.execute(
             update(broadcasts)
             .where(broadcasts.c.id == broadcast["id"], broadcasts.c.started_at.is_(None))
             .values(started_at=now, status="sending")
         )
-    while True:
-        held = _claim_chunk(engine, broadcast["id"], worker, now, chunk)
-        if not held:
-            break
-        try:
-            asyncio.run(deliver(engine, broadcast_deliveries, provider, held, render, now, report))
-        except BaseException:
-            release(engine, broadcast_deliveries, [r["key"] for r in held], now)
-            raise
-        if progress:
-            progress(len(held))
+    expire_dead_claims(engine, bd, now, socket.gethostname())
+
+    async def run() -> None:
+        # One event loop for the whole broadcast, so the provider's pooled connections are
+        # reused from the first chunk to the last (the database calls in between are short).
+        while True:
+            held, skipped, read = _claim_chunk(engine, broadcast["id"], worker, now, chunk)
+            report.skipped += skipped
+            if progress and skipped:
+                progress(skipped)
+            if not read:
+                return
+            if not held:
+                continue  # all skipped, or another worker won them: the next read moves on
+            try:
+                await deliver(engine, bd, provider, held, render, now, report)
+            except BaseException:
+                release(engine, bd, [r["key"] for r in held], now)
+                raise
+            if progress:
+                progress(len(held))
+
+    asyncio.run(run())
+    finish_if_done(engine, broadcast["id"], now)
+    return report
+
+
+def finish_if_done(engine: Engine, broadcast_id: int, now: datetime) -> bool:
+    """Mark the broadcast `sent` once nothing is left to hand over; True if it is done."""
     with engine.begin() as conn:
         left = conn.execute(
             select(func.count())
             .select_from(broadcast_deliveries)
             .where(
-                broadcast_deliveries.c.broadcast_id == broadcast["id"],
-                broadcast_deliveries.c.state.in_(("planned", "claimed", "sending")),
+                broadcast_deliveries.c.broadcast_id == broadcast_id,
+                broadcast_deliveries.c.state.in_(OPEN_STATES),
             )
         ).scalar_one()
-        if not left:
-            conn.execute(
-                update(broadcasts)
-                .where(broadcasts.c.id == broadcast["id"])
-                .values(status="sent", finished_at=now)
-            )
-    return report
-
-
-def cancel(engine: Engine, broadcast_id: int, now: datetime) -> RowMapping:
-    """Cancel a broadcast that has not started; InputError once it is sending."""
-    row = find(engine, broadcast_id)
-    if row["started_at"] is not None:
-        raise InputError(
-            f"broadcast {broadcast_id} started at {row['started_at']:%Y-%m-%d %H:%M} UTC: "
-            "too late to cancel (what is planned can still be stopped per subscriber)"
+        if left:
+            return False
+        conn.execute(
+            update(broadcasts)
+            .where(broadcasts.c.id == broadcast_id, broadcasts.c.status == "sending")
+            .values(status="sent", finished_at=now)
         )
+    return True
+
+
+def due(engine: Engine, now: datetime) -> list[RowMapping]:
+    """Scheduled broadcasts whose time has come and that still have something to do.
+
+    A broadcast started by hand (no schedule) and interrupted is left to the operator: it
+    continues when they run the same command again, never from `run` behind their back.
+    """
+    with engine.connect() as conn:
+        return list(
+            conn.execute(
+                select(broadcasts)
+                .where(
+                    broadcasts.c.status.in_(("scheduled", "sending")),
+                    broadcasts.c.scheduled_at.is_not(None),
+                    broadcasts.c.scheduled_at <= now,
+                )
+                .order_by(broadcasts.c.scheduled_at, broadcasts.c.id)
+            ).mappings()
+        )
+
+
+@dataclass(frozen=True)
+class Cancelled:
+    """What `cancel` did: the broadcast, and how many deliveries it stopped."""
+
+    broadcast: RowMapping
+    stopped: int
+    accepted: int
+
+
+def cancel(engine: Engine, broadcast_id: int, now: datetime) -> Cancelled:
+    """Cancel a broadcast: everything not yet handed over is stopped.
+
+    Before it starts that is everyone. While it is sending (e.g. interrupted with Ctrl-C), the
+    rest is stopped; copies a running process already holds still go. A finished broadcast
+    cannot be cancelled.
+    """
+    row = find(engine, broadcast_id)
+    if row["status"] == "sent":
+        raise InputError(
+            f"broadcast {broadcast_id} was sent at {row['finished_at']:%Y-%m-%d %H:%M} UTC: "
+            "nothing left to cancel"
+        )
+    bd = broadcast_deliveries
     with engine.begin() as conn:
         conn.execute(
-            update(broadcasts).where(broadcasts.c.id == broadcast_id).values(status="cancelled")
+            update(broadcasts)
+            .where(broadcasts.c.id == broadcast_id)
+            .values(status="cancelled", finished_at=row["finished_at"] or now)
         )
-        conn.execute(
-            update(broadcast_deliveries)
-            .where(
-                broadcast_deliveries.c.broadcast_id == broadcast_id,
-                broadcast_deliveries.c.state == "planned",
-            )
+        stopped = conn.execute(
+            update(bd)
+            .where(bd.c.broadcast_id == broadcast_id, bd.c.state == "planned")
             .values(state="cancelled", updated_at=now)
-        )
-    return find(engine, broadcast_id)
+        ).rowcount
+    return Cancelled(find(engine, broadcast_id), stopped or 0, stats(engine, broadcast_id).accepted)
 
 
 @dataclass(frozen=True)
@@ -349,13 +464,19 @@ class BroadcastStats:
     accepted: int
     failed: int
     pending: int
+    skipped: int
     bounced: int
+    complained: int
+    unsubscribed: int
     opened: int
     clicked: int
 
 
 def stats(engine: Engine, broadcast_id: int) -> BroadcastStats:
-    """Recipients and outcomes of one broadcast (events matched by delivery key)."""
+    """Recipients and outcomes of one broadcast; events matched by its delivery keys.
+
+    Opened and clicked count readers (distinct delivery keys), not events.
+    """
     bd = broadcast_deliveries
     with engine.connect() as conn:
         states = dict(
@@ -373,11 +494,14 @@ def stats(engine: Engine, broadcast_id: int) -> BroadcastStats:
             ).all()
         )
     return BroadcastStats(
-        recipients=sum(states.values()),
+        recipients=sum(v for k, v in states.items() if k not in ("skipped", "cancelled")),
         accepted=states.get("sent", 0) + states.get("handed", 0),
         failed=states.get("failed", 0) + states.get("review", 0),
-        pending=sum(states.get(s, 0) for s in ("planned", "claimed", "sending")),
+        pending=sum(states.get(s, 0) for s in OPEN_STATES),
+        skipped=states.get("skipped", 0) + states.get("cancelled", 0),
         bounced=kinds.get("bounced", 0),
+        complained=kinds.get("complained", 0),
+        unsubscribed=kinds.get("unsubscribed", 0),
         opened=kinds.get("opened", 0),
         clicked=kinds.get("clicked", 0),
     )

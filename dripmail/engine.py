@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Engine, and_, or_, select, update
 
 from dripmail import schedule
-from dripmail.handover import RenderFn, deliver, release
+from dripmail.handover import RenderFn, claim, deliver, release
 from dripmail.providers.base import Provider
 from dripmail.store.schema import deliveries, subscribers
 
@@ -144,50 +144,7 @@ def _eligible(engine: Engine, rows: list[dict], now: datetime, default_send: tim
 
 def _claim(engine: Engine, rows: list[dict], worker: str, now: datetime) -> list[dict]:
     """Take rows that are still free (conditional update); returns those this worker holds."""
-    held = []
-    with engine.begin() as conn:
-        if engine.dialect.name == "postgresql" and rows:
-            # Rows another worker is claiming right now are skipped, not waited for.
-            lockable = set(
-                conn.execute(
-                    select(deliveries.c.id)
-                    .where(deliveries.c.id.in_([r["id"] for r in rows]))
-                    .with_for_update(skip_locked=True)
-                ).scalars()
-            )
-            rows = [r for r in rows if r["id"] in lockable]
-        free = {r["id"]: r for r in rows if r["state"] == "planned"}
-        if free:
-            # One conditional UPDATE for the whole chunk; RETURNING says which rows we won
-            # (another worker may have taken some between our read and this write).
-            won = conn.execute(
-                update(deliveries)
-                .where(deliveries.c.id.in_(list(free)), deliveries.c.state == "planned")
-                .values(
-                    state="claimed",
-                    claimed_by=worker,
-                    lease_expires_at=now + LEASE,
-                    updated_at=now,
-                )
-                .returning(deliveries.c.id)
-            ).scalars()
-            held.extend(free[i] for i in won)
-        for row in rows:
-            if row["state"] == "planned":
-                continue
-            # An expired claim (its worker died): take it over only if still expired.
-            result = conn.execute(
-                update(deliveries)
-                .where(
-                    deliveries.c.id == row["id"],
-                    deliveries.c.state == row["state"],
-                    deliveries.c.lease_expires_at < now,
-                )
-                .values(claimed_by=worker, lease_expires_at=now + LEASE, updated_at=now)
-            )
-            if result.rowcount == 1:
-                held.append(row)
-    return held
+    return claim(engine, deliveries, rows, worker, now, LEASE)
 
 
 def complete_finished(engine: Engine, now: datetime) -> int:

@@ -7,12 +7,13 @@ same state columns, so one implementation of the careful part serves both.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from hashlib import sha256
 from typing import Protocol
 
-from sqlalchemy import Engine, Table, bindparam, update
+from sqlalchemy import Engine, Table, and_, bindparam, select, update
 
 from dripmail.errors import ProviderAuthError
 from dripmail.message import Message
@@ -311,3 +312,103 @@ def release(engine: Engine, table: Table, keys: Sequence[str], now: datetime) ->
             .where(table.c.key.in_(list(keys)), table.c.state == "claimed")
             .values(state="planned", claimed_by=None, lease_expires_at=None, updated_at=now)
         )
+
+
+def claim(
+    engine: Engine,
+    table: Table,
+    rows: list[dict],
+    worker: str,
+    now: datetime,
+    lease: timedelta,
+) -> list[dict]:
+    """Take `rows` of `table` that are still free (conditional update); returns those held.
+
+    Free rows (`planned`) are taken with one conditional UPDATE ... RETURNING for the whole
+    chunk, so another worker that read the same rows wins none of them twice. Rows whose
+    lease expired (their worker died) are taken over one by one, only if still expired.
+    On PostgreSQL, rows another worker is locking right now are skipped, not waited for.
+    """
+    held: list[dict] = []
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql" and rows:
+            lockable = set(
+                conn.execute(
+                    select(table.c.id)
+                    .where(table.c.id.in_([r["id"] for r in rows]))
+                    .with_for_update(skip_locked=True)
+                ).scalars()
+            )
+            rows = [r for r in rows if r["id"] in lockable]
+        free = {r["id"]: r for r in rows if r["state"] == "planned"}
+        if free:
+            won = conn.execute(
+                update(table)
+                .where(table.c.id.in_(list(free)), table.c.state == "planned")
+                .values(
+                    state="claimed",
+                    claimed_by=worker,
+                    lease_expires_at=now + lease,
+                    updated_at=now,
+                )
+                .returning(table.c.id)
+            ).scalars()
+            held.extend(free[i] for i in won)
+        for row in rows:
+            if row["state"] == "planned":
+                continue
+            result = conn.execute(
+                update(table)
+                .where(
+                    table.c.id == row["id"],
+                    table.c.state == row["state"],
+                    table.c.lease_expires_at < now,
+                )
+                .values(claimed_by=worker, lease_expires_at=now + lease, updated_at=now)
+            )
+            if result.rowcount == 1:
+                held.append(row)
+    return held
+
+
+def _alive_here(worker: str, host: str) -> bool:
+    """Whether a `host:pid` worker id names a process still running on this host."""
+    name, _, pid = worker.rpartition(":")
+    if name != host or not pid.isdigit():
+        return True  # another host (or an id we did not make): only its lease can tell
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # a process of another user holds that pid: treat it as alive
+    return True
+
+
+def expire_dead_claims(engine: Engine, table: Table, now: datetime, host: str) -> int:
+    """End the leases of claims held by workers on this host that no longer run.
+
+    A killed process cannot give its claims back; without this, running the same command
+    again right away would wait out the lease (minutes) before finishing the job. Only ids of
+    the form `host:pid` naming this host are judged (by asking the OS whether the pid
+    exists); claims of other hosts keep waiting for their lease. Rows left `sending` are
+    then reconciled with the provider by `deliver`, never resent blindly. Returns how many
+    rows were freed.
+    """
+    held = and_(table.c.state.in_(("claimed", "sending")), table.c.lease_expires_at >= now)
+    with engine.connect() as conn:
+        workers = [
+            w
+            for w in conn.execute(select(table.c.claimed_by).where(held).distinct()).scalars()
+            if w and w.startswith(host + ":")
+        ]
+    dead = [w for w in workers if w != f"{host}:{os.getpid()}" and not _alive_here(w, host)]
+    if not dead:
+        return 0
+    with engine.begin() as conn:
+        result = conn.execute(
+            update(table)
+            .where(held, table.c.claimed_by.in_(dead))
+            .values(lease_expires_at=now - timedelta(microseconds=1))
+        )
+    return result.rowcount or 0

@@ -1,23 +1,36 @@
+"""Broadcasts through the library: eligibility, segments, planning, sending once, cancelling."""
+
+from __future__ import annotations
+
+import asyncio
 import json
+import math
+import socket
 from collections import Counter
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, func, select
+from fakes.mail import FAST_LIMITS, FAST_RETRY
+from sqlalchemy import Engine, func, select, update
 
 from dripmail import broadcast as bc
+from dripmail import subscribers as subs
 from dripmail.config import Project
 from dripmail.content import load_course, load_newsletter
 from dripmail.errors import InputError
+from dripmail.handover import expire_dead_claims
 from dripmail.providers.outbox import OutboxProvider
-from dripmail.render import Recipient, Renderer
+from dripmail.providers.postmark import PostmarkProvider
+from dripmail.render import Renderer
 from dripmail.store.db import open_store
-from dripmail.store.schema import broadcast_deliveries
+from dripmail.store.schema import broadcast_deliveries, events, subscribers
+from dripmail.tokens import Signer
 from tests.broadcast_fixture import NOW, eligible_emails, seed
 from tests.course_fixture import make_project
 
 ISSUE = "---\nsubject: Hips at the desk\npreheader: Three habits for long days\n---\nHello.\n"
+PUBLIC = "https://studio.example.com"
 
 
 @pytest.fixture
@@ -33,91 +46,250 @@ def engine(project: Project) -> Engine:
     return open_store("sqlite:///dripmail.db", project.root)
 
 
-def _render_fn(project: Project, newsletter, broadcast_id: int):
-    compiled = Renderer(project, load_course(project)).newsletter(newsletter)
+def _postmark(fake) -> PostmarkProvider:
+    return PostmarkProvider(
+        fake.POSTMARK_TOKEN,
+        base=fake.base("postmark"),
+        retry=FAST_RETRY,
+        limits=FAST_LIMITS,
+        settle_seconds=0,
+    )
 
-    def render(row: dict):
-        who = Recipient(email=row["email"], first_name=row["first_name"])
-        return compiled.personalise(who, key=row["key"], kind="broadcast", ref=str(broadcast_id))
 
-    return render
+def _newsletter(project: Project):
+    return load_newsletter(project, project.newsletters_dir / "hips.md")
 
 
-def _send(project: Project, engine: Engine, outbox: OutboxProvider, segment: str = "all"):
-    newsletter = load_newsletter(project, project.newsletters_dir / "hips.md")
-    row = bc.open_broadcast(engine, newsletter, segment, NOW)
+def _start(project: Project, engine: Engine, segment: str = "all", when=None):
+    row = bc.open_broadcast(engine, _newsletter(project), segment, NOW, when)
     bc.plan(engine, row["id"], segment, NOW)
-    render = _render_fn(project, newsletter, row["id"])
-    return row, bc.send(engine, outbox, row, render, NOW, worker="t")
+    return row
 
 
-def _index(project: Project) -> list[dict]:
+def _render(project: Project, broadcast_id: int):
+    compiled = Renderer(project, load_course(project)).newsletter(_newsletter(project))
+    return bc.render_fn(compiled, PUBLIC, Signer("test-secret-key"), broadcast_id)
+
+
+def _send(project: Project, engine: Engine, provider, row, **kwargs):
+    return bc.send(engine, provider, row, _render(project, row["id"]), NOW, **kwargs)
+
+
+def _outbox_index(project: Project) -> list[dict]:
     lines = (project.root / "outbox" / "index.jsonl").read_text().splitlines()
     return [json.loads(x) for x in lines]
 
 
-def test_ten_thousand_each_eligible_once_ineligible_never(project: Project, engine: Engine):
+def test_ten_thousand_each_eligible_accepted_once_ineligible_never(
+    project: Project, engine: Engine, fake_providers
+) -> None:
     seed(engine, 10_000)
-    outbox = OutboxProvider(project.root / "outbox")
-    row, report = _send(project, engine, outbox)
-    assert report.sent == len(eligible_emails(10_000))
-    sent = Counter(x["to"] for x in _index(project))
-    assert set(sent) == eligible_emails(10_000) and set(sent.values()) == {1}
-    # Running it again is a no-op, and the row is marked sent.
-    _, again = _send(project, engine, outbox)
-    assert again.sent == 0 and bc.find(engine, row["id"])["status"] == "sent"
-    assert len(_index(project)) == len(eligible_emails(10_000))
+    wanted = eligible_emails(10_000)
+    provider = _postmark(fake_providers)
+    row = _start(project, engine)
+    report = _send(project, engine, provider, row)
+    accepted = fake_providers.accepted("postmark")
+    assert report.sent == len(wanted) == len(accepted)
+    assert Counter(a.to for a in accepted) == Counter(dict.fromkeys(wanted, 1))
+    assert len({a.key for a in accepted}) == len(wanted)
+    # Batches of the provider's size (500), not one request per reader.
+    assert fake_providers.send_requests["postmark"] == math.ceil(len(wanted) / 500)
+    # Personalised per reader: own name, own signed unsubscribe link, on the broadcast stream.
+    one = next(a for a in accepted if a.to == "p2@example.org")
+    assert "P2" in one.html and one.stream == "broadcast"
+    assert one.headers["List-Unsubscribe"].startswith(f"<{PUBLIC}/unsubscribe/")
+    assert one.key == f"nl-{row['id']}-s3"  # subscriber p2 has id 3
+    # Running it again sends nothing and the broadcast is done.
+    again = _send(project, engine, provider, row)
+    assert again.sent == 0 and len(fake_providers.accepted("postmark")) == len(wanted)
+    assert bc.find(engine, row["id"])["status"] == "sent"
     stats = bc.stats(engine, row["id"])
-    assert stats.accepted == stats.recipients == len(eligible_emails(10_000))
+    assert stats.accepted == stats.recipients == len(wanted) and stats.failed == 0
+    with engine.connect() as conn:
+        attempts = conn.execute(select(func.sum(broadcast_deliveries.c.attempts))).scalar()
+    assert attempts == len(wanted)
 
 
 def test_segments_pick_the_right_people(project: Project, engine: Engine) -> None:
     seed(engine, 100)
+    assert bc.count_eligible(engine, "all") == len(eligible_emails(100))
     assert bc.count_eligible(engine, "in-course") == 30  # odd ids, minus %10 in (1, 3)
     assert bc.count_eligible(engine, "graduates") == 50
     assert bc.count_eligible(engine, "tag:desk") == len(
         [i for i in range(100) if i % 3 == 0 and i % 10 not in (1, 3)]
     )
+    assert bc.count_eligible(engine, "tag:des") == 0  # whole tags only
     with pytest.raises(InputError, match="segment 'everyone'"):
         bc.count_eligible(engine, "everyone")
 
 
-def test_someone_who_leaves_after_planning_is_skipped(project: Project, engine: Engine):
-    from dripmail import subscribers as subs
-
-    seed(engine, 20)
-    newsletter = load_newsletter(project, project.newsletters_dir / "hips.md")
-    row = bc.open_broadcast(engine, newsletter, "all", NOW)
-    bc.plan(engine, row["id"], "all", NOW)
-    subs.unsubscribe(engine, subs.get_subscriber(engine, "p0@example.org")["id"], NOW)
-    outbox = OutboxProvider(project.root / "outbox")
-    bc.send(engine, outbox, row, _render_fn(project, newsletter, row["id"]), NOW, worker="t")
-    assert "p0@example.org" not in {x["to"] for x in _index(project)}
+def test_planning_twice_plans_each_subscriber_once(project: Project, engine: Engine) -> None:
+    seed(engine, 2500)
+    row = _start(project, engine)
+    assert bc.plan(engine, row["id"], "all", NOW, chunk=300) == 0
+    seed(engine, 10, start=2500)  # new sign-ups before the re-run are added, only they
+    assert bc.plan(engine, row["id"], "all", NOW, chunk=300) == len(eligible_emails(10, 2500))
+    with engine.connect() as conn:
+        keys = list(conn.execute(select(broadcast_deliveries.c.key)).scalars())
+    assert len(keys) == len(set(keys)) == len(eligible_emails(2510))
 
 
-def test_edited_file_after_start_is_refused_and_cancel_only_before(
+def test_who_leaves_or_stops_newsletters_after_planning_is_skipped(
     project: Project, engine: Engine
 ) -> None:
+    seed(engine, 20)
+    row = _start(project, engine)
+    subs.unsubscribe(engine, subs.get_subscriber(engine, "p0@example.org")["id"], NOW)
+    quitter = subs.get_subscriber(engine, "p2@example.org")["id"]
+    with engine.begin() as conn:
+        conn.execute(
+            update(subscribers).where(subscribers.c.id == quitter).values(newsletters=False)
+        )
+    report = _send(project, engine, OutboxProvider(project.root / "outbox"), row)
+    sent = {x["to"] for x in _outbox_index(project)}
+    assert sent == eligible_emails(20) - {"p0@example.org", "p2@example.org"}
+    assert report.skipped == 2 and bc.stats(engine, row["id"]).skipped == 2
+
+
+def test_edited_file_after_start_is_refused(project: Project, engine: Engine) -> None:
     seed(engine, 5)
-    outbox = OutboxProvider(project.root / "outbox")
-    row, _ = _send(project, engine, outbox)
+    row = _start(project, engine)
+    _send(project, engine, OutboxProvider(project.root / "outbox"), row)
     (project.newsletters_dir / "hips.md").write_text(ISSUE.replace("Hello.", "Hello again."))
-    edited = load_newsletter(project, project.newsletters_dir / "hips.md")
     with pytest.raises(InputError, match="edited after it started"):
-        bc.open_broadcast(engine, edited, "all", NOW)
-    with pytest.raises(InputError, match="too late to cancel"):
+        bc.open_broadcast(engine, _newsletter(project), "all", NOW)
+    with pytest.raises(InputError, match="nothing left to cancel"):
         bc.cancel(engine, row["id"], NOW)
 
 
-def test_scheduled_broadcast_can_be_cancelled_before_it_starts(
+def test_edits_before_the_start_are_followed(project: Project, engine: Engine) -> None:
+    seed(engine, 5)
+    first = bc.open_broadcast(engine, _newsletter(project), "all", NOW, NOW + timedelta(days=1))
+    (project.newsletters_dir / "hips.md").write_text(ISSUE.replace("Hello.", "Hello again."))
+    second = bc.open_broadcast(engine, _newsletter(project), "graduates", NOW)
+    assert second["id"] == first["id"] and second["segment"] == "graduates"
+    assert second["content_hash"] == bc.content_hash(_newsletter(project))
+    assert second["scheduled_at"] is None
+
+
+def test_scheduled_broadcast_is_due_at_its_time_and_cancel_stops_it(
     project: Project, engine: Engine
 ) -> None:
     seed(engine, 5)
-    newsletter = load_newsletter(project, project.newsletters_dir / "hips.md")
-    row = bc.open_broadcast(engine, newsletter, "all", NOW, NOW + timedelta(days=1))
+    row = bc.open_broadcast(engine, _newsletter(project), "all", NOW, NOW + timedelta(days=1))
     assert row["status"] == "scheduled"
-    assert bc.cancel(engine, row["id"], NOW)["status"] == "cancelled"
+    assert bc.due(engine, NOW) == []
+    assert [r["id"] for r in bc.due(engine, NOW + timedelta(days=1))] == [row["id"]]
+    done = bc.cancel(engine, row["id"], NOW)
+    assert done.broadcast["status"] == "cancelled" and done.accepted == 0
+    assert bc.due(engine, NOW + timedelta(days=2)) == []
     with pytest.raises(InputError, match="was cancelled"):
-        bc.open_broadcast(engine, newsletter, "all", NOW)
+        bc.open_broadcast(engine, _newsletter(project), "all", NOW)
     with engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(broadcast_deliveries)).scalar() == 0
+
+
+def test_cancel_mid_way_stops_the_rest(project: Project, engine: Engine, fake_providers) -> None:
+    seed(engine, 3000)
+    row = _start(project, engine)
+    provider = _postmark(fake_providers)
+    stop = {"after": 1}
+
+    def progress(n: int) -> None:
+        stop["after"] -= 1
+        if stop["after"] < 0:
+            raise KeyboardInterrupt  # the operator presses Ctrl-C after the first chunk
+
+    with pytest.raises(KeyboardInterrupt):
+        _send(project, engine, provider, row, progress=progress)
+    sent = len(fake_providers.accepted("postmark"))
+    assert 0 < sent < len(eligible_emails(3000))
+    done = bc.cancel(engine, row["id"], NOW)
+    assert done.accepted == sent and done.stopped == len(eligible_emails(3000)) - sent
+    assert _send(project, engine, provider, row).sent == 0
+    assert len(fake_providers.accepted("postmark")) == sent
+
+
+def test_claims_of_a_dead_local_worker_are_taken_over_at_once(
+    project: Project, engine: Engine, fake_providers
+) -> None:
+    seed(engine, 30)
+    row = _start(project, engine)
+    host = socket.gethostname()
+    bd = broadcast_deliveries
+    with engine.begin() as conn:
+        ids = list(conn.execute(select(bd.c.id).order_by(bd.c.id)).scalars())
+        lease = NOW + timedelta(minutes=10)
+        # A dead process on this host, and a live worker on another host.
+        conn.execute(
+            update(bd)
+            .where(bd.c.id.in_(ids[:10]))
+            .values(state="claimed", claimed_by=f"{host}:999999999", lease_expires_at=lease)
+        )
+        conn.execute(
+            update(bd)
+            .where(bd.c.id.in_(ids[10:15]))
+            .values(state="claimed", claimed_by="elsewhere:1", lease_expires_at=lease)
+        )
+    assert expire_dead_claims(engine, bd, NOW, host) == 10
+    report = _send(project, engine, _postmark(fake_providers), row)
+    assert report.sent == len(ids) - 5  # the other host's claims wait for their lease
+    assert bc.stats(engine, row["id"]).pending == 5
+
+
+def test_in_flight_batch_is_reconciled_not_resent(
+    project: Project, engine: Engine, fake_providers
+) -> None:
+    seed(engine, 10)
+    row = _start(project, engine)
+    provider = _postmark(fake_providers)
+    render = _render(project, row["id"])
+    bd = broadcast_deliveries
+    with engine.connect() as conn:
+        rows = [dict(r) for r in conn.execute(select(bd).order_by(bd.c.id)).mappings()]
+    # A previous run handed the first three over and died before recording the answer.
+    with engine.connect() as conn:
+        people = {r.id: r for r in conn.execute(select(subscribers))}
+    first = [
+        render({**r, "email": people[r["subscriber_id"]].email, "first_name": ""}) for r in rows[:3]
+    ]
+    asyncio.run(provider.send_batch(first))
+    with engine.begin() as conn:
+        conn.execute(
+            update(bd)
+            .where(bd.c.id.in_([r["id"] for r in rows[:3]]))
+            .values(
+                state="sending",
+                attempts=1,
+                claimed_by="gone:1",
+                lease_expires_at=NOW - timedelta(seconds=1),
+            )
+        )
+    report = _send(project, engine, provider, row)
+    assert report.recovered == 3
+    assert Counter(fake_providers.keys("postmark")) == Counter(
+        dict.fromkeys((r["key"] for r in rows), 1)
+    )
+
+
+def test_stats_count_readers_from_events(project: Project, engine: Engine) -> None:
+    seed(engine, 10)
+    row = _start(project, engine)
+    _send(project, engine, OutboxProvider(project.root / "outbox"), row)
+    key = bc.key_for(row["id"], 3)
+    with engine.begin() as conn:
+        for n, kind in enumerate(("opened", "opened", "clicked", "bounced")):
+            conn.execute(
+                events.insert().values(
+                    subscriber_id=3,
+                    delivery_key=key,
+                    provider="outbox",
+                    dedupe_key=f"e{n}",
+                    type=kind,
+                    detail="",
+                    occurred_at=NOW,
+                    received_at=NOW,
+                )
+            )
+    s = bc.stats(engine, row["id"])
+    assert (s.opened, s.clicked, s.bounced) == (1, 1, 1)

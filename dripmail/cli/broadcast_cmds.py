@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import typer
@@ -13,93 +13,104 @@ from dripmail.errors import InputError
 
 group = typer.Typer(help="Inspect and cancel newsletter broadcasts.", no_args_is_help=True)
 
-
-def _render_fn(runner, compiled, broadcast_id: int, send_at: datetime | None):
-    from dripmail.render import recipient_for
-
-    def render(row: dict):
-        recipient = recipient_for(
-            {"id": row["subscriber_id"], "email": row["email"], "first_name": row["first_name"]},
-            runner.settings.public_url,
-            runner.signer,
-        )
-        return compiled.personalise(
-            recipient, key=row["key"], kind="broadcast", ref=str(broadcast_id), send_at=send_at
-        )
-
-    return render
+# Below this many deliveries a progress bar is more noise than help.
+BAR_FROM = 50
 
 
-def send_broadcast(runner, newsletter, row, now: datetime, quiet: bool = False):
-    """Plan and hand over one broadcast (compiled once), with a progress bar."""
+def _parse_schedule(value: str, zone_name: str) -> datetime:
+    """`--schedule` as aware UTC; a time without an offset is in the course's time zone."""
+    from zoneinfo import ZoneInfo
+
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise InputError(
+            f"--schedule {value!r} is not an ISO-8601 time (e.g. 2026-12-01T09:00, taken in "
+            f"{zone_name}, or 2026-12-01T09:00+00:00)"
+        ) from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=ZoneInfo(zone_name))
+    return parsed.astimezone(UTC)
+
+
+def _progress():
+    """A rich progress bar with count, percentage, rate (messages/s) and time left."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
         Progress,
+        ProgressColumn,
         TaskProgressColumn,
         TimeRemainingColumn,
-        TransferSpeedColumn,
     )
+    from rich.text import Text
 
-    from dripmail import broadcast as bc
-    from dripmail.engine import default_worker_id
+    class RateColumn(ProgressColumn):
+        def render(self, task) -> Text:
+            speed = task.finished_speed or task.speed
+            return Text(f"{speed:,.0f}/s" if speed else "-/s", style="progress.data.speed")
 
-    compiled = runner.renderer.newsletter(newsletter)
-    ahead = runner.provider.capabilities.schedule_ahead
-    send_at = (
-        row["scheduled_at"] if row["scheduled_at"] and ahead and row["scheduled_at"] > now else None
-    )
-    bc.plan(runner.engine, row["id"], row["segment"], now)
-    total = bc.stats(runner.engine, row["id"]).pending
-    render = _render_fn(runner, compiled, row["id"], send_at)
-    if quiet or total < 50:
-        return bc.send(runner.engine, runner.provider, row, render, now, worker=default_worker_id())
-    with Progress(
+    return Progress(
         "[progress.description]{task.description}",
         BarColumn(),
         MofNCompleteColumn(),
         TaskProgressColumn(),
-        TransferSpeedColumn(),
+        RateColumn(),
         TimeRemainingColumn(),
-    ) as bar:
-        task = bar.add_task("sending", total=total)
-        return bc.send(
-            runner.engine,
-            runner.provider,
-            row,
-            render,
-            now,
-            worker=default_worker_id(),
-            progress=lambda n: bar.advance(task, n),
-        )
+        transient=False,
+    )
 
 
-def send_due_broadcasts(runner, now: datetime) -> list[str]:
-    """Send scheduled broadcasts whose time has come (called by `run`); one line each."""
+def send_broadcast(runner, newsletter, row, now: datetime, quiet: bool = False):
+    """Plan and hand over one broadcast (MJML compiled once), with a progress bar."""
     from dripmail import broadcast as bc
-    from dripmail.content import load_newsletter
-    from dripmail.errors import DripmailError
 
-    ahead = runner.provider.capabilities.schedule_ahead or timedelta(0)
-    lines = []
-    for row in bc.list_broadcasts(runner.engine):
-        due = row["scheduled_at"]
-        if row["status"] not in ("scheduled", "sending") or due is None or due > now + ahead:
-            continue
-        path = runner.project.newsletters_dir / f"{row['slug']}.md"
-        try:
-            newsletter = load_newsletter(runner.project, path)
-            row = bc.open_broadcast(runner.engine, newsletter, row["segment"], now)
-            send_broadcast(runner, newsletter, row, now, quiet=True)
-        except DripmailError as exc:
-            lines.append(f"scheduled broadcast {row['id']} not sent: {exc}")
-            continue
-        stats = bc.stats(runner.engine, row["id"])
-        lines.append(
-            f"scheduled broadcast {row['id']} ({row['slug']}): {stats.accepted} of "
-            f"{stats.recipients} accepted"
+    compiled = runner.renderer.newsletter(newsletter)
+    render = bc.render_fn(compiled, runner.settings.public_url, runner.signer, row["id"])
+    engine, provider = runner.engine, runner.provider
+    total = bc.count_eligible(engine, row["segment"])
+    if quiet or total < BAR_FROM:
+        bc.plan(engine, row["id"], row["segment"], now)
+        return bc.send(engine, provider, row, render, now)
+    with _progress() as bar:
+        task = bar.add_task("planning", total=total)
+        bc.plan(engine, row["id"], row["segment"], now, progress=lambda n: bar.advance(task, n))
+        bar.update(task, completed=total)
+        task = bar.add_task("sending", total=bc.stats(engine, row["id"]).pending)
+        return bc.send(engine, provider, row, render, now, progress=lambda n: bar.advance(task, n))
+
+
+def _summary(engine, row, report) -> bool:
+    """Print one line about a broadcast after sending; True when something needs attention."""
+    from dripmail import broadcast as bc
+
+    s = bc.stats(engine, row["id"])
+    parts = [f"{s.accepted} of {s.recipients} accepted ({report.sent + report.handed} now)"]
+    for label, value in (
+        ("failed or for review", s.failed),
+        ("to retry later", s.pending),
+        ("skipped (left or stopped newsletters)", report.skipped),
+        ("recovered after a crash", report.recovered),
+    ):
+        if value:
+            parts.append(f"{value} {label}")
+    typer.echo(f"broadcast {row['id']} ({row['slug']}): " + ", ".join(parts))
+    if s.pending:
+        typer.echo(
+            "  some copies were refused for now; run the same command again later to retry them"
         )
-    return lines
+    return bool(s.failed)
+
+
+def _confirm(count: int, threshold: int, yes: bool, what: str) -> None:
+    if count <= threshold or yes:
+        return
+    if not sys.stdin.isatty():
+        raise InputError(
+            f"{count} recipients is above DRIPMAIL_CONFIRM_THRESHOLD ({threshold}): "
+            "re-run with --yes to send"
+        )
+    typer.confirm(f"{what} to {count} subscribers?", abort=True)
 
 
 def broadcast(
@@ -108,7 +119,10 @@ def broadcast(
         None, "--segment", help="all | in-course | graduates | tag:NAME (default: the file's)."
     ),
     schedule: str | None = typer.Option(
-        None, "--schedule", help="Send at this time (ISO-8601); `broadcasts cancel ID` stops it."
+        None,
+        "--schedule",
+        help="Send at this time (ISO-8601; no offset = the course's time zone). `run` sends it "
+        "then; `broadcasts cancel ID` stops it.",
     ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Count and show a sample; send nothing."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask before a large send."),
@@ -119,56 +133,93 @@ def broadcast(
 
     Eligible: active and completed subscribers who did not stop newsletters (never anyone
     unsubscribed, bounced or complained). Interrupted? Run the same command again: it continues
-    where it stopped and nobody gets a second copy.
+    where it stopped and nobody gets a second copy. Exit 3 when some copies failed.
     """
     from dripmail import broadcast as bc
     from dripmail.content import load_newsletter
     from dripmail.runner import Runner
 
     clock = parse_now(now) or datetime.now(UTC)
-    when = parse_now(schedule) if schedule else None
     runner = Runner(state.project, state.settings, clock=lambda: clock)
     newsletter = load_newsletter(state.project, file)
     chosen = segment or newsletter.segment
     bc.eligible(chosen)  # validates the segment before anything is written
+    when = _parse_schedule(schedule, runner.course.timezone) if schedule else None
+    row = bc.existing(runner.engine, newsletter.slug)
+    if row is not None:
+        bc.check_resumable(row, newsletter, chosen)
+        if row["status"] == "sent":
+            typer.echo(f"broadcast {row['id']} ({row['slug']}) was already sent; nothing to do")
+            return
     count = bc.count_eligible(runner.engine, chosen)
-    shown = ", ".join(bc.sample(runner.engine, chosen))
     typer.echo(f"{newsletter.subject!r} to segment {chosen}: {count} recipient(s)")
-    if shown:
-        typer.echo(f"  e.g. {shown}")
+    for person in bc.sample(runner.engine, chosen):
+        typer.echo(f"  e.g. {person['first_name'] or '-'} <{person['email']}>")
     if dry_run:
         runner.renderer.newsletter(newsletter)  # template errors show up in a dry run too
         typer.echo("dry run: nothing was written or sent")
         return
-    row = bc.open_broadcast(runner.engine, newsletter, chosen, clock, when)
-    if row["status"] == "sent":
-        typer.echo(f"broadcast {row['id']} was already sent; nothing to do")
-        return
-    window = runner.provider.capabilities.schedule_ahead
-    start = row["scheduled_at"]
-    if start and start > clock and not (window and start - clock <= window):
+    started = row is not None and row["started_at"] is not None
+    if when is not None and when > clock and not started:
+        inside = state.project.newsletters_dir.resolve()
+        if newsletter.path.resolve().parent != inside:
+            raise InputError(
+                f"{file}: a scheduled newsletter must live in newsletters/ so `run` finds it "
+                "when it is due; move it there"
+            )
+        _confirm(count, runner.settings.confirm_threshold, yes, "Schedule it")
+        row = bc.open_broadcast(runner.engine, newsletter, chosen, clock, when)
         typer.echo(
-            f"broadcast {row['id']} scheduled for {start:%Y-%m-%d %H:%M} UTC; it goes out when "
-            "`run` (or this command) runs after that. Cancel: "
+            f"broadcast {row['id']} scheduled for {when:%Y-%m-%d %H:%M} UTC; `python send.py run` "
+            "(from cron) sends it then. Cancel it with "
             f"`python send.py broadcasts cancel {row['id']}`"
         )
         return
-    threshold = runner.settings.confirm_threshold
-    if count > threshold and not yes and not row["started_at"]:
-        if not sys.stdin.isatty():
-            raise InputError(
-                f"{count} recipients is above DRIPMAIL_CONFIRM_THRESHOLD ({threshold}): "
-                "re-run with --yes to send"
-            )
-        typer.confirm(f"Send to {count} subscribers?", abort=True)
+    if not started:
+        _confirm(count, runner.settings.confirm_threshold, yes, "Send it")
+    row = bc.open_broadcast(runner.engine, newsletter, chosen, clock)
     report = send_broadcast(runner, newsletter, row, clock, quiet)
-    stats = bc.stats(runner.engine, row["id"])
-    typer.echo(
-        f"broadcast {row['id']}: {stats.accepted} of {stats.recipients} accepted"
-        f" ({report.sent + report.handed} now), {stats.failed} failed, {stats.pending} pending"
-    )
-    if stats.failed:
+    if _summary(runner.engine, row, report):
         raise typer.Exit(3)
+
+
+def send_due_broadcasts(runner, now: datetime) -> list[str]:
+    """Send the scheduled broadcasts whose time has come (called by `run`); one line each.
+
+    A broadcast whose file is missing, broken or was edited after it started is reported in
+    its line and left as it is; the others still go out. One interrupted mid-way (the `run`
+    process was killed) continues on the next `run`.
+    """
+    from dripmail import broadcast as bc
+    from dripmail.content import load_newsletter
+    from dripmail.errors import DripmailError
+
+    lines = []
+    for row in bc.due(runner.engine, now):
+        path = runner.project.newsletters_dir / f"{row['slug']}.md"
+        try:
+            newsletter = load_newsletter(runner.project, path)
+            # Edits before the start are sent as they are now; after the start, refused.
+            row = bc.open_broadcast(
+                runner.engine, newsletter, row["segment"], now, row["scheduled_at"]
+            )
+            report = send_broadcast(runner, newsletter, row, now, quiet=True)
+        except DripmailError as exc:
+            lines.append(f"scheduled broadcast {row['id']} not sent: {exc}")
+            continue
+        s = bc.stats(runner.engine, row["id"])
+        line = f"scheduled broadcast {row['id']} ({row['slug']}): {s.accepted} of {s.recipients}"
+        line += f" accepted ({report.sent + report.handed} now)"
+        if s.failed:
+            line += f", {s.failed} failed or for review"
+        if s.pending:
+            line += f", {s.pending} to retry on a later run"
+        lines.append(line)
+    return lines
+
+
+def _ref(value: str) -> int | str:
+    return int(value) if value.isdigit() else value
 
 
 @group.command("list")
@@ -181,40 +232,60 @@ def list_() -> None:
     rows = bc.list_broadcasts(engine)
     if not rows:
         typer.echo("no broadcasts yet: `python send.py broadcast newsletters/<file>.md`")
+        return
+    typer.echo(
+        f"{'id':>4}  {'status':<10} {'slug':<32} {'when (UTC)':<16} {'recipients':>10}"
+        f" {'accepted':>9} {'failed':>7}"
+    )
     for row in rows:
         s = bc.stats(engine, row["id"])
+        when = row["started_at"] or row["scheduled_at"]
+        shown = f"{when:%Y-%m-%d %H:%M}" if when else "-"
         typer.echo(
-            f"{row['id']:>4}  {row['status']:<10} {row['slug']:<32} recipients {s.recipients:>7}"
-            f"  accepted {s.accepted:>7}  failed {s.failed:>5}"
+            f"{row['id']:>4}  {row['status']:<10} {row['slug']:<32} {shown:<16}"
+            f" {s.recipients:>10} {s.accepted:>9} {s.failed:>7}"
         )
 
 
 @group.command("show")
-def show(broadcast_id: int = typer.Argument(..., help="The broadcast's id.")) -> None:
+def show(
+    ref: str = typer.Argument(..., metavar="ID", help="The broadcast's id (or slug)."),
+) -> None:
     """One broadcast: recipients, accepted, failed, bounced, opened, clicked."""
     from dripmail import broadcast as bc
     from dripmail.runner import Runner
 
     engine = Runner(state.project, state.settings).engine
-    row = bc.find(engine, broadcast_id)
-    s = bc.stats(engine, broadcast_id)
+    row = bc.find(engine, _ref(ref))
+    s = bc.stats(engine, row["id"])
     typer.echo(f"broadcast {row['id']}: {row['subject']!r} ({row['slug']}), {row['status']}")
-    typer.echo(f"  segment {row['segment']}")
-    if row["scheduled_at"]:
-        typer.echo(f"  scheduled {row['scheduled_at']:%Y-%m-%d %H:%M} UTC")
+    typer.echo(f"  segment    {row['segment']}")
+    for label in ("scheduled_at", "started_at", "finished_at"):
+        if row[label]:
+            typer.echo(f"  {label.split('_')[0]:<11}{row[label]:%Y-%m-%d %H:%M} UTC")
     for label in ("recipients", "accepted", "failed", "pending", "bounced", "opened", "clicked"):
         typer.echo(f"  {label:<11}{getattr(s, label):>8}")
+    for label in ("complained", "unsubscribed", "skipped"):
+        if getattr(s, label):
+            typer.echo(f"  {label:<11}{getattr(s, label):>8}")
 
 
 @group.command("cancel")
-def cancel(broadcast_id: int = typer.Argument(..., help="The broadcast's id.")) -> None:
-    """Cancel a broadcast before it starts sending."""
+def cancel(
+    ref: str = typer.Argument(..., metavar="ID", help="The broadcast's id (or slug)."),
+) -> None:
+    """Cancel a broadcast: before it starts, nobody gets it; mid-way, the rest is stopped."""
     from dripmail import broadcast as bc
     from dripmail.runner import Runner
 
     engine = Runner(state.project, state.settings).engine
-    row = bc.cancel(engine, broadcast_id, datetime.now(UTC))
-    typer.echo(f"cancelled broadcast {row['id']} ({row['slug']})")
+    target = bc.find(engine, _ref(ref))
+    done = bc.cancel(engine, target["id"], datetime.now(UTC))
+    row = done.broadcast
+    line = f"cancelled broadcast {row['id']} ({row['slug']})"
+    if done.accepted:
+        line += f": {done.stopped} copies stopped, {done.accepted} had already gone out"
+    typer.echo(line)
 
 
 def register(app: typer.Typer) -> None:

@@ -115,7 +115,7 @@ def run(
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar (for cron)."),
 ) -> None:
-    """Send every lesson that is due, once. Safe to re-run: what is done stays done.
+    """Send every lesson (and scheduled newsletter) that is due, once. Safe to re-run.
 
     Run it from cron every few minutes, or once with --loop. Exit code 0: all went out;
     1: an error stopped the run (nothing half-done is lost; re-run after fixing it);
