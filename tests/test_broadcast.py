@@ -7,6 +7,7 @@ import json
 import math
 import socket
 from collections import Counter
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -47,10 +48,12 @@ def engine(project: Project) -> Engine:
 
 
 def _postmark(fake) -> PostmarkProvider:
+    # Short back-off, but a patient read timeout: the fake checks each 500-message batch
+    # against Postmark's API file, which takes a while on a busy machine.
     return PostmarkProvider(
         fake.POSTMARK_TOKEN,
         base=fake.base("postmark"),
-        retry=FAST_RETRY,
+        retry=replace(FAST_RETRY, timeout=30.0),
         limits=FAST_LIMITS,
         settle_seconds=0,
     )
