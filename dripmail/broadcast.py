@@ -293,11 +293,32 @@ def _claim_chunk(
     return held, len(gone), len(rows)
 
 
-def render_fn(compiled, public_url: str, signer, broadcast_id: int) -> RenderFn:
+def start(engine: Engine, broadcast_id: int, now: datetime) -> datetime:
+    """Mark the broadcast as sending (once); returns when it started.
+
+    From then on its text and segment are fixed (`check_resumable`), and its start time
+    stamps every reader's links (`render_fn`).
+    """
+    with engine.begin() as conn:
+        conn.execute(
+            update(broadcasts)
+            .where(broadcasts.c.id == broadcast_id, broadcasts.c.started_at.is_(None))
+            .values(started_at=now, status="sending")
+        )
+        return conn.execute(
+            select(broadcasts.c.started_at).where(broadcasts.c.id == broadcast_id)
+        ).scalar_one()
+
+
+def render_fn(
+    compiled, public_url: str, signer, broadcast_id: int, issued_at: datetime | None = None
+) -> RenderFn:
     """Personalise the compiled newsletter for a claimed row: name, unsubscribe, preferences.
 
     `compiled` is the newsletter's `CompiledEmail` (MJML compiled once for the broadcast);
-    each reader costs one small template render and two signed links.
+    each reader costs one small template render and two signed links. `issued_at` (the
+    broadcast's start, see `start`) stamps the links, so a copy rendered again after a crash
+    is the same bytes: a batch resent under its idempotency key must be the same request.
     """
     from dripmail.render import Recipient
     from dripmail.tokens import link
@@ -310,8 +331,8 @@ def render_fn(compiled, public_url: str, signer, broadcast_id: int) -> RenderFn:
             email=row["email"],
             first_name=row["first_name"] or "",
             subscriber_id=sid,
-            unsubscribe_url=link(public_url, signer, sid, "unsubscribe"),
-            preferences_url=link(public_url, signer, sid, "preferences"),
+            unsubscribe_url=link(public_url, signer, sid, "unsubscribe", issued_at),
+            preferences_url=link(public_url, signer, sid, "preferences", issued_at),
         )
         return compiled.personalise(recipient, key=row["key"], kind="broadcast", ref=ref)
 
@@ -345,12 +366,7 @@ def send(
     report = BroadcastReport()
     worker = worker or default_worker_id()
     bd = broadcast_deliveries
-    with engine.begin() as conn:
-        conn.execute(
-            update(broadcasts)
-            .where(broadcasts.c.id == broadcast["id"], broadcasts.c.started_at.is_(None))
-            .values(started_at=now, status="sending")
-        )
+    start(engine, broadcast["id"], now)
     expire_dead_claims(engine, bd, now, socket.gethostname())
 
     async def run() -> None:

@@ -296,3 +296,58 @@ def test_stats_count_readers_from_events(project: Project, engine: Engine) -> No
             )
     s = bc.stats(engine, row["id"])
     assert (s.opened, s.clicked, s.bounced) == (1, 1, 1)
+
+
+class Killed(BaseException):
+    """Stands in for SIGKILL: nothing after it runs, no handler records anything."""
+
+
+class DiesAfterTheCall:
+    """The provider, but the process 'dies' right after its first call returns."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+    async def send_batch(self, messages, send_at=None, batch_key=None):
+        await self.inner.send_batch(messages, send_at, batch_key)
+        raise Killed
+
+
+def test_resend_gets_an_interrupted_batch_again_as_it_was(
+    project: Project, engine: Engine, fake_providers
+) -> None:
+    from dripmail.providers.resend import ResendProvider
+
+    seed(engine, 150)
+    wanted = eligible_emails(150)
+    row = _start(project, engine)
+    started = bc.start(engine, row["id"], NOW)
+    compiled = Renderer(project, load_course(project)).newsletter(_newsletter(project))
+    signer = Signer("test-secret-key")
+    provider = ResendProvider(
+        fake_providers.RESEND_KEY,
+        base=fake_providers.base("resend"),
+        retry=replace(FAST_RETRY, timeout=30.0),
+        limits=FAST_LIMITS,
+    )
+
+    def send(at, via):
+        # A fresh render function each time, as a new process would build it.
+        render = bc.render_fn(compiled, PUBLIC, signer, row["id"], started)
+        return bc.send(engine, via, row, render, at, worker="w")
+
+    with pytest.raises(Killed):
+        send(NOW, DiesAfterTheCall(provider))
+    # Resend took both batches (100 + 20, sent concurrently); we never heard back.
+    assert len(fake_providers.accepted("resend")) == len(wanted)
+    with engine.connect() as conn:
+        states = set(conn.execute(select(broadcast_deliveries.c.state)).scalars())
+    assert states == {"sending"}
+    report = send(NOW + timedelta(minutes=11), provider)  # after the lease
+    assert report.recovered == len(wanted) and report.review == 0
+    accepted = fake_providers.accepted("resend")
+    assert Counter(a.to for a in accepted) == Counter(dict.fromkeys(wanted, 1))
+    assert bc.stats(engine, row["id"]).accepted == len(wanted)

@@ -66,8 +66,9 @@ def send_broadcast(runner, newsletter, row, now: datetime, quiet: bool = False):
     from dripmail import broadcast as bc
 
     compiled = runner.renderer.newsletter(newsletter)
-    render = bc.render_fn(compiled, runner.settings.public_url, runner.signer, row["id"])
     engine, provider = runner.engine, runner.provider
+    started = bc.start(engine, row["id"], now)
+    render = bc.render_fn(compiled, runner.settings.public_url, runner.signer, row["id"], started)
     total = bc.count_eligible(engine, row["segment"])
     if quiet or total < BAR_FROM:
         bc.plan(engine, row["id"], row["segment"], now)

@@ -174,6 +174,7 @@ broadcast_deliveries = Table(
     Column("batch_key", String(128), index=True),
     Column("provider", String(16)),
     Column("next_attempt_at", UTCDateTime),
+    Column("handed_at", UTCDateTime),  # when its batch key was first used (see deliveries)
     Column("sent_at", UTCDateTime),
     Column("updated_at", UTCDateTime),
     UniqueConstraint("broadcast_id", "subscriber_id"),
