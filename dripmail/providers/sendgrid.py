@@ -4,12 +4,15 @@
   body and, per recipient, a personalization with its address, subject, headers
   (List-Unsubscribe...), ``substitutions`` for what differs, ``custom_args`` with the delivery
   key and, when scheduled, ``send_at`` (Unix seconds, at most 72 hours ahead).
-- A scheduled send gets a ``batch_id`` (``POST /v3/mail/batch``) so it can be cancelled with
-  ``POST /v3/user/scheduled_sends {batch_id, status: cancel}``. The cancel covers the whole
-  batch, so the provider id of every scheduled message in it is ``<batch_id>@<earliest send
-  time>``: cancelling one returns that id, and the engine puts the other lessons of the batch
-  back in the queue (`subscribers.unhand`). SendGrid does not promise a cancel within 10
-  minutes of the send time, so those are reported as not cancelled.
+- Scheduled sends get one ``batch_id`` (``POST /v3/mail/batch``) per send time, so they can be
+  cancelled with ``POST /v3/user/scheduled_sends {batch_id, status: cancel}``. The cancel
+  covers the whole batch id, so every message under it has the same provider id,
+  ``<batch_id>@<send time>``: cancelling one returns that id, and the engine puts the other
+  lessons under it back in the queue (`subscribers.unhand`), to be handed over again. One
+  batch id per send time (not per request) keeps that exact: no message shares a batch id
+  with one under another provider id, and the 10-minute rule below is the same for all of
+  them. SendGrid does not promise a cancel within 10 minutes of the send time, so those are
+  reported as not cancelled.
 - The answer is 202 for the whole request or 400 for it: a 400 naming
   ``personalizations.N`` fails that recipient and the rest is sent again (nothing was
   accepted); a 400 without an index is narrowed down by splitting the request.
@@ -161,20 +164,20 @@ class SendGridProvider:
                 sendable.append(i)
             except ValueError as exc:
                 results[i] = SendResult(message.key, Outcome.TRANSIENT, error=str(exc))
-        batch_id = None
-        if any(when.get(i) for i in sendable):
-            batch_id = await self._new_batch_id()
-            if batch_id is None:
-                for i in sendable:
-                    if when[i] is not None:
-                        results[i] = SendResult(
-                            messages[i].key, Outcome.TRANSIENT, error="could not create batch_id"
-                        )
-                sendable = [i for i in sendable if when[i] is None]
+        times = sorted({when[i] for i in sendable if when[i] is not None})
+        created = await asyncio.gather(*(self._new_batch_id() for _ in times))
+        batch_ids = {t: b for t, b in zip(times, created, strict=True) if b is not None}
+        for i in sendable:
+            if when[i] is not None and when[i] not in batch_ids:
+                error = "not sent: could not create a batch_id for the scheduled send"
+                results[i] = SendResult(messages[i].key, Outcome.TRANSIENT, error=error)
+        sendable = [i for i in sendable if when[i] is None or when[i] in batch_ids]
+        send_time = {messages[i].key: when[i] for i in sendable}
         groups = group_messages(
             [messages[i] for i in sendable],
             lambda m: {"html": m.html, "text": m.text},
-            lambda m: (m.sender, m.reply_to, m.tags, m.kind),
+            # One send time per request, so one batch id per request (see the module notes).
+            lambda m: (m.sender, m.reply_to, m.tags, m.kind, send_time[m.key]),
             placeholder,
             CAPABILITIES.max_batch,
         )
@@ -182,7 +185,9 @@ class SendGridProvider:
         for group in groups:
             for member in group.members:
                 member.index = sendable[member.index]
-        parts = await asyncio.gather(*(self._send_group(g, when, batch_id) for g in groups))
+        parts = await asyncio.gather(
+            *(self._send_group(g, when, batch_ids.get(when[g.members[0].index])) for g in groups)
+        )
         for part in parts:
             results.update(part)
         return [results[i] for i in range(len(messages))]
@@ -217,11 +222,11 @@ class SendGridProvider:
             }
         if answer.status == 202:
             message_id = answer.response.headers.get("X-Message-Id", "") if answer.response else ""
-            scheduled = [when[m.index] for m in members if when.get(m.index)]
             for m in members:
-                if when.get(m.index) and batch_id:
-                    earliest = int(min(scheduled).timestamp())
-                    provider_id = f"{batch_id}@{earliest}"
+                scheduled = when.get(m.index)
+                if scheduled is not None and batch_id:
+                    # The same for every message under this batch id (one send time each).
+                    provider_id = f"{batch_id}@{int(scheduled.timestamp())}"
                 else:
                     provider_id = message_id or None
                 out[m.index] = SendResult(m.message.key, Outcome.ACCEPTED, provider_id)
@@ -277,14 +282,14 @@ class SendGridProvider:
         return {m.key: Lookup.UNKNOWN for m in messages}
 
     async def cancel(self, provider_ids: Sequence[str]) -> list[str]:
-        """Cancel each distinct batch (``<batch_id>@<earliest send>``) not within 10 minutes."""
+        """Cancel each distinct batch (``<batch_id>@<send time>``) not within 10 minutes."""
         now = self.clock()
         cancelled = []
         for provider_id in dict.fromkeys(provider_ids):
-            batch_id, _, earliest = provider_id.partition("@")
-            if not earliest.isdigit():
+            batch_id, _, send_time = provider_id.partition("@")
+            if not send_time.isdigit():
                 continue  # sent at once: nothing scheduled to cancel
-            if datetime.fromtimestamp(int(earliest), UTC) - now < CANCEL_CUTOFF:
+            if datetime.fromtimestamp(int(send_time), UTC) - now < CANCEL_CUTOFF:
                 continue  # SendGrid does not promise a cancel this close to the send time
             answer = await self.http.call(
                 "POST",

@@ -60,6 +60,34 @@ def test_scheduled_send_carries_send_at_and_batch_id_and_cancels(fake_providers)
     assert len(fake_providers.accepted("sendgrid", status="cancelled")) == 3
 
 
+def test_one_batch_id_per_send_time_so_a_cancel_takes_back_exactly_one_provider_id(
+    fake_providers,
+) -> None:
+    provider = _provider(fake_providers)
+    base = datetime.now(UTC).replace(microsecond=0)
+    first, second = base + timedelta(hours=30), base + timedelta(hours=31)
+    # Two lessons (two templates) at two send times in one hand-over, e.g. New York's and
+    # Chicago's 07:00. Every message under one batch id must carry the same provider id,
+    # or a cancel would take back lessons the engine still believes are scheduled.
+    batch = [
+        *lessons(2, day=3, send_at=first),
+        *lessons(2, start=3, day=4, send_at=second),
+        *lessons(2, start=5, day=4, send_at=first),
+    ]
+    results = asyncio.run(provider.send_batch(batch))
+    ids = [r.provider_id for r in results]
+    assert ids[0] == ids[1] == ids[4] == ids[5] and ids[2] == ids[3] and ids[0] != ids[2]
+    by_batch = {}
+    for record in fake_providers.accepted("sendgrid", status="scheduled"):
+        by_batch.setdefault(record.batch_id, set()).add(record.send_at)
+    assert sorted(by_batch.values(), key=min) == [{first}, {second}]
+    assert asyncio.run(provider.cancel([ids[0]])) == [ids[0]]
+    cancelled = fake_providers.accepted("sendgrid", status="cancelled")
+    still = fake_providers.accepted("sendgrid", status="scheduled")
+    assert {r.send_at for r in cancelled} == {first} and len(cancelled) == 4
+    assert {r.send_at for r in still} == {second} and len(still) == 2
+
+
 def test_no_cancel_within_ten_minutes_of_the_send_time(fake_providers) -> None:
     provider = _provider(fake_providers)
     soon = datetime.now(UTC) + timedelta(minutes=5)
