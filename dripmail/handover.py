@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from hashlib import sha256
 from typing import Protocol
+from uuid import uuid4
 
 from sqlalchemy import Engine, Table, and_, bindparam, select, update
 
@@ -76,9 +77,24 @@ def record(engine: Engine, table: Table, key: str, now: datetime, **values) -> N
         )
 
 
+def _digest(keys: Sequence[str]) -> str:
+    return sha256("|".join(keys).encode()).hexdigest()[:24]
+
+
 def batch_key_for(keys: Sequence[str]) -> str:
-    """The key of a batch of deliveries (given sorted, so the same rows give the same key)."""
-    return "b-" + sha256("|".join(keys).encode()).hexdigest()[:32]
+    """A new key for one hand-over of these deliveries (given sorted).
+
+    It names the rows (a digest of their keys, so a recovery can tell it holds the whole
+    batch) and this hand-over (a random part): a lesson cancelled at the provider and handed
+    over again must not reuse the key, or the provider would answer with the cancelled email
+    from its idempotency memory instead of scheduling a new one.
+    """
+    return f"b-{_digest(keys)}-{uuid4().hex[:8]}"
+
+
+def _whole_batch(batch_key: str, keys: Sequence[str]) -> bool:
+    """Whether `keys` (sorted) are every row of the batch named by `batch_key`."""
+    return batch_key.startswith(f"b-{_digest(keys)}-")
 
 
 def _resendable(provider: Provider, rows: list[dict], now: datetime) -> dict[str, list[str]]:
@@ -102,7 +118,7 @@ def _resendable(provider: Provider, rows: list[dict], now: datetime) -> dict[str
     out = {}
     for batch_key, members in by_batch.items():
         keys = sorted(r["key"] for r in members)
-        if batch_key_for(keys) != batch_key:
+        if not _whole_batch(batch_key, keys):
             continue  # part of the batch is elsewhere: it cannot be rebuilt exactly
         started = [r.get("handed_at") for r in members]
         if None in started or now - min(started) > ttl - KEY_MARGIN:

@@ -5,7 +5,7 @@
   every retry sends the identical bytes, so an ambiguous attempt (timeout, dropped connection,
   5xx) is simply retried: Resend answers the original result instead of sending again.
 - The batch endpoint cannot schedule, so a message due later goes alone to ``POST /emails``
-  with ``scheduled_at`` (key ``<delivery key>@<send time>``) and can be cancelled with
+  with ``scheduled_at`` (key ``<batch key>/<delivery key>``) and can be cancelled with
   ``POST /emails/{id}/cancel``.
 - Batches use ``x-batch-validation: permissive``: valid emails are queued and invalid ones come
   back in ``errors[]`` by index, so one bad address does not hold up the other 99.
@@ -154,7 +154,7 @@ class ResendProvider:
                 now_idx.append(i)
             else:
                 later.append((i, when))
-        jobs = [self._schedule_one(i, messages[i], when) for i, when in later]
+        jobs = [self._schedule_one(i, messages[i], when, batch_key) for i, when in later]
         if now_idx:
             key = (
                 batch_key
@@ -240,8 +240,15 @@ class ResendProvider:
             return {i: SendResult(m.key, Outcome.REVIEW, error=reason) for i, m in items}
         return {i: SendResult(m.key, Outcome.PERMANENT, error=_reason(answer)) for i, m in items}
 
-    async def _schedule_one(self, i: int, message: Message, when: datetime) -> dict:
-        key = f"{message.key}@{int(when.timestamp())}"
+    async def _schedule_one(
+        self, i: int, message: Message, when: datetime, batch_key: str | None = None
+    ) -> dict:
+        # Under the engine's batch key, which is new for every hand-over (kept across a crash):
+        # a lesson cancelled here and handed over again (pause, resume) must become a new
+        # email, not the cancelled one answered again from Resend's memory of the key.
+        key = (
+            f"{batch_key}/{message.key}" if batch_key else f"{message.key}@{int(when.timestamp())}"
+        )
         answer = await self._post("/emails", self.payload(message, when), key)
         if answer.sent is not Sent.ANSWERED:
             outcome, error = self._not_done(answer, key)

@@ -9,6 +9,7 @@ lease has expired.
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -221,3 +222,47 @@ def test_resend_scheduled_lessons_recovered_under_the_same_keys(tmp_path, fake_p
     scheduled = fake_providers.accepted("resend", status="scheduled")
     assert sorted(r.to for r in scheduled) == sorted(fresh)
     assert all(r.send_at and r.send_at > now for r in scheduled)
+
+
+def test_resend_pause_and_resume_before_the_send_hands_the_lesson_over_again(
+    tmp_path, fake_providers
+) -> None:
+    runner = _runner(tmp_path, fake_providers, "resend")
+    now = datetime.now(UTC).replace(microsecond=0)
+    sid, _ = subs.add_subscriber(
+        runner.engine,
+        "later@example.org",
+        timezone="Europe/Berlin",
+        status="pending",
+        consent_source="test",
+        now=now,
+    )
+    subs.activate(runner.engine, sid, runner.course, now)
+
+    def run(at: datetime):
+        return run_once(
+            runner.engine,
+            runner.provider,
+            runner.render_lesson,
+            at,
+            default_send_time=runner.course.send_time,
+            worker_id="w",
+            handover=timedelta(days=30),
+        )
+
+    run(now)  # lesson 1 of the new reader is scheduled at Resend for tomorrow morning
+    (first,) = fake_providers.accepted("resend", status="scheduled")
+    # Paused by mistake and resumed a minute later: the lesson is cancelled at Resend, put back
+    # in the queue, and due at the very same time again.
+    handed = subs.pause(runner.engine, sid, now)
+    cancelled = asyncio.run(runner.cancel_handed(handed))
+    assert subs.unhand(runner.engine, cancelled, now) == 1
+    subs.resume(runner.engine, sid, runner.course, now + timedelta(minutes=1))
+    report = run(now + timedelta(minutes=2))
+    assert report.handed == 1
+    scheduled = fake_providers.accepted("resend", status="scheduled")
+    # A new email at Resend, not the cancelled one answered again from the key's memory.
+    assert [(r.to, r.send_at) for r in scheduled] == [("later@example.org", first.send_at)]
+    assert scheduled[0].provider_id != first.provider_id
+    row = _rows(runner)[first.key]
+    assert (row["state"], row["provider_message_id"]) == ("handed", scheduled[0].provider_id)
