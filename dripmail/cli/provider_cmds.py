@@ -36,11 +36,7 @@ def _capabilities(name: str):
         from dripmail.providers.outbox import OutboxProvider
 
         return OutboxProvider.capabilities
-    try:
-        module = import_module(f"dripmail.providers.{name}")
-    except ModuleNotFoundError:
-        return None
-    return module.CAPABILITIES
+    return import_module(f"dripmail.providers.{name}").CAPABILITIES
 
 
 def _window(ahead) -> str:
@@ -62,8 +58,6 @@ def list_() -> None:
     current = state.settings.provider
     for name in NAMES:
         caps = _capabilities(name)
-        if caps is None:
-            continue
         table.add_row(
             name,
             str(caps.max_batch),

@@ -32,10 +32,5 @@ def get_provider(settings: Settings, project: Project) -> Provider:
     if name not in REGISTRY:
         choices = ", ".join(["outbox", *REGISTRY])
         raise ConfigError(f"DRIPMAIL_PROVIDER={name!r} is not one of {choices}")
-    try:
-        module = import_module(f"dripmail.providers.{REGISTRY[name]}")
-    except ModuleNotFoundError as exc:
-        if exc.name != f"dripmail.providers.{REGISTRY[name]}":
-            raise
-        raise ConfigError(f"DRIPMAIL_PROVIDER={name} is not available in this version") from None
+    module = import_module(f"dripmail.providers.{REGISTRY[name]}")
     return module.from_settings(settings)

@@ -174,3 +174,10 @@ def test_contract_check_refuses_what_the_published_files_forbid(fake_providers) 
     found = fake_providers.validation_errors
     assert [e.split()[0] for e in found] == ["postmark", "resend", "sendgrid", "mailgun"]
     fake_providers.validation_errors.clear()  # expected here; the fixture checks the rest
+
+
+def test_the_key_travels_under_the_name_the_webhooks_read() -> None:
+    from dripmail.providers.common import KEY_FIELD
+    from dripmail.webhooks.common import KEY_FIELD as WEBHOOK_KEY_FIELD
+
+    assert KEY_FIELD == WEBHOOK_KEY_FIELD == "dripmail_key"
