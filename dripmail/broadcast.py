@@ -69,7 +69,7 @@ def key_for(broadcast_id: int, subscriber_id: int) -> str:
 def eligible(segment: str):
     """The WHERE clause for subscribers who may receive a newsletter of `segment` now."""
     if segment.startswith("tag:") and len(segment) > 4:
-        tag = segment[4:]
+        tag = segment[4:].lower()  # stored lower-case (subscribers.normalise_tags)
         if not tag.replace("-", "").replace("_", "").isalnum():
             raise InputError(f"segment {segment!r}: a tag is letters, digits, - and _")
         # Tags are stored comma-separated; match a whole tag, `_` taken literally.

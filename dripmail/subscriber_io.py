@@ -20,7 +20,7 @@ from dripmail import subscribers as subs
 from dripmail.errors import InputError, NotFoundError
 from dripmail.store.schema import subscribers
 
-COLUMNS = ("email", "first_name", "timezone", "start_date")
+COLUMNS = ("email", "first_name", "timezone", "start_date", "tags")
 EXPORT_COLUMNS = (
     "email",
     "first_name",
@@ -59,6 +59,7 @@ class ImportRow:
     first_name: str
     timezone: str
     start_date: date | None
+    tags: str = ""
 
 
 def read_rows(
@@ -94,11 +95,12 @@ def read_rows(
                     raise InputError(
                         f"start_date: {raw_start!r} is not a date (YYYY-MM-DD)"
                     ) from None
+                tags = subs.normalise_tags(record.get("tags") or "")
             except InputError as exc:
                 report.rejected.append((line, str(exc)))
                 continue
             first = (record.get("first_name") or "").strip()
-            yield ImportRow(line, email, first, zone, start)
+            yield ImportRow(line, email, first, zone, start, tags)
     except csv.Error as exc:
         raise InputError(f"{source}:{reader.line_num}: not valid CSV ({exc})") from None
 
@@ -145,6 +147,7 @@ def import_csv(
                         consent_source="import",
                         now=now,
                         start_date=row.start_date,
+                        tags=row.tags,
                     )
                     if not created:
                         report.existing += 1

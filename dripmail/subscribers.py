@@ -6,6 +6,7 @@ Every function takes the clock (`now`, aware UTC) as an argument so tests and `-
 from __future__ import annotations
 
 import hashlib
+import re
 from datetime import date, datetime, time
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
@@ -58,6 +59,26 @@ def validate_timezone(name: str) -> str:
     )
 
 
+_TAG = re.compile(r"^[a-z0-9_-]{1,64}$")
+
+
+def normalise_tags(value: str) -> str:
+    """Tags as stored: lower-case, comma-separated, once each ("Desk, runners" -> "desk,runners").
+
+    A tag is letters, digits, ``-`` and ``_`` (so it can name a segment, ``tag:desk``);
+    anything else is an InputError naming the tag.
+    """
+    out: list[str] = []
+    for part in re.split(r"[,\s]+", value.strip().lower()):
+        if not part:
+            continue
+        if not _TAG.match(part):
+            raise InputError(f"tags: {part!r} is not a tag (letters, digits, - and _)")
+        if part not in out:
+            out.append(part)
+    return ",".join(out)
+
+
 def is_suppressed(engine: Engine, address: str) -> bool:
     """True when the address was forgotten, bounced or complained before."""
     with engine.connect() as conn:
@@ -82,14 +103,17 @@ def add_subscriber(
     consent_user_agent: str | None = None,
     consent_page: str | None = None,
     start_date: date | None = None,
+    tags: str = "",
 ) -> tuple[int, bool]:
     """Add a subscriber, or find the existing one; returns (id, created).
 
     An existing subscriber is left as is (re-imports and repeated sign-ups are idempotent);
-    a suppressed address is refused with InputError.
+    a suppressed address is refused with InputError. `tags` (e.g. "desk, runners") name the
+    newsletter segments ``tag:NAME`` they belong to.
     """
     address = normalise_email(email)
     zone = validate_timezone(timezone)
+    tags = normalise_tags(tags)
     if status not in STATUSES:
         raise InputError(f"unknown status {status!r}: use one of {', '.join(STATUSES)}")
     if is_suppressed(engine, address):
@@ -113,7 +137,7 @@ def add_subscriber(
                 consent_page=consent_page,
                 start_date=start_date,
                 newsletters=True,
-                tags="",
+                tags=tags,
                 confirm_count=0,
                 created_at=now,
                 updated_at=now,

@@ -107,3 +107,35 @@ def test_export_neutralises_formula_cells(engine: Engine) -> None:
     assert rows[0]["email"] == "ana@example.org"
     assert rows[0]["first_name"].startswith("'=")
     assert [safe_cell(v) for v in ("+1", "-1", "@x", "ok")] == ["'+1", "'-1", "'@x", "ok"]
+
+
+def test_import_tags_name_newsletter_segments_and_survive_export(
+    engine: Engine, tmp_path: Path
+) -> None:
+    from dripmail import broadcast as bc
+
+    path = _csv(
+        tmp_path,
+        "email,tags\n"
+        'ana@example.org,"Desk, runners"\n'
+        "bo@example.org,runners desk desk\n"
+        "cy@example.org,\n"
+        "di@example.org,desk;drop table\n",
+    )
+    report = import_csv(engine, path, _Rules(), "UTC", NOW)
+    assert report.added == 3 and [line for line, _ in report.rejected] == [5]
+    assert "tags: 'desk;drop'" in report.rejected[0][1]
+    assert subs.get_subscriber(engine, "ana@example.org")["tags"] == "desk,runners"
+    assert subs.get_subscriber(engine, "bo@example.org")["tags"] == "runners,desk"
+    assert bc.count_eligible(engine, "tag:desk") == 2
+    assert bc.count_eligible(engine, "tag:Runners") == 2
+    assert bc.count_eligible(engine, "tag:run") == 0
+    out = io.StringIO()
+    export_csv(engine, out)
+    rows = {r["email"]: r["tags"] for r in csv.DictReader(io.StringIO(out.getvalue()))}
+    assert rows["ana@example.org"] == "desk,runners"
+    again = tmp_path / "again.db"
+    other = open_store("sqlite:///" + again.name, tmp_path)
+    exported = _csv(tmp_path, out.getvalue())
+    import_csv(other, exported, _Rules(), "UTC", NOW)
+    assert subs.get_subscriber(other, "ana@example.org")["tags"] == "desk,runners"
