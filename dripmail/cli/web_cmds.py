@@ -1,0 +1,51 @@
+"""`serve` and `form`: the web edge (sign-up, links in emails, webhooks) and its blog form."""
+
+from __future__ import annotations
+
+import typer
+
+from dripmail.cli import state
+
+
+def serve(
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+    port: int = typer.Option(8000, "--port", min=0, max=65535, help="Port to listen on."),
+    preview: bool = typer.Option(
+        False, "--preview", help="Also serve /preview (for local use; never on a public server)."
+    ),
+) -> None:
+    """Serve sign-up, confirm/unsubscribe/preferences links and provider webhooks.
+
+    Put it behind a reverse proxy with TLS and set DRIPMAIL_PUBLIC_URL to its public address.
+    """
+    import logging
+
+    import uvicorn
+
+    from dripmail.web.app import create_app
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    app = create_app(state.project, state.settings, preview=preview)
+    typer.echo(
+        f"serving on http://{host}:{port}/ (links in emails use {state.settings.public_url})"
+        + (f"; preview on http://{host}:{port}/preview" if preview else "")
+    )
+    # proxy_headers: the client address comes from X-Forwarded-For when the proxy is trusted
+    # (FORWARDED_ALLOW_IPS, default 127.0.0.1); the sign-up rate limit keys on it.
+    uvicorn.run(
+        app, host=host, port=port, log_level="warning", access_log=False, proxy_headers=True
+    )
+
+
+def form() -> None:
+    """Print an HTML sign-up form to paste into the blog (with the time-zone script)."""
+    from dripmail.web.context import WebContext
+    from dripmail.web.signup import embed_form
+
+    typer.echo(embed_form(WebContext(state.project, state.settings)), nl=False)
+
+
+def register(app: typer.Typer) -> None:
+    """Attach the web commands."""
+    app.command("serve")(serve)
+    app.command("form")(form)

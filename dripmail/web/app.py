@@ -1,0 +1,276 @@
+"""`create_app`: the Starlette app behind `send.py serve` (and `send.py preview`).
+
+Routes, each a thin shell over the library:
+
+    GET  /                     the sign-up form on a page of its own
+    POST /subscribe            form or JSON -> pending subscriber + confirmation email
+    GET  /confirm/{token}      activate, plan the week, say when lesson 1 arrives (local time)
+    GET  /unsubscribe/{token}  a page with one button (a GET never unsubscribes)
+    POST /unsubscribe/{token}  RFC 8058 one-click (List-Unsubscribe=One-Click) or the button
+    GET  /preferences/{token}  pause/resume, newsletter, send time, time zone
+    POST /preferences/{token}  save; a new time or zone re-plans the lessons left
+    POST /webhooks/{provider}  postmark, sendgrid, mailgun, resend
+    GET  /healthz              "ok" when the database answers
+    GET  /preview...           only when created with preview=True (never by default)
+
+Bodies are capped (16 KB; 5 MB for webhooks): 413 beyond. Every error is a short page (or
+JSON for API clients and webhooks); tracebacks go to the server log, never to a visitor.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+
+from sqlalchemy import text
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from dripmail.config import Project, Settings
+from dripmail.errors import DripmailError, InputError, NotFoundError, TokenError
+from dripmail.web import links, signup, webhook_routes
+from dripmail.web.context import WebContext, ctx, log
+from dripmail.web.forms import wants_json
+
+MAX_BODY = 16 * 1024
+STATIC = Path(__file__).parent / "static"
+
+_STATUS_TEXT = {
+    400: ("Bad request", "The request could not be read."),
+    404: ("Not found", "There is nothing at this address."),
+    405: ("Not allowed", "This address does not accept that kind of request."),
+    413: ("Too large", "That was more data than this page accepts."),
+}
+_TOKEN_HINT = {
+    "confirm": "Confirmation links work for 7 days. Sign up again to get a fresh one.",
+    "unsubscribe": "Use the unsubscribe link in the latest email from us, or reply to it.",
+    "preferences": "Use the preferences link in the latest email from us.",
+}
+
+# Token pages must not leak their URL (a bearer secret) to other sites through the Referer.
+_BASE_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+]
+_PAGE_CSP = (
+    "default-src 'none'; style-src 'unsafe-inline'; script-src 'self'; "
+    "img-src 'self' https: data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
+_PREVIEW_CSP = (
+    "default-src 'none'; style-src 'unsafe-inline'; script-src 'self'; img-src * data:; "
+    "connect-src 'self'; frame-src 'self'; form-action 'self'; frame-ancestors 'self'; "
+    "base-uri 'none'"
+)
+# The email itself, framed by the preview: no script at all, images from anywhere.
+_EMAIL_CSP = (
+    "default-src 'none'; style-src 'unsafe-inline'; img-src * data:; font-src * data:; "
+    "frame-ancestors 'self'; base-uri 'none'"
+)
+
+
+def _redact(path: str) -> str:
+    # Link tokens are bearer secrets (an unsubscribe token never expires): keep them out of logs.
+    for prefix in ("/confirm/", "/unsubscribe/", "/preferences/"):
+        if path.startswith(prefix):
+            return prefix + "…"
+    return path
+
+
+class EdgeMiddleware:
+    """Security headers on every answer and a one-line access log with tokens redacted."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        if path.startswith("/preview/email/"):
+            csp = _EMAIL_CSP
+        elif path.startswith("/preview"):
+            csp = _PREVIEW_CSP
+        else:
+            csp = _PAGE_CSP
+        started = time.perf_counter()
+        status = 0
+
+        async def send_with_headers(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = list(message.get("headers", []))
+                names = {name.lower() for name, _ in headers}
+                extra = [*_BASE_HEADERS, (b"content-security-policy", csp.encode())]
+                headers.extend(h for h in extra if h[0] not in names)
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_headers)
+        finally:
+            log.info(
+                "%s %s %s %.0fms",
+                scope.get("method", "?"),
+                _redact(path),
+                status or 500,
+                (time.perf_counter() - started) * 1000,
+            )
+
+
+async def healthz(request: Request) -> Response:
+    """``GET /healthz``: 200 "ok" when the database answers (for load balancers)."""
+    c = ctx(request)
+
+    def ping() -> None:
+        with c.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+
+    await c.db(ping)
+    return PlainTextResponse("ok", headers={"Cache-Control": "no-store"})
+
+
+def _routes(preview: bool) -> list:
+    routes = [
+        Route("/", signup.signup_page, name="home"),
+        Route("/subscribe", signup.subscribe, methods=["POST"], name="subscribe"),
+        Route("/confirm/{token}", links.confirm, name="confirm"),
+        Route("/unsubscribe/{token}", links.unsubscribe_page, name="unsubscribe"),
+        Route("/unsubscribe/{token}", links.unsubscribe, methods=["POST"]),
+        Route("/preferences/{token}", links.preferences_page, name="preferences"),
+        Route("/preferences/{token}", links.preferences, methods=["POST"]),
+        Route(
+            "/webhooks/{provider}",
+            webhook_routes.webhook,
+            methods=["POST"],
+            name="webhooks",
+            max_body_size=webhook_routes.MAX_BODY,
+        ),
+        Route("/healthz", healthz, name="healthz"),
+        Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
+    ]
+    if preview:
+        from dripmail.web import preview as preview_module
+
+        routes.extend(preview_module.routes())
+    return routes
+
+
+def _is_api(request: Request) -> bool:
+    return request.url.path.startswith("/webhooks/") or wants_json(request)
+
+
+def _answer(
+    request: Request,
+    status: int,
+    title: str,
+    text: str,
+    hint: str = "",
+    headers: dict[str, str] | None = None,
+) -> Response:
+    if _is_api(request):
+        return JSONResponse({"ok": False, "error": text}, status_code=status, headers=headers)
+    try:
+        return ctx(request).message(request, status, title, text, hint=hint, headers=headers)
+    except Exception:
+        log.exception("error page failed")
+        return PlainTextResponse(f"{title}. {text}\n", status_code=status, headers=headers)
+
+
+def _handlers() -> dict:
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        title, text_ = _STATUS_TEXT.get(exc.status_code, ("Error", "That did not work."))
+        return _answer(request, exc.status_code, title, text_, headers=dict(exc.headers or {}))
+
+    async def token_error(request: Request, exc: Exception) -> Response:
+        purpose = request.url.path.strip("/").split("/")[0]
+        text_ = f"Sorry, {exc}." if str(exc) else "Sorry, this link is not valid."
+        return _answer(request, 400, "This link does not work", text_, _TOKEN_HINT.get(purpose, ""))
+
+    async def input_error(request: Request, exc: Exception) -> Response:
+        hint = "Go back, correct it and try again." if request.method == "POST" else ""
+        return _answer(request, 400, "Please check what you sent", f"{exc}.", hint)
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        return _answer(
+            request, 404, "Not found", "This link is no longer valid.", "Nothing was changed."
+        )
+
+    async def unavailable(request: Request, exc: Exception) -> Response:
+        # The operator's log gets the one-line reason; the visitor a calm page.
+        log.error("%s %s: %s", request.method, _redact(request.url.path), exc)
+        return _answer(
+            request,
+            503,
+            "Temporarily unavailable",
+            "Something on our side is not working right now. Please try again later.",
+            headers={"Retry-After": "120"},
+        )
+
+    async def server_error(request: Request, exc: Exception) -> Response:
+        # The traceback goes to the server log (uvicorn logs the re-raised exception).
+        return _answer(
+            request,
+            500,
+            "Something went wrong",
+            "Something went wrong on our side. Please try again in a little while.",
+        )
+
+    return {
+        HTTPException: http_error,
+        TokenError: token_error,
+        InputError: input_error,
+        NotFoundError: not_found,
+        DripmailError: unavailable,
+        Exception: server_error,
+    }
+
+
+def create_app(
+    project: Project,
+    settings: Settings,
+    *,
+    preview: bool = False,
+    clock: Callable[[], datetime] | None = None,
+) -> Starlette:
+    """The web app for one course project.
+
+    `clock` gives "now" (aware UTC) for tests and simulations; the real clock by default. The
+    database is opened (and migrated) here, so a wrong URL fails at start instead of on the
+    first sign-up; so do a broken course and a missing provider credential, unless this is a
+    preview (which shows the course's problems on the page instead).
+    """
+    context = WebContext(project, settings, preview=preview, **({"clock": clock} if clock else {}))
+    context.runner.engine  # noqa: B018 - open and migrate now
+    if not preview:
+        context.course()  # ContentError now, not on the first visitor
+        context.runner.provider  # noqa: B018 - ConfigError (missing credential) now
+        context.runner.signer  # noqa: B018 - TokenError (empty key) now
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette):
+        yield
+        if "provider" in context.runner.__dict__:  # built: release its connections
+            with contextlib.suppress(Exception):
+                await context.provider_call(context.runner.provider.aclose)
+
+    app = Starlette(
+        routes=_routes(preview),
+        exception_handlers=_handlers(),
+        lifespan=lifespan,
+        max_body_size=MAX_BODY,
+        middleware=[Middleware(EdgeMiddleware)],
+    )
+    app.state.ctx = context
+    return app

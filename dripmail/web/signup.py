@@ -1,0 +1,180 @@
+"""Sign-up with double opt-in: the form page, ``POST /subscribe`` and the embeddable form.
+
+Every accepted request gets the same friendly answer whether the address was new, pending,
+already active or suppressed, so the endpoint cannot be used to find out who is subscribed.
+The confirmation email goes out after the answer (a background task): the answer takes the
+same time either way, and `send_confirmations` throttles repeats (one per quiet period, a few
+in all), so a form submitted ten times sends one email.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from urllib.parse import urlsplit
+
+from starlette.background import BackgroundTask
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from dripmail.errors import InputError
+from dripmail.web.context import WebContext, ctx, log
+from dripmail.web.forms import read_fields, wants_json
+
+HONEYPOT = "website"
+THANKS = (
+    "Thank you! If this address can join, a confirmation link is on its way to it: "
+    "open it to start the course."
+)
+MAX_NAME = 100
+MAX_SOURCE = 512
+
+
+def client_ip(request: Request) -> str:
+    """The client's address (behind a proxy, uvicorn's --proxy-headers puts the real one here)."""
+    return request.client.host if request.client else "unknown"
+
+
+def _clean_name(value: str) -> str:
+    # No control characters (they have no place in a name and could upset mail headers).
+    text = "".join(ch for ch in value if unicodedata.category(ch)[0] != "C")
+    return " ".join(text.split())[:MAX_NAME]
+
+
+def _source(fields: dict[str, str], request: Request) -> str | None:
+    """The page the form was on: the form's `source` field, else the Referer; http(s) only."""
+    for candidate in (fields.get("source", ""), request.headers.get("referer", "")):
+        candidate = candidate.strip()
+        parts = urlsplit(candidate) if candidate else None
+        if parts and parts.scheme in ("http", "https") and parts.netloc:
+            return candidate[:MAX_SOURCE]
+    return None
+
+
+def _valid_fields(c: WebContext, fields: dict[str, str]) -> tuple[str, str, str]:
+    """(address, first name, zone) from the fields; InputError naming the field otherwise."""
+    from dripmail.subscribers import normalise_email, validate_timezone
+
+    raw = fields.get("email", "").strip()
+    if not raw:
+        raise InputError("email: please enter your email address")
+    if len(raw) > 320:
+        raise InputError("email: that address is too long")
+    try:
+        address = normalise_email(raw)
+    except InputError as exc:
+        detail = str(exc).rpartition(": ")[2]
+        raise InputError(f"email: that does not look like an email address ({detail})") from None
+    zone = fields.get("timezone", "").strip() or c.course().timezone
+    try:
+        zone = validate_timezone(zone)
+    except InputError:
+        raise InputError(
+            f"timezone: {zone[:64]!r} is not a time zone (e.g. Europe/Berlin)"
+        ) from None
+    return address, _clean_name(fields.get("first_name", "")), zone
+
+
+async def signup_page(request: Request) -> Response:
+    """``GET /``: the sign-up form on a page of its own."""
+    c = ctx(request)
+    course = c.course()
+    return c.render(
+        request,
+        "signup.html",
+        title=course.title,
+        action="/subscribe",
+        timezone=course.timezone,
+        send_time=course.send_time.strftime("%H:%M"),
+    )
+
+
+def _thanks(c: WebContext, request: Request, as_json: bool, task=None) -> Response:
+    if as_json:
+        return JSONResponse({"ok": True, "message": THANKS}, background=task)
+    response = c.render(request, "subscribed.html", text=THANKS, title="Check your inbox")
+    response.background = task
+    return response
+
+
+async def subscribe(request: Request) -> Response:
+    """``POST /subscribe``: a pending subscriber with a consent record, and the confirm email."""
+    from dripmail.subscribers import add_subscriber
+
+    c = ctx(request)
+    as_json = wants_json(request)
+    ip = client_ip(request)
+    wait = c.limiter.take(ip)
+    if wait is not None:
+        retry = str(max(1, round(wait)))
+        text = "Too many sign-ups from your network just now. Please try again in a minute."
+        if as_json:
+            return JSONResponse(
+                {"ok": False, "error": text}, status_code=429, headers={"Retry-After": retry}
+            )
+        return c.message(request, 429, "Slow down a little", text, headers={"Retry-After": retry})
+    fields = await read_fields(request)
+    if fields.get(HONEYPOT, "").strip():
+        # A bot filled the invisible field: answer as usual, store nothing.
+        log.info("sign-up from %s dropped: honeypot filled", ip)
+        return _thanks(c, request, as_json)
+    address, first_name, zone = _valid_fields(c, fields)
+    now = c.now()
+    agent = request.headers.get("user-agent", "")[:512] or None
+    source = _source(fields, request)
+
+    def store() -> int | None:
+        try:
+            sid, _created = add_subscriber(
+                c.engine,
+                address,
+                timezone=zone,
+                status="pending",
+                consent_source="web-form",
+                now=now,
+                first_name=first_name,
+                consent_ip=ip,
+                consent_user_agent=agent,
+                consent_page=source,
+            )
+        except InputError:  # suppressed (bounced, complained, forgotten): say nothing
+            return None
+        return sid
+
+    sid = await c.db(store)
+    task = BackgroundTask(send_confirmation, c, sid) if sid is not None else None
+    return _thanks(c, request, as_json, task)
+
+
+def send_confirmation(c: WebContext, subscriber_id: int) -> int:
+    """Send the double opt-in email if the subscriber is pending and was not mailed recently.
+
+    Runs after the answer went out (in a worker thread). Failures are logged in one line: the
+    visitor already has their answer, and signing up again retries after the quiet period.
+    """
+    from dripmail.confirmations import send_confirmations
+
+    try:
+        with c._provider_lock:  # send_confirmations drives the provider on its own loop
+            return send_confirmations(
+                c.project, c.settings, [subscriber_id], c.now(), runner=c.runner
+            )
+    except Exception as exc:
+        log.error("confirmation email for subscriber %s not sent: %s", subscriber_id, exc)
+        return 0
+
+
+_BLANK_LINES = re.compile(r"\n\s*\n+")
+
+
+def embed_form(c: WebContext) -> str:
+    """The HTML sign-up form to paste into the blog (posts to DRIPMAIL_PUBLIC_URL/subscribe)."""
+    course = c.course()
+    html = c.pages.get_template("embed_form.html").render(
+        course_title=course.title,
+        action=c.settings.public_url.rstrip("/") + "/subscribe",
+        timezone=course.timezone,
+        send_time=course.send_time.strftime("%H:%M"),
+        primary=course.brand.primary,
+    )
+    return _BLANK_LINES.sub("\n", html).strip() + "\n"
