@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -62,15 +61,8 @@ async def hand_over_week(web) -> None:
 
 
 def expired_token(web, sid: int, purpose: str, age: timedelta) -> str:
-    """A token signed `age` ago (itsdangerous stamps tokens with time.time())."""
-    stamp = int(time.time() - age.total_seconds())
-    signer = itsdangerous.TimestampSigner
-    original = signer.get_timestamp
-    signer.get_timestamp = lambda self: stamp  # type: ignore[method-assign]
-    try:
-        return web.token(sid, purpose)
-    finally:
-        signer.get_timestamp = original  # type: ignore[method-assign]
+    """A token signed `age` ago (expiry is checked against the real clock by itsdangerous)."""
+    return web.signer.make(sid, purpose, issued_at=datetime.now(UTC) - age)  # type: ignore[arg-type]
 
 
 # -- confirm -----------------------------------------------------------------------------
