@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Engine, and_, or_, select, update
+from sqlalchemy import Engine, or_, select, tuple_, update
 
 from dripmail import schedule
 from dripmail.handover import RenderFn, claim, deliver, release
@@ -46,26 +46,8 @@ def default_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _due_candidates(
-    engine: Engine,
-    now: datetime,
-    horizon: datetime,
-    limit: int | None,
-    after: tuple[datetime, int] | None = None,
-) -> list:
-    """Deliveries that may be claimed now: free and due before the horizon, or lease expired.
-
-    Pages by (due_at, id) after `after`, so a long queue is walked in chunks, never loaded whole.
-    """
-    free = and_(
-        deliveries.c.state == "planned",
-        deliveries.c.due_at <= horizon,
-        or_(deliveries.c.next_attempt_at.is_(None), deliveries.c.next_attempt_at <= now),
-    )
-    expired = and_(
-        deliveries.c.state.in_(("claimed", "sending")), deliveries.c.lease_expires_at < now
-    )
-    query = (
+def _joined(*conditions):
+    return (
         select(
             deliveries,
             subscribers.c.email,
@@ -74,16 +56,49 @@ def _due_candidates(
             subscribers.c.send_time,
         )
         .join(subscribers, subscribers.c.id == deliveries.c.subscriber_id)
-        .where(subscribers.c.status == "active", or_(free, expired))
-        .order_by(deliveries.c.due_at, deliveries.c.id)
+        .where(subscribers.c.status == "active", *conditions)
     )
-    if after is not None:
-        query = query.where(
-            or_(
-                deliveries.c.due_at > after[0],
-                and_(deliveries.c.due_at == after[0], deliveries.c.id > after[1]),
-            )
+
+
+def _expired_claims(engine: Engine, now: datetime, limit: int) -> list[dict]:
+    """Rows a dead worker left `claimed` or `sending` whose lease has run out (usually none)."""
+    # Find them through the state index first; joined, SQLite would walk every subscriber.
+    with engine.connect() as conn:
+        ids = list(
+            conn.execute(
+                select(deliveries.c.id)
+                .where(
+                    deliveries.c.state.in_(("claimed", "sending")),
+                    deliveries.c.lease_expires_at < now,
+                )
+                .limit(limit)
+            ).scalars()
         )
+        if not ids:
+            return []
+        query = _joined(deliveries.c.id.in_(ids)).order_by(deliveries.c.due_at, deliveries.c.id)
+        return [dict(r) for r in conn.execute(query).mappings()]
+
+
+def _due_candidates(
+    engine: Engine,
+    now: datetime,
+    horizon: datetime,
+    limit: int | None,
+    after: tuple[datetime, int] | None = None,
+) -> list:
+    """Free deliveries due before the horizon, in (due_at, id) order after `after`.
+
+    Kept to conditions the (state, due_at) index answers, with a row-value keyset, so each
+    page is an index range scan: a long queue is walked in chunks, never scanned whole.
+    """
+    query = _joined(
+        deliveries.c.state == "planned",
+        deliveries.c.due_at <= horizon,
+        or_(deliveries.c.next_attempt_at.is_(None), deliveries.c.next_attempt_at <= now),
+    ).order_by(deliveries.c.due_at, deliveries.c.id)
+    if after is not None:
+        query = query.where(tuple_(deliveries.c.due_at, deliveries.c.id) > tuple_(*after))
     if limit:
         query = query.limit(limit)
     with engine.connect() as conn:
@@ -147,8 +162,16 @@ def _claim(engine: Engine, rows: list[dict], worker: str, now: datetime) -> list
     return claim(engine, deliveries, rows, worker, now, LEASE)
 
 
-def complete_finished(engine: Engine, now: datetime) -> int:
-    """Mark active subscribers whose every lesson is done as `completed`; returns how many."""
+def complete_finished(
+    engine: Engine, now: datetime, subscriber_ids: Sequence[int] | None = None
+) -> int:
+    """Mark active subscribers whose every lesson is done as `completed`; returns how many.
+
+    With `subscriber_ids`, only those are looked at (a run checks whom it just mailed, so an
+    idle run over a million subscribers costs nothing here).
+    """
+    if subscriber_ids is not None and not subscriber_ids:
+        return 0
     open_rows = (
         select(deliveries.c.id)
         .where(
@@ -158,13 +181,17 @@ def complete_finished(engine: Engine, now: datetime) -> int:
         .exists()
     )
     any_rows = select(deliveries.c.id).where(deliveries.c.subscriber_id == subscribers.c.id)
+    ids = sorted(set(subscriber_ids)) if subscriber_ids is not None else [None]
+    done = 0
     with engine.begin() as conn:
-        result = conn.execute(
-            update(subscribers)
-            .where(subscribers.c.status == "active", any_rows.exists(), ~open_rows)
-            .values(status="completed", updated_at=now)
-        )
-    return result.rowcount or 0
+        for start in range(0, len(ids), 1000):
+            query = update(subscribers).where(
+                subscribers.c.status == "active", any_rows.exists(), ~open_rows
+            )
+            if subscriber_ids is not None:
+                query = query.where(subscribers.c.id.in_(ids[start : start + 1000]))
+            done += conn.execute(query.values(status="completed", updated_at=now)).rowcount or 0
+    return done
 
 
 def run_once(
@@ -192,12 +219,19 @@ def run_once(
     worker = worker_id or default_worker_id()
     cursor: tuple[datetime, int] | None = None
     taken = 0
+    touched: set[int] = set()
+    # What dead workers left behind joins the first page: it is finished in the same pass,
+    # judged against the same state of the queue as the free rows beside it.
+    leftovers = [] if dry_run else _expired_claims(engine, now, limit or chunk)
     while limit is None or taken < limit:
         size = chunk if limit is None else min(chunk, limit - taken)
-        page = _due_candidates(engine, now, horizon, size, cursor)
+        free = _due_candidates(engine, now, horizon, size, cursor)
+        if free:
+            cursor = (free[-1]["due_at"], free[-1]["id"])
+        more = len(free) == size
+        page, leftovers = leftovers + free, []
         if not page:
             break
-        cursor = (page[-1]["due_at"], page[-1]["id"])
         rows = _eligible(engine, page, horizon, default_send_time)
         if dry_run:
             report.due.extend(rows)
@@ -213,12 +247,13 @@ def run_once(
                 release(engine, deliveries, [r["key"] for r in held], now)
                 raise
             taken += len(held)
+            touched.update(r["subscriber_id"] for r in held)
             if progress:
                 progress(len(held))
-        if len(page) < size:
+        if not more:
             break
     if not dry_run:
-        complete_finished(engine, now)
+        complete_finished(engine, now, touched)
     return report
 
 

@@ -265,7 +265,9 @@ def _record_outcomes(
                     {
                         "state": "handed" if later else "sent",
                         "provider_message_id": result.provider_id,
-                        "sent_at": message.send_at or now,
+                        # When it reaches the reader: the scheduled time, or now if late. The
+                        # catch-up rule reads this, so a late lesson must not look early.
+                        "sent_at": message.send_at if later else now,
                     },
                 )
             )

@@ -36,8 +36,13 @@ def seed(engine: Engine, count: int, start: int = 0, **overrides) -> None:
             row["newsletters"] = False
         row.update(overrides)
         rows.append(row)
-    with engine.begin() as conn:
-        conn.execute(insert(subscribers), rows)
+        if len(rows) == 5000:  # in chunks, so seeding a big list stays small in memory
+            with engine.begin() as conn:
+                conn.execute(insert(subscribers), rows)
+            rows = []
+    if rows:
+        with engine.begin() as conn:
+            conn.execute(insert(subscribers), rows)
 
 
 def eligible_emails(count: int, start: int = 0) -> set[str]:

@@ -126,23 +126,26 @@ def run(
         raise InputError("--loop runs on the real clock; drop --now (or run without --loop)")
     runner = _runner((lambda: clock_at) if clock_at else None)
     attention = False
-    while True:
-        current = clock_at or datetime.now(UTC)
-        report = _one_pass(runner, current, limit, dry_run, quiet)
-        _print_report(report, current, dry_run)
-        if not dry_run:
-            from dripmail.cli.broadcast_cmds import send_due_broadcasts
+    try:
+        while True:
+            current = clock_at or datetime.now(UTC)
+            report = _one_pass(runner, current, limit, dry_run, quiet)
+            _print_report(report, current, dry_run)
+            if not dry_run:
+                from dripmail.cli.broadcast_cmds import send_due_broadcasts
 
-            for line in send_due_broadcasts(runner, current):
-                typer.echo(line)
-        attention = attention or bool(report.failed or report.review)
-        if not loop or dry_run:
-            break
-        try:
+                for line in send_due_broadcasts(runner, current):
+                    typer.echo(line)
+            attention = attention or bool(report.failed or report.review)
+            if not loop or dry_run:
+                break
             _sleep_until_next(runner)
-        except KeyboardInterrupt:
-            typer.echo("stopped")
-            break
+    except KeyboardInterrupt:
+        # Ctrl-C mid-pass is safe: claims not yet handed over went back to the queue, and
+        # anything in flight is reconciled by the next run.
+        typer.echo("stopped")
+        if not loop:
+            raise typer.Exit(130) from None
     if attention:
         raise typer.Exit(EXIT_ATTENTION)
 

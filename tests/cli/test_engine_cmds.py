@@ -72,7 +72,8 @@ def test_run_dry_run_then_run_then_rerun_is_a_no_op(project: Path) -> None:
     assert status.returncode == 0 and "active" in status.stdout
     assert "day 1" in status.stdout and "Next due: 2026-06-03 05:00 UTC" in status.stdout
     shown = _cli(project, "subscribers", "show", "p0@example.org")
-    assert "day 1  sent" in shown.stdout and "07:00 local = 2026-06-02 05:00 UTC" in shown.stdout
+    # Sent when the run happened (07:30 local), half an hour after it was due.
+    assert "day 1  sent" in shown.stdout and "07:30 local = 2026-06-02 05:30 UTC" in shown.stdout
 
 
 def test_bad_now_and_unreachable_database_are_one_line_errors(tmp_path: Path) -> None:

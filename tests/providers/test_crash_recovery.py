@@ -259,8 +259,13 @@ def test_resend_pause_and_resume_before_the_send_hands_the_lesson_over_again(
     assert subs.unhand(runner.engine, cancelled, now) == 1
     subs.resume(runner.engine, sid, runner.course, now + timedelta(minutes=1))
     report = run(now + timedelta(minutes=2))
-    assert report.handed == 1
-    scheduled = fake_providers.accepted("resend", status="scheduled")
+    # The fixture's other readers may get their next lesson scheduled too; look at this one.
+    assert report.handed >= 1
+    scheduled = [
+        r
+        for r in fake_providers.accepted("resend", status="scheduled")
+        if r.to == "later@example.org"
+    ]
     # A new email at Resend, not the cancelled one answered again from the key's memory.
     assert [(r.to, r.send_at) for r in scheduled] == [("later@example.org", first.send_at)]
     assert scheduled[0].provider_id != first.provider_id
