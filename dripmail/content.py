@@ -326,8 +326,11 @@ def _read_front_matter(
         reason = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         problems.error(where, line, f"front matter is not valid YAML: {reason}")
         return None
-    if not isinstance(post.metadata, dict):
-        problems.error(where, 2, "front matter must be key: value lines")
+    # python-frontmatter turns front matter that is not a mapping (a list, a bare string) into
+    # {} without a word; a person wrote something there, so say what is expected.
+    written = any(t.strip() and not t.lstrip().startswith("#") for t in lines[1:close])
+    if not isinstance(post.metadata, dict) or (written and not post.metadata):
+        problems.error(where, 2, "front matter must be key: value lines (e.g. day: 3)")
         return None
     return post.metadata, post.content, lines[: close + 1], close + 2
 

@@ -25,6 +25,8 @@ from jinja2 import (
     TemplateSyntaxError,
     UndefinedError,
 )
+from jinja2.ext import Extension
+from jinja2.lexer import Token, TokenStream
 from jinja2.sandbox import SandboxedEnvironment, SecurityError
 from markupsafe import Markup
 
@@ -33,6 +35,7 @@ from dripmail.content import Course, Newsletter
 from dripmail.errors import ContentError
 from dripmail.markdown import to_html, to_text
 from dripmail.message import Mailbox, Message, MessageKind
+from dripmail.mjml_check import structure_problems
 
 GREETING_FALLBACK = "there"
 RECIPIENT_FIELDS = ("first_name", "email", "unsubscribe_url", "preferences_url", "confirm_url")
@@ -104,6 +107,24 @@ def _neutralise(value: Any, html: bool) -> Any:
         escaped = Markup(value) if isinstance(value, Markup) else Markup.escape(value)
         return Markup(_STAGE2_OPENERS.sub("&#91;", str(escaped)))
     return _STAGE2_OPENERS.sub("[\u200b", value)
+
+
+class _HtmlTextGuard(Extension):
+    """Template text (not only values) with "[[" must not become stage-2 code either."""
+
+    replacement = "&#91;"
+
+    def filter_stream(self, stream: TokenStream):
+        for token in stream:
+            if token.type == "data" and _STAGE2_OPENERS.search(token.value):
+                token = Token(
+                    token.lineno, "data", _STAGE2_OPENERS.sub(self.replacement, token.value)
+                )
+            yield token
+
+
+class _PlainTextGuard(_HtmlTextGuard):
+    replacement = "[\u200b"
 
 
 def _template_line(exc: BaseException, emails_dir: Path) -> tuple[str, int | None]:
@@ -178,11 +199,19 @@ class Renderer:
         loader = FileSystemLoader(str(project.emails_dir))
         common = {"loader": loader, "undefined": StrictUndefined, "keep_trailing_newline": True}
         self._html_env = SandboxedEnvironment(
-            autoescape=True, finalize=lambda v: _neutralise(v, html=True), **common
+            autoescape=True,
+            finalize=lambda v: _neutralise(v, html=True),
+            extensions=[_HtmlTextGuard],
+            **common,
         )
         self._text_env = SandboxedEnvironment(
-            autoescape=False, finalize=lambda v: _neutralise(v, html=False), **common
+            autoescape=False,
+            finalize=lambda v: _neutralise(v, html=False),
+            extensions=[_PlainTextGuard],
+            **common,
         )
+        # Only built when MJML is broken: the same templates with line markers, to find the line.
+        self._traced_env: SandboxedEnvironment | None = None
         self._stage2_html = SandboxedEnvironment(
             autoescape=True, undefined=StrictUndefined, keep_trailing_newline=True, **STAGE2
         )
@@ -210,7 +239,6 @@ class Renderer:
             subject=lesson.subject,
             preheader=lesson.preheader,
             tags=(self.course.id, f"day-{day}"),
-            source=lesson.path,
         )
         self._cache[("lesson", str(day))] = compiled
         return compiled
@@ -231,7 +259,6 @@ class Renderer:
             subject=newsletter.subject,
             preheader=newsletter.preheader,
             tags=("newsletter", newsletter.slug),
-            source=newsletter.path,
         )
         self._cache[("newsletter", str(newsletter.path))] = compiled
         return compiled
@@ -247,7 +274,6 @@ class Renderer:
             subject=f"Please confirm: {self.course.title}",
             preheader="One click and your first lesson is on its way.",
             tags=(self.course.id, "confirm"),
-            source=None,
         )
         self._cache[("confirm", "")] = compiled
         return compiled
@@ -281,17 +307,21 @@ class Renderer:
         subject: str,
         preheader: str,
         tags: tuple[str, ...],
-        source: Path | None,
     ) -> CompiledEmail:
         from mjml import mjml2html
 
         mjml_source = self._stage1(self._html_env, f"{name}.mjml.j2", context)
         text_source = self._stage1(self._text_env, f"{name}.txt.j2", context)
-        try:
-            html = mjml2html(mjml_source, disable_comments=True)
-        except ValueError as exc:
-            about = f" (rendering {self.project.display(source)})" if source else ""
-            raise ContentError.at(f"emails/{name}.mjml.j2", None, f"MJML: {exc}{about}") from None
+        broken = structure_problems(mjml_source)
+        failure: ValueError | None = None
+        html = ""
+        if not broken:
+            try:
+                html = mjml2html(mjml_source, disable_comments=True)
+            except ValueError as exc:
+                failure = exc
+        if broken or failure:
+            raise self._mjml_error(name, context, mjml_source, broken, failure)
         try:
             html_template = self._stage2_html.from_string(html)
             text_template = self._stage2_text.from_string(text_source)
@@ -309,6 +339,39 @@ class Renderer:
             text_template=text_template,
             html_size=len(html.encode()),
         )
+
+    def _mjml_error(
+        self,
+        name: str,
+        context: dict[str, Any],
+        mjml_source: str,
+        broken: list[tuple[int, str]],
+        failure: ValueError | None,
+    ) -> ContentError:
+        """Broken MJML as one line per problem at the template line that produced it."""
+        from dripmail.mjml_check import LineMarks, located, origins
+
+        if self._traced_env is None:
+            self._traced_env = SandboxedEnvironment(
+                loader=self._html_env.loader,
+                undefined=StrictUndefined,
+                keep_trailing_newline=True,
+                autoescape=True,
+                finalize=lambda v: _neutralise(v, html=True),
+                extensions=[_HtmlTextGuard, LineMarks],
+            )
+        marked = self._stage1(self._traced_env, f"{name}.mjml.j2", context)
+        clean, where = origins(marked)
+        if clean != mjml_source:  # cannot happen with deterministic templates; stay safe
+            where = []
+        fallback = f"{name}.mjml.j2"
+        if failure is not None:
+            # MRML sometimes says where ("at position 16:26", character offsets).
+            match = re.search(r" at position (\d+):\d+", str(failure))
+            line = mjml_source.count("\n", 0, int(match.group(1))) + 1 if match else 0
+            reason = re.sub(r" at position \d+:\d+", "", str(failure))
+            broken = [(line, reason)]
+        return ContentError(list(located(broken, where, fallback)))
 
     def mjml_per_recipient(self, day: int, recipient: Recipient) -> str:
         """The naive way, for the benchmark only: Jinja and MJML for every single reader."""

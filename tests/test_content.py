@@ -109,3 +109,188 @@ def test_newsletter_loads_and_rejects_bad_segment(project: Project) -> None:
     (folder / "bad.md").write_text("---\nsubject: x\npreheader: y\nsegment: everyone\n---\nHi\n")
     with pytest.raises(ContentError, match=r"newsletters/bad\.md:4: segment"):
         load_newsletter(project, folder / "bad.md")
+
+
+def _write(project: Project, day: int, text: str | bytes) -> None:
+    path = project.course_dir / f"day-{day}-stretch-{day}.md"
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (lesson_text(2).replace("---\nGood", "Good", 1), ":1: front matter not closed"),
+        ("---\n- day\n- slug\n---\nBody.\n", ":2: front matter must be key: value lines"),
+        (lesson_text(2, day="two"), ":2: day: a whole number from 1 to 7, not 'two'"),
+        (lesson_text(2).replace("day: 2", "day: 8"), ":2: day: a whole number from 1 to 7, not 8"),
+        (lesson_text(2, slug="Day Two"), ':3: slug: use lowercase letters, digits and "-"'),
+        (
+            lesson_text(2).replace('subject: "Day 2: a stretch for your hips"', "subject: [a, b]"),
+            ":4: subject: must be text",
+        ),
+        (lesson_text(2, preheader=""), ":5: preheader: missing"),
+        (
+            lesson_text(2, video_thumbnail="thumb.jpg"),
+            ':9: video_thumbnail: not a URL ("thumb.jpg")',
+        ),
+        (lesson_text(2, video_thumbnail_alt=""), ":10: video_thumbnail_alt: missing"),
+        (
+            lesson_text(2, image="https://studio.example.com/a.jpg"),
+            ":11: image_alt: an image needs alt text",
+        ),
+        (
+            lesson_text(2, image="not a url", image_alt="A mat"),
+            ':11: image: not a URL ("not a url")',
+        ),
+        (lesson_text(2).split("---\nGood")[0] + "---\n\n", ":12: the lesson has no text"),
+        (
+            lesson_text(2).encode("utf-8").replace(b"Good morning", b"Good \xff morning"),
+            ": cannot read",
+        ),
+    ],
+    ids=[
+        "unclosed",
+        "not-a-mapping",
+        "day-text",
+        "day-range",
+        "slug",
+        "subject-list",
+        "empty-field",
+        "thumbnail-url",
+        "thumbnail-alt",
+        "image-alt",
+        "image-url",
+        "empty-body",
+        "not-utf8",
+    ],
+)
+def test_each_lesson_error_names_file_line_and_field(
+    project: Project, text: str | bytes, expected: str
+) -> None:
+    _write(project, 2, text)
+    errors = _errors(project)
+    assert len(errors) == 1, errors
+    assert errors[0].startswith("course/day-2-stretch-2.md"), errors
+    assert expected in errors[0], errors
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({"video_url": "http://studio.example.com/v"}, ":8: video_url: not https"),
+        ({"subject": "x" * 90}, ":4: subject: 90 characters"),
+        ({"preheader": "Short."}, ":5: preheader: 6 characters"),
+        ({"teacher": "Sam"}, ":11: teacher: unknown field (ignored)"),
+    ],
+    ids=["http-video", "long-subject", "short-preheader", "unknown-field"],
+)
+def test_lesson_warnings_do_not_stop_the_course(
+    project: Project, overrides: dict, expected: str
+) -> None:
+    _write(project, 2, lesson_text(2, **overrides))
+    course, problems = load_course_checked(project)
+    assert course is not None and problems.errors == []
+    assert [w for w in problems.warnings if expected in w], problems.warnings
+
+
+def test_file_named_for_another_day_is_a_warning(project: Project) -> None:
+    path = project.course_dir / "day-2-stretch-2.md"
+    path.rename(project.course_dir / "day-9-stretch-2.md")
+    course, problems = load_course_checked(project)
+    assert course is not None
+    assert any(
+        "day: 2 but the file name does not start with day-2-" in w for w in problems.warnings
+    )
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        (
+            '[sender]\nname = "Test Studio"\naddress = "hello@studio.example.com"\n',
+            "",
+            "course/course.toml: [sender]: missing",
+        ),
+        (
+            'address = "hello@studio.example.com"',
+            'address = "hello.studio"',
+            'course/course.toml:12: sender.address: not an address ("hello.studio")',
+        ),
+        ('send_time = "07:00"', 'send_time = "7am"', "course/course.toml:3: send_time: not HH:MM"),
+        ('start = "next-morning"', 'start = "monday"', "course/course.toml:5: start:"),
+        (
+            "skip_weekends = false",
+            'skip_weekends = "no"',
+            "course/course.toml:6: skip_weekends: true or false",
+        ),
+        (
+            'site_url = "https://studio.example.com"',
+            'site_url = "studio"',
+            'course/course.toml:7: site_url: not a URL ("studio")',
+        ),
+        ('id = "test-week"', 'id = "Test Week"', "course/course.toml:1: id: use lowercase"),
+        ('title = "A test week of hip stretches"\n', "", "course/course.toml: title: missing"),
+        (
+            'logo_url = ""\nlogo_alt = "Test Studio"',
+            'logo_url = "https://s.example.com/l.png"',
+            "course/course.toml:24: brand.logo_alt: a logo needs alt text",
+        ),
+    ],
+    ids=[
+        "no-sender",
+        "sender-address",
+        "send-time",
+        "start",
+        "skip-weekends",
+        "site-url",
+        "id",
+        "no-title",
+        "logo-alt",
+    ],
+)
+def test_each_course_toml_error_names_line_and_setting(
+    project: Project, old: str, new: str, expected: str
+) -> None:
+    toml = project.course_dir / "course.toml"
+    text = toml.read_text()
+    assert old in text
+    toml.write_text(text.replace(old, new))
+    errors = _errors(project)
+    assert [e for e in errors if e.startswith(expected)], errors
+
+
+def test_unknown_course_setting_is_a_warning(project: Project) -> None:
+    toml = project.course_dir / "course.toml"
+    toml.write_text('colour = "blue"\n' + toml.read_text())
+    course, problems = load_course_checked(project)
+    assert course is not None
+    assert "course/course.toml:1: colour: unknown setting (ignored)" in problems.warnings
+
+
+def test_empty_folder_says_course_toml_is_missing(tmp_path: Path) -> None:
+    errors = _errors(Project(tmp_path))
+    assert errors == ["course/course.toml: missing: every course needs course/course.toml"]
+
+
+def test_newsletter_error_paths(project: Project) -> None:
+    folder = project.newsletters_dir
+    folder.mkdir()
+    with pytest.raises(ContentError, match=r"newsletters/nope\.md: no such newsletter file"):
+        load_newsletter(project, folder / "nope.md")
+    (folder / "a.md").write_text("---\npreheader: y\n---\nHi\n")
+    with pytest.raises(ContentError, match=r"newsletters/a\.md:1: subject: missing"):
+        load_newsletter(project, folder / "a.md")
+    (folder / "b.md").write_text("---\nsubject: x\npreheader: y\n---\n\n")
+    with pytest.raises(ContentError, match=r"newsletters/b\.md:5: the newsletter has no text"):
+        load_newsletter(project, folder / "b.md")
+
+
+def test_the_real_course_in_the_repo_loads_cleanly() -> None:
+    repo = Path(__file__).resolve().parents[1]
+    course, problems = load_course_checked(Project(repo))
+    assert problems.errors == [] and course is not None, problems.errors
+    assert [x.day for x in course.lessons] == list(range(1, 8))
+    assert all(x.video_url.startswith(course.site_url) for x in course.lessons)

@@ -115,8 +115,44 @@ def test_sandbox_blocks_python_internals(project: Project) -> None:
 def test_broken_mjml_is_a_content_error(project: Project) -> None:
     template = project.emails_dir / "confirm.mjml.j2"
     template.write_text(template.read_text().replace("</mj-column>", "", 1))
-    with pytest.raises(ContentError, match=r"emails/confirm\.mjml\.j2: MJML"):
+    with pytest.raises(ContentError) as caught:
         Renderer(project, load_course(project)).confirm()
+    # Line 7 opens the <mj-column> whose closing tag was deleted.
+    assert caught.value.problems == [
+        "emails/confirm.mjml.j2:7: MJML: <mj-column> is not closed before </mj-section>"
+    ]
+
+
+def test_unknown_mjml_element_is_reported_at_the_partial_line(project: Project) -> None:
+    # MRML would silently drop the misspelt element (and with it the video thumbnail).
+    partial = project.emails_dir / "partials" / "video.mjml.j2"
+    lines = partial.read_text().splitlines()
+    number = next(i for i, line in enumerate(lines, 1) if "<mj-image" in line)
+    partial.write_text(partial.read_text().replace("<mj-image ", "<mj-imag ", 1))
+    with pytest.raises(ContentError) as caught:
+        _lesson(project)
+    assert caught.value.problems == [
+        f"emails/partials/video.mjml.j2:{number}: MJML: <mj-imag> is not an MJML element"
+        " (MJML drops it)"
+    ]
+
+
+def test_mjml_that_mrml_refuses_is_reported_with_its_template(project: Project) -> None:
+    layout = project.emails_dir / "layout.mjml.j2"
+    layout.write_text(layout.read_text().replace("<mjml ", "<mjml><mj-include path='x.mjml'/", 1))
+    with pytest.raises(ContentError, match=r"^emails/layout\.mjml\.j2:\d+: MJML: "):
+        _lesson(project)
+
+
+def test_double_brackets_in_template_text_stay_text(project: Project) -> None:
+    lesson = project.emails_dir / "lesson.mjml.j2"
+    lesson.write_text(lesson.read_text().replace("Hi {{", "[[ recipient.email ]] Hi {{", 1))
+    text = project.emails_dir / "lesson.txt.j2"
+    text.write_text(text.read_text().replace("Hi {{", "[% if 1 %]Hi {{", 1))
+    message = _lesson(project, 1)
+    assert "ana@example.org" not in message.html.split("<body")[1]
+    assert "recipient.email ]] Hi Ana," in message.html
+    assert "if 1 %]Hi Ana," in message.text
 
 
 def test_mjml_is_compiled_once_per_lesson(project: Project, monkeypatch) -> None:
@@ -131,3 +167,44 @@ def test_mjml_is_compiled_once_per_lesson(project: Project, monkeypatch) -> None
             Recipient(email=f"r{i}@example.org"), key=str(i), kind="lesson", ref="1"
         )
     assert len(calls) == 1
+
+
+def test_newsletter_renders_with_its_heading_links_and_tags(project: Project) -> None:
+    from dripmail.content import load_newsletter
+
+    folder = project.newsletters_dir
+    folder.mkdir()
+    (folder / "hips.md").write_text(
+        "---\nsubject: Hips at the desk\npreheader: Three small habits for long days\n---\n"
+        "Stand up **every** hour. [Read more](https://studio.example.com/blog).\n"
+    )
+    renderer = Renderer(project, load_course(project))
+    compiled = renderer.newsletter(load_newsletter(project, folder / "hips.md"))
+    message = compiled.personalise(ANA, key="n-1", kind="broadcast", ref="hips")
+    scan = scan_html(message.html)
+    assert "https://studio.example.com/blog" in scan.links and ANA.unsubscribe_url in scan.links
+    assert "<h1>Hips at the desk</h1>" in message.html and "<strong>every</strong>" in message.html
+    assert message.tags == ("newsletter", "hips") and message.subject == "Hips at the desk"
+    assert "Read more (https://studio.example.com/blog)" in message.text
+    assert message.headers["List-Unsubscribe"] == f"<{ANA.unsubscribe_url}>"
+
+
+def test_confirm_email_carries_the_confirm_link_in_both_parts(project: Project) -> None:
+    who = Recipient(
+        email="new@example.org",
+        confirm_url="https://signup.example.com/confirm/tok-c",
+        unsubscribe_url="https://signup.example.com/unsubscribe/tok-u",
+    )
+    renderer = Renderer(project, load_course(project))
+    message = renderer.confirm().personalise(who, key="c-1", kind="confirm", ref="-")
+    assert who.confirm_url in scan_html(message.html).links
+    assert f"Confirm: {who.confirm_url}" in message.text and "Hi there," in message.text
+    assert message.subject == "Please confirm: A test week of hip stretches"
+
+
+def test_markdown_html_in_a_lesson_is_shown_as_text(project: Project) -> None:
+    path = project.course_dir / "day-2-stretch-2.md"
+    path.write_text(lesson_text(2) + '\n<script>alert(1)</script> <img src="x">\n')
+    message = _lesson(project, 2)
+    assert "<script>" not in message.html and "&lt;script&gt;alert(1)" in message.html
+    assert not scan_html(message.html).images_without_alt

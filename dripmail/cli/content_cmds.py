@@ -47,13 +47,37 @@ def render(
 def preview(
     port: int = typer.Option(8025, "--port", help="Port on localhost."),
 ) -> None:
-    """Serve a live preview on localhost; it re-renders and reloads when a file changes."""
+    """Serve a live preview on localhost; it re-renders and reloads when a file changes.
+
+    Every lesson, the confirmation email and each newsletter, at desktop and mobile widths,
+    in dark mode and as plain text; the page reloads by itself when a file in course/,
+    emails/ or newsletters/ changes.
+    """
+    import socket
+
+    from dripmail.errors import InputError
+
+    try:
+        from dripmail.web.app import create_app
+    except ModuleNotFoundError as exc:  # an install without the web edge
+        if not (exc.name or "").startswith("dripmail.web"):
+            raise
+        raise InputError(
+            "the preview server is not part of this install: use `render` and open "
+            "build/preview/index.html"
+        ) from None
     import uvicorn
 
-    from dripmail.web.app import create_app
-
-    typer.echo(f"preview on http://127.0.0.1:{port}/preview  (Ctrl-C to stop)")
+    # Say so plainly instead of uvicorn's bind traceback-ish log line.
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            raise InputError(
+                f"port {port} is in use on 127.0.0.1: pick another with --port"
+            ) from None
     app = create_app(state.project, state.settings, preview=True)
+    typer.echo(f"preview on http://127.0.0.1:{port}/preview  (Ctrl-C to stop)")
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 
 

@@ -1,6 +1,7 @@
 """check / render / test-send / init through typer's runner and as real subprocesses."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -77,6 +78,55 @@ def test_test_send_writes_once_to_the_outbox(root: Path) -> None:
     assert bad.exit_code == 1
 
 
+def _send(root: Path, *args: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(REPO / "send.py"), "--root", str(root), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        **kwargs,
+    )
+
+
+def test_render_is_byte_identical_across_processes(root: Path, tmp_path: Path) -> None:
+    outputs = []
+    for run in ("a", "b"):
+        result = _send(root, "render", "--out", str(tmp_path / run))
+        assert result.returncode == 0, result.stderr
+        outputs.append({p.name: p.read_bytes() for p in sorted((tmp_path / run).iterdir())})
+    assert len(outputs[0]) == 8 * 3 + 1  # 7 lessons + confirm, 3 parts each, index.html
+    assert outputs[0] == outputs[1]
+
+
+def test_check_passes_on_the_real_course() -> None:
+    result = _invoke(REPO, "check")
+    assert result.exit_code == 0, result.output
+    assert "ok: " in result.output and " emails checked" in result.output
+
+
+def test_check_warns_near_gmails_clipping_limit_and_fails_above(root: Path) -> None:
+    path = root / "course" / "day-4-stretch-4.md"
+    paragraph = "Breathe in, lengthen the spine; breathe out and soften the hip. " * 12
+    path.write_text(lesson_text(4) + f"\n{paragraph}\n" * 90)  # about 70 KB more HTML
+    warned = _invoke(root, "check")
+    assert warned.exit_code == 0, warned.output
+    assert "warning: course/day-4-stretch-4.md: HTML is" in warned.output
+    assert "close to Gmail's ~102 KB clipping" in warned.output
+    path.write_text(lesson_text(4) + f"\n{paragraph}\n" * 130)
+    failed = _invoke(root, "check")
+    assert failed.exit_code == 1
+    assert "error: course/day-4-stretch-4.md: HTML is" in failed.output
+
+
+def test_broken_mjml_fails_check_at_template_line_without_traceback(root: Path) -> None:
+    button = root / "emails" / "partials" / "button.mjml.j2"
+    button.write_text(button.read_text().replace("</mj-column>", "</mj-colum>"))
+    result = _send(root, "check")
+    assert result.returncode == 1
+    assert "error: emails/partials/button.mjml.j2:5: MJML: </mj-colum>" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_init_scaffolds_a_project_that_passes_check(tmp_path: Path, root: Path) -> None:
     import dripmail.scaffold as scaffold
 
@@ -92,3 +142,106 @@ def test_init_scaffolds_a_project_that_passes_check(tmp_path: Path, root: Path) 
     assert _invoke(target, "check").exit_code == 0
     again = _invoke(tmp_path, "init", str(target))
     assert again.exit_code == 1 and "already exists" in str(again.exception or again.output)
+
+
+def test_init_from_the_built_wheel_gives_a_project_that_passes_check(tmp_path: Path) -> None:
+    # The sample must ship inside the wheel (dripmail/sample/), not only in a checkout.
+    import zipfile
+
+    built = subprocess.run(
+        [sys.executable, "-m", "hatchling", "build", "-t", "wheel", "-d", str(tmp_path / "dist")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert built.returncode == 0, built.stderr
+    (wheel,) = (tmp_path / "dist").glob("dripmail-*.whl")
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    cli = [sys.executable, "-c", "from dripmail.cli import main; main()"]
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        # cwd is tmp_path, so the checkout's dripmail/ is not on the path: only the wheel's.
+        return subprocess.run(
+            [*cli, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+        )
+
+    where = subprocess.run(
+        [sys.executable, "-c", "import dripmail.scaffold as s; print(s.sample_root())"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert where.stdout.strip() == str(site / "dripmail" / "sample")
+    made = run("init", "studio")
+    assert made.returncode == 0, made.stderr
+    studio = tmp_path / "studio"
+    assert sorted(p.name for p in studio.iterdir()) == [
+        ".env.example",
+        "course",
+        "emails",
+        "newsletters",
+    ]
+    checked = run("--root", str(studio), "check")
+    assert checked.returncode == 0, checked.stderr
+    assert "ok: 9 emails checked" in checked.stdout
+
+
+def test_preview_serves_every_email_and_follows_edits(root: Path) -> None:
+    pytest.importorskip("dripmail.web.app", reason="the web edge (dripmail/web) is not built yet")
+    import socket
+    import time
+
+    import httpx
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            str(REPO / "send.py"),
+            "--root",
+            str(root),
+            "preview",
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+    def page_until(text: str) -> str:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            assert server.poll() is None, server.stderr.read() if server.stderr else ""
+            try:
+                body = httpx.get(f"http://127.0.0.1:{port}/preview", timeout=5).text
+                if text in body:
+                    return body
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"{text!r} never appeared in the preview")
+
+    try:
+        page_until("Day 3: a stretch for your hips")
+        lesson = root / "course" / "day-3-stretch-3.md"
+        lesson.write_text(lesson_text(3, subject="Day 3: rotate, do not force"))
+        page_until("Day 3: rotate, do not force")
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+        server.stdout.close()
+        server.stderr.close()
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    try:
+        taken = _invoke(root, "preview", "--port", str(busy.getsockname()[1]))
+        assert taken.exit_code == 1 and "is in use" in str(taken.exception)
+    finally:
+        busy.close()
