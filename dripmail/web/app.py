@@ -37,7 +37,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dripmail.config import Project, Settings
 from dripmail.errors import DripmailError, InputError, NotFoundError, TokenError
-from dripmail.web import links, signup, webhook_routes
+from dripmail.web import archive, links, signup, webhook_routes
 from dripmail.web.context import WebContext, ctx, log
 from dripmail.web.forms import wants_json
 
@@ -158,6 +158,7 @@ def _routes(preview: bool) -> list:
         ),
         Route("/healthz", healthz, name="healthz"),
         Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
+        *archive.routes(),  # /newsletters: the sent issues, public
     ]
     if preview:
         from dripmail.web import preview as preview_module

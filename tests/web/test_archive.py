@@ -101,3 +101,21 @@ def test_mounted_without_arguments_it_uses_the_apps_runner(project: Project) -> 
             return await client.get("/newsletters")
 
     assert 'href="/newsletters/hips"' in asyncio.run(go()).text
+
+
+def test_serve_app_mounts_the_archive(project: Project) -> None:
+    from dripmail.web.app import create_app
+
+    settings = Settings(DRIPMAIL_DATABASE_URL="sqlite:///dripmail.db")  # type: ignore[call-arg]
+    app = create_app(project, settings)
+
+    async def go(path: str) -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return await client.get(path)
+
+    index = asyncio.run(go("/newsletters"))
+    assert index.status_code == 200 and 'href="/newsletters/hips"' in index.text
+    issue = asyncio.run(go("/newsletters/hips"))
+    assert issue.status_code == 200 and "<strong>often</strong>" in issue.text
+    assert asyncio.run(go("/newsletters/secret")).status_code == 404
