@@ -24,7 +24,13 @@ def serve(
 
     from dripmail.web.app import create_app
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    # One line per request and per refused webhook from dripmail itself (tokens redacted);
+    # libraries (Alembic, uvicorn) only speak up for warnings.
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logger = logging.getLogger("dripmail")
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
     app = create_app(state.project, state.settings, preview=preview)
     typer.echo(
         f"serving on http://{host}:{port}/ (links in emails use {state.settings.public_url})"

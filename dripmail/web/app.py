@@ -11,6 +11,7 @@ Routes, each a thin shell over the library:
     POST /preferences/{token}  save; a new time or zone re-plans the lessons left
     POST /webhooks/{provider}  postmark, sendgrid, mailgun, resend
     GET  /healthz              "ok" when the database answers
+    GET  /newsletters[/{slug}] the archive of sent newsletter issues (web/archive.py)
     GET  /preview...           only when created with preview=True (never by default)
 
 Bodies are capped (16 KB; 5 MB for webhooks): 413 beyond. Every error is a short page (or
@@ -157,6 +158,7 @@ def _routes(preview: bool) -> list:
             max_body_size=webhook_routes.MAX_BODY,
         ),
         Route("/healthz", healthz, name="healthz"),
+        *archive.routes(),  # /newsletters: sent issues only (dripmail/web/archive.py)
         Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
         *archive.routes(),  # /newsletters: the sent issues, public
     ]

@@ -200,7 +200,7 @@ async def unsubscribe(request: Request) -> Response:
     if one_click and fields.get("confirm") != "yes":
         return PlainTextResponse("Unsubscribed.\n", headers=NO_STORE)
     still = (
-        f"{arriving} lesson(s) already with the mail service will still arrive in the next hour."
+        f"{arriving} lesson(s) already handed to the mail service will still arrive."
         if arriving
         else ""
     )

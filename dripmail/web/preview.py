@@ -130,9 +130,17 @@ def render_one(project: Project, snap: Snapshot, kind: str, ref: str) -> Rendere
         problems.errors.extend(found.errors)
         problems.warnings.extend(found.warnings)
         title = newsletter.subject if newsletter is not None else ref
+    elif kind in ("lesson", "confirm") and snap.course is None:
+        # Nothing renders until the course loads: show every problem, this page reloads
+        # by itself once they are fixed.
+        if kind == "lesson" and not ref.isdigit():
+            raise NotFoundError(f"no lesson {ref[:10]!r}")
+        title = f"Day {ref}" if kind == "lesson" else "Confirmation email"
+        out = Rendered(kind, ref, title, "course/")
+        out.errors = list(dict.fromkeys(snap.problems.errors))
+        out.warnings = list(dict.fromkeys(snap.problems.warnings))
+        return out
     elif kind == "lesson":
-        if snap.course is None:
-            raise NotFoundError("the course has errors: see /preview")
         try:
             lesson = snap.course.lesson(int(ref))
         except ValueError:
@@ -141,8 +149,6 @@ def render_one(project: Project, snap: Snapshot, kind: str, ref: str) -> Rendere
         title = lesson.subject
         newsletter = None
     elif kind == "confirm":
-        if snap.course is None:
-            raise NotFoundError("the course has errors: see /preview")
         where, title, newsletter = "emails/confirm.mjml.j2", "Confirmation email", None
     else:
         raise NotFoundError(f"no preview of {kind[:20]!r}")

@@ -1,0 +1,102 @@
+"""`form` and `serve` as real subprocesses (loopback only)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.course_fixture import make_project
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    return make_project(tmp_path / "studio")
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DRIPMAIL_")}
+    env.update({"DRIPMAIL_SECRET_KEY": "cli-test-secret-0123456789", **extra})
+    return env
+
+
+def _send(root: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(REPO / "send.py"), "--root", str(root), *args],
+        capture_output=True,
+        text=True,
+        env=_env(**env),
+        timeout=60,
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_form_prints_an_embeddable_form_posting_to_the_public_url(root: Path) -> None:
+    out = _send(root, "form", DRIPMAIL_PUBLIC_URL="https://join.studio.example.com/")
+    assert out.returncode == 0, out.stderr
+    html = out.stdout
+    assert 'action="https://join.studio.example.com/subscribe"' in html
+    assert 'name="email" type="email"' in html and "required" in html
+    assert 'name="timezone" value="America/New_York"' in html  # the course zone until JS runs
+    assert "Intl.DateTimeFormat().resolvedOptions().timeZone" in html
+    assert 'name="website"' in html and 'aria-hidden="true"' in html  # the honeypot
+    assert 'name="source"' in html and "window.location.href" in html
+    assert "#1f5f52" in html  # the course's brand colour
+
+
+def test_serve_answers_sign_ups_until_stopped(root: Path) -> None:
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "send.py"), "--root", str(root), "serve", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).text == "ok":
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None, proc.communicate()[1]
+            assert time.monotonic() < deadline, "serve did not come up"
+            time.sleep(0.2)
+        answer = httpx.post(f"{base}/subscribe", data={"email": "cli@example.com"}, timeout=10)
+        assert answer.status_code == 200
+        deadline = time.monotonic() + 10  # the confirmation goes out after the answer
+        while not list((root / "outbox").glob("confirm-*.eml")):
+            assert time.monotonic() < deadline, "no confirmation email"
+            time.sleep(0.1)
+        assert httpx.get(f"{base}/preview", timeout=5).status_code == 404  # not without --preview
+        assert httpx.get(f"{base}/confirm/secret-token-123", timeout=5).status_code == 400
+    finally:
+        proc.terminate()
+        _out, err = proc.communicate(timeout=20)
+    assert "Traceback" not in err
+    assert "POST /subscribe 200" in err  # one access line per request
+    assert "GET /confirm/… 400" in err and "secret-token-123" not in err  # tokens redacted
+
+
+def test_serve_refuses_to_start_on_a_broken_course_in_one_line(root: Path) -> None:
+    (root / "course" / "course.toml").write_text("id = \n")
+    out = _send(root, "serve", "--port", str(_free_port()))
+    assert out.returncode == 1
+    assert out.stderr.startswith("error: ") and "course/course.toml" in out.stderr
+    assert "Traceback" not in out.stderr
