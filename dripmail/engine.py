@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Engine, or_, select, tuple_, update
 
 from dripmail import schedule
-from dripmail.handover import RenderFn, claim, deliver, release
+from dripmail.handover import RenderFn, claim, deliver, expire_dead_claims, release
 from dripmail.providers.base import Provider
 from dripmail.store.schema import deliveries, subscribers
 
@@ -222,6 +222,10 @@ def run_once(
     touched: set[int] = set()
     # What dead workers left behind joins the first page: it is finished in the same pass,
     # judged against the same state of the queue as the free rows beside it.
+    if not dry_run:
+        # A `run` killed on this host cannot give its claims back: free them now instead of
+        # waiting out the lease (rows left `sending` are reconciled, never resent blindly).
+        expire_dead_claims(engine, deliveries, now, socket.gethostname())
     leftovers = [] if dry_run else _expired_claims(engine, now, limit or chunk)
     while limit is None or taken < limit:
         size = chunk if limit is None else min(chunk, limit - taken)
