@@ -158,7 +158,6 @@ def _routes(preview: bool) -> list:
             max_body_size=webhook_routes.MAX_BODY,
         ),
         Route("/healthz", healthz, name="healthz"),
-        *archive.routes(),  # /newsletters: sent issues only (dripmail/web/archive.py)
         Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
         *archive.routes(),  # /newsletters: the sent issues, public
     ]
