@@ -291,13 +291,36 @@ class Renderer:
             file = f"emails/{exc.name}" if exc.name else where
             raise ContentError.at(file, exc.lineno, f"template syntax: {exc.message}") from None
         except TemplateNotFound as exc:
-            raise ContentError.at(
-                where, None, f"template not found: emails/{exc.name} (check the name)"
+            raise self._at_template_line(
+                exc, where, f"template not found: emails/{exc.name} (check the name)"
             ) from None
-        except (UndefinedError, SecurityError) as exc:
-            file, line = _template_line(exc, self.project.emails_dir)
-            shown = self.project.display(Path(file)) if file else where
-            raise ContentError.at(shown, line, f"unknown variable: {exc}") from None
+        except UndefinedError as exc:
+            raise self._at_template_line(exc, where, f"unknown variable: {exc}") from None
+        except SecurityError as exc:
+            raise self._at_template_line(exc, where, f"not allowed in a template: {exc}") from None
+        except UnicodeDecodeError:
+            raise ContentError(self._unreadable_templates() or f"{where}: not UTF-8") from None
+        except Exception as exc:  # a runtime error in template code, e.g. 1 + "x"
+            message = f"template error: {type(exc).__name__}: {exc}"
+            raise self._at_template_line(exc, where, message) from None
+
+    def _at_template_line(self, exc: BaseException, where: str, message: str) -> ContentError:
+        file, line = _template_line(exc, self.project.emails_dir)
+        shown = self.project.display(Path(file)) if file else where
+        return ContentError.at(shown, line, message)
+
+    def _unreadable_templates(self) -> list[str]:
+        """Every template file that is not UTF-8 text, as one line each."""
+        found = []
+        for path in sorted(self.project.emails_dir.rglob("*.j2")):
+            try:
+                path.read_text(encoding="utf-8")
+            except UnicodeDecodeError as exc:
+                found.append(
+                    f"{self.project.display(path)}: cannot read: not UTF-8 text "
+                    f"(byte {exc.object[exc.start]:#04x} at position {exc.start}); save it as UTF-8"
+                )
+        return found
 
     def _compile(
         self,

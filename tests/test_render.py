@@ -208,3 +208,42 @@ def test_markdown_html_in_a_lesson_is_shown_as_text(project: Project) -> None:
     message = _lesson(project, 2)
     assert "<script>" not in message.html and "&lt;script&gt;alert(1)" in message.html
     assert not scan_html(message.html).images_without_alt
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        (
+            '{% include "partials/video.mjml.j2" %}',
+            '{% include "partials/vid.mjml.j2" %}',
+            "emails/lesson.mjml.j2:16: template not found: emails/partials/vid.mjml.j2",
+        ),
+        (
+            "{{ lesson.stretch }}",
+            "{{ lesson.day + 'x' }}",
+            "emails/lesson.mjml.j2:11: template error: TypeError: unsupported operand",
+        ),
+        (
+            "{{ lesson.stretch }}",
+            "{{ lesson.__class__ }}",
+            "emails/lesson.mjml.j2:11: not allowed in a template: access to attribute '__class__'",
+        ),
+        (
+            "Day {{ lesson.day }}",
+            "D\udcffay {{ lesson.day }}",
+            "emails/lesson.mjml.j2: cannot read: not UTF-8 text (byte 0xff at position",
+        ),
+    ],
+    ids=["missing-include", "runtime-error", "sandbox", "not-utf8"],
+)
+def test_template_mistakes_are_one_line_at_the_template(
+    project: Project, old: str, new: str, expected: str
+) -> None:
+    template = project.emails_dir / "lesson.mjml.j2"
+    text = template.read_text()
+    assert old in text
+    template.write_bytes(text.replace(old, new, 1).encode("utf-8", "surrogateescape"))
+    with pytest.raises(ContentError) as caught:
+        _lesson(project)
+    (problem,) = caught.value.problems
+    assert problem.startswith(expected), problem

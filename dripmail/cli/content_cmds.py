@@ -45,7 +45,7 @@ def render(
 
 
 def preview(
-    port: int = typer.Option(8025, "--port", help="Port on localhost."),
+    port: int = typer.Option(8025, "--port", min=1, max=65535, help="Port on localhost."),
 ) -> None:
     """Serve a live preview on localhost; it re-renders and reloads when a file changes.
 
