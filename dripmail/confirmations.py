@@ -72,7 +72,10 @@ def send_confirmations(
         )
         messages.append(
             compiled.personalise(
-                recipient, key=f"confirm-s{sid}-n{number}", kind="confirm", ref="confirm"
+                recipient,
+                key=f"confirm-s{sid}-{now:%Y%m%d%H%M%S}-n{number}",
+                kind="confirm",
+                ref="confirm",
             )
         )
     sent = 0

@@ -208,8 +208,61 @@ def activate(engine: Engine, subscriber_id: int, course: CourseRules, now: datet
             .where(subscribers.c.id == subscriber_id)
             .values(status="active", start_date=first, updated_at=now)
         )
+        # Someone who left and came back (see `rejoin`): the lessons they never got are
+        # planned again; those they had stay done.
+        revived = conn.execute(
+            update(deliveries)
+            .where(deliveries.c.subscriber_id == subscriber_id, deliveries.c.state == "cancelled")
+            .values(
+                state="planned",
+                provider_message_id=None,
+                batch_key=None,
+                claimed_by=None,
+                lease_expires_at=None,
+                next_attempt_at=None,
+                updated_at=now,
+            )
+        ).rowcount
     plan_lessons(engine, subscriber_id, course, first, now)
+    if revived:
+        return reschedule(engine, subscriber_id, course, now) or first
     return first
+
+
+def rejoin(
+    engine: Engine,
+    subscriber_id: int,
+    now: datetime,
+    *,
+    consent_source: str,
+    consent_ip: str | None = None,
+    consent_user_agent: str | None = None,
+    consent_page: str | None = None,
+) -> bool:
+    """An unsubscribed reader signs up again: pending, with a fresh consent record.
+
+    Only `unsubscribed` qualifies (bounced, complained and forgotten addresses never come
+    back this way). They must confirm by the double opt-in email like anyone new; `activate`
+    then plans the lessons they never got. Returns True when the subscriber was reopened.
+    """
+    with engine.begin() as conn:
+        result = conn.execute(
+            update(subscribers)
+            .where(subscribers.c.id == subscriber_id, subscribers.c.status == "unsubscribed")
+            .values(
+                status="pending",
+                start_date=None,
+                consent_source=consent_source,
+                consent_at=now,
+                consent_ip=consent_ip,
+                consent_user_agent=(consent_user_agent or "")[:512] or None,
+                consent_page=consent_page,
+                confirm_sent_at=None,
+                confirm_count=0,
+                updated_at=now,
+            )
+        )
+    return bool(result.rowcount)
 
 
 def _stop(engine: Engine, subscriber_id: int, status: str, now: datetime) -> list[str]:

@@ -99,7 +99,7 @@ def _thanks(c: WebContext, request: Request, as_json: bool, task=None) -> Respon
 
 async def subscribe(request: Request) -> Response:
     """``POST /subscribe``: a pending subscriber with a consent record, and the confirm email."""
-    from dripmail.subscribers import add_subscriber
+    from dripmail.subscribers import add_subscriber, rejoin
 
     c = ctx(request)
     as_json = wants_json(request)
@@ -125,7 +125,7 @@ async def subscribe(request: Request) -> Response:
 
     def store() -> int | None:
         try:
-            sid, _created = add_subscriber(
+            sid, created = add_subscriber(
                 c.engine,
                 address,
                 timezone=zone,
@@ -139,6 +139,17 @@ async def subscribe(request: Request) -> Response:
             )
         except InputError:  # suppressed (bounced, complained, forgotten): say nothing
             return None
+        if not created:
+            # Someone who unsubscribed and signs up again gets the confirmation email too.
+            rejoin(
+                c.engine,
+                sid,
+                now,
+                consent_source="web-form",
+                consent_ip=ip,
+                consent_user_agent=agent,
+                consent_page=source,
+            )
         return sid
 
     sid = await c.db(store)

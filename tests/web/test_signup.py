@@ -202,3 +202,34 @@ def test_rate_limiter_memory_is_bounded():
     for i in range(1000):
         bucket.take(f"10.0.{i // 256}.{i % 256}")
     assert len(bucket._buckets) == 100
+
+
+async def test_unsubscribed_reader_can_sign_up_again_and_gets_the_lessons_left(web):
+    from datetime import timedelta
+
+    from sqlalchemy import select
+
+    from dripmail.store.schema import deliveries
+    from dripmail.subscribers import unsubscribe
+
+    client = web.client()
+    await client.post("/subscribe", data=FORM)
+    sid = web.subscriber("ann@example.com")["id"]
+    activate(web.engine, sid, web.app.state.ctx.course(), web.clock.now)
+    unsubscribe(web.engine, sid, web.clock.now)
+    web.clock.now += timedelta(days=3)
+    answer = await client.post("/subscribe", data=FORM)
+    assert answer.status_code == 200
+    row = web.subscriber("ann@example.com")
+    assert row["status"] == "pending" and row["consent_at"] == web.clock.now
+    assert len(confirm_emails(web)) == 2  # the first sign-up and this one
+    confirmed = await client.get(f"/confirm/{web.token(sid, 'confirm')}")
+    assert confirmed.status_code == 200
+    assert web.subscriber("ann@example.com")["status"] == "active"
+    with web.engine.connect() as conn:
+        states = list(
+            conn.execute(
+                select(deliveries.c.state).where(deliveries.c.subscriber_id == sid)
+            ).scalars()
+        )
+    assert states == ["planned"] * 7  # none were sent before leaving: all seven again
