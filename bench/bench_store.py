@@ -5,8 +5,7 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time as clock
-from dataclasses import dataclass
-from datetime import UTC, datetime, time
+from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import insert
@@ -14,20 +13,7 @@ from sqlalchemy import insert
 from dripmail import subscribers as subs
 from dripmail.store.db import open_store
 from dripmail.store.schema import deliveries
-
-
-@dataclass(frozen=True)
-class _Lesson:
-    day: int
-
-
-@dataclass(frozen=True)
-class _Rules:
-    id: str = "bench"
-    send_time: time = time(7)
-    start: str = "next-morning"
-    skip_weekends: bool = False
-    lessons: tuple[_Lesson, ...] = tuple(_Lesson(d) for d in range(1, 8))
+from tests.course_rules import Rules
 
 
 def _activate_many(n: int, naive: bool) -> float:
@@ -63,7 +49,7 @@ def _activate_many(n: int, naive: bool) -> float:
                             )
                         )
             else:
-                subs.activate(engine, sid, _Rules(), now)
+                subs.activate(engine, sid, Rules(id="bench"), now)
         elapsed = clock.perf_counter() - started
         engine.dispose()
     return n / elapsed

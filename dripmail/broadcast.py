@@ -28,7 +28,7 @@ from sqlalchemy.engine import RowMapping
 
 from dripmail.content import Newsletter
 from dripmail.errors import InputError, NotFoundError
-from dripmail.handover import RenderFn, claim, deliver, expire_dead_claims, release
+from dripmail.handover import RenderFn, Report, claim, deliver, expire_dead_claims, release
 from dripmail.message import Message
 from dripmail.providers.base import Provider
 from dripmail.store.schema import broadcast_deliveries, broadcasts, events, subscribers
@@ -42,16 +42,9 @@ OPEN_STATES = ("planned", "claimed", "sending")
 
 
 @dataclass
-class BroadcastReport:
-    """What one `send` pass did."""
+class BroadcastReport(Report):
+    """What one `send` pass did (`skipped`: readers who left after planning)."""
 
-    sent: int = 0
-    handed: int = 0
-    retry: int = 0
-    failed: int = 0
-    review: int = 0
-    recovered: int = 0
-    suppressed: int = 0
     skipped: int = 0
 
 

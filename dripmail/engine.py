@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Engine, or_, select, tuple_, update
 
 from dripmail import schedule
-from dripmail.handover import RenderFn, claim, deliver, expire_dead_claims, release
+from dripmail.handover import RenderFn, Report, claim, deliver, expire_dead_claims, release
 from dripmail.providers.base import Provider
 from dripmail.store.schema import deliveries, subscribers
 
@@ -28,16 +28,9 @@ LEASE = timedelta(minutes=10)
 
 
 @dataclass
-class RunReport:
-    """What one pass did, for the CLI to print."""
+class RunReport(Report):
+    """What one pass did, for the CLI to print (`due`: what a dry run would send)."""
 
-    sent: int = 0
-    handed: int = 0
-    retry: int = 0
-    failed: int = 0
-    review: int = 0
-    recovered: int = 0
-    suppressed: int = 0
     due: list[dict] = field(default_factory=list)
 
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from hashlib import sha256
-from typing import Protocol
 from uuid import uuid4
 
 from sqlalchemy import Engine, Table, and_, bindparam, select, update
@@ -27,16 +27,17 @@ KEY_MARGIN = timedelta(hours=1)
 RenderFn = Callable[[dict], Message]
 
 
-class Report(Protocol):
-    """Counters `deliver` updates (the engine's RunReport, the broadcast's report)."""
+@dataclass
+class Report:
+    """What a hand-over pass did; the engine and broadcasts extend it with their own fields."""
 
-    sent: int
-    handed: int
-    retry: int
-    failed: int
-    review: int
-    recovered: int
-    suppressed: int
+    sent: int = 0
+    handed: int = 0
+    retry: int = 0
+    failed: int = 0
+    review: int = 0
+    recovered: int = 0
+    suppressed: int = 0
 
 
 def record_many(

@@ -11,7 +11,7 @@ MJML compile. The plain-text part comes from the lesson's Markdown through `*.tx
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -49,6 +49,11 @@ STAGE2 = {
     "comment_end_string": "#]",
 }
 _STAGE2_OPENERS = re.compile(r"\[(?=[\[%#])")
+
+
+def _bodies(markdown: str) -> dict[str, Any]:
+    """The Markdown body as HTML (for the MJML) and as plain text (for the text part)."""
+    return {"body_html": Markup(to_html(markdown)), "body_text": to_text(markdown)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,59 +229,49 @@ class Renderer:
 
     def lesson(self, day: int) -> CompiledEmail:
         """Day `day`'s lesson, compiled once."""
-        cached = self._cache.get(("lesson", str(day)))
-        if cached:
-            return cached
-        lesson = self.course.lesson(day)
-        context = {
-            "lesson": lesson,
-            "body_html": Markup(to_html(lesson.body)),
-            "body_text": to_text(lesson.body),
-        }
-        compiled = self._compile(
-            "lesson",
-            context,
-            subject=lesson.subject,
-            preheader=lesson.preheader,
-            tags=(self.course.id, f"day-{day}"),
-        )
-        self._cache[("lesson", str(day))] = compiled
-        return compiled
+
+        def build() -> CompiledEmail:
+            lesson = self.course.lesson(day)
+            return self._compile(
+                "lesson",
+                {"lesson": lesson, **_bodies(lesson.body)},
+                subject=lesson.subject,
+                preheader=lesson.preheader,
+                tags=(self.course.id, f"day-{day}"),
+            )
+
+        return self._cached(("lesson", str(day)), build)
 
     def newsletter(self, newsletter: Newsletter) -> CompiledEmail:
         """A newsletter issue, compiled once."""
-        cached = self._cache.get(("newsletter", str(newsletter.path)))
-        if cached:
-            return cached
-        context = {
-            "newsletter": newsletter,
-            "body_html": Markup(to_html(newsletter.body)),
-            "body_text": to_text(newsletter.body),
-        }
-        compiled = self._compile(
-            "newsletter",
-            context,
-            subject=newsletter.subject,
-            preheader=newsletter.preheader,
-            tags=("newsletter", newsletter.slug),
+        return self._cached(
+            ("newsletter", str(newsletter.path)),
+            lambda: self._compile(
+                "newsletter",
+                {"newsletter": newsletter, **_bodies(newsletter.body)},
+                subject=newsletter.subject,
+                preheader=newsletter.preheader,
+                tags=("newsletter", newsletter.slug),
+            ),
         )
-        self._cache[("newsletter", str(newsletter.path))] = compiled
-        return compiled
 
     def confirm(self) -> CompiledEmail:
         """The double opt-in email."""
-        cached = self._cache.get(("confirm", ""))
-        if cached:
-            return cached
-        compiled = self._compile(
-            "confirm",
-            {},
-            subject=f"Please confirm: {self.course.title}",
-            preheader="One click and your first lesson is on its way.",
-            tags=(self.course.id, "confirm"),
+        return self._cached(
+            ("confirm", ""),
+            lambda: self._compile(
+                "confirm",
+                {},
+                subject=f"Please confirm: {self.course.title}",
+                preheader="One click and your first lesson is on its way.",
+                tags=(self.course.id, "confirm"),
+            ),
         )
-        self._cache[("confirm", "")] = compiled
-        return compiled
+
+    def _cached(self, key: tuple[str, str], build: Callable[[], CompiledEmail]) -> CompiledEmail:
+        if key not in self._cache:
+            self._cache[key] = build()
+        return self._cache[key]
 
     # -- stages -----------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from email_validator import EmailNotValidError, validate_email
-from sqlalchemy import Engine, RowMapping, func, insert, select, update
+from sqlalchemy import Connection, Engine, RowMapping, func, insert, select, update
 
 from dripmail import schedule
 from dripmail.errors import InputError, NotFoundError
@@ -265,6 +265,22 @@ def rejoin(
     return bool(result.rowcount)
 
 
+def handed_ids(conn: Connection, subscriber_id: int) -> list[str]:
+    """Provider ids of this subscriber's lessons handed over but not yet delivered.
+
+    These are the sends to cancel at the provider when the course stops, pauses or moves.
+    """
+    return list(
+        conn.execute(
+            select(deliveries.c.provider_message_id).where(
+                deliveries.c.subscriber_id == subscriber_id,
+                deliveries.c.state == "handed",
+                deliveries.c.provider_message_id.is_not(None),
+            )
+        ).scalars()
+    )
+
+
 def _stop(engine: Engine, subscriber_id: int, status: str, now: datetime) -> list[str]:
     """Set a stopping status and cancel every lesson not yet delivered.
 
@@ -272,15 +288,7 @@ def _stop(engine: Engine, subscriber_id: int, status: str, now: datetime) -> lis
     can cancel them there.
     """
     with engine.begin() as conn:
-        handed = list(
-            conn.execute(
-                select(deliveries.c.provider_message_id).where(
-                    deliveries.c.subscriber_id == subscriber_id,
-                    deliveries.c.state == "handed",
-                    deliveries.c.provider_message_id.is_not(None),
-                )
-            ).scalars()
-        )
+        handed = handed_ids(conn, subscriber_id)
         conn.execute(
             update(deliveries)
             .where(
@@ -415,15 +423,7 @@ def pause(engine: Engine, subscriber_id: int, now: datetime) -> list[str]:
     if sub["status"] not in ("active", "paused"):
         raise InputError(f"{sub['email']} is {sub['status']}: only an active course can pause")
     with engine.begin() as conn:
-        handed = list(
-            conn.execute(
-                select(deliveries.c.provider_message_id).where(
-                    deliveries.c.subscriber_id == subscriber_id,
-                    deliveries.c.state == "handed",
-                    deliveries.c.provider_message_id.is_not(None),
-                )
-            ).scalars()
-        )
+        handed = handed_ids(conn, subscriber_id)
         conn.execute(
             update(subscribers)
             .where(subscribers.c.id == subscriber_id)
@@ -470,15 +470,7 @@ def forget(engine: Engine, subscriber_id: int, now: datetime) -> list[str]:
     """
     sub = get_subscriber(engine, subscriber_id)
     with engine.begin() as conn:
-        handed = list(
-            conn.execute(
-                select(deliveries.c.provider_message_id).where(
-                    deliveries.c.subscriber_id == subscriber_id,
-                    deliveries.c.state == "handed",
-                    deliveries.c.provider_message_id.is_not(None),
-                )
-            ).scalars()
-        )
+        handed = handed_ids(conn, subscriber_id)
         conn.execute(events.delete().where(events.c.subscriber_id == subscriber_id))
         conn.execute(deliveries.delete().where(deliveries.c.subscriber_id == subscriber_id))
         conn.execute(subscribers.delete().where(subscribers.c.id == subscriber_id))

@@ -1,6 +1,5 @@
 import json
 from collections import Counter
-from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -14,6 +13,7 @@ from dripmail.message import Mailbox, Message
 from dripmail.providers.outbox import OutboxProvider
 from dripmail.store.db import open_store
 from dripmail.store.schema import deliveries
+from tests.course_rules import Rules
 
 START = datetime(2026, 3, 5, 12, 0, tzinfo=UTC)  # the week crosses US/EU DST changes
 ZONES = {
@@ -21,20 +21,6 @@ ZONES = {
     "berlin@example.org": "Europe/Berlin",
     "kolkata@example.org": "Asia/Kolkata",
 }
-
-
-@dataclass(frozen=True)
-class _Lesson:
-    day: int
-
-
-@dataclass(frozen=True)
-class _Rules:
-    id: str = "psoas-week"
-    send_time: time = time(7)
-    start: str = "next-morning"
-    skip_weekends: bool = False
-    lessons: tuple[_Lesson, ...] = tuple(_Lesson(d) for d in range(1, 8))
 
 
 def _render(row: dict) -> Message:
@@ -57,7 +43,7 @@ def engine(tmp_path: Path) -> Engine:
         sid, _ = subs.add_subscriber(
             engine, email, timezone=zone, status="pending", consent_source="test", now=START
         )
-        subs.activate(engine, sid, _Rules(), START)
+        subs.activate(engine, sid, Rules(), START)
     return engine
 
 

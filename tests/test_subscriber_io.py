@@ -1,7 +1,6 @@
 import csv
 import io
-from dataclasses import dataclass
-from datetime import UTC, datetime, time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -12,22 +11,9 @@ from dripmail.errors import InputError
 from dripmail.store.db import open_store
 from dripmail.store.schema import deliveries, subscribers
 from dripmail.subscriber_io import export_csv, import_csv, safe_cell
+from tests.course_rules import Rules
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
-
-
-@dataclass(frozen=True)
-class _Lesson:
-    day: int
-
-
-@dataclass(frozen=True)
-class _Rules:
-    id: str = "psoas-week"
-    send_time: time = time(7)
-    start: str = "next-morning"
-    skip_weekends: bool = False
-    lessons: tuple[_Lesson, ...] = tuple(_Lesson(d) for d in range(1, 8))
 
 
 @pytest.fixture
@@ -57,7 +43,7 @@ def test_import_reports_bad_rows_by_line_and_is_idempotent(engine: Engine, tmp_p
         "ed@example.org,Ed,UTC,June 3rd,42\n"
         "ANA@example.org,Ana again,UTC,,38\n",
     )
-    report = import_csv(engine, path, _Rules(), "America/New_York", NOW)
+    report = import_csv(engine, path, Rules(), "America/New_York", NOW)
     assert report.added == 2 and report.existing == 1
     assert [line for line, _ in report.rejected] == [3, 4, 6]
     assert "not-an-address" in report.rejected[0][1]
@@ -68,16 +54,16 @@ def test_import_reports_bad_rows_by_line_and_is_idempotent(engine: Engine, tmp_p
     assert di["status"] == "active" and di["timezone"] == "America/New_York"
     assert di["consent_source"] == "import" and str(di["start_date"]) == "2026-06-03"
     assert _count(engine, deliveries) == 14
-    again = import_csv(engine, path, _Rules(), "America/New_York", NOW)
+    again = import_csv(engine, path, Rules(), "America/New_York", NOW)
     assert again.added == 0 and again.existing == 3
     assert _count(engine, subscribers) == 2 and _count(engine, deliveries) == 14
 
 
 def test_import_dry_run_and_confirm_mode(engine: Engine, tmp_path: Path) -> None:
     path = _csv(tmp_path, "email\nana@example.org\nbo@example.org\n")
-    dry = import_csv(engine, path, _Rules(), "UTC", NOW, dry_run=True)
+    dry = import_csv(engine, path, Rules(), "UTC", NOW, dry_run=True)
     assert dry.added == 2 and _count(engine, subscribers) == 0
-    report = import_csv(engine, path, _Rules(), "UTC", NOW, confirm=True)
+    report = import_csv(engine, path, Rules(), "UTC", NOW, confirm=True)
     assert len(report.added_ids) == 2
     assert subs.get_subscriber(engine, "ana@example.org")["status"] == "pending"
     assert _count(engine, deliveries) == 0
@@ -86,9 +72,9 @@ def test_import_dry_run_and_confirm_mode(engine: Engine, tmp_path: Path) -> None
 def test_import_without_email_column_names_the_file(engine: Engine, tmp_path: Path) -> None:
     path = _csv(tmp_path, "mail,name\nana@example.org,Ana\n")
     with pytest.raises(InputError, match=r"people.csv:1: .*`email` column"):
-        import_csv(engine, path, _Rules(), "UTC", NOW)
+        import_csv(engine, path, Rules(), "UTC", NOW)
     with pytest.raises(InputError, match="cannot read"):
-        import_csv(engine, tmp_path / "missing.csv", _Rules(), "UTC", NOW)
+        import_csv(engine, tmp_path / "missing.csv", Rules(), "UTC", NOW)
 
 
 def test_export_neutralises_formula_cells(engine: Engine) -> None:
@@ -122,7 +108,7 @@ def test_import_tags_name_newsletter_segments_and_survive_export(
         "cy@example.org,\n"
         "di@example.org,desk;drop table\n",
     )
-    report = import_csv(engine, path, _Rules(), "UTC", NOW)
+    report = import_csv(engine, path, Rules(), "UTC", NOW)
     assert report.added == 3 and [line for line, _ in report.rejected] == [5]
     assert "tags: 'desk;drop'" in report.rejected[0][1]
     assert subs.get_subscriber(engine, "ana@example.org")["tags"] == "desk,runners"
@@ -137,5 +123,5 @@ def test_import_tags_name_newsletter_segments_and_survive_export(
     again = tmp_path / "again.db"
     other = open_store("sqlite:///" + again.name, tmp_path)
     exported = _csv(tmp_path, out.getvalue())
-    import_csv(other, exported, _Rules(), "UTC", NOW)
+    import_csv(other, exported, Rules(), "UTC", NOW)
     assert subs.get_subscriber(other, "ana@example.org")["tags"] == "desk,runners"

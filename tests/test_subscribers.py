@@ -1,5 +1,4 @@
-from dataclasses import dataclass
-from datetime import UTC, date, datetime, time
+from datetime import UTC, date, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -10,22 +9,9 @@ from dripmail import subscribers as subs
 from dripmail.errors import InputError, NotFoundError
 from dripmail.store.db import open_store
 from dripmail.store.schema import deliveries, events
+from tests.course_rules import Rules
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
-
-
-@dataclass(frozen=True)
-class _Lesson:
-    day: int
-
-
-@dataclass(frozen=True)
-class _Rules:
-    id: str = "psoas-week"
-    send_time: time = time(7)
-    start: str = "next-morning"
-    skip_weekends: bool = False
-    lessons: tuple[_Lesson, ...] = tuple(_Lesson(d) for d in range(1, 8))
 
 
 @pytest.fixture
@@ -78,14 +64,14 @@ def test_activate_plans_seven_lessons_at_local_seven(engine: Engine) -> None:
         consent_source="web",
         now=NOW,
     )
-    first = subs.activate(engine, sid, _Rules(), NOW)  # 17:30 local: starts next morning
+    first = subs.activate(engine, sid, Rules(), NOW)  # 17:30 local: starts next morning
     assert first == date(2026, 6, 2)
     with engine.connect() as conn:
         rows = conn.execute(select(deliveries).order_by(deliveries.c.lesson_day)).mappings().all()
     assert [r["lesson_day"] for r in rows] == list(range(1, 8))
     local = [r["due_at"].astimezone(ZoneInfo("Asia/Kolkata")) for r in rows]
     assert all(t.strftime("%H:%M") == "07:00" for t in local)
-    assert subs.plan_lessons(engine, sid, _Rules(), first, NOW) == 0  # never planned twice
+    assert subs.plan_lessons(engine, sid, Rules(), first, NOW) == 0  # never planned twice
 
 
 def test_unsubscribe_cancels_and_sticks_and_suppress_blocks_readd(engine: Engine) -> None:
@@ -97,7 +83,7 @@ def test_unsubscribe_cancels_and_sticks_and_suppress_blocks_readd(engine: Engine
         consent_source="web",
         now=NOW,
     )
-    subs.activate(engine, sid, _Rules(), NOW)
+    subs.activate(engine, sid, Rules(), NOW)
     subs.unsubscribe(engine, sid, NOW)
     subs.unsubscribe(engine, sid, NOW)  # idempotent
     with engine.connect() as conn:
@@ -106,7 +92,7 @@ def test_unsubscribe_cancels_and_sticks_and_suppress_blocks_readd(engine: Engine
     assert states == {"cancelled"}
     assert subs.get_subscriber(engine, sid)["status"] == "unsubscribed"
     with pytest.raises(InputError):
-        subs.activate(engine, sid, _Rules(), NOW)
+        subs.activate(engine, sid, Rules(), NOW)
     subs.suppress(engine, sid, "complained", NOW)
     assert subs.is_suppressed(engine, "KIM@example.org")
 
@@ -115,7 +101,7 @@ def _active(engine: Engine, email: str = "ana@example.org", zone: str = "Europe/
     sid, _ = subs.add_subscriber(
         engine, email, timezone=zone, status="pending", consent_source="test", now=NOW
     )
-    subs.activate(engine, sid, _Rules(), NOW)
+    subs.activate(engine, sid, Rules(), NOW)
     return sid
 
 
@@ -135,7 +121,7 @@ def test_pause_then_resume_continues_next_local_morning(engine: Engine) -> None:
     later = datetime(2026, 6, 10, 9, 0, tzinfo=UTC)  # 11:00 in Berlin: past today's 07:00
     subs.pause(engine, sid, NOW)
     assert subs.get_subscriber(engine, sid)["status"] == "paused"
-    first = subs.resume(engine, sid, _Rules(), later)
+    first = subs.resume(engine, sid, Rules(), later)
     assert first == date(2026, 6, 11)
     dues = _dues(engine, sid)
     berlin = ZoneInfo("Europe/Berlin")
@@ -143,7 +129,7 @@ def test_pause_then_resume_continues_next_local_morning(engine: Engine) -> None:
     assert local[1].date() == date(2026, 6, 11) and local[1].hour == 7
     assert [local[d].date() for d in range(1, 8)] == [date(2026, 6, 11 + i) for i in range(7)]
     with pytest.raises(InputError, match="not paused"):
-        subs.resume(engine, sid, _Rules(), later)
+        subs.resume(engine, sid, Rules(), later)
 
 
 def test_forget_erases_and_blocks_re_adding(engine: Engine) -> None:

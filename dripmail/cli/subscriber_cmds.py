@@ -107,7 +107,7 @@ def _cancel(provider_ids: list[str], now: datetime) -> str:
 
     runner = Runner(state.project, state.settings)
     cancelled = asyncio.run(runner.cancel_handed(provider_ids))
-    subs.unhand(_engine(), cancelled, now)
+    subs.unhand(runner.engine, cancelled, now)
     left = len(provider_ids) - len(cancelled)
     if left:
         return (

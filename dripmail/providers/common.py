@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
 from dripmail.errors import ConfigError, ProviderAuthError, ProviderError
 from dripmail.message import Message
+from dripmail.providers.base import Outcome, SendResult
 from dripmail.providers.http import Answer, Limits, RetryPolicy
 
 # The metadata name the delivery key travels under at every provider (Postmark Metadata,
@@ -46,6 +47,24 @@ def scheduled_for(
     if when > now + window:
         raise ValueError(f"send time {when.isoformat()} is beyond the provider's window {window}")
     return when.astimezone(UTC)
+
+
+def schedule_all(
+    messages: Sequence[Message], send_at: datetime | None, now: datetime, window: timedelta | None
+) -> tuple[dict[int, datetime | None], dict[int, SendResult]]:
+    """`scheduled_for` of each message by index, and a TRANSIENT result for those it refused.
+
+    A message whose time lies beyond the window is not sent now; the engine offers it again
+    when the window reaches it.
+    """
+    when: dict[int, datetime | None] = {}
+    refused: dict[int, SendResult] = {}
+    for i, message in enumerate(messages):
+        try:
+            when[i] = scheduled_for(message, send_at, now, window)
+        except ValueError as exc:
+            refused[i] = SendResult(message.key, Outcome.TRANSIENT, error=str(exc))
+    return when, refused
 
 
 def require(value: object, variable: str, provider: str, what: str) -> str:

@@ -33,7 +33,7 @@ from dripmail.providers.common import (
     limits_for,
     require,
     retry_policy,
-    scheduled_for,
+    schedule_all,
     utc_now,
 )
 from dripmail.providers.http import HttpClient, Limits, RetryPolicy, Sent
@@ -117,15 +117,8 @@ class MailgunProvider:
     ) -> list[SendResult]:
         """Group (one send time per group), then one request per group, concurrently."""
         now = self.clock()
-        results: dict[int, SendResult] = {}
-        when: dict[int, datetime | None] = {}
-        sendable = []
-        for i, message in enumerate(messages):
-            try:
-                when[i] = scheduled_for(message, send_at, now, WINDOW)
-                sendable.append(i)
-            except ValueError as exc:
-                results[i] = SendResult(message.key, Outcome.TRANSIENT, error=str(exc))
+        when, results = schedule_all(messages, send_at, now, WINDOW)
+        sendable = list(when)
         chosen = [messages[i] for i in sendable]
         at = {id(messages[i]): when[i] for i in sendable}
         groups = group_messages(

@@ -36,7 +36,7 @@ from dripmail.providers.common import (
     limits_for,
     require,
     retry_policy,
-    scheduled_for,
+    schedule_all,
     tag_value,
     utc_now,
 )
@@ -141,19 +141,9 @@ class ResendProvider:
     ) -> list[SendResult]:
         """Due messages in one batch request; later ones one by one with ``scheduled_at``."""
         now = self.clock()
-        results: dict[int, SendResult] = {}
-        now_idx: list[int] = []
-        later: list[tuple[int, datetime]] = []
-        for i, message in enumerate(messages):
-            try:
-                when = scheduled_for(message, send_at, now, WINDOW)
-            except ValueError as exc:
-                results[i] = SendResult(message.key, Outcome.TRANSIENT, error=str(exc))
-                continue
-            if when is None:
-                now_idx.append(i)
-            else:
-                later.append((i, when))
+        times, results = schedule_all(messages, send_at, now, WINDOW)
+        now_idx = [i for i, when in times.items() if when is None]
+        later = [(i, when) for i, when in times.items() if when is not None]
         jobs = [self._schedule_one(i, messages[i], when, batch_key) for i, when in later]
         if now_idx:
             key = (

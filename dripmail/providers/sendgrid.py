@@ -41,7 +41,7 @@ from dripmail.providers.common import (
     limits_for,
     require,
     retry_policy,
-    scheduled_for,
+    schedule_all,
     utc_now,
 )
 from dripmail.providers.http import Answer, HttpClient, Limits, RetryPolicy, Sent
@@ -155,15 +155,8 @@ class SendGridProvider:
     ) -> list[SendResult]:
         """Group, then one request per group, concurrently (bounded by the limiter)."""
         now = self.clock()
-        results: dict[int, SendResult] = {}
-        when: dict[int, datetime | None] = {}
-        sendable = []
-        for i, message in enumerate(messages):
-            try:
-                when[i] = scheduled_for(message, send_at, now, WINDOW)
-                sendable.append(i)
-            except ValueError as exc:
-                results[i] = SendResult(message.key, Outcome.TRANSIENT, error=str(exc))
+        when, results = schedule_all(messages, send_at, now, WINDOW)
+        sendable = list(when)
         times = sorted({when[i] for i in sendable if when[i] is not None})
         created = await asyncio.gather(*(self._new_batch_id() for _ in times))
         batch_ids = {t: b for t, b in zip(times, created, strict=True) if b is not None}

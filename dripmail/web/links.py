@@ -292,18 +292,10 @@ def _parse_send_time(value: str) -> str:
 
 
 def _handed_ids(c: WebContext, subscriber_id: int) -> list[str]:
-    from dripmail.store.schema import deliveries
+    from dripmail.subscribers import handed_ids
 
     with c.engine.connect() as conn:
-        return list(
-            conn.execute(
-                select(deliveries.c.provider_message_id).where(
-                    deliveries.c.subscriber_id == subscriber_id,
-                    deliveries.c.state == "handed",
-                    deliveries.c.provider_message_id.is_not(None),
-                )
-            ).scalars()
-        )
+        return handed_ids(conn, subscriber_id)
 
 
 async def preferences(request: Request) -> Response:

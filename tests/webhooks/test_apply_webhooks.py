@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -23,23 +23,10 @@ from dripmail.errors import WebhookAuthError
 from dripmail.store.db import MIGRATIONS, open_store
 from dripmail.store.schema import deliveries, events, webhook_nonces
 from dripmail.webhooks import apply_events, cancel_at_provider, ingest, verify_and_parse
+from tests.course_rules import Rules
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 ADDR = "maya@example.com"
-
-
-@dataclass(frozen=True)
-class _Lesson:
-    day: int
-
-
-@dataclass(frozen=True)
-class _Rules:
-    id: str = "psoas-week"
-    send_time: time = time(7)
-    start: str = "next-morning"
-    skip_weekends: bool = False
-    lessons: tuple[_Lesson, ...] = tuple(_Lesson(d) for d in range(1, 8))
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +45,7 @@ def sid(engine: Engine) -> int:
     sid, _ = subs.add_subscriber(
         engine, ADDR, timezone="Europe/Berlin", status="pending", consent_source="test", now=NOW
     )
-    subs.activate(engine, sid, _Rules(), NOW - timedelta(days=2))
+    subs.activate(engine, sid, Rules(), NOW - timedelta(days=2))
     with engine.begin() as conn:
         conn.execute(
             update(deliveries)
