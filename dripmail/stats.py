@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Engine, func, select
 
@@ -20,11 +20,39 @@ class Status:
     deliveries: dict[str, int] = field(default_factory=dict)
     next_due: datetime | None = None
     failures: list[dict] = field(default_factory=list)
+    now: datetime = field(default_factory=lambda: datetime.now(UTC))
+    # Planned lessons of active subscribers whose due time is already past (`run` has not
+    # caught up: cron stopped, or a simulated `--now` ran ahead of the real clock).
+    overdue: int = 0
+
+    def next_due_line(self) -> str:
+        """`Next due: ...`, saying plainly when that time is already past (never silently)."""
+        if self.next_due is None:
+            return "Next due: nothing planned"
+        line = f"Next due: {self.next_due:%Y-%m-%d %H:%M} UTC"
+        if self.next_due > self.now:
+            return line
+        return (
+            f"{line}: OVERDUE by {_age(self.now - self.next_due)}; {self.overdue} lesson(s) "
+            "due and not sent. `run` sends them (is cron or `run --loop` running?)"
+        )
 
 
-def collect(engine: Engine, recent: int = 10) -> Status:
-    """Aggregate counts with a handful of GROUP BY queries (fast on a million rows)."""
-    out = Status()
+def _age(delta: timedelta) -> str:
+    minutes = int(delta.total_seconds() // 60)
+    if minutes < 120:
+        return f"{minutes} min"
+    if minutes < 48 * 60:
+        return f"{minutes // 60} h"
+    return f"{minutes // (24 * 60)} days"
+
+
+def collect(engine: Engine, recent: int = 10, now: datetime | None = None) -> Status:
+    """Aggregate counts with a handful of GROUP BY queries (fast on a million rows).
+
+    `now` (aware UTC, default the real clock) decides what counts as overdue.
+    """
+    out = Status(now=now or datetime.now(UTC))
     with engine.connect() as conn:
         out.subscribers = dict(
             conn.execute(
@@ -58,4 +86,15 @@ def collect(engine: Engine, recent: int = 10) -> Status:
             ).mappings()
         ]
     out.next_due = next_due(engine)
+    if out.next_due is not None and out.next_due <= out.now:
+        with engine.connect() as conn:
+            out.overdue = conn.execute(
+                select(func.count())
+                .select_from(deliveries.join(subscribers))
+                .where(
+                    deliveries.c.state == "planned",
+                    subscribers.c.status == "active",
+                    deliveries.c.due_at <= out.now,
+                )
+            ).scalar_one()
     return out

@@ -59,6 +59,14 @@ class State:
 state = State()
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from dripmail import __version__
+
+        typer.echo(f"dripmail {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _global(
     root: Path = typer.Option(
@@ -66,6 +74,13 @@ def _global(
     ),
     debug: bool = typer.Option(
         False, "--debug", help="Show tracebacks instead of one-line errors."
+    ),
+    version: bool = typer.Option(
+        False,
+        "--version",
+        is_eager=True,
+        callback=_print_version,
+        help="Print the dripmail version and exit.",
     ),
 ) -> None:
     state.root = root.resolve()
@@ -113,6 +128,17 @@ def parse_now(value: str | None) -> datetime | None:
     return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC)
 
 
+def _usage_errors() -> tuple[type[Exception], ...]:
+    """click's exception classes: typer >= 0.16 vendors its own click, older typer uses click."""
+    import click
+
+    kinds: list[type[Exception]] = [click.ClickException]
+    vendored = getattr(typer, "TyperException", None)
+    if isinstance(vendored, type) and issubclass(vendored, Exception):
+        kinds.append(vendored)
+    return tuple(kinds)
+
+
 def main() -> None:
     """Console-script entry point: run the app, one line per error, never a traceback."""
     debug = "--debug" in sys.argv
@@ -135,12 +161,11 @@ def main() -> None:
     except KeyboardInterrupt:
         typer.echo("Interrupted.", err=True)
         sys.exit(130)
-    except Exception as exc:  # click usage errors and the like
-        import click
-
-        if isinstance(exc, click.ClickException):
+    except Exception as exc:
+        if isinstance(exc, _usage_errors()) and hasattr(exc, "show"):
+            # click's own usage message: "Usage: ...", "Try ... --help", "Error: ...", exit 2.
             exc.show()
-            sys.exit(exc.exit_code)
+            sys.exit(getattr(exc, "exit_code", 2))
         if debug:
             raise
         typer.echo(f"error: unexpected {type(exc).__name__}: {exc} (re-run with --debug)", err=True)

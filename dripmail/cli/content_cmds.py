@@ -82,7 +82,8 @@ def preview(
 
 
 def test_send(
-    day: int = typer.Argument(..., min=1, max=7, help="Which lesson (1-7)."),
+    # No range here: the course decides which days exist, and says so in one line (exit 1).
+    day: int = typer.Argument(..., help="Which lesson (a day of the course, e.g. 1-7)."),
     to: str = typer.Option(..., "--to", help="Your own address."),
 ) -> None:
     """Send one lesson to yourself through the configured provider (default: outbox/)."""

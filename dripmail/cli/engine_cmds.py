@@ -177,10 +177,7 @@ def status() -> None:
     typer.echo("Deliveries")
     for name, count in report.deliveries.items():
         typer.echo(f"  {name:<14}{count:>8}")
-    typer.echo(
-        "Next due: "
-        + (f"{report.next_due:%Y-%m-%d %H:%M} UTC" if report.next_due else "nothing planned")
-    )
+    typer.echo(report.next_due_line())
     if report.failures:
         typer.echo("Recent failures and reviews")
         for row in report.failures:

@@ -1,0 +1,122 @@
+"""Operator-facing CLI behaviour: --version, usage errors, test-send days, overdue status.
+
+Through the real entry point (`send.py` as a subprocess: that is where `main()` turns errors
+into exit codes) and through typer's CliRunner where the exit code alone matters.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import dripmail
+from dripmail.cli import app
+from tests.course_fixture import make_project
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _cli(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(REPO / "send.py"), "--root", str(root), *args],
+        capture_output=True,
+        text=True,
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=300,
+    )
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    return make_project(tmp_path)
+
+
+def test_version_prints_the_package_version(tmp_path: Path) -> None:
+    out = _cli(tmp_path, "--version")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == f"dripmail {dripmail.__version__}"
+    from importlib.metadata import version
+
+    # One source of truth: the installed metadata is read from dripmail/__init__.py.
+    assert version("dripmail") == dripmail.__version__
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (("bogus",), "No such command 'bogus'"),
+        (("run", "--bogus"), "No such option: --bogus"),
+        (("subscribers", "nope"), "No such command 'nope'"),
+        (("test-send", "three", "--to", "a@example.org"), "Invalid value for 'day'"),
+    ],
+)
+def test_unknown_command_or_option_is_clicks_usage_message_and_exit_2(
+    tmp_path: Path, args: tuple[str, ...], said: str
+) -> None:
+    out = _cli(tmp_path, *args)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.startswith("Usage: ")
+    assert "-h' for help." in out.stderr and f"Error: {said}" in out.stderr
+    assert "unexpected" not in out.stderr and "Traceback" not in out.stderr
+
+
+def test_test_send_day_outside_the_course_is_one_line_and_exit_1(project: Path) -> None:
+    for day in ("9", "0"):
+        out = _cli(project, "test-send", day, "--to", "me@example.org")
+        assert out.returncode == 1
+        assert out.stderr.strip().splitlines() == [
+            f"error: no lesson for day {day}: the course has days 1, 2, 3, 4, 5, 6, 7"
+        ]
+    assert not (project / "outbox").exists()
+
+
+def test_status_says_when_the_next_due_time_is_past(project: Path) -> None:
+    runner = CliRunner()
+    root = ["--root", str(project)]
+    added = runner.invoke(
+        app,
+        [
+            *root,
+            "subscribers",
+            "add",
+            "late@example.org",
+            "--timezone",
+            "Europe/Berlin",
+            "--start",
+            "2026-01-05",
+        ],
+    )
+    assert added.exit_code == 0, added.output
+    out = runner.invoke(app, [*root, "status"])
+    assert out.exit_code == 0, out.output
+    line = next(x for x in out.output.splitlines() if x.startswith("Next due:"))
+    # Lesson 1 was due at 07:00 Berlin on 5 January 2026, long before any real clock now.
+    assert line.startswith("Next due: 2026-01-05 06:00 UTC: OVERDUE by ")
+    assert "7 lesson(s) due and not sent" in line and "`run` sends them" in line
+
+
+def test_status_next_due_in_the_future_is_plain(project: Path) -> None:
+    runner = CliRunner()
+    root = ["--root", str(project)]
+    added = runner.invoke(
+        app,
+        [
+            *root,
+            "subscribers",
+            "add",
+            "early@example.org",
+            "--timezone",
+            "Europe/Berlin",
+            "--start",
+            "2099-03-02",
+        ],
+    )
+    assert added.exit_code == 0, added.output
+    out = runner.invoke(app, [*root, "status"])
+    assert "Next due: 2099-03-02 06:00 UTC\n" in out.output and "OVERDUE" not in out.output
