@@ -139,11 +139,13 @@ def add_subscriber(
                 newsletters=True,
                 tags=tags,
                 confirm_count=0,
+                # Added as active (import, `subscribers add`): confirmed on arrival.
+                confirmed_at=now if status == "active" else None,
                 created_at=now,
                 updated_at=now,
             )
         )
-        return int(result.inserted_primary_key[0]), True
+        return int(result.inserted_primary_key[0]), True  # type: ignore[index]
 
 
 def get_subscriber(engine: Engine, ref: int | str) -> RowMapping:
@@ -200,13 +202,23 @@ def activate(engine: Engine, subscriber_id: int, course: CourseRules, now: datet
     zone = ZoneInfo(sub["timezone"])
     send = time.fromisoformat(sub["send_time"]) if sub["send_time"] else course.send_time
     first = sub["start_date"] or schedule.start_date(
-        now, zone, send, course.start, course.skip_weekends
-    )  # type: ignore[arg-type]
+        now,
+        zone,
+        send,
+        course.start,  # type: ignore[arg-type]
+        course.skip_weekends,
+    )
     with engine.begin() as conn:
         conn.execute(
             update(subscribers)
             .where(subscribers.c.id == subscriber_id)
-            .values(status="active", start_date=first, updated_at=now)
+            .values(
+                status="active",
+                start_date=first,
+                # The first confirmation stays (a rejoin confirms again, but signed up once).
+                confirmed_at=func.coalesce(subscribers.c.confirmed_at, now),
+                updated_at=now,
+            )
         )
         # Someone who left and came back (see `rejoin`): the lessons they never got are
         # planned again; those they had stay done.
@@ -472,6 +484,15 @@ def forget(engine: Engine, subscriber_id: int, now: datetime) -> list[str]:
     with engine.begin() as conn:
         handed = handed_ids(conn, subscriber_id)
         conn.execute(events.delete().where(events.c.subscriber_id == subscriber_id))
+        # Provider events that matched nobody may still carry the address in the raw event.
+        conn.execute(
+            update(events)
+            .where(
+                events.c.subscriber_id.is_(None),
+                func.lower(events.c.raw).contains(sub["email"], autoescape=True),
+            )
+            .values(raw=None)
+        )
         conn.execute(deliveries.delete().where(deliveries.c.subscriber_id == subscriber_id))
         conn.execute(subscribers.delete().where(subscribers.c.id == subscriber_id))
         hashed = email_hash(sub["email"])

@@ -99,6 +99,7 @@ def _register_all() -> None:
         "provider_cmds",
         "web_cmds",
         "broadcast_cmds",
+        "report_cmds",
     ):
         try:
             module = import_module(f"dripmail.cli.{name}")

@@ -71,7 +71,9 @@ subscribers = Table(
     Column("tags", Text, nullable=False, default=""),  # comma-separated
     Column("confirm_sent_at", UTCDateTime),
     Column("confirm_count", Integer, nullable=False, default=0),
-    Column("created_at", UTCDateTime, nullable=False),
+    # When the reader confirmed (double opt-in) or was added as active; NULL while pending.
+    Column("confirmed_at", UTCDateTime, index=True),
+    Column("created_at", UTCDateTime, nullable=False, index=True),
     Column("updated_at", UTCDateTime, nullable=False),
 )
 
@@ -98,7 +100,7 @@ deliveries = Table(
     # crash resends the very same batch under the same idempotency key.
     Column("batch_key", String(128), index=True),
     Column("handed_at", UTCDateTime),
-    Column("sent_at", UTCDateTime),
+    Column("sent_at", UTCDateTime, index=True),  # the report reads one day's sends at a time
     Column("updated_at", UTCDateTime, nullable=False),
     UniqueConstraint("subscriber_id", "lesson_day"),
     Index("ix_deliveries_state_due", "state", "due_at"),
@@ -116,8 +118,11 @@ events = Table(
     Column("dedupe_key", String(256), nullable=False),
     Column("type", String(32), nullable=False),
     Column("detail", Text, nullable=False, default=""),
+    # The provider's own event as it came (JSON text, capped): which link, which client, and
+    # figures nobody thought of yet can be computed from history later. Erasure scrubs it.
+    Column("raw", Text),
     Column("occurred_at", UTCDateTime, nullable=False),
-    Column("received_at", UTCDateTime, nullable=False),
+    Column("received_at", UTCDateTime, nullable=False, index=True),
     UniqueConstraint("provider", "dedupe_key"),
 )
 
@@ -175,8 +180,24 @@ broadcast_deliveries = Table(
     Column("provider", String(16)),
     Column("next_attempt_at", UTCDateTime),
     Column("handed_at", UTCDateTime),  # when its batch key was first used (see deliveries)
-    Column("sent_at", UTCDateTime),
+    Column("sent_at", UTCDateTime, index=True),
     Column("updated_at", UTCDateTime),
     UniqueConstraint("broadcast_id", "subscriber_id"),
     Index("ix_broadcast_deliveries_state", "broadcast_id", "state"),
+    # A reader's newsletters (which mail came last before an unsubscribe; erasure).
+    Index("ix_broadcast_deliveries_subscriber", "subscriber_id"),
+)
+
+# The report's counts for whole UTC days that are over (dripmail.report): each figure of a
+# day is computed once from the rows of that day, so a report over years of history reads a
+# few thousand rows here plus today's. `section` / `item` / `metric` name the figure (e.g.
+# lesson / 3 / opened); a day that is done has a ("_done", "", "") row.
+report_days = Table(
+    "report_days",
+    metadata,
+    Column("day", Date, primary_key=True),
+    Column("section", String(16), primary_key=True),
+    Column("item", String(600), primary_key=True),
+    Column("metric", String(32), primary_key=True),
+    Column("value", Integer, nullable=False),
 )

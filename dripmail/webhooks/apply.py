@@ -157,6 +157,7 @@ def _row(event: WebhookEvent, sid: int | None, now: datetime) -> dict:
         "dedupe_key": event.dedupe_key,
         "type": event.stored_type,
         "detail": event.detail,
+        "raw": event.raw or None,
         "occurred_at": event.at,
         "received_at": now,
     }

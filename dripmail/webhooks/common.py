@@ -34,6 +34,9 @@ KEY_FIELD = "dripmail_key"
 DEFAULT_TOLERANCE = timedelta(minutes=5)
 
 DETAIL_MAX = 500
+# The provider's raw event is kept up to this many characters of JSON (documented events are
+# 1-3 KB; a larger one is stored as its first part, marked truncated, still valid JSON).
+RAW_MAX = 16_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +61,7 @@ class WebhookEvent:
     hard: bool = False
     replay_id: str | None = None
     replay_digest: str = ""
+    raw: str = ""  # the provider's event as JSON text (`raw_json`), stored in `events.raw`
 
     @property
     def stored_type(self) -> str:
@@ -167,6 +171,14 @@ def clip(text: Any) -> str:
         return ""
     line = " ".join(str(text).split())
     return line[:DETAIL_MAX]
+
+
+def raw_json(value: Any) -> str:
+    """The provider's event as compact JSON text for `events.raw` (valid JSON, capped)."""
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
+    if len(text) <= RAW_MAX:
+        return text
+    return json.dumps({"truncated": True, "head": text[: RAW_MAX - 100]}, ensure_ascii=False)
 
 
 def tolerance_of(settings: Any) -> timedelta:

@@ -26,6 +26,7 @@ from dripmail.webhooks.common import (
     load_json,
     optional_str,
     parse_time,
+    raw_json,
     require_object,
     require_str,
     secret_value,
@@ -90,7 +91,7 @@ def normalise(data: dict[str, Any], now: datetime) -> WebhookEvent | None:
     if variables is not None and not isinstance(variables, dict):
         raise InputError(f"{NAME} webhook: event-data field 'user-variables' must be an object")
     event_id = optional_str(data.get("id"))
-    base = {
+    base: dict[str, Any] = {
         "provider": NAME,
         # Mailgun's event id is unique per event and kept on retries.
         "dedupe_key": event_id or canonical_hash(data),
@@ -98,6 +99,7 @@ def normalise(data: dict[str, Any], now: datetime) -> WebhookEvent | None:
         "delivery_key": optional_str((variables or {}).get(KEY_FIELD)),
         "provider_message_id": _message_id(data),
         "at": parse_time(data.get("timestamp"), now),
+        "raw": raw_json(data),
     }
     status = data.get("delivery-status")
     status = status if isinstance(status, dict) else {}

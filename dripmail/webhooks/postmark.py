@@ -24,6 +24,7 @@ from dripmail.webhooks.common import (
     lower_headers,
     optional_str,
     parse_time,
+    raw_json,
     require_object,
     require_str,
     secret_value,
@@ -77,7 +78,12 @@ def normalise(record: dict[str, Any], now: datetime) -> WebhookEvent | None:
     """One Postmark record as a WebhookEvent; None for record types dripmail does not track."""
     kind = require_str(NAME, record, "RecordType")
     message_id = optional_str(record.get("MessageID"))
-    common = {"provider": NAME, "delivery_key": _key(record), "provider_message_id": message_id}
+    common: dict[str, Any] = {
+        "provider": NAME,
+        "delivery_key": _key(record),
+        "provider_message_id": message_id,
+        "raw": raw_json(record),
+    }
     if kind in ("Bounce", "SpamComplaint"):
         email = require_str(NAME, record, "Email")
         bounce_type = optional_str(record.get("Type")) or ""

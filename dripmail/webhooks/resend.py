@@ -28,6 +28,7 @@ from dripmail.webhooks.common import (
     lower_headers,
     optional_str,
     parse_time,
+    raw_json,
     require_object,
     require_str,
     secret_value,
@@ -130,6 +131,7 @@ def normalise(
             hard=hard,
             replay_id=msg_id,
             replay_digest=digest,
+            raw=raw_json(payload),
         )
         for address in addresses
     ]
@@ -147,13 +149,15 @@ def _map(kind: str, data: Mapping[str, Any]) -> tuple[str, bool, str] | None:
     if kind == "email.complained":
         return "complained", False, ""
     if kind == "email.bounced":
-        bounce = data.get("bounce") if isinstance(data.get("bounce"), dict) else {}
+        found = data.get("bounce")
+        bounce: Mapping[str, Any] = found if isinstance(found, dict) else {}
         hard = bounce.get("type") == "Permanent"  # Transient / Undetermined stay soft
         return "bounced", hard, clip(f"{bounce.get('type', '')}: {bounce.get('message', '')}")
     if kind == "email.delivery_delayed":
         return "bounced", False, "delivery delayed"
     if kind == "email.suppressed":
-        sup = data.get("suppressed") if isinstance(data.get("suppressed"), dict) else {}
+        found = data.get("suppressed")
+        sup: Mapping[str, Any] = found if isinstance(found, dict) else {}
         if sup.get("reason") == "previous_complaint":
             return "complained", False, clip(sup.get("message", ""))
         return "bounced", True, clip(sup.get("message", "") or sup.get("reason", ""))

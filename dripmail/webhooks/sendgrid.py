@@ -31,6 +31,7 @@ from dripmail.webhooks.common import (
     lower_headers,
     optional_str,
     parse_time,
+    raw_json,
     require_object,
     require_str,
     tolerance_of,
@@ -119,13 +120,14 @@ def normalise(item: dict[str, Any], now: datetime) -> WebhookEvent | None:
     kind = require_str(NAME, item, "event")
     email = require_str(NAME, item, "email")
     stable = {k: v for k, v in item.items() if k not in VOLATILE}
-    base = {
+    base: dict[str, Any] = {
         "provider": NAME,
         "dedupe_key": canonical_hash(stable),
         "email": email,
         "delivery_key": optional_str(item.get(KEY_FIELD)),
         "provider_message_id": _message_id(item.get("sg_message_id")),
         "at": parse_time(item.get("timestamp"), now),
+        "raw": raw_json(item),
     }
     reason = clip(item.get("reason") or item.get("response") or "")
     if kind == "delivered":

@@ -1,0 +1,196 @@
+"""`report`: the sign-up funnel, each lesson, each newsletter, by send hour and time zone."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from datetime import UTC, date, datetime
+
+import typer
+
+from dripmail.cli import state
+from dripmail.errors import InputError
+
+HELP = """\
+The sign-up funnel, each lesson and newsletter issue, by send hour and by time zone.
+
+Counts are for the UTC days --since..--until (inclusive; default: all history): sign-ups and
+confirmations made then, copies sent then, and each copy's first delivery, open, click,
+bounce, complaint and unsubscribe received then. Rates are fractions of the copies sent.
+
+Opens are approximate: Apple Mail Privacy Protection loads every email when it arrives
+(counted as opened, read or not), and clients that block images never count. Clicks within
+30 seconds of delivery come from link scanners: they are left out of "clicked" and shown as
+"scanner clicks" unless --count-scanner-clicks. The counts of finished days are stored once
+(--rebuild counts them again, e.g. after `subscribers forget` or a simulated clock).
+"""
+
+
+def _date(value: str | None, option: str) -> date | None:
+    if not value:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise InputError(f"{option} {value!r} is not a date: use YYYY-MM-DD") from None
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:.1f}%"
+
+
+def _duration(seconds: int | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 7200:
+        return f"{seconds // 60} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def print_report(report, width: int | None = None) -> None:  # report: dripmail.report.Report
+    """The report as rich tables on stdout."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    if width or not console.is_terminal:  # piped into a file or a pager: wide, unwrapped
+        console = Console(width=width or 170)
+    span = f"{report.since or 'the start'} to {report.until or 'now'} (UTC days)"
+    f = report.funnel
+    funnel = Table(title=f"Sign-up funnel, {span}", title_justify="left")
+    for col in ("step", "people", "rate", "note"):
+        funnel.add_column(col, justify="left" if col in ("step", "note") else "right")
+    funnel.add_row("signed up", str(f.signups), "", "")
+    funnel.add_row(
+        "confirmed",
+        str(f.confirmed),
+        _pct(f.confirm_rate),
+        f"median time to confirm {_duration(f.median_confirm_seconds)}",
+    )
+    funnel.add_row("started (lesson 1 sent)", str(f.started), _pct(f.start_rate), "of confirmed")
+    funnel.add_row(
+        "completed (last lesson sent)", str(f.completed), _pct(f.completion_rate), "of started"
+    )
+    console.print(funnel)
+
+    def mail_table(title: str, rows, lessons: bool) -> Table:
+        table = Table(title=title, title_justify="left")
+        cols = ["", "sent", "delivered", "opened*", "clicked", "scanner clicks"]
+        if lessons:
+            cols += ["video", "other links"]
+        cols += ["unsubscribed", "bounced", "complained"]
+        if lessons:
+            cols += ["drop"]
+        for col in cols:
+            table.add_column(col, justify="left" if col == "" else "right", no_wrap=True)
+        for r in rows:
+            cells = [
+                r.title if lessons else f"{r.key}",
+                str(r.sent),
+                f"{r.delivered} ({_pct(r.delivered_rate)})",
+                f"{r.opened} ({_pct(r.open_rate)})",
+                f"{r.clicked} ({_pct(r.click_rate)})",
+                str(r.scanner_clicks),
+            ]
+            if lessons:
+                cells += [str(r.video_clicks), str(r.other_clicks)]
+            cells += [
+                f"{r.unsubscribed} ({_pct(r.unsubscribe_rate)})",
+                f"{r.bounced} ({_pct(r.bounce_rate)})",
+                f"{r.complained} ({_pct(r.complaint_rate)})",
+            ]
+            if lessons:
+                cells.append("-" if r.drop is None else f"{r.drop} ({_pct(r.drop_rate)})")
+            table.add_row(*cells)
+        return table
+
+    console.print(mail_table("Lessons (rates of sent)", report.lessons, True))
+    if report.newsletters:
+        console.print(mail_table("Newsletter issues (rates of sent)", report.newsletters, False))
+    else:
+        console.print("Newsletter issues: none sent in this span.")
+    for title, rows in (
+        ("By the reader's local send hour", report.hours),
+        ("By the reader's time zone", report.zones),
+    ):
+        table = Table(title=title, title_justify="left")
+        for col in ("", "sent", "opened*", "clicked"):
+            table.add_column(col, justify="left" if not col else "right")
+        for s in rows:
+            key = f"{s.key}:00" if title.endswith("hour") else s.key
+            table.add_row(
+                key,
+                str(s.sent),
+                f"{s.opened} ({_pct(s.open_rate)})",
+                f"{s.clicked} ({_pct(s.click_rate)})",
+            )
+        console.print(table)
+    for note in report.notes:
+        console.print(("* " if note.startswith("Opens") else "") + note, highlight=False)
+
+
+def report(
+    since: str | None = typer.Option(None, "--since", help="First UTC day, YYYY-MM-DD."),
+    until: str | None = typer.Option(None, "--until", help="Last UTC day, YYYY-MM-DD."),
+    as_json: bool = typer.Option(False, "--json", help="Print the figures as JSON."),
+    as_csv: bool = typer.Option(
+        False, "--csv", help="Print every figure as CSV rows: section,key,title,metric,value."
+    ),
+    count_scanner_clicks: bool = typer.Option(
+        False, "--count-scanner-clicks", help="Count clicks within 30 s of delivery as clicks."
+    ),
+    rebuild: bool = typer.Option(
+        False, "--rebuild", help="Count the stored finished days again from the tables."
+    ),
+) -> None:
+    if as_json and as_csv:
+        raise InputError("--json and --csv: choose one")
+    from dripmail.report import build, lessons_of
+    from dripmail.runner import Runner
+    from dripmail.store.report_queries import forget_stored
+
+    runner = Runner(state.project, state.settings)
+    lessons = []
+    warning = None
+    try:
+        lessons = lessons_of(runner.course)
+    except Exception as exc:  # a broken course must not hide the history
+        from dripmail.errors import DripmailError
+
+        if not isinstance(exc, DripmailError):
+            raise
+        warning = (
+            f"the course files did not load ({str(exc).splitlines()[0]}): lessons by day number"
+        )
+    if rebuild:
+        forget_stored(runner.engine)
+    result = build(
+        runner.engine,
+        datetime.now(UTC),
+        since=_date(since, "--since"),
+        until=_date(until, "--until"),
+        lessons=lessons,
+        count_scanner_clicks=count_scanner_clicks,
+    )
+    if warning:
+        typer.echo(f"warning: {warning}", err=True)
+    if as_json:
+        typer.echo(json.dumps(result.to_dict(), indent=2))
+    elif as_csv:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        from dripmail.subscriber_io import safe_cell
+
+        writer.writerows([safe_cell(c) for c in row] for row in result.csv_rows())
+    else:
+        print_report(result)
+
+
+report.__doc__ = HELP
+
+
+def register(app: typer.Typer) -> None:
+    """Attach `report`."""
+    app.command("report")(report)

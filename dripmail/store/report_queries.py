@@ -1,0 +1,469 @@
+"""The report's queries: the counts of a span of time, and the store of finished days.
+
+Every figure of the report is a sum of *facts*, each counted once, on the UTC day it was
+recorded: a sign-up (its `created_at`), a confirmation (`confirmed_at`), a lesson or newsletter
+copy handed over (`sent_at`), and the *first* provider event of a kind for a copy (delivered,
+opened, clicked, bounced, complained, unsubscribed; first by event id, i.e. in the order they
+arrived). Because a fact belongs to one day and never moves, the counts of a finished day are
+computed once and kept in `report_days`; a report reads those rows plus the days not yet over.
+All reads go by the indexes on those times, one day at a time.
+
+A fact is keyed ``(day, section, item, metric)``:
+
+    funnel     ""                      signups, confirmed, unsubscribed
+    confirm    seconds to confirm       count (rounded to 2 significant digits, for the median)
+    lesson     lesson day               sent, delivered, opened, clicked, clicked_human,
+                                        unsubscribed, bounced, complained
+    newsletter broadcast id             (same metrics)
+    link       lesson|3|URL, newsletter|7|URL    clicked, clicked_human
+    hour       local hour "07" at the reader    sent, opened, clicked, clicked_human
+    zone       the reader's time zone   (same as hour)
+
+`clicked_human` leaves out clicks within `SCANNER_WINDOW` of delivery (link scanners in mail
+gateways follow every link the moment a message arrives).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from sqlalchemy import Connection, Engine, delete, func, insert, select
+from sqlalchemy.exc import IntegrityError
+
+from dripmail.store.schema import (
+    broadcast_deliveries,
+    broadcasts,
+    deliveries,
+    events,
+    report_days,
+    subscribers,
+)
+
+FactKey = tuple[date, str, str, str]
+Facts = Counter[FactKey]
+
+# Link scanners (Microsoft Defender Safe Links, Mimecast, Proofpoint ...) fetch every link
+# within seconds of delivery; a person reads later. 30 s sets those apart and keeps almost
+# every human click (a reader who opens a message the second it lands is rare).
+SCANNER_WINDOW = timedelta(seconds=30)
+# A day is final this long after it ends: a write stamped 23:59:59 commits a moment later.
+GRACE = timedelta(hours=1)
+SENT_STATES = ("sent", "handed")
+TRACKED = ("delivered", "opened", "clicked", "bounced", "complained", "unsubscribed")
+CHUNK = 500
+FAR_FUTURE = datetime(9999, 1, 1, tzinfo=UTC)
+# Links whose path carries a reader's own token: counted by their kind, never per reader.
+TOKEN_PATHS = ("/unsubscribe/", "/preferences/", "/confirm/")
+
+
+@dataclass(frozen=True, slots=True)
+class Copy:
+    """One lesson or newsletter copy as the report sees it."""
+
+    section: str  # "lesson" or "newsletter"
+    item: str  # lesson day or broadcast id, as text
+    sent_at: datetime | None
+    zone: str
+
+
+def link_of(url: str) -> str:
+    """A clicked URL as the report groups it: no query or fragment, no per-reader token.
+
+    ``https://x/unsubscribe/abc.def?u=1`` -> ``https://x/unsubscribe/``; tracking parameters
+    would otherwise make every reader's click a link of its own.
+    """
+    text = url.strip()
+    try:
+        parts = urlsplit(text)
+    except ValueError:
+        return text[:500]
+    path = parts.path
+    for marker in TOKEN_PATHS:
+        at = path.find(marker)
+        if at >= 0:
+            path = path[: at + len(marker)]
+            break
+    return urlunsplit((parts.scheme, parts.netloc.lower(), path, "", ""))[:500]
+
+
+def confirm_bin(seconds: float) -> int:
+    """Seconds rounded down to 2 significant digits (1% to 10% apart): the median's bins."""
+    s = max(0, int(seconds))
+    if s < 100:
+        return s
+    scale = 10 ** (len(str(s)) - 2)
+    return s // scale * scale
+
+
+def _day(at: datetime) -> date:
+    return at.astimezone(UTC).date()
+
+
+def _chunks(items: list, size: int = CHUNK) -> Iterator[list]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def _zone(name: str, cache: dict[str, ZoneInfo | None]) -> ZoneInfo | None:
+    if name not in cache:
+        try:
+            cache[name] = ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError):
+            cache[name] = None
+    return cache[name]
+
+
+def _copies(conn: Connection, keys: list[str]) -> dict[str, Copy]:
+    """Lesson and newsletter copies by delivery key (lessons win a clash, as in webhooks)."""
+    out: dict[str, Copy] = {}
+    for part in _chunks(keys):
+        for key, bid, sent_at, zone in conn.execute(
+            select(
+                broadcast_deliveries.c.key,
+                broadcast_deliveries.c.broadcast_id,
+                broadcast_deliveries.c.sent_at,
+                subscribers.c.timezone,
+            )
+            .join(subscribers, subscribers.c.id == broadcast_deliveries.c.subscriber_id)
+            .where(broadcast_deliveries.c.key.in_(part))
+        ):
+            out[key] = Copy("newsletter", str(bid), sent_at, zone)
+        for key, day, sent_at, zone in conn.execute(
+            select(
+                deliveries.c.key,
+                deliveries.c.lesson_day,
+                deliveries.c.sent_at,
+                subscribers.c.timezone,
+            )
+            .join(subscribers, subscribers.c.id == deliveries.c.subscriber_id)
+            .where(deliveries.c.key.in_(part))
+        ):
+            out[key] = Copy("lesson", str(day), sent_at, zone)
+    return out
+
+
+def _last_copies(conn: Connection, sids: list[int]) -> dict[int, list[tuple[datetime, str]]]:
+    """Each subscriber's copies handed over, as (sent_at, key), for unsubscribe attribution."""
+    out: dict[int, list[tuple[datetime, str]]] = {}
+    for part in _chunks(sids):
+        for table in (deliveries, broadcast_deliveries):
+            for sid, sent_at, key in conn.execute(
+                select(table.c.subscriber_id, table.c.sent_at, table.c.key).where(
+                    table.c.subscriber_id.in_(part),
+                    table.c.state.in_(SENT_STATES),
+                    table.c.sent_at.is_not(None),
+                )
+            ):
+                out.setdefault(int(sid), []).append((sent_at, key))
+    return out
+
+
+def _local_hour(copy: Copy, zones: dict[str, ZoneInfo | None]) -> str | None:
+    zone = _zone(copy.zone, zones)
+    if copy.sent_at is None or zone is None:
+        return None
+    return f"{copy.sent_at.astimezone(zone).hour:02d}"
+
+
+def span_facts(conn: Connection, start: datetime, end: datetime) -> Facts:
+    """Every fact recorded in [start, end), by day. Exact; reads by the time indexes."""
+    facts: Facts = Counter()
+    zones: dict[str, ZoneInfo | None] = {}
+
+    for (created,) in conn.execute(
+        select(subscribers.c.created_at).where(
+            subscribers.c.created_at >= start, subscribers.c.created_at < end
+        )
+    ):
+        facts[(_day(created), "funnel", "", "signups")] += 1
+    for confirmed, consent, count in conn.execute(
+        select(subscribers.c.confirmed_at, subscribers.c.consent_at, subscribers.c.confirm_count)
+        .where(subscribers.c.confirmed_at >= start, subscribers.c.confirmed_at < end)
+    ):  # fmt: skip
+        day = _day(confirmed)
+        facts[(day, "funnel", "", "confirmed")] += 1
+        # Only readers who got a confirmation email have a time to confirm (imports do not).
+        if count and confirmed >= consent:
+            seconds = (confirmed - consent).total_seconds()
+            facts[(day, "confirm", str(confirm_bin(seconds)), "count")] += 1
+
+    def sent(rows: Iterable[Any], section: str) -> None:
+        for item, sent_at, zone_name in rows:
+            copy = Copy(section, str(item), sent_at, zone_name)
+            day = _day(sent_at)
+            facts[(day, section, copy.item, "sent")] += 1
+            hour = _local_hour(copy, zones)
+            if hour is not None:
+                facts[(day, "hour", hour, "sent")] += 1
+            facts[(day, "zone", copy.zone, "sent")] += 1
+
+    for table, item_col, section in (
+        (deliveries, deliveries.c.lesson_day, "lesson"),
+        (broadcast_deliveries, broadcast_deliveries.c.broadcast_id, "newsletter"),
+    ):
+        sent(
+            conn.execute(
+                select(item_col, table.c.sent_at, subscribers.c.timezone)
+                .join(subscribers, subscribers.c.id == table.c.subscriber_id)
+                .where(
+                    table.c.sent_at >= start,
+                    table.c.sent_at < end,
+                    table.c.state.in_(SENT_STATES),
+                )
+            ),
+            section,
+        )
+
+    batch = list(
+        conn.execute(
+            select(
+                events.c.id,
+                events.c.type,
+                events.c.delivery_key,
+                events.c.subscriber_id,
+                events.c.detail,
+                events.c.occurred_at,
+                events.c.received_at,
+            ).where(
+                events.c.received_at >= start,
+                events.c.received_at < end,
+                events.c.type.in_(TRACKED),
+            )
+        )
+    )
+    if batch:
+        _event_facts(conn, batch, facts, zones)
+    return facts
+
+
+def _event_facts(
+    conn: Connection, batch: list[Any], facts: Facts, zones: dict[str, ZoneInfo | None]
+) -> None:
+    """Count the events of `batch` that are the first of their kind for their copy."""
+    # Unsubscribes without a delivery key (the link in the email, the preferences page) go to
+    # the last copy the reader was sent before it: "unsubscribed after this lesson".
+    loose = sorted(
+        {int(e.subscriber_id) for e in batch if e.type == "unsubscribed" and e.subscriber_id}
+    )
+    history = _last_copies(conn, loose) if loose else {}
+    attributed: dict[int, str | None] = {}
+    for e in batch:
+        key = e.delivery_key
+        if e.type == "unsubscribed" and not key and e.subscriber_id:
+            before = [c for c in history.get(int(e.subscriber_id), []) if c[0] <= e.occurred_at]
+            key = max(before)[1] if before else None
+        attributed[e.id] = key
+
+    keys = sorted({k for k in attributed.values() if k})
+    copies = _copies(conn, keys)
+    # Every tracked event of these copies, ever (few per copy), to find each kind's first.
+    known: dict[str, list[Any]] = {}
+    for part in _chunks(keys):
+        for row in conn.execute(
+            select(
+                events.c.id,
+                events.c.type,
+                events.c.delivery_key,
+                events.c.detail,
+                events.c.occurred_at,
+            ).where(events.c.delivery_key.in_(part), events.c.type.in_(TRACKED))
+        ):
+            known.setdefault(row.delivery_key, []).append(row)
+
+    first: dict[tuple[str, str, str], int] = {}  # (key, kind, link) -> first event id
+    delivered_at: dict[str, datetime] = {}
+    for key, rows in known.items():
+        for row in sorted(rows, key=lambda r: r.id):
+            if row.type == "delivered" and key not in delivered_at:
+                delivered_at[key] = row.occurred_at
+    for key, rows in known.items():
+        copy = copies.get(key)
+        for row in sorted(rows, key=lambda r: r.id):
+            first.setdefault((key, row.type, ""), row.id)
+            if row.type == "clicked":
+                human = not _scanner(row.occurred_at, delivered_at.get(key), copy)
+                link = link_of(row.detail or "")
+                first.setdefault((key, "clicked:link", link), row.id)
+                if human:
+                    first.setdefault((key, "clicked_human", ""), row.id)
+                    first.setdefault((key, "clicked_human:link", link), row.id)
+
+    unsub_first = _first_unsubscribes(conn, batch)
+    for e in batch:
+        day = _day(e.received_at)
+        if (
+            e.type == "unsubscribed"
+            and e.subscriber_id
+            and unsub_first.get(e.subscriber_id) == e.id
+        ):
+            facts[(day, "funnel", "", "unsubscribed")] += 1
+        key = attributed[e.id]
+        copy = copies.get(key) if key else None
+        if key is None or copy is None:
+            continue
+        counted: list[str] = []
+        if e.type == "unsubscribed":
+            # Once per reader (a provider and the link may both report it), after the copy.
+            if e.subscriber_id and unsub_first.get(e.subscriber_id) == e.id:
+                counted.append(e.type)
+        elif first.get((key, e.type, "")) == e.id:
+            counted.append(e.type)
+        if e.type == "clicked":
+            link = link_of(e.detail or "")
+            human = first.get((key, "clicked_human", "")) == e.id
+            if human:
+                counted.append("clicked_human")
+            where = f"{copy.section}|{copy.item}|{link}"
+            if first.get((key, "clicked:link", link)) == e.id:
+                facts[(day, "link", where, "clicked")] += 1
+            if first.get((key, "clicked_human:link", link)) == e.id:
+                facts[(day, "link", where, "clicked_human")] += 1
+        for metric in counted:
+            facts[(day, copy.section, copy.item, metric)] += 1
+            if metric in ("opened", "clicked", "clicked_human"):
+                hour = _local_hour(copy, zones)
+                if hour is not None:
+                    facts[(day, "hour", hour, metric)] += 1
+                facts[(day, "zone", copy.zone, metric)] += 1
+
+
+def _scanner(at: datetime, delivered: datetime | None, copy: Copy | None) -> bool:
+    """A click within SCANNER_WINDOW of delivery (of the hand-over when no delivery event)."""
+    base = delivered or (copy.sent_at if copy else None)
+    return base is not None and timedelta(0) <= at - base < SCANNER_WINDOW
+
+
+def _first_unsubscribes(conn: Connection, batch: list[Any]) -> dict[int, int]:
+    """Each subscriber's first unsubscribe event id (the over-time chart counts people)."""
+    sids = sorted(
+        {int(e.subscriber_id) for e in batch if e.type == "unsubscribed" and e.subscriber_id}
+    )
+    out: dict[int, int] = {}
+    for part in _chunks(sids):
+        for sid, first_id in conn.execute(
+            select(events.c.subscriber_id, func.min(events.c.id))
+            .where(events.c.subscriber_id.in_(part), events.c.type == "unsubscribed")
+            .group_by(events.c.subscriber_id)
+        ):
+            out[int(sid)] = int(first_id)
+    return out
+
+
+# -- the store of finished days ------------------------------------------------------------
+
+
+def first_day(conn: Connection) -> date | None:
+    """The first day anything the report counts was recorded (each an indexed MIN)."""
+    found = [
+        conn.execute(select(func.min(col))).scalar()
+        for col in (
+            subscribers.c.created_at,
+            deliveries.c.sent_at,
+            broadcast_deliveries.c.sent_at,
+            events.c.received_at,
+        )
+    ]
+    days = [_day(f) for f in found if f is not None]
+    return min(days) if days else None
+
+
+def _start(day: date) -> datetime:
+    return datetime.combine(day, time(), tzinfo=UTC)
+
+
+def closed_before(now: datetime) -> date:
+    """Days before this one are over (with GRACE for late commits): their counts are final."""
+    return _day(now - GRACE)
+
+
+def facts_between(engine: Engine, since: date | None, until: date | None, now: datetime) -> Facts:
+    """The facts of the days since..until (inclusive, UTC; None: from the first / no end).
+
+    Finished days come from `report_days` (computed and stored on first use); the days not
+    over yet are computed from the tables each time.
+    """
+    cut = closed_before(now)
+    with engine.connect() as conn:
+        start = first_day(conn)
+    if start is None:
+        return Counter()
+    lo = max(start, since) if since else start
+    stored_hi = min(cut, until + timedelta(days=1)) if until else cut
+    facts: Facts = Counter()
+    if lo < stored_hi:
+        facts.update(_stored(engine, lo, stored_hi))
+    tail_lo = max(lo, cut)
+    tail_hi = until + timedelta(days=1) if until else None
+    if tail_hi is None or tail_lo < tail_hi:
+        with engine.connect() as conn:
+            facts.update(
+                span_facts(conn, _start(tail_lo), _start(tail_hi) if tail_hi else FAR_FUTURE)
+            )
+    return facts
+
+
+def _stored(engine: Engine, lo: date, hi: date) -> Facts:
+    """The stored facts of days [lo, hi), computing and storing the days missing."""
+    with engine.connect() as conn:
+        done = set(
+            conn.execute(
+                select(report_days.c.day).where(
+                    report_days.c.day >= lo,
+                    report_days.c.day < hi,
+                    report_days.c.section == "_done",
+                )
+            ).scalars()
+        )
+    day = lo
+    while day < hi:
+        if day not in done:
+            _store_day(engine, day)
+        day += timedelta(days=1)
+    facts: Facts = Counter()
+    with engine.connect() as conn:
+        for d, section, item, metric, value in conn.execute(
+            select(report_days).where(
+                report_days.c.day >= lo, report_days.c.day < hi, report_days.c.section != "_done"
+            )
+        ):
+            facts[(d, section, item, metric)] += value
+    return facts
+
+
+def _store_day(engine: Engine, day: date) -> None:
+    with engine.connect() as conn:
+        facts = span_facts(conn, _start(day), _start(day + timedelta(days=1)))
+    rows = [
+        {"day": d, "section": s, "item": i, "metric": m, "value": v}
+        for (d, s, i, m), v in facts.items()
+        if v
+    ]
+    rows.append({"day": day, "section": "_done", "item": "", "metric": "", "value": 0})
+    try:
+        with engine.begin() as conn:
+            conn.execute(insert(report_days), rows)
+    except IntegrityError:
+        pass  # another report stored this day at the same moment: same counts
+
+
+def forget_stored(engine: Engine) -> int:
+    """Drop every stored day (`report --rebuild`); returns how many rows went."""
+    with engine.begin() as conn:
+        return conn.execute(delete(report_days)).rowcount or 0
+
+
+def broadcast_titles(engine: Engine) -> dict[str, tuple[str, str]]:
+    """Broadcast id (as text) -> (slug, subject), for the newsletter rows' labels."""
+    with engine.connect() as conn:
+        return {
+            str(bid): (slug, subject)
+            for bid, slug, subject in conn.execute(
+                select(broadcasts.c.id, broadcasts.c.slug, broadcasts.c.subject)
+            )
+        }

@@ -1,0 +1,137 @@
+"""The report over a known history: exact figures, the same from stored days or computed."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from dripmail.errors import InputError
+from dripmail.report import build, lessons_of
+from dripmail.store import report_queries as q
+from dripmail.store.schema import events, report_days
+from dripmail.subscribers import forget, get_subscriber
+from tests.report_fixture import AFTER, EXPECTED, SHOP, VIDEO, History, make_history
+
+
+@pytest.fixture(scope="module")
+def history(tmp_path_factory: pytest.TempPathFactory) -> History:
+    return make_history(tmp_path_factory.mktemp("report") / "studio")
+
+
+def _figures(h: History, now: datetime, **kw) -> dict:
+    lessons = lessons_of(h.app.state.ctx.runner.course)  # type: ignore[attr-defined]
+    out = build(h.engine, now, lessons=lessons, **kw).to_dict()
+    out.pop("generated_at")
+    out.pop("notes")
+    return out
+
+
+def test_every_figure_of_the_known_history(history: History) -> None:
+    q.forget_stored(history.engine)
+    assert _figures(history, AFTER) == EXPECTED
+
+
+@pytest.mark.parametrize(
+    "now",
+    [
+        datetime(2026, 6, 1, 0, 30, tzinfo=UTC),  # nothing over yet: all computed live
+        datetime(2026, 6, 3, 0, 30, tzinfo=UTC),  # mid-course: some days stored
+        datetime(2026, 6, 10, 0, 59, tzinfo=UTC),  # within the grace hour of 9 June
+        AFTER,  # every day stored (second time: read back)
+    ],
+)
+def test_stored_days_give_the_same_figures_as_live_counts(history: History, now) -> None:
+    q.forget_stored(history.engine)
+    assert _figures(history, now) == EXPECTED
+    assert _figures(history, now) == EXPECTED  # again, now from the stored days
+    with history.engine.connect() as conn:
+        stored = set(
+            conn.execute(
+                select(report_days.c.day).where(report_days.c.section == "_done")
+            ).scalars()
+        )
+    assert all(day < q.closed_before(now) for day in stored)
+    assert (date(2026, 6, 2) in stored) == (now >= datetime(2026, 6, 3, 1, tzinfo=UTC))
+
+
+def test_a_span_counts_what_happened_in_it(history: History) -> None:
+    got = _figures(history, AFTER, since=date(2026, 6, 3), until=date(2026, 6, 3))
+    assert got["funnel"]["signups"] == 0 and got["funnel"]["started"] == 0
+    assert [(r["key"], r["sent"], r["unsubscribed"]) for r in got["lessons"] if r["sent"]] == [
+        ("2", 3, 1)
+    ]
+    assert got["days"] == [{"day": "2026-06-03", "signups": 0, "unsubscribed": 1}]
+    assert got["newsletters"] == []
+    first = _figures(history, AFTER, since=date(2026, 6, 1), until=date(2026, 6, 2))
+    assert first["funnel"]["signups"] == 5 and first["funnel"]["started"] == 4
+    assert first["lessons"][0]["opened"] == 2 and first["lessons"][1]["sent"] == 0
+
+
+def test_scanner_clicks_can_be_counted_in(history: History) -> None:
+    got = _figures(history, AFTER, count_scanner_clicks=True)
+    lesson1 = got["lessons"][0]
+    assert (lesson1["clicked"], lesson1["scanner_clicks"], lesson1["video_clicks"]) == (3, 1, 2)
+    assert lesson1["links"] == {VIDEO: 2, SHOP: 1}
+    assert got["zones"][1]["clicked"] == 1  # b's scanner click, Berlin
+
+
+def test_since_after_until_is_one_line_error(history: History) -> None:
+    with pytest.raises(InputError, match="after --until"):
+        build(history.engine, AFTER, since=date(2026, 6, 5), until=date(2026, 6, 1))
+
+
+def test_the_provider_event_is_kept_raw(history: History) -> None:
+    with history.engine.connect() as conn:
+        raws = conn.execute(select(events.c.raw).where(events.c.type == "clicked")).scalars()
+        clicks = [json.loads(r) for r in raws]
+    assert {c["url"] for c in clicks} >= {VIDEO, SHOP + "?utm_source=email"}
+    assert all(c["event"] == "click" and "sg_message_id" in c for c in clicks)
+
+
+def test_link_grouping_drops_queries_and_reader_tokens() -> None:
+    assert q.link_of("https://Studio.example.com/shop?utm=1#x") == "https://studio.example.com/shop"
+    assert q.link_of("https://x.org/unsubscribe/abc.DEF-1") == "https://x.org/unsubscribe/"
+    assert q.link_of("https://x.org/p/preferences/tok?u=2") == "https://x.org/p/preferences/"
+    assert [q.confirm_bin(s) for s in (0, 59.9, 99, 100, 1234, 7265)] == [
+        0,
+        59,
+        99,
+        100,
+        1200,
+        7200,
+    ]
+
+
+def test_forget_scrubs_the_raw_event_of_unmatched_provider_events(tmp_path: Path) -> None:
+    from dripmail.store.db import open_store
+    from dripmail.subscribers import add_subscriber
+
+    engine = open_store("sqlite:///f.db", tmp_path)
+    now = datetime(2026, 6, 1, tzinfo=UTC)
+    sid, _ = add_subscriber(
+        engine, "Zoe@Example.org", timezone="UTC", status="active", consent_source="t", now=now
+    )
+    address = get_subscriber(engine, sid)["email"]
+    with engine.begin() as conn:
+        for i, (owner, raw) in enumerate(
+            [
+                (sid, '{"email":"zoe@example.org"}'),
+                (None, '{"email":"ZOE@example.org","event":"open"}'),
+                (None, '{"email":"other@example.org"}'),
+            ]
+        ):
+            conn.execute(
+                events.insert().values(
+                    subscriber_id=owner, provider="sendgrid", dedupe_key=str(i), type="opened",
+                    detail="", raw=raw, occurred_at=now, received_at=now,
+                )
+            )  # fmt: skip
+    forget(engine, sid, now)
+    with engine.connect() as conn:
+        left = conn.execute(select(events.c.raw).order_by(events.c.id)).scalars().all()
+    assert left == [None, '{"email":"other@example.org"}']
+    assert address == "zoe@example.org"
