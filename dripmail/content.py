@@ -238,12 +238,12 @@ def _course_settings(
             problems.warn(where, line("", "site_url"), "site_url: not https")
     if out["timezone"]:
         from dripmail.errors import InputError
-        from dripmail.subscribers import validate_timezone
+        from dripmail.validation import validate_timezone
 
         try:
-            validate_timezone(out["timezone"])
+            out["timezone"] = validate_timezone(out["timezone"])
         except InputError as exc:
-            problems.error(where, line("", "timezone"), f"timezone: {exc}")
+            problems.error(where, line("", "timezone"), str(exc))
     raw_time = data.get("send_time", "07:00")
     try:
         out["send_time"] = time.fromisoformat(str(raw_time))

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from dripmail.cli import parse_now, state
+
+if TYPE_CHECKING:
+    from dripmail.app import Dripmail, Recall
 
 sub = typer.Typer(
     help="Manage subscribers: add, import, list, show, pause, resume, unsubscribe, export, forget.",
@@ -19,10 +23,14 @@ def _now(now: str | None) -> datetime:
     return parse_now(now) or datetime.now(UTC)
 
 
-def _engine():
-    from dripmail.store.db import open_store
+def _app(now: str | None = None) -> Dripmail:
+    """The application core, with the simulated clock when --now is given."""
+    from dripmail.app import Dripmail
 
-    return open_store(state.settings.database_url, state.root)
+    clock = parse_now(now)
+    if clock is None:
+        return Dripmail(state.project, state.settings)
+    return Dripmail(state.project, state.settings, clock=lambda: clock)
 
 
 @sub.command("add")
@@ -32,36 +40,20 @@ def add(
     timezone: str | None = typer.Option(
         None, "--timezone", help="IANA zone, e.g. Europe/Berlin (default: the course's)."
     ),
-    start: str | None = typer.Option(None, "--start", help="Local date of lesson 1, YYYY-MM-DD."),
+    start: str | None = typer.Option(
+        None, "--start", help="Local date of lesson 1, YYYY-MM-DD (a year back to a year ahead)."
+    ),
+    tags: str = typer.Option("", "--tags", help='Segments, e.g. "desk, runners".'),
     now: str | None = typer.Option(None, "--now", help="Simulated clock (ISO-8601)."),
 ) -> None:
     """Add an active subscriber (consent source `cli`) and plan their seven lessons."""
-    from dripmail import subscribers as subs
-    from dripmail.content import load_course
-    from dripmail.errors import InputError
-
-    course = load_course(state.project)
-    clock = _now(now)
-    try:
-        first = date.fromisoformat(start) if start else None
-    except ValueError:
-        raise InputError(f"--start {start!r} is not a date (YYYY-MM-DD)") from None
-    engine = _engine()
-    sid, created = subs.add_subscriber(
-        engine,
-        email,
-        first_name=name,
-        timezone=timezone or course.timezone,
-        status="pending",
-        consent_source="cli",
-        now=clock,
-        start_date=first,
-    )
-    if not created:
-        typer.echo(f"{subs.normalise_email(email)} is already subscribed (id {sid}).")
+    added = _app(now).add_subscriber(email, name=name, timezone=timezone, start=start, tags=tags)
+    for warning in added.warnings:
+        typer.echo(f"warning: {warning}", err=True)
+    if not added.created:
+        typer.echo(f"{added.email} is already subscribed (id {added.id}, {added.status}).")
         return
-    begins = subs.activate(engine, sid, course, clock)
-    typer.echo(f"added {subs.normalise_email(email)} (id {sid}); lesson 1 on {begins} local time")
+    typer.echo(f"added {added.email} (id {added.id}); lesson 1 on {added.first_lesson} local time")
 
 
 @sub.command("list")
@@ -69,69 +61,60 @@ def list_(
     status: str | None = typer.Option(None, "--status", help="Only this status."),
 ) -> None:
     """List subscribers: id, email, status, zone, start date."""
-    from sqlalchemy import select
+    shown = 0
+    for row in _app().list_subscribers(status):
+        if not shown:
+            typer.echo(f"{'id':>6}  {'email':<36} {'status':<12} {'timezone':<22} start")
+        shown += 1
+        typer.echo(
+            f"{row['id']:>6}  {row['email']:<36} {row['status']:<12} "
+            f"{row['timezone']:<22} {row['start_date'] or '-'}"
+        )
+    if not shown:
+        which = f" with status {status}" if status else ""
+        typer.echo(f"no subscribers{which}")
 
-    from dripmail.store.schema import subscribers
 
-    query = select(subscribers).order_by(subscribers.c.id)
-    if status:
-        query = query.where(subscribers.c.status == status)
-    with _engine().connect() as conn:
-        for row in conn.execute(query).mappings():
-            typer.echo(
-                f"{row['id']:>6}  {row['email']:<36} {row['status']:<12} "
-                f"{row['timezone']:<22} {row['start_date'] or '-'}"
-            )
+def _recalled(recall: Recall) -> str:
+    """A note on lessons the provider held: cancelled there, or still arriving."""
+    if not recall.handed:
+        return ""
+    provider = state.settings.provider
+    if recall.still_arriving:
+        return (
+            f" ({recall.still_arriving} lesson(s) already scheduled at {provider} "
+            "cannot be recalled)"
+        )
+    return f" ({recall.cancelled} scheduled lesson(s) cancelled at {provider})"
 
 
 @sub.command("unsubscribe")
 def unsubscribe(email: str = typer.Argument(..., help="The subscriber's address.")) -> None:
     """Unsubscribe at once: every lesson not yet delivered is cancelled."""
-    from dripmail import subscribers as subs
-
-    engine = _engine()
-    row = subs.get_subscriber(engine, email)
-    now = datetime.now(UTC)
-    handed = subs.unsubscribe(engine, row["id"], now, source="cli")
-    typer.echo(f"unsubscribed {row['email']}" + _cancel(handed, now))
-
-
-def _cancel(provider_ids: list[str], now: datetime) -> str:
-    """Cancel scheduled sends at the provider; a note on what could not be taken back."""
-    if not provider_ids:
-        return ""
-    import asyncio
-
-    from dripmail import subscribers as subs
-    from dripmail.runner import Runner
-
-    runner = Runner(state.project, state.settings)
-    cancelled = asyncio.run(runner.cancel_handed(provider_ids))
-    subs.unhand(runner.engine, cancelled, now)
-    left = len(provider_ids) - len(cancelled)
-    if left:
-        return (
-            f" ({left} lesson(s) already scheduled at {state.settings.provider} cannot be recalled)"
-        )
-    return f" ({len(cancelled)} scheduled lesson(s) cancelled at {state.settings.provider})"
+    result = _app().unsubscribe(email, source="cli")
+    if not result.changed:
+        typer.echo(f"{result.email} is already {result.status}: nothing changed")
+        return
+    typer.echo(f"unsubscribed {result.email}" + _recalled(result.recall))
 
 
 @sub.command("show")
 def show(email: str = typer.Argument(..., help="The subscriber's address.")) -> None:
-    """A subscriber's timeline: every lesson (local and UTC time, state) and every event."""
+    """A subscriber's timeline: every lesson (local and UTC time, state) and every event.
+
+    Events are what happened to the address: confirmed, preference changes, unsubscribed,
+    and what the provider reported (delivered, opened, clicked, bounced, complained).
+    """
     from zoneinfo import ZoneInfo
 
-    from dripmail import subscribers as subs
-
-    engine = _engine()
-    row = subs.get_subscriber(engine, email)
+    found = _app().timeline(email)
+    row = found.subscriber
     zone = ZoneInfo(row["timezone"])
     typer.echo(f"{row['email']}  (id {row['id']}, {row['status']})")
     typer.echo(f"  name: {row['first_name'] or '-'}   zone: {row['timezone']}")
     typer.echo(f"  consent: {row['consent_source']} at {row['consent_at']:%Y-%m-%d %H:%M} UTC")
-    lessons, happened = subs.timeline(engine, row["id"])
     typer.echo("Lessons")
-    for d in lessons:
+    for d in found.lessons:
         when = d["sent_at"] or d["due_at"]
         local = when.astimezone(zone)
         verb = "sent" if d["sent_at"] else "due"
@@ -140,24 +123,23 @@ def show(email: str = typer.Argument(..., help="The subscriber's address.")) -> 
             f"  day {d['lesson_day']}  {d['state']:<10} {verb} {local:%a %Y-%m-%d %H:%M} local"
             f" = {when:%Y-%m-%d %H:%M} UTC{extra}"
         )
-    if not lessons:
+    if not found.lessons:
         typer.echo("  none planned (pending confirmation?)")
-    if happened:
-        typer.echo("Events")
-        for e in happened:
-            typer.echo(f"  {e['occurred_at']:%Y-%m-%d %H:%M} UTC  {e['type']:<13} {e['detail']}")
+    typer.echo("Events")
+    for e in found.events:
+        detail = f"  {e['detail']}" if e["detail"] else ""
+        typer.echo(
+            f"  {e['occurred_at']:%Y-%m-%d %H:%M} UTC  {e['type']:<13} {e['provider']}{detail}"
+        )
+    if not found.events:
+        typer.echo("  none yet")
 
 
 @sub.command("pause")
 def pause(email: str = typer.Argument(..., help="The subscriber's address.")) -> None:
     """Freeze the course; `resume` continues with the next lesson on the next local morning."""
-    from dripmail import subscribers as subs
-
-    engine = _engine()
-    now = datetime.now(UTC)
-    row = subs.get_subscriber(engine, email)
-    handed = subs.pause(engine, row["id"], now)
-    typer.echo(f"paused {row['email']}" + _cancel(handed, now))
+    result = _app().pause(email)
+    typer.echo(f"paused {result.email}" + _recalled(result.recall))
 
 
 @sub.command("resume")
@@ -166,14 +148,10 @@ def resume(
     now: str | None = typer.Option(None, "--now", help="Simulated clock (ISO-8601)."),
 ) -> None:
     """Continue a paused course: the next lesson at the next local send time."""
-    from dripmail import subscribers as subs
-    from dripmail.content import load_course
-
-    engine = _engine()
-    row = subs.get_subscriber(engine, email)
-    first = subs.resume(engine, row["id"], load_course(state.project), _now(now))
+    result = _app(now).resume(email)
+    first = result.next_lesson_date
     when = f"next lesson on {first} local time" if first else "no lessons left"
-    typer.echo(f"resumed {row['email']}: {when}")
+    typer.echo(f"resumed {result.email}: {when}")
 
 
 @sub.command("forget")
@@ -185,21 +163,18 @@ def forget(
 
     The hash stops the address from being added again by an import or a sign-up.
     """
-    from dripmail import subscribers as subs
-
-    engine = _engine()
-    row = subs.get_subscriber(engine, email)
-    lessons, happened = subs.timeline(engine, row["id"])
+    app = _app()
     if not yes:
+        found = app.timeline(email)
         typer.confirm(
-            f"Erase {row['email']} with {len(lessons)} lesson(s) and {len(happened)} event(s)?",
+            f"Erase {found.subscriber['email']} with {len(found.lessons)} lesson(s) and "
+            f"{len(found.events)} event(s)?",
             abort=True,
         )
-    now = datetime.now(UTC)
-    handed = subs.forget(engine, row["id"], now)
+    result = app.forget(email)
     typer.echo(
-        f"forgot {row['email']}: 1 subscriber, {len(lessons)} lesson(s), {len(happened)} "
-        "event(s) deleted; a hashed suppression kept" + _cancel(handed, now)
+        f"forgot {result.email}: 1 subscriber, {result.lessons} lesson(s), {result.events} "
+        "event(s) deleted; a hashed suppression kept" + _recalled(result.recall)
     )
 
 
@@ -221,19 +196,11 @@ def import_(
     """
     from rich.progress import Progress
 
-    from dripmail.content import load_course
-    from dripmail.subscriber_io import import_csv
-
-    course = load_course(state.project)
-    engine = _engine()
+    app = _app(now)
     with Progress(transient=True) as bar:
         task = bar.add_task("importing", total=None)
-        report = import_csv(
-            engine,
+        report = app.import_subscribers(
             file,
-            course,
-            course.timezone,
-            _now(now),
             confirm=confirm,
             dry_run=dry_run,
             progress=lambda n: bar.advance(task, n),
@@ -247,9 +214,7 @@ def import_(
         f"{verb} {report.added}, already there {report.existing}, rejected {len(report.rejected)}"
     )
     if confirm and report.added_ids and not dry_run:
-        from dripmail.confirmations import send_confirmations
-
-        sent = send_confirmations(state.project, state.settings, report.added_ids, _now(now))
+        sent = app.send_confirmations(report.added_ids)
         typer.echo(f"sent {sent} confirmation email(s)")
 
 
@@ -263,7 +228,7 @@ def export(
 
     from dripmail.subscriber_io import export_csv
 
-    engine = _engine()
+    engine = _app().engine
     if out is None:
         export_csv(engine, sys.stdout, status)
         return

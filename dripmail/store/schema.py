@@ -75,6 +75,9 @@ subscribers = Table(
     Column("confirmed_at", UTCDateTime, index=True),
     Column("created_at", UTCDateTime, nullable=False, index=True),
     Column("updated_at", UTCDateTime, nullable=False),
+    # Ids are never reused after a subscriber is forgotten: they are in delivery keys and link
+    # tokens (PostgreSQL sequences never go back; SQLite needs AUTOINCREMENT, migration 0006).
+    sqlite_autoincrement=True,
 )
 
 # state: planned, claimed, sending (in flight: recorded before the provider call), handed (to a

@@ -4,7 +4,8 @@ Routes, each a thin shell over the library:
 
     GET  /                     the sign-up form on a page of its own
     POST /subscribe            form or JSON -> pending subscriber + confirmation email
-    GET  /confirm/{token}      activate, plan the week, say when lesson 1 arrives (local time)
+    GET  /confirm/{token}      a page with one button (a GET never confirms: mail scanners)
+    POST /confirm/{token}      activate, plan the week, say when lesson 1 arrives (local time)
     GET  /unsubscribe/{token}  a page with one button (a GET never unsubscribes)
     POST /unsubscribe/{token}  RFC 8058 one-click (List-Unsubscribe=One-Click) or the button
     GET  /preferences/{token}  pause/resume, newsletter, send time, time zone
@@ -23,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import text
@@ -145,7 +146,8 @@ def _routes(preview: bool) -> list:
     routes = [
         Route("/", signup.signup_page, name="home"),
         Route("/subscribe", signup.subscribe, methods=["POST"], name="subscribe"),
-        Route("/confirm/{token}", links.confirm, name="confirm"),
+        Route("/confirm/{token}", links.confirm_page, name="confirm"),
+        Route("/confirm/{token}", links.confirm, methods=["POST"]),
         Route("/unsubscribe/{token}", links.unsubscribe_page, name="unsubscribe"),
         Route("/unsubscribe/{token}", links.unsubscribe, methods=["POST"]),
         Route("/preferences/{token}", links.preferences_page, name="preferences"),
@@ -239,6 +241,10 @@ def _handlers() -> dict:
     }
 
 
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
 def create_app(
     project: Project,
     settings: Settings,
@@ -253,7 +259,7 @@ def create_app(
     first sign-up; so do a broken course and a missing provider credential, unless this is a
     preview (which shows the course's problems on the page instead).
     """
-    context = WebContext(project, settings, preview=preview, **({"clock": clock} if clock else {}))
+    context = WebContext(project, settings, clock=clock or _utc_now, preview=preview)
     context.runner.engine  # noqa: B018 - open and migrate now
     if not preview:
         context.course()  # ContentError now, not on the first visitor

@@ -8,9 +8,7 @@ pooled client belongs to the event loop that opened it.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -23,8 +21,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse
 
+from dripmail.app import Dripmail
 from dripmail.config import Project, Settings
-from dripmail.runner import Runner
 from dripmail.web.ratelimit import TokenBucket
 
 log = logging.getLogger("dripmail.web")
@@ -70,10 +68,11 @@ class WebContext:
         default_factory=lambda: TokenBucket(capacity=10, per_second=1 / 60)
     )
     pages: Environment = field(default_factory=page_environment)
-    _provider_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
-        self.runner = Runner(self.project, self.settings, clock=self.clock)
+        # The application core; `runner` is its older name, kept for the routes that use it.
+        self.app = Dripmail(self.project, self.settings, clock=self.clock)
+        self.runner = self.app
 
     def now(self) -> datetime:
         """The app's clock (aware UTC)."""
@@ -115,8 +114,7 @@ class WebContext:
         their pooled client per event loop, and the lock keeps two threads from swapping it
         under each other.
         """
-        with self._provider_lock:
-            return asyncio.run(make())  # type: ignore[arg-type]
+        return self.app.call_provider(make)
 
     async def provider_call(self, make: Callable[[], Awaitable[T]]) -> T:
         """`provider_call_sync` from async code (through the thread pool)."""

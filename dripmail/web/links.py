@@ -2,28 +2,25 @@
 
 Each URL carries a signed token (`dripmail.tokens`): the subscriber id and the purpose, never
 the address. A bad, expired or wrong-purpose token raises TokenError, which the app answers
-with a clear page and a 400. A GET never changes anything except `/confirm` (the double
-opt-in click); unsubscribing needs a POST, because mail scanners prefetch links.
+with a clear page and a 400. A GET never changes anything: confirming and unsubscribing need a
+POST (a button on the page, or RFC 8058 one-click), because mail scanners prefetch links.
 """
 
 from __future__ import annotations
 
-import contextlib
-from datetime import datetime, time
+from datetime import datetime
 from zoneinfo import ZoneInfo, available_timezones
 
-from sqlalchemy import select, update
-from sqlalchemy.exc import IntegrityError
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
 
 from dripmail.errors import InputError, TokenError
+from dripmail.states import STOPPED as STOPPED_STATUSES
 from dripmail.tokens import Purpose
-from dripmail.web.context import WebContext, ctx, log
+from dripmail.web.context import WebContext, ctx
 from dripmail.web.forms import read_fields
 
 NO_STORE = {"Cache-Control": "no-store"}
-ACTIVE_STATES = ("planned", "claimed", "sending", "handed")
 _ZONES: list[str] | None = None
 
 
@@ -55,23 +52,10 @@ def local_when(due: datetime, zone: str) -> str:
 
 def next_lesson(c: WebContext, subscriber_id: int) -> tuple[int, datetime] | None:
     """(day, due time) of the next lesson still to go out, or None."""
-    from dripmail.store.schema import deliveries
-
-    with c.engine.connect() as conn:
-        row = conn.execute(
-            select(deliveries.c.lesson_day, deliveries.c.due_at)
-            .where(
-                deliveries.c.subscriber_id == subscriber_id,
-                deliveries.c.state.in_(ACTIVE_STATES),
-            )
-            .order_by(deliveries.c.lesson_day)
-            .limit(1)
-        ).first()
-    return (row.lesson_day, row.due_at) if row else None
+    return c.app.next_lesson(subscriber_id)
 
 
-def _lesson_sentence(c: WebContext, sub, first: bool) -> str:
-    found = next_lesson(c, sub["id"])
+def _sentence(c: WebContext, found: tuple[int, datetime] | None, zone: str, first: bool) -> str:
     if found is None:
         return ""
     day, due = found
@@ -80,48 +64,70 @@ def _lesson_sentence(c: WebContext, sub, first: bool) -> str:
     except Exception:
         subject = f"Day {day}"
     which = "Your first lesson" if first else "Your next lesson"
-    return f"{which}, “{subject}”, arrives on {local_when(due, sub['timezone'])}."
+    return f"{which}, “{subject}”, arrives on {local_when(due, zone)}."
+
+
+def _lesson_sentence(c: WebContext, sub, first: bool) -> str:
+    return _sentence(c, next_lesson(c, sub["id"]), sub["timezone"], first)
 
 
 # -- confirm -----------------------------------------------------------------------------
 
 
-async def confirm(request: Request) -> Response:
-    """``GET /confirm/{token}``: activate, plan the week by the start rule, say when it starts."""
-    from dripmail.subscribers import STOPPED, activate, get_subscriber
+async def confirm_page(request: Request) -> Response:
+    """``GET /confirm/{token}``: a page with one button. A GET alone never confirms.
 
+    Mail scanners and link previews open every link in an email; confirming on their GET
+    would start a course nobody asked for.
+    """
     c = ctx(request)
     sid = _token_id(request, "confirm")
+    sub = await c.db(c.app.subscriber, sid)
+    if sub["status"] != "pending":
+        return await _confirmed(request, sid)
+    return c.render(
+        request,
+        "confirm.html",
+        headers=NO_STORE,
+        title="Confirm your address",
+        masked=mask(sub["email"]),
+        send_time=(sub["send_time"] or c.course().send_time.strftime("%H:%M")),
+        action=request.url.path,
+    )
+
+
+async def confirm(request: Request) -> Response:
+    """``POST /confirm/{token}``: activate, plan the week by the start rule, say when it starts."""
+    return await _confirmed(request, _token_id(request, "confirm"))
+
+
+async def _confirmed(request: Request, sid: int) -> Response:
+    c = ctx(request)
     course = c.course()
-    now = c.now()
-
-    def work():
-        sub = get_subscriber(c.engine, sid)
-        confirmed_now = False
-        if sub["status"] == "pending":
-            # A second click at the same instant may plan the lessons first.
-            with contextlib.suppress(IntegrityError):
-                activate(c.engine, sid, course, now)
-            confirmed_now = True
-            sub = get_subscriber(c.engine, sid)
-        return sub, confirmed_now, _lesson_sentence(c, sub, first=confirmed_now)
-
-    sub, confirmed_now, sentence = await c.db(work)
-    prefs = c.runner.signer.make(sid, "preferences")
-    if sub["status"] in STOPPED:
+    result = await c.db(c.app.confirm, sid) if request.method == "POST" else None
+    if result is None:  # the GET of an address confirmed before: show where it stands
+        sub = await c.db(c.app.subscriber, sid)
+        found = await c.db(next_lesson, c, sid)
+        status, email, zone, confirmed_now = sub["status"], sub["email"], sub["timezone"], False
+    else:
+        status, email, zone = result.status, result.email, result.timezone
+        found, confirmed_now = result.next_lesson, result.confirmed_now
+    if status in STOPPED_STATUSES:
         return c.message(
             request,
             200,
             "Nothing to confirm",
-            f"{mask(sub['email'])} was unsubscribed earlier, so nothing was restarted.",
+            f"{mask(email)} was unsubscribed earlier, so nothing was restarted.",
             headers=NO_STORE,
         )
     if confirmed_now:
         title, text = "You are in!", f"Welcome to {course.title}."
     else:
         title, text = "Already confirmed", "This address was confirmed before; nothing changed."
-    if not sentence and sub["status"] == "completed":
+    sentence = _sentence(c, found, zone, first=confirmed_now)
+    if not sentence and status == "completed":
         sentence = "You have had every lesson of the course."
+    prefs = c.app.signer.make(sid, "preferences")
     return c.render(
         request,
         "confirmed.html",
@@ -138,17 +144,15 @@ async def confirm(request: Request) -> Response:
 
 async def unsubscribe_page(request: Request) -> Response:
     """``GET /unsubscribe/{token}``: a page with one button. A GET alone never unsubscribes."""
-    from dripmail.subscribers import STOPPED, get_subscriber
-
     c = ctx(request)
     sid = _token_id(request, "unsubscribe")
-    sub = await c.db(get_subscriber, c.engine, sid)
-    if sub["status"] in STOPPED:
+    sub = await c.db(c.app.subscriber, sid)
+    if sub["status"] in STOPPED_STATUSES:
         return c.render(
             request, "unsubscribed.html", headers=NO_STORE, masked=mask(sub["email"]),
             still_arriving="", title="Unsubscribed",
         )  # fmt: skip
-    prefs = c.runner.signer.make(sid, "preferences")
+    prefs = c.app.signer.make(sid, "preferences")
     return c.render(
         request,
         "unsubscribe.html",
@@ -160,45 +164,22 @@ async def unsubscribe_page(request: Request) -> Response:
     )
 
 
-def _cancel_handed(c: WebContext, provider_ids: list[str]) -> list[str]:
-    """Cancel lessons already scheduled at the provider; returns the ids really cancelled."""
-    if not provider_ids:
-        return []
-    try:
-        return c.provider_call_sync(lambda: c.runner.cancel_handed(provider_ids))
-    except Exception as exc:
-        log.error("could not cancel %d scheduled lessons: %s", len(provider_ids), exc)
-        return []
-
-
 async def unsubscribe(request: Request) -> Response:
     """``POST /unsubscribe/{token}``: RFC 8058 one-click, or the button on the page.
 
     One-click (body ``List-Unsubscribe=One-Click``) gets a bare 200; the button a page.
     Lessons already scheduled at a provider that can cancel are cancelled there.
     """
-    from dripmail.subscribers import STOPPED, get_subscriber
-    from dripmail.subscribers import unsubscribe as stop
-
     c = ctx(request)
     sid = _token_id(request, "unsubscribe")
     fields = await read_fields(request)
     one_click = fields.get("List-Unsubscribe") == "One-Click"
     if not one_click and fields.get("confirm") != "yes":
         raise InputError("nothing was changed: use the Unsubscribe button on the page")
-    now = c.now()
-
-    def work() -> tuple[dict, int]:
-        sub = get_subscriber(c.engine, sid)
-        if sub["status"] in STOPPED:
-            return dict(sub), 0
-        handed = stop(c.engine, sid, now, source="one-click" if one_click else "link")
-        cancelled = _cancel_handed(c, handed)
-        return dict(get_subscriber(c.engine, sid)), len(handed) - len(cancelled)
-
-    sub, arriving = await c.db(work)
+    result = await c.db(c.app.unsubscribe, sid, "one-click" if one_click else "link")
     if one_click and fields.get("confirm") != "yes":
         return PlainTextResponse("Unsubscribed.\n", headers=NO_STORE)
+    arriving = result.recall.still_arriving
     still = (
         f"{arriving} lesson(s) already handed to the mail service will still arrive."
         if arriving
@@ -206,7 +187,7 @@ async def unsubscribe(request: Request) -> Response:
     )
     return c.render(
         request, "unsubscribed.html", headers=NO_STORE, title="Unsubscribed",
-        masked=mask(sub["email"]), still_arriving=still,
+        masked=mask(result.email), still_arriving=still,
     )  # fmt: skip
 
 
@@ -232,13 +213,11 @@ def _status_line(c: WebContext, sub) -> str:
 
 async def preferences_page(request: Request) -> Response:
     """``GET /preferences/{token}``: pause/resume, newsletter, send time and time zone."""
-    from dripmail.subscribers import get_subscriber
-
     c = ctx(request)
     sid = _token_id(request, "preferences")
 
     def work():
-        sub = get_subscriber(c.engine, sid)
+        sub = c.app.subscriber(sid)
         return sub, _status_line(c, sub)
 
     sub, line = await c.db(work)
@@ -256,8 +235,6 @@ def _preferences(
     error: str = "",
     status_code: int = 200,
 ) -> Response:
-    from dripmail.subscribers import STOPPED
-
     course = c.course()
     sid = sub["id"]
     return c.render(
@@ -271,7 +248,7 @@ def _preferences(
         error=error,
         status_line=line,
         status=sub["status"],
-        stopped=sub["status"] in STOPPED,
+        stopped=sub["status"] in STOPPED_STATUSES,
         can_pause=sub["status"] in ("active", "paused"),
         newsletters=bool(sub["newsletters"]),
         send_time=_effective_time(sub, course),
@@ -283,76 +260,32 @@ def _preferences(
     )
 
 
-def _parse_send_time(value: str) -> str:
-    try:
-        parsed = time.fromisoformat(value.strip())
-    except ValueError:
-        raise InputError(f"send time: {value[:20]!r} is not a time like 07:00") from None
-    return parsed.strftime("%H:%M")
-
-
-def _handed_ids(c: WebContext, subscriber_id: int) -> list[str]:
-    from dripmail.subscribers import handed_ids
-
-    with c.engine.connect() as conn:
-        return handed_ids(conn, subscriber_id)
-
-
 async def preferences(request: Request) -> Response:
     """``POST /preferences/{token}``: save; a new time or zone re-plans the lessons left.
 
-    Everything is validated before anything is written. Lessons already scheduled at a
-    provider that can cancel are taken back and re-planned; others still arrive as planned.
+    Everything is validated before anything is written (`Dripmail.set_preferences`); a
+    refused value shows the page again with the reason and a 400, a stopped subscriber 409.
     """
-    from dripmail import subscribers as subs
-    from dripmail.store.schema import subscribers as table
-
     c = ctx(request)
     sid = _token_id(request, "preferences")
     fields = await read_fields(request)
-    course = c.course()
-    now = c.now()
 
     def work() -> Response | None:
-        sub = subs.get_subscriber(c.engine, sid)
-        if sub["status"] in subs.STOPPED:
-            return _preferences(
-                c, request, sub, _status_line(c, sub),
-                error="This address is unsubscribed: nothing was changed.", status_code=409,
-            )  # fmt: skip
         try:
-            zone = subs.validate_timezone(fields.get("timezone", "").strip() or sub["timezone"])
-            wanted_time = _parse_send_time(
-                fields.get("send_time", "") or _effective_time(sub, course)
+            c.app.set_preferences(
+                sid,
+                newsletters=fields.get("newsletters", "") in ("on", "yes", "true", "1"),
+                timezone=fields.get("timezone", ""),
+                send_time=fields.get("send_time", ""),
+                course=fields.get("course", ""),
             )
-            wanted_course = fields.get("course", "")
-            if wanted_course not in ("", "active", "paused"):
-                raise InputError(f"course: {wanted_course[:20]!r} is not active or paused")
         except InputError as exc:
+            sub = c.app.subscriber(sid)
+            code = 409 if sub["status"] in STOPPED_STATUSES else 400
             return _preferences(
-                c, request, sub, _status_line(c, sub), error=str(exc), status_code=400
-            )
-        newsletters = fields.get("newsletters", "") in ("on", "yes", "true", "1")
-        timing_changed = zone != sub["timezone"] or wanted_time != _effective_time(sub, course)
-        default = course.send_time.strftime("%H:%M")
-        stored_time = None if wanted_time == default and not sub["send_time"] else wanted_time
-        with c.engine.begin() as conn:
-            conn.execute(
-                update(table)
-                .where(table.c.id == sid)
-                .values(
-                    newsletters=newsletters, timezone=zone, send_time=stored_time, updated_at=now
-                )
-            )
-        status = sub["status"]
-        if status == "active" and wanted_course == "paused":
-            handed = subs.pause(c.engine, sid, now)
-            subs.unhand(c.engine, _cancel_handed(c, handed), now)
-        elif status == "paused" and wanted_course == "active":
-            subs.resume(c.engine, sid, course, now)
-        elif status == "active" and timing_changed:
-            subs.unhand(c.engine, _cancel_handed(c, _handed_ids(c, sid)), now)
-            subs.reschedule(c.engine, sid, course, now)
+                c, request, sub, _status_line(c, sub), error=str(exc).rstrip(".") + ".",
+                status_code=code,
+            )  # fmt: skip
         return None
 
     answer = await c.db(work)

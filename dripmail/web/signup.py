@@ -10,14 +10,12 @@ in all), so a form submitted ten times sends one email.
 from __future__ import annotations
 
 import re
-import unicodedata
 from urllib.parse import urlsplit
 
 from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from dripmail.errors import InputError
 from dripmail.web.context import WebContext, ctx, log
 from dripmail.web.forms import read_fields, wants_json
 
@@ -26,19 +24,12 @@ THANKS = (
     "Thank you! If this address can join, a confirmation link is on its way to it: "
     "open it to start the course."
 )
-MAX_NAME = 100
 MAX_SOURCE = 512
 
 
 def client_ip(request: Request) -> str:
     """The client's address (behind a proxy, uvicorn's --proxy-headers puts the real one here)."""
     return request.client.host if request.client else "unknown"
-
-
-def _clean_name(value: str) -> str:
-    # No control characters (they have no place in a name and could upset mail headers).
-    text = "".join(ch for ch in value if unicodedata.category(ch)[0] != "C")
-    return " ".join(text.split())[:MAX_NAME]
 
 
 def _source(fields: dict[str, str], request: Request) -> str | None:
@@ -49,30 +40,6 @@ def _source(fields: dict[str, str], request: Request) -> str | None:
         if parts and parts.scheme in ("http", "https") and parts.netloc:
             return candidate[:MAX_SOURCE]
     return None
-
-
-def _valid_fields(c: WebContext, fields: dict[str, str]) -> tuple[str, str, str]:
-    """(address, first name, zone) from the fields; InputError naming the field otherwise."""
-    from dripmail.subscribers import normalise_email, validate_timezone
-
-    raw = fields.get("email", "").strip()
-    if not raw:
-        raise InputError("email: please enter your email address")
-    if len(raw) > 320:
-        raise InputError("email: that address is too long")
-    try:
-        address = normalise_email(raw)
-    except InputError as exc:
-        detail = str(exc).rpartition(": ")[2]
-        raise InputError(f"email: that does not look like an email address ({detail})") from None
-    zone = fields.get("timezone", "").strip() or c.course().timezone
-    try:
-        zone = validate_timezone(zone)
-    except InputError:
-        raise InputError(
-            f"timezone: {zone[:64]!r} is not a time zone (e.g. Europe/Berlin)"
-        ) from None
-    return address, _clean_name(fields.get("first_name", "")), zone
 
 
 async def signup_page(request: Request) -> Response:
@@ -98,9 +65,12 @@ def _thanks(c: WebContext, request: Request, as_json: bool, task=None) -> Respon
 
 
 async def subscribe(request: Request) -> Response:
-    """``POST /subscribe``: a pending subscriber with a consent record, and the confirm email."""
-    from dripmail.subscribers import add_subscriber, rejoin
+    """``POST /subscribe``: a pending subscriber with a consent record, and the confirm email.
 
+    Validation and storing are `Dripmail.subscribe` (the same checks as every other door); a
+    bad address is a 400 naming the field, a bad hidden time-zone field falls back to the
+    course's zone.
+    """
     c = ctx(request)
     as_json = wants_json(request)
     ip = client_ip(request)
@@ -118,41 +88,16 @@ async def subscribe(request: Request) -> Response:
         # A bot filled the invisible field: answer as usual, store nothing.
         log.info("sign-up from %s dropped: honeypot filled", ip)
         return _thanks(c, request, as_json)
-    address, first_name, zone = _valid_fields(c, fields)
-    now = c.now()
-    agent = request.headers.get("user-agent", "")[:512] or None
-    source = _source(fields, request)
-
-    def store() -> int | None:
-        try:
-            sid, created = add_subscriber(
-                c.engine,
-                address,
-                timezone=zone,
-                status="pending",
-                consent_source="web-form",
-                now=now,
-                first_name=first_name,
-                consent_ip=ip,
-                consent_user_agent=agent,
-                consent_page=source,
-            )
-        except InputError:  # suppressed (bounced, complained, forgotten): say nothing
-            return None
-        if not created:
-            # Someone who unsubscribed and signs up again gets the confirmation email too.
-            rejoin(
-                c.engine,
-                sid,
-                now,
-                consent_source="web-form",
-                consent_ip=ip,
-                consent_user_agent=agent,
-                consent_page=source,
-            )
-        return sid
-
-    sid = await c.db(store)
+    signed = await c.db(
+        c.app.subscribe,
+        fields.get("email", ""),
+        name=fields.get("first_name", ""),
+        timezone=fields.get("timezone", ""),
+        ip=ip,
+        user_agent=request.headers.get("user-agent", "")[:512] or None,
+        page=_source(fields, request),
+    )
+    sid = signed.subscriber_id
     task = BackgroundTask(send_confirmation, c, sid) if sid is not None else None
     return _thanks(c, request, as_json, task)
 
@@ -163,13 +108,8 @@ def send_confirmation(c: WebContext, subscriber_id: int) -> int:
     Runs after the answer went out (in a worker thread). Failures are logged in one line: the
     visitor already has their answer, and signing up again retries after the quiet period.
     """
-    from dripmail.confirmations import send_confirmations
-
     try:
-        with c._provider_lock:  # send_confirmations drives the provider on its own loop
-            return send_confirmations(
-                c.project, c.settings, [subscriber_id], c.now(), runner=c.runner
-            )
+        return c.app.send_confirmations([subscriber_id])
     except Exception as exc:
         log.error("confirmation email for subscriber %s not sent: %s", subscriber_id, exc)
         return 0

@@ -25,7 +25,7 @@ def _error(status: int, message: str) -> JSONResponse:
 
 async def webhook(request: Request) -> Response:
     """Receive one provider's webhook request."""
-    from dripmail.webhooks import PROVIDERS, cancel_at_provider, ingest, verify_and_parse
+    from dripmail.webhooks import PROVIDERS
 
     c = ctx(request)
     provider = request.path_params["provider"]
@@ -33,14 +33,8 @@ async def webhook(request: Request) -> Response:
         return _error(404, f"no webhook for {provider[:30]!r}: use one of {', '.join(PROVIDERS)}")
     body = await request.body()
     headers = dict(request.headers)
-    now = c.now()
-
-    def work():
-        events = verify_and_parse(provider, headers, body, c.settings, now)
-        return ingest(c.engine, events, now)
-
     try:
-        applied = await c.db(work)
+        applied = await c.db(c.app.apply_events, provider, headers, body)
     except WebhookAuthError as exc:
         log.warning("%s", exc)  # names the provider and the reason, never a secret
         return _error(401, str(exc))
@@ -53,19 +47,11 @@ async def webhook(request: Request) -> Response:
     except StoreError as exc:
         log.error("%s webhook not stored: %s", provider, exc)
         return _error(503, "storage unavailable, retry later")
-    cancelled: list[str] = []
-    if applied.to_cancel:
-        try:
-            cancelled = await c.provider_call(
-                lambda: cancel_at_provider(c.runner.provider, applied.to_cancel)
-            )
-        except Exception as exc:
-            log.error("%s webhook: could not cancel scheduled lessons: %s", provider, exc)
     return JSONResponse(
         {
             "stored": applied.new,
             "duplicates": applied.duplicates,
             "stopped": len(applied.stopped),
-            "cancelled": len(cancelled),
+            "cancelled": applied.recall.cancelled,
         }
     )

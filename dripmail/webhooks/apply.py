@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import Engine, delete, insert, select
 from sqlalchemy.exc import IntegrityError
@@ -35,6 +36,8 @@ class Applied:
     stopped: list[int] = field(default_factory=list)  # subscribers whose mail was stopped
     # Provider ids of lessons already handed over (scheduled there): cancel them at the provider.
     to_cancel: list[str] = field(default_factory=list)
+    # Set by `Dripmail.apply_events`: what the provider took back of `to_cancel`.
+    recall: Any = None
 
 
 def check_replays(engine: Engine, batch: Sequence[WebhookEvent], now: datetime) -> None:

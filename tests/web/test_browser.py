@@ -151,6 +151,8 @@ def test_sign_up_confirm_and_unsubscribe_in_a_browser(server: Server, browser) -
     text = sent.get_body(("plain",)).get_content()
     confirm_url = re.search(r"http://127\.0\.0\.1:\d+/confirm/\S+", text).group(0)
     page.goto(confirm_url)
+    assert server.subscriber("reader@example.org")["status"] == "pending"  # a GET confirms nobody
+    page.get_by_role("button", name="Yes, start the course").click()
     assert page.get_by_role("heading", name="You are in!").is_visible()
     first = page.locator("#first-lesson").inner_text()
     assert "07:00 (Asia/Tokyo)" in first

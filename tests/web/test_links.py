@@ -68,9 +68,20 @@ def expired_token(web, sid: int, purpose: str, age: timedelta) -> str:
 # -- confirm -----------------------------------------------------------------------------
 
 
+async def test_confirm_get_shows_a_button_and_changes_nothing(web):
+    sid = pending(web)
+    before = web.snapshot()
+    page = await web.client().get(f"/confirm/{web.token(sid, 'confirm')}")
+    assert page.status_code == 200 and page.headers["cache-control"] == "no-store"
+    assert "Yes, start the course" in page.text and 'method="post"' in page.text
+    assert "a***@example.com" in page.text
+    assert web.snapshot() == before  # a mail scanner's GET confirms nobody
+    assert web.subscriber("ann@example.com")["status"] == "pending"
+
+
 async def test_confirm_activates_and_says_when_lesson_one_arrives_locally(web):
     sid = pending(web)
-    page = await web.client().get(f"/confirm/{web.token(sid, 'confirm')}")
+    page = await web.client().post(f"/confirm/{web.token(sid, 'confirm')}", data={"confirm": "yes"})
     assert page.status_code == 200
     assert web.subscriber("ann@example.com")["status"] == "active"
     week = lessons(web, sid)
@@ -86,12 +97,14 @@ async def test_confirm_activates_and_says_when_lesson_one_arrives_locally(web):
 async def test_second_confirm_click_changes_nothing(web):
     sid = pending(web)
     client = web.client()
-    await client.get(f"/confirm/{web.token(sid, 'confirm')}")
+    await client.post(f"/confirm/{web.token(sid, 'confirm')}")
     before = web.snapshot()
     web.clock.now += timedelta(days=1)
-    again = await client.get(f"/confirm/{web.token(sid, 'confirm')}")
+    again = await client.post(f"/confirm/{web.token(sid, 'confirm')}")
     assert again.status_code == 200 and "Already confirmed" in again.text
     assert web.snapshot() == before
+    shown = await client.get(f"/confirm/{web.token(sid, 'confirm')}")
+    assert "Already confirmed" in shown.text  # the page of a confirmed address says so
 
 
 async def test_confirm_after_unsubscribe_does_not_restart(web):
@@ -100,14 +113,14 @@ async def test_confirm_after_unsubscribe_does_not_restart(web):
     sid = active(web)
     unsubscribe(web.engine, sid, web.clock.now)
     before = web.snapshot()
-    page = await web.client().get(f"/confirm/{web.token(sid, 'confirm')}")
+    page = await web.client().post(f"/confirm/{web.token(sid, 'confirm')}")
     assert "nothing was restarted" in page.text
     assert web.snapshot() == before
 
 
 @pytest.mark.parametrize(
     ("path", "method"),
-    [("confirm", "GET"), ("unsubscribe", "GET"), ("unsubscribe", "POST"),
+    [("confirm", "GET"), ("confirm", "POST"), ("unsubscribe", "GET"), ("unsubscribe", "POST"),
      ("preferences", "GET"), ("preferences", "POST")],
 )  # fmt: skip
 async def test_bad_expired_and_wrong_purpose_tokens_get_a_clear_4xx_page(web, path, method):
@@ -143,7 +156,9 @@ async def test_confirm_link_expires_after_a_week_but_works_before(web):
     stale = expired_token(web, sid, "confirm", timedelta(days=8))
     fresh = expired_token(web, sid, "confirm", timedelta(days=6))
     assert (await web.client().get(f"/confirm/{stale}")).status_code == 400
-    assert (await web.client().get(f"/confirm/{fresh}")).status_code == 200
+    assert (await web.client().post(f"/confirm/{stale}")).status_code == 400
+    assert web.subscriber("ann@example.com")["status"] == "pending"
+    assert (await web.client().post(f"/confirm/{fresh}")).status_code == 200
 
 
 async def test_token_of_a_forgotten_subscriber_is_404(web):
@@ -167,7 +182,8 @@ async def test_old_key_still_accepted_during_rotation(make_web):
     sid = pending(web)
     old = itsdangerous.URLSafeTimedSerializer(SECRET, salt="dripmail.confirm").dumps(sid)
     async with web.client() as client:
-        assert (await client.get(f"/confirm/{old}")).status_code == 200
+        assert (await client.post(f"/confirm/{old}")).status_code == 200
+    assert web.subscriber("ann@example.com")["status"] == "active"
 
 
 # -- unsubscribe ---------------------------------------------------------------------------

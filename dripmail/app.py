@@ -1,0 +1,518 @@
+"""`Dripmail`: the one application door. The CLI and the web app parse, call one method, print.
+
+Each audience use case (add, import, sign up, confirm, unsubscribe, pause, resume, preferences,
+forget, provider events) is one method that validates its input (`dripmail.validation`), does
+its database work in one transaction and returns a typed result. Taking back lessons already
+handed to a provider (stop, cancel at the provider, return to the queue) is `_recall`, the one
+place that sequence exists: the provider call happens after the commit, never while a write
+lock is held, and what it cancelled goes back to `planned` in a second short transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import date, datetime, time
+from pathlib import Path
+from typing import Any, TypeVar
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import RowMapping
+
+from dripmail import subscribers as subs
+from dripmail.errors import InputError
+from dripmail.runner import Runner
+from dripmail.states import SubscriberStatus
+from dripmail.store import subscriber_queries as q
+from dripmail.validation import (
+    clean_name,
+    normalise_email,
+    parse_start_date,
+    start_date_warning,
+    validate_timezone,
+)
+
+T = TypeVar("T")
+
+
+# -- results --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Recall:
+    """Lessons already handed to the provider when the course stopped, paused or moved."""
+
+    handed: int = 0  # scheduled at the provider at that moment
+    cancelled: int = 0  # taken back there (SendGrid, Resend can)
+
+    @property
+    def still_arriving(self) -> int:
+        """Handed-over lessons the provider could not take back: they will still arrive."""
+        return self.handed - self.cancelled
+
+
+@dataclass(frozen=True)
+class Added:
+    """`add_subscriber`: who, whether new, and when lesson 1 goes out (local date)."""
+
+    id: int
+    email: str
+    created: bool
+    status: SubscriberStatus
+    first_lesson: date | None = None
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SignedUp:
+    """`subscribe` (web): the subscriber to send a confirmation to, or None (say nothing)."""
+
+    subscriber_id: int | None
+    zone_fallback: bool = False  # the form's zone was unusable: the course's zone was used
+
+
+@dataclass(frozen=True)
+class Confirmed:
+    """`confirm`: the subscriber's state after the click and their next lesson."""
+
+    id: int
+    email: str
+    status: SubscriberStatus
+    timezone: str
+    confirmed_now: bool
+    next_lesson: tuple[int, datetime] | None  # (day, due time UTC)
+
+
+@dataclass(frozen=True)
+class Stopped:
+    """`unsubscribe` / `pause`: the new status and what was taken back at the provider."""
+
+    id: int
+    email: str
+    status: SubscriberStatus
+    changed: bool  # False when it already was in that state
+    recall: Recall = field(default_factory=Recall)
+
+
+@dataclass(frozen=True)
+class Resumed:
+    """`resume`: the local date of the next lesson (None when none is left)."""
+
+    id: int
+    email: str
+    next_lesson_date: date | None
+
+
+@dataclass(frozen=True)
+class PreferencesSaved:
+    """`set_preferences`: what changed and what was taken back at the provider."""
+
+    id: int
+    status: SubscriberStatus
+    replanned: bool
+    recall: Recall = field(default_factory=Recall)
+
+
+@dataclass(frozen=True)
+class Forgotten:
+    """`forget`: how much was erased; only a hashed suppression is kept."""
+
+    email: str
+    lessons: int
+    events: int
+    recall: Recall = field(default_factory=Recall)
+
+
+@dataclass(frozen=True)
+class Timeline:
+    """`timeline`: one subscriber with their lessons and events."""
+
+    subscriber: RowMapping
+    lessons: list[RowMapping]
+    events: list[RowMapping]
+
+
+# -- the door -------------------------------------------------------------------------------
+
+
+@dataclass
+class Dripmail(Runner):
+    """The application core for one project: store, course, renderer, provider and signer.
+
+    Built from `Project`, `Settings` and a clock (aware UTC; `--now` and tests simulate it).
+    Everything is built lazily on first use (a `list` never loads the course).
+    """
+
+    def __post_init__(self) -> None:
+        self._provider_lock = threading.Lock()
+
+    def now(self) -> datetime:
+        """The core's clock (aware UTC)."""
+        return self.clock()
+
+    # -- provider calls and the one recall sequence --
+
+    def call_provider(self, make: Callable[[], Awaitable[T]]) -> T:
+        """Run one provider coroutine to completion, one call at a time.
+
+        Called from synchronous code (the CLI, or a web worker thread, never the server's
+        event loop): the HTTP providers keep a pooled client per event loop, and the lock keeps
+        two threads from swapping it under each other.
+        """
+        with self._provider_lock:
+            return asyncio.run(make())  # type: ignore[arg-type]
+
+    def _recall(self, handed: list[str], now: datetime) -> Recall:
+        """Cancel handed-over lessons at the provider and return those it cancelled to the queue.
+
+        Lessons of a stopped subscriber were already cancelled locally (so `unhand` finds
+        nothing to return for them); a paused or moved course gets them back as `planned`. A
+        provider that cannot cancel, or fails to, leaves them to arrive: the count says so.
+        """
+        if not handed:
+            return Recall()
+        try:
+            cancelled = self.call_provider(lambda: self.cancel_handed(handed))
+        except Exception as exc:  # the change itself is stored; the provider may be down
+            import logging
+
+            logging.getLogger("dripmail").error(
+                "could not cancel %d scheduled lesson(s) at the provider: %s", len(handed), exc
+            )
+            cancelled = []
+        if cancelled:
+            with self.engine.begin() as conn:
+                q.unhand(conn, cancelled, now)
+        return Recall(handed=len(handed), cancelled=len(cancelled))
+
+    # -- lookups --
+
+    def subscriber(self, ref: int | str) -> RowMapping:
+        """A subscriber by id or address; NotFoundError naming what was asked for."""
+        return subs.get_subscriber(self.engine, ref)
+
+    def timeline(self, ref: int | str) -> Timeline:
+        """A subscriber with every lesson (by day) and every event (by time)."""
+        with self.engine.connect() as conn:
+            sub = subs.get_subscriber(conn, ref)
+            return Timeline(sub, q.lessons_of(conn, sub["id"]), q.events_of(conn, sub["id"]))
+
+    def list_subscribers(self, status: str | None = None) -> Iterator[RowMapping]:
+        """Every subscriber by id, optionally only one status (streamed in pages)."""
+        if status is not None:
+            status = _status(status)
+        return q.iter_subscribers(self.engine, status)
+
+    def next_lesson(self, subscriber_id: int) -> tuple[int, datetime] | None:
+        """(day, due time) of a subscriber's next lesson still to go out, or None."""
+        with self.engine.connect() as conn:
+            return q.next_open_lesson(conn, subscriber_id)
+
+    # -- adding --
+
+    def add_subscriber(
+        self,
+        email: str,
+        *,
+        name: str = "",
+        timezone: str | None = None,
+        start: str | date | None = None,
+        tags: str = "",
+        source: str = "cli",
+    ) -> Added:
+        """Add an active subscriber (the operator vouches for consent) and plan the week.
+
+        One transaction: added, activated and planned together, or not at all. An address
+        already there is left as it is (`created` False). InputError names the bad field.
+        """
+        now = self.now()
+        address = normalise_email(email)
+        zone = validate_timezone(timezone or self.course.timezone)
+        today = now.astimezone(ZoneInfo(zone)).date()
+        first = parse_start_date(start, today, field="--start" if source == "cli" else "start_date")
+        warning = start_date_warning(first, today, len(self.course.lessons))
+        with self.engine.begin() as conn:
+            sid, created = subs.add_subscriber(
+                conn,
+                address,
+                first_name=clean_name(name, "--name" if source == "cli" else "first_name"),
+                timezone=zone,
+                status=SubscriberStatus.PENDING,
+                consent_source=source,
+                now=now,
+                start_date=first,
+                tags=tags,
+            )
+            if not created:
+                row = q.by_id(conn, sid)
+                assert row is not None
+                return Added(sid, address, False, SubscriberStatus(row["status"]))
+            begins = subs.activate(conn, sid, self.course, now)
+        return Added(
+            sid,
+            address,
+            True,
+            SubscriberStatus.ACTIVE,
+            begins,
+            (warning,) if warning else (),
+        )
+
+    def import_subscribers(
+        self,
+        path: Path,
+        *,
+        confirm: bool = False,
+        dry_run: bool = False,
+        progress: Callable[[int], None] | None = None,
+    ) -> Any:  # -> dripmail.subscriber_io.ImportReport
+        """Import a CSV file (see `dripmail.subscriber_io`); each row is one transaction."""
+        from dripmail.subscriber_io import import_csv
+
+        report = import_csv(
+            self.engine,
+            path,
+            self.course,
+            self.course.timezone,
+            self.now(),
+            confirm=confirm,
+            dry_run=dry_run,
+            progress=progress,
+        )
+        return report
+
+    def subscribe(
+        self,
+        email: str,
+        *,
+        name: str = "",
+        timezone: str = "",
+        ip: str | None = None,
+        user_agent: str | None = None,
+        page: str | None = None,
+        source: str = "web-form",
+    ) -> SignedUp:
+        """A web sign-up: a pending subscriber with a consent record (double opt-in).
+
+        The address must be valid (InputError naming `email`); a time zone the browser sent
+        that is not usable falls back to the course's zone instead of refusing the reader.
+        A suppressed address gets `subscriber_id` None: the page says the same either way.
+        Someone who unsubscribed earlier is reopened as pending with a fresh consent record.
+        """
+        now = self.now()
+        raw = email.strip()
+        if not raw:
+            raise InputError("email: please enter your email address")
+        try:
+            address = normalise_email(raw)
+        except InputError as exc:
+            detail = str(exc).rpartition(": ")[2]
+            raise InputError(
+                f"email: that does not look like an email address ({detail})"
+            ) from None
+        fallback = False
+        try:
+            zone = validate_timezone(timezone.strip()) if timezone.strip() else self.course.timezone
+        except InputError:
+            zone, fallback = self.course.timezone, True
+        first_name = clean_name(name, "first_name")
+        consent = {
+            "consent_source": source,
+            "consent_ip": ip,
+            "consent_user_agent": user_agent,
+            "consent_page": page,
+        }
+        with self.engine.begin() as conn:
+            try:
+                sid, created = subs.add_subscriber(
+                    conn,
+                    address,
+                    timezone=zone,
+                    status=SubscriberStatus.PENDING,
+                    now=now,
+                    first_name=first_name,
+                    **consent,  # type: ignore[arg-type]
+                )
+            except InputError:  # suppressed (bounced, complained, forgotten): say nothing
+                return SignedUp(None, fallback)
+            if not created:
+                subs.rejoin(conn, sid, now, **consent)  # type: ignore[arg-type]
+        return SignedUp(sid, fallback)
+
+    def send_confirmations(self, subscriber_ids: Iterable[int]) -> int:
+        """Send the double opt-in email to pending subscribers not mailed recently."""
+        from dripmail.confirmations import send_confirmations
+
+        with self._provider_lock:
+            return send_confirmations(
+                self.project, self.settings, subscriber_ids, self.now(), runner=self
+            )
+
+    # -- the reader's choices --
+
+    def confirm(self, subscriber_id: int) -> Confirmed:
+        """The double opt-in click: pending -> active, lessons planned by the start rule.
+
+        Idempotent: a second click (or one racing the first) changes nothing. A stopped
+        subscriber is not restarted.
+        """
+        now = self.now()
+        with self.engine.begin() as conn:
+            sub = subs.get_subscriber(conn, subscriber_id)
+            confirmed_now = False
+            if sub["status"] == SubscriberStatus.PENDING:
+                subs.activate(conn, subscriber_id, self.course, now)
+                subs.record_event(
+                    conn,
+                    "dripmail",
+                    f"confirm-{subscriber_id}-{now.isoformat()}",
+                    "confirmed",
+                    now,
+                    now,
+                    subscriber_id=subscriber_id,
+                    detail="link",
+                )
+                confirmed_now = True
+                sub = subs.get_subscriber(conn, subscriber_id)
+            nxt = q.next_open_lesson(conn, subscriber_id)
+        return Confirmed(
+            subscriber_id,
+            sub["email"],
+            SubscriberStatus(sub["status"]),
+            sub["timezone"],
+            confirmed_now,
+            nxt,
+        )
+
+    def unsubscribe(self, ref: int | str, source: str = "cli") -> Stopped:
+        """Stop all mail at once (idempotent) and take back what the provider holds."""
+        now = self.now()
+        with self.engine.begin() as conn:
+            sub = subs.get_subscriber(conn, ref)
+            sid = int(sub["id"])
+            if sub["status"] in subs.STOPPED:
+                return Stopped(sid, sub["email"], SubscriberStatus(sub["status"]), False)
+            handed = subs.unsubscribe(conn, sid, now, source=source)
+        recall = self._recall(handed, now)
+        return Stopped(sid, sub["email"], SubscriberStatus.UNSUBSCRIBED, True, recall)
+
+    def pause(self, ref: int | str) -> Stopped:
+        """Freeze the course; lessons the provider holds are taken back where it can."""
+        now = self.now()
+        with self.engine.begin() as conn:
+            sub = subs.get_subscriber(conn, ref)
+            sid = int(sub["id"])
+            was = sub["status"]
+            handed = subs.pause(conn, sid, now)
+        recall = self._recall(handed, now)
+        return Stopped(sid, sub["email"], SubscriberStatus.PAUSED, was != "paused", recall)
+
+    def resume(self, ref: int | str) -> Resumed:
+        """Continue a paused course: the next lesson at the next local send time."""
+        now = self.now()
+        with self.engine.begin() as conn:
+            sub = subs.get_subscriber(conn, ref)
+            first = subs.resume(conn, int(sub["id"]), self.course, now)
+        return Resumed(int(sub["id"]), sub["email"], first)
+
+    def set_preferences(
+        self,
+        subscriber_id: int,
+        *,
+        newsletters: bool,
+        timezone: str = "",
+        send_time: str = "",
+        course: str = "",
+    ) -> PreferencesSaved:
+        """Save the preferences page: newsletter, zone, send time, pause/resume.
+
+        Everything is validated before anything is written (InputError naming the field). A
+        new zone or time re-plans the lessons left from the next local send time; lessons the
+        provider holds are taken back first where it can. A stopped subscriber is refused.
+        """
+        now = self.now()
+        rules = self.course
+        with self.engine.begin() as conn:
+            sub = subs.get_subscriber(conn, subscriber_id)
+            if sub["status"] in subs.STOPPED:
+                raise InputError("This address is unsubscribed: nothing was changed")
+            zone = validate_timezone(timezone.strip() or sub["timezone"])
+            current = sub["send_time"] or rules.send_time.strftime("%H:%M")
+            wanted_time = _parse_send_time(send_time or current)
+            if course not in ("", "active", "paused"):
+                raise InputError(f"course: {course[:20]!r} is not active or paused")
+            timing_changed = zone != sub["timezone"] or wanted_time != current
+            default = rules.send_time.strftime("%H:%M")
+            stored_time = None if wanted_time == default and not sub["send_time"] else wanted_time
+            q.update_subscriber(
+                conn, subscriber_id, now, newsletters=newsletters, timezone=zone,
+                send_time=stored_time,
+            )  # fmt: skip
+            status = sub["status"]
+            handed: list[str] = []
+            replan = False
+            if status == "active" and course == "paused":
+                handed = subs.pause(conn, subscriber_id, now)
+                status = SubscriberStatus.PAUSED
+            elif status == "paused" and course == "active":
+                subs.resume(conn, subscriber_id, rules, now)  # re-plans from the next morning
+                status = SubscriberStatus.ACTIVE
+                replan = True
+            elif status == "active" and timing_changed:
+                handed = q.handed_ids(conn, subscriber_id)
+                subs.reschedule(conn, subscriber_id, rules, now)
+                replan = True
+        recall = self._recall(handed, now)
+        if replan and recall.cancelled:
+            # What the provider gave back is planned again: move it to the new timing too.
+            self.replan(subscriber_id)
+        return PreferencesSaved(subscriber_id, SubscriberStatus(status), replan, recall)
+
+    def replan(self, subscriber_id: int) -> date | None:
+        """Re-plan a subscriber's lessons not yet handed over, by the one planning function."""
+        with self.engine.begin() as conn:
+            return subs.reschedule(conn, subscriber_id, self.course, self.now())
+
+    def forget(self, ref: int | str) -> Forgotten:
+        """Erase a subscriber: rows and events deleted, a hashed suppression kept."""
+        now = self.now()
+        with self.engine.begin() as conn:
+            sub = subs.get_subscriber(conn, ref)
+            sid = int(sub["id"])
+            lessons = len(q.lessons_of(conn, sid))
+            events = len(q.events_of(conn, sid))
+            handed = subs.forget(conn, sid, now)
+        return Forgotten(sub["email"], lessons, events, self._recall(handed, now))
+
+    # -- provider events --
+
+    def apply_events(self, provider: str, headers: dict[str, str], body: bytes) -> Any:
+        """A provider's webhook request: verified, stored once, mail stopped where it says.
+
+        Returns `dripmail.webhooks.apply.Applied` with `recall` set. Raises WebhookAuthError
+        (401), InputError (400), ConfigError, StoreError as the route maps them.
+        """
+        from dripmail.webhooks import ingest, verify_and_parse
+
+        now = self.now()
+        batch = verify_and_parse(provider, headers, body, self.settings, now)
+        applied = ingest(self.engine, batch, now)
+        applied.recall = self._recall(applied.to_cancel, now)
+        return applied
+
+
+def _status(value: str) -> str:
+    try:
+        return SubscriberStatus(value).value
+    except ValueError:
+        names = ", ".join(s.value for s in SubscriberStatus)
+        raise InputError(f"--status {value[:20]!r} is not a status: use one of {names}") from None
+
+
+def _parse_send_time(value: str) -> str:
+    try:
+        parsed = time.fromisoformat(value.strip())
+    except ValueError:
+        raise InputError(f"send time: {value[:20]!r} is not a time like 07:00") from None
+    return parsed.strftime("%H:%M")

@@ -1,0 +1,255 @@
+"""Input checks shared by every door (CLI, CSV import, web sign-up, preferences page).
+
+Store-free on purpose: loading a course validates its time zone through this module, and must
+not pull in the database layer. Every check returns the value as it is stored or raises
+`InputError` with one line naming the field and what to do.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import unicodedata
+from datetime import date, timedelta
+from functools import lru_cache
+from importlib import resources
+from zoneinfo import ZoneInfo, available_timezones
+
+from email_validator import EmailNotValidError, validate_email
+
+from dripmail.errors import InputError
+
+MAX_NAME = 100
+MAX_EMAIL = 320
+# Start dates are accepted from a year back to a year ahead of today: further back is a
+# typo (0001-01-01) or a list that should not get a course at all; further ahead is a typo
+# (9999-12-31) that would park a reader forever.
+START_WINDOW = timedelta(days=366)
+
+
+def normalise_email(address: str) -> str:
+    """The canonical, lower-cased form of an address; InputError naming it when invalid.
+
+    email-validator does the syntax check and Unicode normalisation (no DNS lookup).
+    """
+    text = address.strip()
+    if len(text) > MAX_EMAIL:
+        raise InputError(f"email: {text[:40]!r}... is longer than {MAX_EMAIL} characters")
+    try:
+        valid = validate_email(text, check_deliverability=False)
+    except EmailNotValidError as exc:
+        raise InputError(f"{address!r} is not a valid email address: {exc}") from None
+    return valid.normalized.lower()
+
+
+def clean_name(value: str, field: str = "first_name", limit: int = MAX_NAME) -> str:
+    """A name as stored: control and format characters become one space, runs of space one.
+
+    CR, LF, TAB, NUL, U+2028/U+2029 and every other Unicode Cc/Cf/Zl/Zp character would
+    break a ``To:`` header or a page, so they never reach the store. Longer than `limit`
+    characters after cleaning is an InputError naming `field` (never silently cut).
+    """
+    out = []
+    for ch in value:
+        category = unicodedata.category(ch)
+        out.append(" " if category[0] == "C" or category in ("Zl", "Zp") else ch)
+    text = " ".join("".join(out).split())
+    if len(text) > limit:
+        raise InputError(f"{field}: longer than {limit} characters ({len(text)}); shorten it")
+    return text
+
+
+# -- time zones ---------------------------------------------------------------------------
+
+# Abbreviation zones: "EST" is a fixed -05:00 (no DST) that people type meaning New York, so
+# storing it would send an hour off half the year. Refused, with the zones usually meant.
+_ABBREVIATIONS: dict[str, tuple[str, ...]] = {
+    "EST": ("America/New_York", "America/Toronto", "America/Panama"),
+    "EDT": ("America/New_York", "America/Toronto"),
+    "EST5EDT": ("America/New_York", "America/Toronto"),
+    "CST": ("America/Chicago", "America/Mexico_City", "Asia/Shanghai"),
+    "CDT": ("America/Chicago",),
+    "CST6CDT": ("America/Chicago", "America/Winnipeg"),
+    "MST": ("America/Denver", "America/Phoenix", "America/Edmonton"),
+    "MDT": ("America/Denver", "America/Edmonton"),
+    "MST7MDT": ("America/Denver", "America/Edmonton"),
+    "PST": ("America/Los_Angeles", "America/Vancouver"),
+    "PDT": ("America/Los_Angeles", "America/Vancouver"),
+    "PST8PDT": ("America/Los_Angeles", "America/Vancouver"),
+    "HST": ("Pacific/Honolulu",),
+    "CET": ("Europe/Berlin", "Europe/Paris", "Europe/Madrid"),
+    "CEST": ("Europe/Berlin", "Europe/Paris", "Europe/Madrid"),
+    "MET": ("Europe/Berlin", "Europe/Paris"),
+    "EET": ("Europe/Athens", "Europe/Helsinki", "Africa/Cairo"),
+    "WET": ("Europe/Lisbon", "Atlantic/Canary"),
+    "BST": ("Europe/London",),
+    "IST": ("Asia/Kolkata", "Europe/Dublin", "Asia/Jerusalem"),
+    "JST": ("Asia/Tokyo",),
+    "AEST": ("Australia/Sydney", "Australia/Melbourne", "Australia/Brisbane"),
+}
+_OFFSET = re.compile(r"^(?:GMT|UTC)\s*([+-])\s*(\d{1,2})(?::?(\d{2}))?$", re.IGNORECASE)
+_UTC_NAMES = {"Etc/UTC", "Etc/GMT", "Etc/UCT", "Etc/Universal", "Etc/Zulu", "Etc/Greenwich"}
+
+
+@lru_cache(maxsize=1)
+def _zone_tables() -> tuple[dict[str, str], dict[str, str]]:
+    """(every known name -> canonical name, lower-cased name -> canonical name), built once.
+
+    Canonical: a Zone of the tz database or a name in its zone.tab (which keeps one zone per
+    country, e.g. Europe/Amsterdam, that the database itself links elsewhere). A legacy alias
+    (US/Pacific, Asia/Calcutta, Japan) maps to its link target. Source: the `tzdata` package's
+    ``tzdata.zi`` (``L target alias`` lines) and ``zone.tab``.
+    """
+    base = resources.files("tzdata.zoneinfo")
+    compact = base.joinpath("tzdata.zi").read_text(encoding="utf-8")
+    per_country = {
+        line.split("\t")[2]
+        for line in base.joinpath("zone.tab").read_text(encoding="utf-8").splitlines()
+        if line and not line.startswith("#")
+    }
+    links: dict[str, str] = {}
+    for line in compact.splitlines():
+        if line.startswith("L "):
+            _, target, alias = line.split()[:3]
+            links[alias] = target
+    canonical: dict[str, str] = {}
+    for name in available_timezones() | {"UTC"}:
+        target = name
+        if name not in per_country:
+            for _ in range(5):  # links point at zones; a chain is followed a few steps
+                target = links.get(target, target)
+        if target in _UTC_NAMES or name == "UTC":
+            target = "UTC"
+        canonical[name] = target
+    lower = {name.lower(): target for name, target in canonical.items()}
+    return canonical, lower
+
+
+@lru_cache(maxsize=4096)
+def validate_timezone(name: str) -> str:
+    """The canonical IANA name for `name`; InputError with a suggestion otherwise.
+
+    A legacy alias is stored as its canonical name (``US/Pacific`` -> ``America/Los_Angeles``).
+    Abbreviations (``EST``) are refused with the zones usually meant; a name in the wrong case
+    (``america/new_york``) or an offset (``GMT+2``) is refused with the right spelling. Cached:
+    a repeated zone costs a dict lookup.
+    """
+    text = name.strip()
+    canonical, lower = _zone_tables()
+    upper = text.upper()
+    if upper in _ABBREVIATIONS:
+        likely = ", ".join(_ABBREVIATIONS[upper])
+        raise InputError(
+            f"timezone: {text!r} is an abbreviation, not a place (its offset does not follow "
+            f"daylight saving time): use a zone such as {likely}"
+        )
+    if text in canonical:
+        found = canonical[text]
+        ZoneInfo(found)  # the zone's data is there (tzdata installed)
+        return found
+    offset = _OFFSET.match(text)
+    if offset:
+        sign, hours, minutes = offset.groups()
+        if minutes in (None, "00") and 0 < int(hours) <= 14:
+            flipped = "-" if sign == "+" else "+"
+            raise InputError(
+                f"timezone: {text!r} is an offset, not a zone: use the place (e.g. "
+                f"Europe/Berlin), or Etc/GMT{flipped}{int(hours)} (POSIX style: the sign is "
+                f"inverted, Etc/GMT{flipped}{int(hours)} is UTC{sign}{int(hours)}) for a fixed "
+                "offset without daylight saving"
+            )
+        raise InputError(f"timezone: {text!r} is an offset, not a zone: use the place")
+    hint = ""
+    if text.lower() in lower:
+        hint = f"did you mean {lower[text.lower()]}?"
+    else:
+        close = difflib.get_close_matches(text, list(canonical), n=3, cutoff=0.8)
+        if close:
+            hint = "did you mean " + " or ".join(close) + "?"
+    raise InputError(
+        f"timezone: {text[:64]!r} is not an IANA time zone"
+        + (f": {hint}" if hint else " (e.g. America/New_York, Europe/Berlin, Asia/Kolkata)")
+    )
+
+
+def is_timezone(name: str) -> bool:
+    """True when `validate_timezone` accepts `name`."""
+    try:
+        validate_timezone(name)
+    except InputError:
+        return False
+    return True
+
+
+# -- dates ----------------------------------------------------------------------------------
+
+
+def parse_start_date(
+    value: str | date | None, today: date, field: str = "start_date"
+) -> date | None:
+    """A lesson-1 date within `START_WINDOW` of `today`; None for empty.
+
+    InputError naming `field` for a malformed date or one outside the window.
+    """
+    if value is None or value == "":
+        return None
+    if isinstance(value, date):
+        parsed = value
+    else:
+        try:
+            parsed = date.fromisoformat(value.strip())
+        except ValueError:
+            raise InputError(f"{field}: {value[:40]!r} is not a date (YYYY-MM-DD)") from None
+    earliest, latest = today - START_WINDOW, today + START_WINDOW
+    if not earliest <= parsed <= latest:
+        raise InputError(
+            f"{field}: {parsed.isoformat()} is outside {earliest.isoformat()} .. "
+            f"{latest.isoformat()} (a year back to a year ahead)"
+        )
+    return parsed
+
+
+def start_date_warning(start: date | None, today: date, lessons: int) -> str | None:
+    """A warning when a start date lies so far back that the course would already be over.
+
+    Catch-up sends at most one lesson per local day, so such a reader gets the whole course
+    late, one a day from the next run.
+    """
+    if start is None or start >= today - timedelta(days=max(lessons - 1, 0)):
+        return None
+    return (
+        f"start_date {start.isoformat()} is more than {lessons} days ago: the lessons go out "
+        "late, one a day from the next run"
+    )
+
+
+# -- tags -----------------------------------------------------------------------------------
+
+_TAG = re.compile(r"^[a-z0-9_-]{1,64}$")
+
+
+def normalise_tags(value: str) -> str:
+    """Tags as stored: lower-case, comma-separated, once each ("Desk, runners" -> "desk,runners").
+
+    A tag is letters, digits, ``-`` and ``_`` (so it can name a segment, ``tag:desk``);
+    anything else is an InputError naming the tag.
+    """
+    out: list[str] = []
+    for part in re.split(r"[,\s]+", value.strip().lower()):
+        if not part:
+            continue
+        if not _TAG.match(part):
+            raise InputError(f"tags: {part[:70]!r} is not a tag (letters, digits, - and _)")
+        if part not in out:
+            out.append(part)
+    return ",".join(out)
+
+
+# -- personal data in free text -------------------------------------------------------------
+
+_ADDRESS = re.compile(r"[^\s<>\"'(),;:\[\]]+@[^\s<>\"'(),;:\[\]]+\.[^\s<>\"'(),;:\[\]]+")
+
+
+def scrub_addresses(text: str) -> str:
+    """`text` with every email address replaced by ``<address>`` (provider reasons quote them)."""
+    return _ADDRESS.sub("<address>", text)
