@@ -2,7 +2,7 @@
 
 Sign-up: `POST /subscribe` in process (httpx's ASGI transport, SQLite, outbox provider), each
 a new address, including the confirmation email written after the answer (the rate limit is
-lifted for the run). Confirm: the median time of `GET /confirm/<token>` (activate + plan the
+lifted for the run). Confirm: the median time of `POST /confirm/<token>` (activate + plan the
 week + page). Preview: a lesson page's render (load check, compile, personalise, `check`)
 with the per-file-version cache, against the naive way of loading and compiling the course
 again for every page view; the cache still looks at every file's modification time per view.
@@ -54,7 +54,7 @@ async def _signups(app, count: int) -> tuple[float, list[float]]:
         times = []
         for sid in range(1, min(count, 200) + 1):
             t = clock.perf_counter()
-            answer = await client.get(f"/confirm/{signer.make(sid, 'confirm')}")
+            answer = await client.post(f"/confirm/{signer.make(sid, 'confirm')}")
             times.append(clock.perf_counter() - t)
             assert answer.status_code == 200
     return rate, times

@@ -1,6 +1,6 @@
 """A course project with a known history, made through the real paths, for the report's tests.
 
-Sign-ups through POST /subscribe, confirmations through GET /confirm/<token>, lessons sent by
+Sign-ups through POST /subscribe, confirmations through POST /confirm/<token>, lessons sent by
 the engine (outbox provider) at their due times, an unsubscribe through POST /unsubscribe,
 a newsletter through the broadcast module, and provider events through POST /webhooks/sendgrid
 signed like SendGrid signs them. `EXPECTED` is every figure the report must show for it.
@@ -162,7 +162,7 @@ async def _play(h: History) -> None:
                 continue
             _at(h, T0 + after)
             token = signer.make(_sid(h, who), "confirm")
-            answer = await client.get(f"/confirm/{token}")
+            answer = await client.post(f"/confirm/{token}")
             assert answer.status_code == 200, answer.text
 
         # Lesson 1 goes to a, b, c and e on 2 June at 07:00 their time.
