@@ -311,24 +311,23 @@ def render_fn(
     """Personalise the compiled newsletter for a claimed row: name, unsubscribe, preferences.
 
     `compiled` is the newsletter's `CompiledEmail` (MJML compiled once for the broadcast);
-    each reader costs one small template render and two signed links. `issued_at` (the
-    broadcast's start, see `start`) stamps the links, so a copy rendered again after a crash
-    is the same bytes: a batch resent under its idempotency key must be the same request.
+    each reader costs one join of the compiled parts and the links the newsletter shows.
+    `issued_at` (the broadcast's start, see `start`) stamps the links, so a copy rendered
+    again after a crash is the same bytes: a batch resent under its idempotency key must be
+    the same request.
     """
-    from dripmail.render import Recipient
-    from dripmail.tokens import link
+    from dripmail.render import recipient_for
 
     ref = str(broadcast_id)
+    links = compiled.links  # only what the newsletter shows, and unsubscribe for its header
 
     def render(row: dict) -> Message:
-        sid = row["subscriber_id"]
-        recipient = Recipient(
-            email=row["email"],
-            first_name=row["first_name"] or "",
-            subscriber_id=sid,
-            unsubscribe_url=link(public_url, signer, sid, "unsubscribe", issued_at),
-            preferences_url=link(public_url, signer, sid, "preferences", issued_at),
-        )
+        reader = {
+            "id": row["subscriber_id"],
+            "email": row["email"],
+            "first_name": row["first_name"],
+        }
+        recipient = recipient_for(reader, public_url, signer, issued_at, links)
         return compiled.personalise(recipient, key=row["key"], kind="broadcast", ref=ref)
 
     return render

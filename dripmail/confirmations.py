@@ -69,6 +69,7 @@ def send_confirmations(
             {"id": sid, "email": email, "first_name": first_name},
             settings.public_url,
             runner.signer,
+            links=compiled.links,
         )
         messages.append(
             compiled.personalise(

@@ -3,15 +3,16 @@
 Stage 1 runs the templates in `emails/` in a Jinja sandbox (marketers edit them) with
 `StrictUndefined`, and compiles the MJML with mjml-python once per email. Per-recipient values
 (first name, unsubscribe and preferences links) are left in the compiled HTML as stage-2
-placeholders ``[[ recipient.first_name ]]``; stage 2 is a precompiled sandboxed Jinja template
-with those delimiters, so personalising costs one cheap template render per reader, never an
-MJML compile. The plain-text part comes from the lesson's Markdown through `*.txt.j2`.
+placeholders ``[[ recipient.first_name ]]``. Stage 2 only fills dripmail's own placeholders:
+the compiled HTML and text are split once at them, and each reader costs one ``"".join`` of
+the parts with their values (HTML-escaped in the HTML), never an MJML compile or a template
+render. The plain-text part comes from the lesson's Markdown through `*.txt.j2`.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -20,7 +21,6 @@ from typing import Any
 from jinja2 import (
     FileSystemLoader,
     StrictUndefined,
-    Template,
     TemplateNotFound,
     TemplateSyntaxError,
     UndefinedError,
@@ -28,7 +28,7 @@ from jinja2 import (
 from jinja2.ext import Extension
 from jinja2.lexer import Token, TokenStream
 from jinja2.sandbox import SandboxedEnvironment, SecurityError
-from markupsafe import Markup
+from markupsafe import Markup, escape
 
 from dripmail.config import Project
 from dripmail.content import Course, Newsletter
@@ -36,18 +36,20 @@ from dripmail.errors import ContentError
 from dripmail.markdown import to_html, to_text
 from dripmail.message import Mailbox, Message, MessageKind
 from dripmail.mjml_check import structure_problems
+from dripmail.tokens import PURPOSES, Purpose, Signer
 
 GREETING_FALLBACK = "there"
 RECIPIENT_FIELDS = ("first_name", "email", "unsubscribe_url", "preferences_url", "confirm_url")
-# Stage-2 delimiters: unusual in prose, untouched by MJML, distinct from stage 1's {{ }}.
-STAGE2 = {
-    "variable_start_string": "[[",
-    "variable_end_string": "]]",
-    "block_start_string": "[%",
-    "block_end_string": "%]",
-    "comment_start_string": "[#",
-    "comment_end_string": "#]",
+# The signed link behind each URL field (dripmail.tokens purposes).
+_LINK_FIELDS: dict[str, Purpose] = {
+    "unsubscribe_url": "unsubscribe",
+    "preferences_url": "preferences",
+    "confirm_url": "confirm",
 }
+# Stage-2 placeholders ("[[" is unusual in prose, untouched by MJML, distinct from stage 1's
+# {{ }}). Stage 1 neutralises every other "[[", "[%" and "[#" (the openers of the Jinja
+# stage 2 these placeholders were first written for), so what is left is dripmail's own.
+_PLACEHOLDER = re.compile(r"\[\[ recipient\.(\w+) \]\]")
 _STAGE2_OPENERS = re.compile(r"\[(?=[\[%#])")
 
 
@@ -69,23 +71,29 @@ class Recipient:
 
 
 def recipient_for(
-    row: Mapping[str, Any], public_url: str, signer, issued_at: datetime | None = None
+    row: Mapping[str, Any],
+    public_url: str,
+    signer: Signer,
+    issued_at: datetime | None = None,
+    links: Collection[Purpose] = PURPOSES,
 ) -> Recipient:
     """A Recipient from a subscribers row (id, email, first_name) with signed links.
 
     `issued_at` (the email's send time) makes the links, and so the email, the same whenever
-    it is rendered; without it they are stamped with the current time.
+    it is rendered; without it they are stamped with the current time. `links` are the
+    purposes to sign (an email's `CompiledEmail.links`); the other URLs stay empty.
     """
-    from dripmail.tokens import link
+    from dripmail.tokens import links as signed_links
 
     sid = int(row["id"])
+    urls = signed_links(public_url, signer, sid, links, issued_at)
     return Recipient(
         email=row["email"],
         first_name=row.get("first_name") or "",
         subscriber_id=sid,
-        unsubscribe_url=link(public_url, signer, sid, "unsubscribe", issued_at),
-        preferences_url=link(public_url, signer, sid, "preferences", issued_at),
-        confirm_url=link(public_url, signer, sid, "confirm", issued_at),
+        unsubscribe_url=urls.get("unsubscribe", ""),
+        preferences_url=urls.get("preferences", ""),
+        confirm_url=urls.get("confirm", ""),
     )
 
 
@@ -144,6 +152,52 @@ def _template_line(exc: BaseException, emails_dir: Path) -> tuple[str, int | Non
     return found
 
 
+@dataclass(frozen=True, slots=True)
+class _Fill:
+    """Compiled HTML or text split once at its placeholders.
+
+    `parts` holds the text between placeholders with ``None`` where a value goes, `slots`
+    the (index, field) of each ``None``: filling is one list copy and one ``"".join``.
+    """
+
+    parts: tuple[str | None, ...]
+    slots: tuple[tuple[int, str], ...]
+
+    @classmethod
+    def split(cls, source: str) -> _Fill:
+        """Split at ``[[ recipient.FIELD ]]``; raises ValueError naming anything else left."""
+        # Jinja (the stage 2 these placeholders come from) read "\r\n" and "\r" as "\n".
+        source = source.replace("\r\n", "\n").replace("\r", "\n")
+        pieces = _PLACEHOLDER.split(source)
+        parts: list[str | None] = []
+        slots: list[tuple[int, str]] = []
+        for i, piece in enumerate(pieces):
+            if i % 2 == 0:
+                left = _STAGE2_OPENERS.search(piece)
+                if left:
+                    raise ValueError(f"not a placeholder: {piece[left.start() :][:40]!r}")
+                if piece:
+                    parts.append(piece)
+            elif piece not in RECIPIENT_FIELDS:
+                raise ValueError(f"unknown placeholder: recipient.{piece}")
+            else:
+                slots.append((len(parts), piece))
+                parts.append(None)
+        return cls(tuple(parts), tuple(slots))
+
+    @property
+    def fields(self) -> frozenset[str]:
+        """The recipient fields this part uses."""
+        return frozenset(field for _, field in self.slots)
+
+    def fill(self, values: Mapping[str, str]) -> str:
+        """The text with each placeholder replaced by its value (as given: escape first)."""
+        pieces = list(self.parts)
+        for index, field in self.slots:
+            pieces[index] = values[field]
+        return "".join(pieces)  # type: ignore[arg-type]  # every None was just filled
+
+
 @dataclass(frozen=True)
 class CompiledEmail:
     """One email compiled for everyone: only the per-recipient stage is left."""
@@ -153,9 +207,22 @@ class CompiledEmail:
     sender: Mailbox
     reply_to: Mailbox | None
     tags: tuple[str, ...]
-    html_template: Template
-    text_template: Template
+    html_fill: _Fill
+    text_fill: _Fill
     html_size: int  # bytes of the compiled HTML, before personalisation
+
+    @property
+    def links(self) -> tuple[Purpose, ...]:
+        """The signed links a reader's copy needs: those the templates show, and unsubscribe.
+
+        Unsubscribe is always signed: it goes in the ``List-Unsubscribe`` header (RFC 8058).
+        """
+        used = self.html_fill.fields | self.text_fill.fields
+        return tuple(
+            purpose
+            for field, purpose in _LINK_FIELDS.items()
+            if field in used or purpose == "unsubscribe"
+        )
 
     def personalise(
         self,
@@ -167,13 +234,15 @@ class CompiledEmail:
         send_at: datetime | None = None,
     ) -> Message:
         """The Message for one recipient (links, name), with RFC 8058 unsubscribe headers."""
-        view = {
-            "first_name": recipient.first_name.strip() or GREETING_FALLBACK,
+        name = recipient.first_name.strip()
+        text = {
+            "first_name": name or GREETING_FALLBACK,
             "email": recipient.email,
             "unsubscribe_url": recipient.unsubscribe_url,
             "preferences_url": recipient.preferences_url,
             "confirm_url": recipient.confirm_url,
         }
+        html = {field: str(escape(value)) for field, value in text.items()}
         headers: dict[str, str] = {}
         if recipient.unsubscribe_url:
             headers["List-Unsubscribe"] = f"<{recipient.unsubscribe_url}>"
@@ -183,10 +252,10 @@ class CompiledEmail:
             kind=kind,
             ref=ref,
             sender=self.sender,
-            to=Mailbox(recipient.email, recipient.first_name.strip()),
+            to=Mailbox(recipient.email, name),
             subject=self.subject,
-            html=self.html_template.render(recipient=view),
-            text=self.text_template.render(recipient=view).rstrip() + "\n",
+            html=self.html_fill.fill(html),
+            text=self.text_fill.fill(text).rstrip() + "\n",
             preheader=self.preheader,
             reply_to=self.reply_to,
             headers=headers,
@@ -217,12 +286,6 @@ class Renderer:
         )
         # Only built when MJML is broken: the same templates with line markers, to find the line.
         self._traced_env: SandboxedEnvironment | None = None
-        self._stage2_html = SandboxedEnvironment(
-            autoescape=True, undefined=StrictUndefined, keep_trailing_newline=True, **STAGE2
-        )
-        self._stage2_text = SandboxedEnvironment(
-            autoescape=False, undefined=StrictUndefined, keep_trailing_newline=True, **STAGE2
-        )
         self._cache: dict[tuple[str, str], CompiledEmail] = {}
 
     # -- public -----------------------------------------------------------------------
@@ -341,20 +404,21 @@ class Renderer:
         if broken or failure:
             raise self._mjml_error(name, context, mjml_source, broken, failure)
         try:
-            html_template = self._stage2_html.from_string(html)
-            text_template = self._stage2_text.from_string(text_source)
-        except TemplateSyntaxError as exc:
-            raise ContentError.at(
-                f"emails/{name}.mjml.j2", None, f"placeholder syntax: {exc.message}"
-            ) from None
+            html_fill = _Fill.split(html)
+        except ValueError as exc:
+            raise ContentError.at(f"emails/{name}.mjml.j2", None, f"placeholder: {exc}") from None
+        try:
+            text_fill = _Fill.split(text_source)
+        except ValueError as exc:
+            raise ContentError.at(f"emails/{name}.txt.j2", None, f"placeholder: {exc}") from None
         return CompiledEmail(
             subject=subject,
             preheader=preheader,
             sender=self.course.sender,
             reply_to=self.course.reply_to,
             tags=tags,
-            html_template=html_template,
-            text_template=text_template,
+            html_fill=html_fill,
+            text_fill=text_fill,
             html_size=len(html.encode()),
         )
 

@@ -97,13 +97,15 @@ class Runner:
         from dripmail.render import recipient_for
 
         send_at = row.get("effective_due") or row["due_at"]
+        compiled = self.renderer.lesson(row["lesson_day"])
         recipient = recipient_for(
             {"id": row["subscriber_id"], "email": row["email"], "first_name": row["first_name"]},
             self.settings.public_url,
             self.signer,
             issued_at=send_at,  # the same delivery always renders to the same bytes
+            links=compiled.links,
         )
-        return self.renderer.lesson(row["lesson_day"]).personalise(
+        return compiled.personalise(
             recipient,
             key=row["key"],
             kind="lesson",

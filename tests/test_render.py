@@ -247,3 +247,42 @@ def test_template_mistakes_are_one_line_at_the_template(
         _lesson(project)
     (problem,) = caught.value.problems
     assert problem.startswith(expected), problem
+
+
+def test_a_filter_that_changes_a_placeholder_is_a_content_error_at_compile(
+    project: Project,
+) -> None:
+    # Stage 2 only fills dripmail's own placeholders; a mangled one must not reach a reader.
+    template = project.emails_dir / "lesson.txt.j2"
+    template.write_text(
+        template.read_text().replace("recipient.first_name", "recipient.first_name | upper", 1)
+    )
+    with pytest.raises(ContentError) as caught:
+        Renderer(project, load_course(project)).lesson(1)
+    (problem,) = caught.value.problems
+    assert problem.startswith(
+        "emails/lesson.txt.j2: placeholder: not a placeholder: '[[ RECIPIENT"
+    ), problem
+
+
+def test_only_the_links_an_email_shows_are_signed(project: Project) -> None:
+    from datetime import UTC, datetime
+
+    from dripmail.render import recipient_for
+    from dripmail.tokens import Signer
+
+    renderer = Renderer(project, load_course(project))
+    lesson, confirm = renderer.lesson(1), renderer.confirm()
+    # Unsubscribe always: it is in the List-Unsubscribe header even where the body lacks it.
+    assert lesson.links == ("unsubscribe", "preferences")
+    assert confirm.links == ("unsubscribe", "preferences", "confirm")  # its layout shows both
+    row = {"id": 5, "email": "e@example.org", "first_name": "E"}
+    when = datetime(2026, 3, 1, tzinfo=UTC)
+    signer = Signer("key")
+    every = recipient_for(row, "https://s.example.com", signer, when)
+    needed = recipient_for(row, "https://s.example.com", signer, when, links=lesson.links)
+    assert needed.confirm_url == "" and needed.preferences_url == every.preferences_url
+    # The same bytes as a copy rendered with every link signed (a resent batch is unchanged).
+    assert lesson.personalise(needed, key="k", kind="lesson", ref="1") == lesson.personalise(
+        every, key="k", kind="lesson", ref="1"
+    )

@@ -1,4 +1,6 @@
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dripmail.errors import TokenError
 from dripmail.tokens import Signer
@@ -32,3 +34,50 @@ def test_tokens_stamped_with_a_send_time_are_reproducible_and_expire_from_it() -
         signer.read(
             signer.make(7, "preferences", issued_at=sent - timedelta(days=364)), "preferences"
         )
+
+
+class _StampedAt:
+    """itsdangerous's own TimestampSigner stamping a fixed time: the reference tokens."""
+
+    @staticmethod
+    def serializer(keys: list[str], purpose: str, seconds: int):
+        from itsdangerous import TimestampSigner, URLSafeTimedSerializer
+
+        class Fixed(TimestampSigner):
+            def get_timestamp(self) -> int:
+                return seconds
+
+        return URLSafeTimedSerializer(keys, salt=f"dripmail.{purpose}", signer=Fixed)
+
+
+@given(
+    subscriber_id=st.one_of(st.integers(0, 10**9), st.integers(10**9, 10**30)),
+    seconds=st.integers(0, 253_402_300_000),
+    purpose=st.sampled_from(["unsubscribe", "preferences", "confirm"]),
+    keys=st.lists(st.text(min_size=1, max_size=40), min_size=1, max_size=3),
+)
+@settings(max_examples=100, deadline=None)
+def test_tokens_are_byte_identical_to_itsdangerous_dumps(
+    subscriber_id: int, seconds: int, purpose, keys: list[str]
+) -> None:
+    # Links already in inboxes were made by `URLSafeTimedSerializer.dumps`: same bytes, so
+    # nothing changes for them (or for a batch resent under its idempotency key).
+    from datetime import UTC, datetime
+
+    signer = Signer(keys[-1], keys[:-1])
+    issued = datetime.fromtimestamp(seconds, UTC)
+    expected = _StampedAt.serializer(signer._keys, purpose, seconds).dumps(subscriber_id)
+    assert signer.make(subscriber_id, purpose, issued_at=issued) == expected
+    assert signer.make_many(subscriber_id, [purpose, purpose], issued) == [expected, expected]
+
+
+def test_tokens_made_now_read_back_and_links_carry_their_purpose() -> None:
+    from dripmail.tokens import links
+
+    signer = Signer("key")
+    made = links("https://s.example.com/", signer, 9, ["unsubscribe", "confirm"])
+    assert list(made) == ["unsubscribe", "confirm"]
+    for purpose, url in made.items():
+        prefix = f"https://s.example.com/{purpose}/"
+        assert url.startswith(prefix)
+        assert signer.read(url.removeprefix(prefix), purpose) == 9
