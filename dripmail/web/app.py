@@ -14,6 +14,7 @@ Routes, each a thin shell over the library:
     GET  /healthz              "ok" when the database answers
     GET  /newsletters[/{slug}] the archive of sent newsletter issues (web/archive.py)
     GET  /preview...           only when created with preview=True (never by default)
+    GET  /report[.json]        the report, charts and tables (with the preview only)
 
 Bodies are capped (16 KB; 5 MB for webhooks): 413 beyond. Every error is a short page (or
 JSON for API clients and webhooks); tracebacks go to the server log, never to a visitor.
@@ -165,8 +166,10 @@ def _routes(preview: bool) -> list:
     ]
     if preview:
         from dripmail.web import preview as preview_module
+        from dripmail.web import report_page
 
         routes.extend(preview_module.routes())
+        routes.extend(report_page.routes())  # the studio's figures: local use, like the preview
     return routes
 
 
