@@ -20,6 +20,7 @@ import yaml
 
 from dripmail.config import Project
 from dripmail.errors import ContentError, NotFoundError
+from dripmail.lesson_extras import EXTRA_FIELDS, SafetyNote, read_extras
 from dripmail.message import Mailbox
 
 COLOUR = re.compile(r"^#[0-9a-fA-F]{6}$")
@@ -37,6 +38,7 @@ LESSON_FIELDS = {
     "video_thumbnail_alt",
     "image",
     "image_alt",
+    *EXTRA_FIELDS,
 }
 
 
@@ -51,6 +53,14 @@ class Brand:
     wordmark: str
     logo_url: str | None
     logo_alt: str
+
+
+@dataclass(frozen=True, slots=True)
+class Teacher:
+    """Who signs the lessons (``[teacher]`` in course.toml); replies reach the reply-to."""
+
+    name: str
+    role: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +81,14 @@ class Lesson:
     body: str
     path: Path
     body_line: int
+    # Today at a glance, safety and sources (dripmail.lesson_extras).
+    props: str | None = None
+    place: str | None = None
+    tomorrow: str | None = None
+    question: str | None = None
+    stop: str | None = None
+    safety: tuple[SafetyNote, ...] = ()
+    sources: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +108,7 @@ class Course:
     brand: Brand
     lessons: tuple[Lesson, ...]
     root: Path
+    teacher: Teacher | None = None
 
     def lesson(self, day: int) -> Lesson:
         """The lesson of `day`; NotFoundError naming the days that exist."""
@@ -286,8 +305,11 @@ def _course_settings(
         logo_alt=logo_alt,
         **colours,
     )
+    if "teacher" in data:
+        name = text("teacher", "name")
+        out["teacher"] = Teacher(name, text("teacher", "role", required=False)) if name else None
     known = {"id", "title", "postal_address", "site_url", "timezone", "send_time", "start"}
-    known |= {"skip_weekends", "sender", "reply_to", "brand"}
+    known |= {"skip_weekends", "sender", "reply_to", "brand", "teacher"}
     for key in data:
         if key not in known:
             problems.warn(where, line("", key), f"{key}: unknown setting (ignored)")
@@ -393,6 +415,7 @@ def _lesson(path: Path, project: Project, problems: Problems) -> Lesson | None:
     for key in meta:
         if key not in LESSON_FIELDS:
             problems.warn(where, at(key), f"{key}: unknown field (ignored)")
+    extras = read_extras(meta, at, where, problems)
     if not body.strip():
         problems.error(where, body_line, "the lesson has no text after the front matter")
     _check_markdown(body, where, body_line, problems)
@@ -417,6 +440,7 @@ def _lesson(path: Path, project: Project, problems: Problems) -> Lesson | None:
         body=body,
         path=path,
         body_line=body_line,
+        **extras.as_fields(),
     )
 
 

@@ -53,9 +53,26 @@ _PLACEHOLDER = re.compile(r"\[\[ recipient\.(\w+) \]\]")
 _STAGE2_OPENERS = re.compile(r"\[(?=[\[%#])")
 
 
-def _bodies(markdown: str) -> dict[str, Any]:
-    """The Markdown body as HTML (for the MJML) and as plain text (for the text part)."""
-    return {"body_html": Markup(to_html(markdown)), "body_text": to_text(markdown)}
+_SECOND_SECTION = re.compile(r"<h2>")
+
+
+def _bodies(markdown: str, link_colour: str) -> dict[str, Any]:
+    """The Markdown body as HTML (for the MJML) and as plain text (for the text part).
+
+    Links get their colour inline as well as from the layout's <style> (some Gmail setups
+    drop <style> blocks). `body_top` is the text up to the end of its first ``##`` section
+    and `body_rest` the remainder: a lesson's drawing goes between them, next to the
+    explanation it illustrates.
+    """
+    html = to_html(markdown).replace("<a href=", f'<a style="color: {link_colour};" href=')
+    starts = [m.start() for m in _SECOND_SECTION.finditer(html)]
+    cut = starts[1] if len(starts) > 1 else len(html)
+    return {
+        "body_html": Markup(html),
+        "body_top": Markup(html[:cut]),
+        "body_rest": Markup(html[cut:]),
+        "body_text": to_text(markdown),
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,7 +314,7 @@ class Renderer:
             lesson = self.course.lesson(day)
             return self._compile(
                 "lesson",
-                {"lesson": lesson, **_bodies(lesson.body)},
+                {"lesson": lesson, **_bodies(lesson.body, self.course.brand.primary)},
                 subject=lesson.subject,
                 preheader=lesson.preheader,
                 tags=(self.course.id, f"day-{day}"),
@@ -311,7 +328,7 @@ class Renderer:
             ("newsletter", str(newsletter.path)),
             lambda: self._compile(
                 "newsletter",
-                {"newsletter": newsletter, **_bodies(newsletter.body)},
+                {"newsletter": newsletter, **_bodies(newsletter.body, self.course.brand.primary)},
                 subject=newsletter.subject,
                 preheader=newsletter.preheader,
                 tags=("newsletter", newsletter.slug),

@@ -36,8 +36,21 @@ logo_alt = "Test Studio"
 """
 
 
-def lesson_text(day: int, /, **overrides: str) -> str:
-    """A valid lesson file for `day`; `overrides` replace front matter values."""
+SAFETY_YAML = """\
+safety:
+  - who: "Hip replacement"
+    what: "Keep to the precautions your surgeon gave you."
+stop: "Stop if you feel sharp pain, numbness or tingling."
+sources:
+  - "Kenhub, Psoas major muscle"
+"""
+
+
+def lesson_text(day: int, /, *, safety: bool = True, **overrides: str) -> str:
+    """A valid lesson file for `day`; `overrides` replace front matter values.
+
+    `safety=False` leaves out the safety block, stop line and sources (check warns).
+    """
     meta = {
         "day": str(day),
         "slug": f"stretch-{day}",
@@ -52,7 +65,7 @@ def lesson_text(day: int, /, **overrides: str) -> str:
     meta.update(overrides)
     head = "\n".join(f'{k}: "{v}"' if k != "day" else f"{k}: {v}" for k, v in meta.items())
     return (
-        f"---\n{head}\n---\n"
+        f"---\n{head}\n{SAFETY_YAML if safety else ''}---\n"
         "Good morning. Today is about the front of the hip.\n\n"
         "## Why this stretch\n\n"
         "The psoas major runs from T12-L5 to the lesser trochanter of the femur.\n\n"

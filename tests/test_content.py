@@ -25,7 +25,7 @@ def test_valid_course_loads_seven_lessons_in_order(project: Project) -> None:
     assert course.send_time.hour == 7 and course.timezone == "America/New_York"
     assert course.sender.address == "hello@studio.example.com"
     assert course.lesson(3).stretch == "Stretch number 3"
-    assert course.lesson(1).body_line == 12
+    assert course.lesson(1).body_line == 18
     with pytest.raises(NotFoundError, match="no lesson for day 9"):
         course.lesson(9)
 
@@ -145,7 +145,10 @@ def _write(project: Project, day: int, text: str | bytes) -> None:
             lesson_text(2, image="not a url", image_alt="A mat"),
             ':11: image: not a URL ("not a url")',
         ),
-        (lesson_text(2).split("---\nGood")[0] + "---\n\n", ":12: the lesson has no text"),
+        (
+            lesson_text(2, safety=False).split("---\nGood")[0] + "---\n\n",
+            ":12: the lesson has no text",
+        ),
         (
             lesson_text(2).encode("utf-8").replace(b"Good morning", b"Good \xff morning"),
             ": cannot read",
@@ -194,6 +197,44 @@ def test_lesson_warnings_do_not_stop_the_course(
     course, problems = load_course_checked(project)
     assert course is not None and problems.errors == []
     assert [w for w in problems.warnings if expected in w], problems.warnings
+
+
+def test_lesson_without_safety_block_or_sources_is_a_warning(project: Project) -> None:
+    _write(project, 4, lesson_text(4, safety=False))
+    course, problems = load_course_checked(project)
+    assert course is not None and problems.errors == []
+    mine = [w for w in problems.warnings if "day-4-stretch-4.md" in w]
+    assert any(":1: safety: missing: add a 'skip or adapt today if' list" in w for w in mine)
+    assert any(":1: sources: none: list the references" in w for w in mine)
+    assert not [w for w in problems.warnings if "day-3-stretch-3.md" in w]
+
+
+def test_safety_fields_reach_the_lesson(project: Project) -> None:
+    lesson = load_course(project).lesson(2)
+    assert [(x.who, x.what) for x in lesson.safety] == [
+        ("Hip replacement", "Keep to the precautions your surgeon gave you.")
+    ]
+    assert lesson.stop and lesson.sources == ("Kenhub, Psoas major muscle",)
+
+
+@pytest.mark.parametrize(
+    ("block", "expected"),
+    [
+        ("safety: skip if pregnant\n", "safety: must be a list"),
+        ("safety:\n  - who: Pregnancy\n", "safety: item 1 needs what"),
+        ("safety:\n  - just text\n", "safety: item 1 needs who and what"),
+        ("sources:\n  - {a: 1}\n", "sources: a list of references"),
+        ("props: [mat, blocks]\n", "props: must be text"),
+    ],
+    ids=["not-a-list", "no-what", "no-mapping", "bad-source", "props-list"],
+)
+def test_badly_shaped_safety_fields_are_errors_at_their_line(
+    project: Project, block: str, expected: str
+) -> None:
+    text = lesson_text(5, safety=False).replace("---\nGood morning", block + "---\nGood morning")
+    _write(project, 5, text)
+    errors = _errors(project)
+    assert len(errors) == 1 and ":11: " + expected in errors[0], errors
 
 
 def test_file_named_for_another_day_is_a_warning(project: Project) -> None:

@@ -216,21 +216,21 @@ def test_markdown_html_in_a_lesson_is_shown_as_text(project: Project) -> None:
         (
             '{% include "partials/video.mjml.j2" %}',
             '{% include "partials/vid.mjml.j2" %}',
-            "emails/lesson.mjml.j2:16: template not found: emails/partials/vid.mjml.j2",
+            "emails/lesson.mjml.j2:18: template not found: emails/partials/vid.mjml.j2",
         ),
         (
             "{{ lesson.stretch }}",
             "{{ lesson.day + 'x' }}",
-            "emails/lesson.mjml.j2:11: template error: TypeError: unsupported operand",
+            "emails/lesson.mjml.j2:12: template error: TypeError: unsupported operand",
         ),
         (
             "{{ lesson.stretch }}",
             "{{ lesson.__class__ }}",
-            "emails/lesson.mjml.j2:11: not allowed in a template: access to attribute '__class__'",
+            "emails/lesson.mjml.j2:12: not allowed in a template: access to attribute '__class__'",
         ),
         (
-            "Day {{ lesson.day }}",
-            "D\udcffay {{ lesson.day }}",
+            "Hi {{ recipient.first_name }}",
+            "H\udcffi {{ recipient.first_name }}",
             "emails/lesson.mjml.j2: cannot read: not UTF-8 text (byte 0xff at position",
         ),
     ],
