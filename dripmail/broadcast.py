@@ -104,7 +104,7 @@ def find(engine: Engine, ref: int | str) -> RowMapping:
     with engine.connect() as conn:
         row = conn.execute(select(broadcasts).where(cond)).mappings().first()
     if row is None:
-        raise NotFoundError(f"no broadcast {ref!r}: see `python send.py broadcasts list`")
+        raise NotFoundError(f"no broadcast {ref!r}: see `broadcasts list`")
     return row
 
 

@@ -1,7 +1,18 @@
-"""`demo`: a simulated week for three sample subscribers, entirely on this machine."""
+"""`demo`: a simulated week for three sample subscribers, entirely inside its own folder.
+
+The demo never reads or writes a real project's data: it runs on its own SQLite database and
+outbox in ``<project>/demo/`` (marked as the demo's by a marker file, and started afresh on
+each run), with the outbox provider, whatever ``DRIPMAIL_DATABASE_URL``, ``DRIPMAIL_PROVIDER``
+or ``DRIPMAIL_OUTBOX_DIR`` say. It renders the project's own course when there is one, the
+sample course shipped with dripmail otherwise, and writes nothing outside ``demo/``.
+
+Steps, each one function so a later step (simulated provider events) is one more call in
+`run_demo`: `prepare` (the folder and settings), `add_sample`, `simulate_week`, `timeline`.
+"""
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -12,8 +23,15 @@ from sqlalchemy import select
 from dripmail import subscribers as subs
 from dripmail.config import Project, Settings
 from dripmail.engine import next_due, run_once
+from dripmail.errors import InputError
 from dripmail.runner import Runner
 from dripmail.store.schema import deliveries, subscribers
+
+DEMO_DIR = "demo"
+# Written into demo/ when the demo creates it: a demo/ folder without it is someone else's.
+MARKER = ".dripmail-demo"
+MARKER_TEXT = "Made by `dripmail demo`; the demo deletes and rewrites this folder on every run.\n"
+DATABASE = "demo.db"
 
 # example.org is reserved (RFC 2606): these addresses can never reach a real inbox.
 SAMPLE = (
@@ -26,11 +44,19 @@ EXTRA_ZONES = ("Australia/Sydney", "America/Los_Angeles", "Pacific/Chatham", "Eu
 
 @dataclass
 class DemoResult:
-    """What the demo did: notes to print, one table row per email, and where they are."""
+    """What the demo did.
+
+    `written` is the number of emails this run wrote (counted from the engine's reports, so it
+    matches the files in `outbox`); `rows` is one table row per planned lesson; `folder` is the
+    demo's own folder; `sample_course` is True when the project had no course of its own.
+    """
 
     notes: list[str] = field(default_factory=list)
     rows: list[tuple[str, str, str, str, str]] = field(default_factory=list)
-    outbox: Path = Path("outbox")
+    folder: Path = Path(DEMO_DIR)
+    outbox: Path = Path(DEMO_DIR) / "outbox"
+    written: int = 0
+    sample_course: bool = False
 
 
 def _sample(count: int) -> list[tuple[str, str, str]]:
@@ -40,19 +66,42 @@ def _sample(count: int) -> list[tuple[str, str, str]]:
     return people[:count]
 
 
-def run_demo(project: Project, settings: Settings, now: datetime, count: int = 3) -> DemoResult:
-    """Scaffold if needed, add sample subscribers, run the engine at each due time for a week."""
-    result = DemoResult()
-    if not (project.course_dir / "course.toml").is_file():
-        from dripmail.scaffold import init_project
+def prepare(root: Path, settings: Settings, result: DemoResult) -> Runner:
+    """Make ``root/demo/`` afresh and a Runner that only uses it; InputError if it is not ours.
 
-        init_project(project.root)
-        result.notes.append(f"no course here: created the sample course in {project.root}")
-    # The demo never uses a real provider, whatever DRIPMAIL_PROVIDER says.
-    demo_settings = settings.model_copy(update={"provider": "outbox"})
-    clock = {"now": now}
-    runner = Runner(project, demo_settings, clock=lambda: clock["now"])
-    course = runner.course
+    The course comes from `root` if it has one (read only), else from the shipped sample.
+    """
+    folder = root / DEMO_DIR
+    if folder.exists() and not (folder / MARKER).is_file():
+        raise InputError(
+            f"{folder} exists and was not made by `demo` (no {MARKER} in it): the demo only "
+            "writes into a folder of its own; move that folder or run demo elsewhere"
+        )
+    if folder.exists():
+        # Our own folder from an earlier demo: the simulated week starts again from now.
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    (folder / MARKER).write_text(MARKER_TEXT, encoding="utf-8")
+    result.folder = folder
+    result.outbox = folder / "outbox"
+    content = Project(root)
+    if not (content.course_dir / "course.toml").is_file():
+        from dripmail.scaffold import sample_root
+
+        content = Project(sample_root())
+        result.sample_course = True
+    demo_settings = settings.model_copy(
+        update={
+            "provider": "outbox",
+            "database_url": f"sqlite:///{folder / DATABASE}",
+            "outbox_dir": str(result.outbox),
+        }
+    )
+    return Runner(content, demo_settings)
+
+
+def add_sample(runner: Runner, count: int, now: datetime) -> list[int]:
+    """Add `count` confirmed sample subscribers (example.org) and plan their week; their ids."""
     ids = []
     for email, name, zone in _sample(count):
         sid, created = subs.add_subscriber(
@@ -65,22 +114,36 @@ def run_demo(project: Project, settings: Settings, now: datetime, count: int = 3
             now=now,
         )
         if created:
-            subs.activate(runner.engine, sid, course, now)
+            subs.activate(runner.engine, sid, runner.course, now)
         ids.append(sid)
-    # Wake exactly when the next lesson is due, as `run --loop` does, until the week is done.
-    for _ in range(count * len(course.lessons) + 10):
+    return ids
+
+
+def simulate_week(runner: Runner, clock: dict[str, datetime]) -> int:
+    """Run the engine at each due time until nothing is planned, as `run --loop` would wake.
+
+    `clock["now"]` is the simulated time (advanced here; the runner's provider reads it).
+    Returns the number of emails handed to the outbox.
+    """
+    written = 0
+    for _ in range(10_000):  # a bound, never reached: the week ends when nothing is planned
         upcoming = next_due(runner.engine)
         if upcoming is None:
             break
         clock["now"] = max(upcoming, clock["now"])
-        run_once(
+        report = run_once(
             runner.engine,
             runner.provider,
             runner.render_lesson,
             clock["now"],
-            default_send_time=course.send_time,
+            default_send_time=runner.course.send_time,
         )
-    result.outbox = runner.provider.folder  # type: ignore[attr-defined]
+        written += report.sent + report.handed
+    return written
+
+
+def timeline(runner: Runner, ids: list[int]) -> list[tuple[str, str, str, str, str]]:
+    """One row per planned lesson: address, zone, lesson, local send time, UTC send time."""
     with runner.engine.connect() as conn:
         rows = conn.execute(
             select(
@@ -94,18 +157,42 @@ def run_demo(project: Project, settings: Settings, now: datetime, count: int = 3
             .where(subscribers.c.id.in_(ids))
             .order_by(subscribers.c.id, deliveries.c.lesson_day)
         ).all()
+    out = []
     for email, zone, day, sent_at, state_ in rows:
         if sent_at is None:
-            result.rows.append((email, zone, f"day {day}", state_, "-"))
+            out.append((email, zone, f"day {day}", state_, "-"))
             continue
         local = sent_at.astimezone(ZoneInfo(zone))
-        result.rows.append(
+        out.append(
             (
                 email,
                 zone,
-                f"day {day}: {course.lesson(day).stretch}",
+                f"day {day}: {runner.course.lesson(day).stretch}",
                 f"{local:%a %d %b %H:%M}",
                 f"{sent_at:%a %d %b %H:%M}",
             )
+        )
+    return out
+
+
+def run_demo(root: Path, settings: Settings, now: datetime, count: int = 3) -> DemoResult:
+    """The whole demo in ``root/demo/``: sample subscribers, a simulated week, the timeline.
+
+    `now` is aware UTC (the week starts then). Raises InputError if ``root/demo`` exists and
+    is not the demo's own folder; never touches the project's database or outbox.
+    """
+    result = DemoResult()
+    clock = {"now": now}
+    runner = prepare(root, settings, result)
+    runner.clock = lambda: clock["now"]
+    try:
+        ids = add_sample(runner, count, now)
+        result.written = simulate_week(runner, clock)
+        result.rows = timeline(runner, ids)
+    finally:
+        runner.engine.dispose()
+    if result.sample_course:
+        result.notes.append(
+            f"no course in {root}: the demo used the sample course (`init` copies it here)"
         )
     return result

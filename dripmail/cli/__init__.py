@@ -116,6 +116,17 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
+def command_name() -> str:
+    """How the user started dripmail, for hints: `python send.py` from a checkout, else `dripmail`.
+
+    Read from ``sys.argv[0]``, so a hint always names a command that exists in this install.
+    """
+    started = sys.argv[0] if sys.argv else ""
+    if Path(started).name == "send.py":
+        return f"python {started}"
+    return "dripmail"
+
+
 def parse_now(value: str | None) -> datetime | None:
     """A `--now` option as an aware UTC datetime (naive values are taken as UTC)."""
     if not value:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from dripmail.cli import parse_now, state
+from dripmail.cli import command_name, parse_now, state
 from dripmail.errors import InputError
 
 group = typer.Typer(help="Inspect and cancel newsletter broadcasts.", no_args_is_help=True)
@@ -170,10 +170,10 @@ def broadcast(
             )
         _confirm(count, runner.settings.confirm_threshold, yes, "Schedule it")
         row = bc.open_broadcast(runner.engine, newsletter, chosen, clock, when)
+        cmd = command_name()
         typer.echo(
-            f"broadcast {row['id']} scheduled for {when:%Y-%m-%d %H:%M} UTC; `python send.py run` "
-            "(from cron) sends it then. Cancel it with "
-            f"`python send.py broadcasts cancel {row['id']}`"
+            f"broadcast {row['id']} scheduled for {when:%Y-%m-%d %H:%M} UTC; `{cmd} run` "
+            f"(from cron) sends it then. Cancel it with `{cmd} broadcasts cancel {row['id']}`"
         )
         return
     if not started:
@@ -232,7 +232,7 @@ def list_() -> None:
     engine = Runner(state.project, state.settings).engine
     rows = bc.list_broadcasts(engine)
     if not rows:
-        typer.echo("no broadcasts yet: `python send.py broadcast newsletters/<file>.md`")
+        typer.echo(f"no broadcasts yet: `{command_name()} broadcast newsletters/<file>.md`")
         return
     typer.echo(
         f"{'id':>4}  {'status':<10} {'slug':<32} {'when (UTC)':<16} {'recipients':>10}"

@@ -140,7 +140,15 @@ def init(
     created = init_project(folder.resolve())
     for path in created:
         typer.echo(f"created {path}")
-    typer.echo(f"next: cd {folder} && dripmail check && dripmail render")
+    from dripmail.cli import command_name
+
+    cmd = command_name()
+    if cmd != "dripmail":
+        # From a checkout: send.py stays where it is, so point it at the new folder.
+        cmd = f"{cmd} --root {folder}"
+        typer.echo(f"next: {cmd} check && {cmd} preview")
+    else:
+        typer.echo(f"next: cd {folder} && dripmail check && dripmail preview")
 
 
 def register(app: typer.Typer) -> None:

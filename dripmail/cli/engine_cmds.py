@@ -187,15 +187,17 @@ def status() -> None:
 def demo(
     subscribers: int = typer.Option(3, "--subscribers", min=1, max=300, hidden=True),
 ) -> None:
-    """A simulated week: sample subscribers in three zones, every lesson written to outbox/.
+    """A simulated week for sample subscribers in three zones, in a folder of its own.
 
-    Uses the course in this folder (or creates one from the sample course if there is none),
-    the SQLite database and the outbox provider whatever the settings say: nothing leaves
-    this machine. Then prints when each lesson went out, in local time and UTC.
+    Everything happens in demo/ (its own SQLite database and outbox, started afresh each
+    time), whatever the settings say: the project's database, outbox and provider are never
+    touched, and nothing leaves this machine. Uses this folder's course, or the sample
+    course if there is none. Prints when each lesson went out, in local time and UTC.
     """
+    from dripmail.cli import command_name
     from dripmail.demo import run_demo
 
-    result = run_demo(state.project, state.settings, datetime.now(UTC), count=subscribers)
+    result = run_demo(state.root, state.settings, datetime.now(UTC), count=subscribers)
     for line in result.notes:
         typer.echo(line)
     from rich.console import Console
@@ -207,8 +209,13 @@ def demo(
     for row in result.rows:
         table.add_row(*row)
     Console(width=110).print(table)
-    typer.echo(f"{len(result.rows)} emails written to {result.outbox}")
-    typer.echo("Look at them: `python send.py preview` (live) or `python send.py render`")
+    typer.echo(f"{result.written} emails written to {state.project.display(result.outbox)}")
+    cmd = command_name()
+    if result.sample_course:
+        typer.echo(f"Start your own course here: `{cmd} init .`, then `{cmd} preview`")
+    else:
+        typer.echo("The project's own database, outbox and provider were not used.")
+        typer.echo(f"Look at the emails live: `{cmd} preview` (or `{cmd} render`)")
 
 
 @db.command("upgrade")

@@ -144,18 +144,6 @@ def test_db_upgrade_reports_the_database(tmp_path: Path) -> None:
     assert (tmp_path / "dripmail.db").exists()
 
 
-def test_demo_in_an_empty_folder_shows_a_week_in_three_zones(tmp_path: Path) -> None:
-    out = _cli(tmp_path, "demo")
-    assert out.returncode == 0, out.stderr
-    lines = _index(tmp_path)
-    assert len(lines) == 21
-    per_person = Counter(x["to"] for x in lines)
-    assert set(per_person.values()) == {7}
-    assert "Asia/Kolkata" in out.stdout and "07:00" in out.stdout
-    again = _cli(tmp_path, "demo")
-    assert again.returncode == 0 and len(_index(tmp_path)) == 21
-
-
 def test_run_loop_sends_what_is_due_then_sleeps_until_stopped(project: Path) -> None:
     from datetime import UTC, datetime, timedelta
 
