@@ -100,6 +100,7 @@ def _register_all() -> None:
         "web_cmds",
         "broadcast_cmds",
         "report_cmds",
+        "review_cmds",
     ):
         try:
             module = import_module(f"dripmail.cli.{name}")
