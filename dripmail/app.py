@@ -501,6 +501,25 @@ class Dripmail(Runner):
         applied.recall = self._recall(applied.to_cancel, now)
         return applied
 
+    # -- deliveries waiting for review (dripmail.review) --
+
+    def deliveries_for_review(self) -> list[Any]:
+        """Deliveries whose hand-over was ambiguous, oldest first (`review.ReviewRow`s)."""
+        from dripmail import review
+
+        return review.waiting(self.engine)
+
+    def settle_review(self, keys: list[str] | None, decision: str, by: str, note: str = "") -> Any:
+        """Settle review deliveries (`keys`, None: all) as ``sent`` or ``resend``.
+
+        Recorded with `by` and the core's clock; returns `review.Settled`. See `review.settle`.
+        """
+        from dripmail import review
+
+        if decision not in ("sent", "resend"):
+            raise InputError(f"settle as {decision!r}: use sent or resend")
+        return review.settle(self.engine, keys, decision, by, self.now(), note)  # type: ignore[arg-type]
+
 
 def _status(value: str) -> str:
     try:

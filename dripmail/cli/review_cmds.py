@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import getpass
 import os
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 
 import typer
@@ -23,10 +23,10 @@ class As(StrEnum):
     resend = "resend"
 
 
-def _engine():
-    from dripmail.runner import Runner
+def _core():
+    from dripmail.app import Dripmail
 
-    return Runner(state.project, state.settings).engine
+    return Dripmail(state.project, state.settings)
 
 
 def _when(value: datetime | None) -> str:
@@ -40,9 +40,7 @@ def review() -> None:
     Subscriber, lesson or newsletter, provider, batch, when it was handed over, the
     provider's answer and any webhook events received for it since.
     """
-    from dripmail import review as rv
-
-    rows = rv.waiting(_engine())
+    rows = _core().deliveries_for_review()
     if not rows:
         typer.echo("nothing waits for review")
         return
@@ -87,13 +85,10 @@ def settle(
 
     Recorded with who and when (an event row, shown by `subscribers show`).
     """
-    from dripmail import review as rv
-
     if bool(keys) == all_:
         raise InputError("name the delivery keys to settle, or --all (not both)")
     who = by if by is not None else (os.environ.get("USER") or getpass.getuser())
-    now = datetime.now(UTC)
-    result = rv.settle(_engine(), None if all_ else keys, as_.value, who, now, note)
+    result = _core().settle_review(None if all_ else keys, as_.value, who, note)
     if not result.done and not result.refused:
         typer.echo("nothing waits for review")
         return
