@@ -23,9 +23,7 @@ IGNORED = (".env", "dripmail.db", "dripmail.db-wal", "outbox/x.eml", "build/a.ht
 
 
 def _run(cwd: Path, *args: str, env: dict[str, str] | None = None):
-    return subprocess.run(
-        list(args), cwd=cwd, capture_output=True, text=True, env=env, timeout=600
-    )
+    return subprocess.run(list(args), cwd=cwd, capture_output=True, text=True, env=env, timeout=600)
 
 
 def test_init_writes_ignore_rules_hook_and_ci_and_names_the_console_script(tmp_path: Path) -> None:
