@@ -7,11 +7,22 @@ limit, images without alt text, links that are not https, headings and `lang`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from html.parser import HTMLParser
+from typing import TYPE_CHECKING
 
 from dripmail.config import Project
-from dripmail.content import Problems, load_course_checked, load_newsletter_checked
+from dripmail.content import (
+    Problems,
+    insecure_image,
+    load_course_checked,
+    load_newsletter_checked,
+)
 from dripmail.errors import ContentError
+
+if TYPE_CHECKING:
+    from dripmail.render import CompiledEmail
 
 # Gmail clips messages whose HTML is larger than about 102 KB ("[Message clipped]"), hiding
 # the footer with the unsubscribe link; warn well before that.
@@ -26,6 +37,7 @@ class _Scan(HTMLParser):
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
         self.images_without_alt: list[str] = []
+        self.images: list[str] = []
         self.links: list[str] = []
         self.headings = 0
         self.lang = ""
@@ -34,8 +46,10 @@ class _Scan(HTMLParser):
         values = dict(attrs)
         if tag == "html":
             self.lang = values.get("lang") or ""
-        elif tag == "img" and not (values.get("alt") or "").strip():
-            self.images_without_alt.append(values.get("src") or "?")
+        elif tag == "img":
+            self.images.append(values.get("src") or "")
+            if not (values.get("alt") or "").strip():
+                self.images_without_alt.append(values.get("src") or "?")
         elif tag == "a" and values.get("href"):
             self.links.append(values["href"] or "")
         elif tag in ("h1", "h2", "h3"):
@@ -74,13 +88,24 @@ def check_email(where: str, html: str, problems: Problems) -> None:
     scan = scan_html(html)
     for src in scan.images_without_alt:
         problems.error(where, None, f"image without alt text ({src})")
-    for href in scan.links:
+    for href in dict.fromkeys(scan.links):
         if not href.startswith(("https://", "mailto:")):
-            problems.warn(where, None, f"link is not https ({href})")
+            _warn_once(problems, where, f"link is not https ({href})")
+    for src in dict.fromkeys(scan.images):
+        if src.startswith("http://"):
+            _warn_once(problems, where, insecure_image(src))
     if not scan.lang:
         problems.warn(where, None, 'no lang on <html>: add lang="en" to <mjml>')
     if not scan.headings:
         problems.warn(where, None, "no heading (h1/h2): screen readers navigate by them")
+
+
+def _warn_once(problems: Problems, where: str, message: str) -> None:
+    """Warn unless this insecure URL was already warned about (at its file and line when the
+    lesson or course.toml wrote it, or for an earlier email when a template did)."""
+    if any(w.endswith(message) for w in problems.warnings):
+        return
+    problems.warn(where, None, message)
 
 
 def check_project(project: Project) -> tuple[Problems, int]:
@@ -93,7 +118,9 @@ def check_project(project: Project) -> tuple[Problems, int]:
     renderer = Renderer(project, course)
     reader = sample_recipient()
     checked = 0
-    jobs = [(project.display(x.path), lambda d=x.day: renderer.lesson(d)) for x in course.lessons]
+    jobs: list[tuple[str, Callable[[], CompiledEmail]]] = [
+        (project.display(x.path), partial(renderer.lesson, x.day)) for x in course.lessons
+    ]
     jobs.append(("emails/confirm.mjml.j2", renderer.confirm))
     folder = project.newsletters_dir
     for path in sorted(folder.glob("*.md")) if folder.is_dir() else []:
@@ -101,7 +128,7 @@ def check_project(project: Project) -> tuple[Problems, int]:
         problems.errors.extend(found.errors)
         problems.warnings.extend(found.warnings)
         if newsletter is not None:
-            jobs.append((project.display(path), lambda n=newsletter: renderer.newsletter(n)))
+            jobs.append((project.display(path), partial(renderer.newsletter, newsletter)))
     for where, compile_email in jobs:
         try:
             compiled = compile_email()

@@ -150,6 +150,33 @@ def _at(where: str, line: int | None, message: str) -> str:
     return f"{where}:{line}: {message}" if line else f"{where}: {message}"
 
 
+def not_utf8(exc: UnicodeDecodeError) -> tuple[int, str]:
+    """(1-based line, message) for a file that is not UTF-8 text; templates say the same."""
+    data = exc.object if isinstance(exc.object, bytes) else bytes(exc.object)
+    line = data[: exc.start].count(b"\n") + 1
+    return line, (
+        f"cannot read: not UTF-8 text (byte {data[exc.start]:#04x} at position {exc.start}); "
+        "save it as UTF-8"
+    )
+
+
+def read_text(path: Path, where: str, problems: Problems) -> str | None:
+    """A file's UTF-8 text, or None after reporting why it cannot be read (one line)."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        line, message = not_utf8(exc)
+        problems.error(where, line, message)
+    except OSError as exc:
+        problems.error(where, None, f"cannot read ({exc.strerror or exc})")
+    return None
+
+
+def insecure_image(src: str) -> str:
+    """The warning for an image loaded over plain http (clients block or flag it)."""
+    return f"image is not https ({src}): mail clients block or flag it"
+
+
 def url_problem(value: object) -> str | None:
     """Why `value` is not an absolute http(s) URL, or None when it is one."""
     if not isinstance(value, str) or not value.strip():
@@ -191,8 +218,11 @@ def _load_toml(path: Path, where: str, problems: Problems) -> tuple[dict, list[s
     except FileNotFoundError:
         problems.error(where, None, "missing: every course needs course/course.toml")
         return {}, []
-    except (OSError, UnicodeDecodeError) as exc:
-        problems.error(where, None, f"cannot read ({exc})")
+    except UnicodeDecodeError as exc:
+        problems.error(where, *not_utf8(exc))
+        return {}, []
+    except OSError as exc:
+        problems.error(where, None, f"cannot read ({exc.strerror or exc})")
         return {}, []
     try:
         return tomllib.loads(text), text.splitlines()
@@ -295,6 +325,10 @@ def _course_settings(
         issue = url_problem(logo)
         if issue:
             problems.error(where, line("brand", "logo_url"), f"brand.logo_url: {issue}")
+        elif not logo.startswith("https://"):
+            problems.warn(
+                where, line("brand", "logo_url"), f"brand.logo_url: {insecure_image(logo)}"
+            )
         if not logo_alt:
             problems.error(
                 where, line("brand", "logo_url"), "brand.logo_alt: a logo needs alt text"
@@ -323,10 +357,8 @@ def _read_front_matter(
     path: Path, where: str, problems: Problems
 ) -> tuple[dict, str, list[str], int] | None:
     """(metadata, body, front-matter lines, body line) or None after reporting the problem."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        problems.error(where, None, f"cannot read ({exc})")
+    text = read_text(path, where, problems)
+    if text is None:
         return None
     lines = text.splitlines()
     if not lines or lines[0].strip() != "---":
@@ -346,6 +378,17 @@ def _read_front_matter(
         mark = getattr(exc, "context_mark", None) or getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
         reason = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        tabbed = next((i + 1 for i, t in enumerate(lines[1:close], start=1) if "\t" in t), None)
+        if tabbed is not None:
+            # YAML forbids tabs for indentation, and its own words ("found character that
+            # cannot start any token") do not say that a tab is the character.
+            problems.error(
+                where,
+                tabbed,
+                "front matter has a tab: YAML allows only spaces there; replace the tab with "
+                "spaces (or remove the indentation)",
+            )
+            return None
         problems.error(where, line, f"front matter is not valid YAML: {reason}")
         return None
     # python-frontmatter turns front matter that is not a mapping (a list, a bare string) into
@@ -392,6 +435,8 @@ def _lesson(path: Path, project: Project, problems: Problems) -> Lesson | None:
         issue = url_problem(value)
         if issue:
             problems.error(where, at(key) if key in meta else 1, f"{key}: {issue}")
+        elif key == "video_thumbnail" and not str(value).startswith("https://"):
+            problems.warn(where, at(key), f"{key}: {insecure_image(str(value))}")
         elif not str(value).startswith("https://"):
             problems.warn(where, at(key), f"{key}: not https ({value})")
     alt = text("video_thumbnail_alt")
@@ -400,6 +445,8 @@ def _lesson(path: Path, project: Project, problems: Problems) -> Lesson | None:
         issue = url_problem(image)
         if issue:
             problems.error(where, at("image"), f"image: {issue}")
+        elif not image.startswith("https://"):
+            problems.warn(where, at("image"), f"image: {insecure_image(image)}")
         if not image_alt:
             problems.error(where, at("image"), "image_alt: an image needs alt text")
     subject = values["subject"] or ""
@@ -458,9 +505,12 @@ def _check_markdown(body: str, where: str, first_line: int, problems: Problems) 
                 if href.startswith("mailto:") or href.startswith("https://"):
                     continue
                 problems.warn(where, line, f"link is not https ({href})")
-            elif child.type == "image" and not child.content.strip():
-                src = child.attrGet("src")
-                problems.error(where, line, f"image without alt text ({src})")
+            elif child.type == "image":
+                src = str(child.attrGet("src") or "")
+                if not child.content.strip():
+                    problems.error(where, line, f"image without alt text ({src})")
+                if src.startswith("http://"):
+                    problems.warn(where, line, insecure_image(src))
 
 
 def load_course_checked(project: Project) -> tuple[Course | None, Problems]:

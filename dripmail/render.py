@@ -20,7 +20,6 @@ from typing import Any
 
 from jinja2 import (
     FileSystemLoader,
-    StrictUndefined,
     TemplateNotFound,
     TemplateSyntaxError,
     UndefinedError,
@@ -31,11 +30,12 @@ from jinja2.sandbox import SandboxedEnvironment, SecurityError
 from markupsafe import Markup, escape
 
 from dripmail.config import Project
-from dripmail.content import Course, Newsletter
+from dripmail.content import Course, Newsletter, not_utf8
 from dripmail.errors import ContentError
 from dripmail.markdown import to_html, to_text
 from dripmail.message import Mailbox, Message, MessageKind
 from dripmail.mjml_check import structure_problems
+from dripmail.template_undefined import FieldUndefined
 from dripmail.tokens import PURPOSES, Purpose, Signer
 
 GREETING_FALLBACK = "there"
@@ -288,7 +288,7 @@ class Renderer:
         self.project = project
         self.course = course
         loader = FileSystemLoader(str(project.emails_dir))
-        common = {"loader": loader, "undefined": StrictUndefined, "keep_trailing_newline": True}
+        common = {"loader": loader, "undefined": FieldUndefined, "keep_trailing_newline": True}
         self._html_env = SandboxedEnvironment(
             autoescape=True,
             finalize=lambda v: _neutralise(v, html=True),
@@ -370,7 +370,8 @@ class Renderer:
                 exc, where, f"template not found: emails/{exc.name} (check the name)"
             ) from None
         except UndefinedError as exc:
-            raise self._at_template_line(exc, where, f"unknown variable: {exc}") from None
+            # FieldUndefined's words: "lesson has no field 'titel' (did you mean ...?)".
+            raise self._at_template_line(exc, where, str(exc)) from None
         except SecurityError as exc:
             raise self._at_template_line(exc, where, f"not allowed in a template: {exc}") from None
         except UnicodeDecodeError:
@@ -391,10 +392,8 @@ class Renderer:
             try:
                 path.read_text(encoding="utf-8")
             except UnicodeDecodeError as exc:
-                found.append(
-                    f"{self.project.display(path)}: cannot read: not UTF-8 text "
-                    f"(byte {exc.object[exc.start]:#04x} at position {exc.start}); save it as UTF-8"
-                )
+                line, message = not_utf8(exc)  # the same words a lesson gets
+                found.append(f"{self.project.display(path)}:{line}: {message}")
         return found
 
     def _compile(
@@ -453,7 +452,7 @@ class Renderer:
         if self._traced_env is None:
             self._traced_env = SandboxedEnvironment(
                 loader=self._html_env.loader,
-                undefined=StrictUndefined,
+                undefined=FieldUndefined,
                 keep_trailing_newline=True,
                 autoescape=True,
                 finalize=lambda v: _neutralise(v, html=True),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -76,47 +77,28 @@ def test_test_send_day_outside_the_course_is_one_line_and_exit_1(project: Path) 
     assert not (project / "outbox").exists()
 
 
-def test_status_says_when_the_next_due_time_is_past(project: Path) -> None:
-    runner = CliRunner()
-    root = ["--root", str(project)]
-    added = runner.invoke(
+def _add(root: Path, email: str, start: date) -> None:
+    added = CliRunner().invoke(
         app,
-        [
-            *root,
-            "subscribers",
-            "add",
-            "late@example.org",
-            "--timezone",
-            "Europe/Berlin",
-            "--start",
-            "2026-01-05",
-        ],
-    )
+        ["--root", str(root), "subscribers", "add", email, "--timezone", "Asia/Kolkata",
+         "--start", start.isoformat()],
+    )  # fmt: skip
     assert added.exit_code == 0, added.output
-    out = runner.invoke(app, [*root, "status"])
+
+
+def test_status_says_when_the_next_due_time_is_past(project: Path) -> None:
+    start = datetime.now(UTC).date() - timedelta(days=30)
+    _add(project, "late@example.org", start)
+    out = CliRunner().invoke(app, ["--root", str(project), "status"])
     assert out.exit_code == 0, out.output
     line = next(x for x in out.output.splitlines() if x.startswith("Next due:"))
-    # Lesson 1 was due at 07:00 Berlin on 5 January 2026, long before any real clock now.
-    assert line.startswith("Next due: 2026-01-05 06:00 UTC: OVERDUE by ")
+    # Lesson 1 was due at 07:00 in Kolkata (01:30 UTC) 30 days ago; nobody ran `run` since.
+    assert line.startswith(f"Next due: {start} 01:30 UTC: OVERDUE by ")
     assert "7 lesson(s) due and not sent" in line and "`run` sends them" in line
 
 
 def test_status_next_due_in_the_future_is_plain(project: Path) -> None:
-    runner = CliRunner()
-    root = ["--root", str(project)]
-    added = runner.invoke(
-        app,
-        [
-            *root,
-            "subscribers",
-            "add",
-            "early@example.org",
-            "--timezone",
-            "Europe/Berlin",
-            "--start",
-            "2099-03-02",
-        ],
-    )
-    assert added.exit_code == 0, added.output
-    out = runner.invoke(app, [*root, "status"])
-    assert "Next due: 2099-03-02 06:00 UTC\n" in out.output and "OVERDUE" not in out.output
+    start = datetime.now(UTC).date() + timedelta(days=30)
+    _add(project, "early@example.org", start)
+    out = CliRunner().invoke(app, ["--root", str(project), "status"])
+    assert f"Next due: {start} 01:30 UTC\n" in out.output and "OVERDUE" not in out.output
