@@ -1,8 +1,12 @@
-"""`render`: every email for a sample reader as files, with an index page to click through."""
+"""`render` (every email for a sample reader as files, with an index page) and `CourseWatcher`
+(what the live preview reloads on: changes reported by the OS through watchfiles)."""
 
 from __future__ import annotations
 
 import html
+import logging
+import secrets
+import threading
 from pathlib import Path
 
 from dripmail.checks import sample_recipient
@@ -64,3 +68,96 @@ def write_preview(project: Project, course: Course, folder: Path) -> list[str]:
         encoding="utf-8",
     )
     return [stem for stem, _ in entries]
+
+
+class CourseWatcher:
+    """Counts changes to course/, emails/ and newsletters/ as the OS reports them.
+
+    A daemon thread runs `watchfiles.watch` (inotify, FSEvents, ReadDirectoryChangesW: no
+    polling of file times) over the folders that exist when it starts; each batch of changes
+    bumps `version`. `version` is ``"<token>-<count>"``: the token is new per watcher, so a
+    page from before a server restart sees a new version and reloads too.
+    """
+
+    def __init__(self, project: Project, debounce_ms: int = 300) -> None:
+        self.project = project
+        self._debounce_ms = debounce_ms
+        self._token = secrets.token_hex(4)
+        self._count = 0
+        self._changed = threading.Condition()
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def version(self) -> str:
+        """The current version (changes on every batch of file changes)."""
+        with self._changed:
+            return f"{self._token}-{self._count}"
+
+    def start(self) -> CourseWatcher:
+        """Start watching (once) and return once the OS watches are in place; returns self.
+
+        Waiting for them closes the gap in which a save right after the first page view
+        would go unseen. (The wait is bounded only so a broken watcher cannot hang a page.)
+        """
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._run, name="dripmail-preview-watch", daemon=True
+            )
+            self._thread.start()
+            self._ready.wait(timeout=60)
+        return self
+
+    def stop(self) -> None:
+        """Stop watching and wake every waiter."""
+        self._stop.set()
+        with self._changed:
+            self._changed.notify_all()
+
+    def wait_for_change(self, seen: str, timeout: float) -> str:
+        """Block until `version` differs from `seen` or `timeout` seconds pass; the version.
+
+        The live preview's long poll: the page asks with the version it shows and gets an
+        answer as soon as a file changes (or after `timeout`, and then asks again).
+        """
+        with self._changed:
+            self._changed.wait_for(
+                lambda: f"{self._token}-{self._count}" != seen or self._stop.is_set(),
+                timeout=timeout,
+            )
+            return f"{self._token}-{self._count}"
+
+    def _run(self) -> None:
+        import watchfiles
+
+        project = self.project
+        folders = [
+            str(p)
+            for p in (project.course_dir, project.emails_dir, project.newsletters_dir)
+            if p.is_dir()
+        ]
+        if not folders:
+            self._ready.set()
+            return
+        try:
+            # yield_on_timeout: the first (empty) answer says the watches are in place; after
+            # that an empty answer is only the thread waking to see whether it must stop.
+            for changes in watchfiles.watch(
+                *folders,
+                debounce=self._debounce_ms,
+                step=50,
+                rust_timeout=500,
+                yield_on_timeout=True,
+                stop_event=self._stop,
+                raise_interrupt=False,
+            ):
+                self._ready.set()
+                if changes:
+                    with self._changed:
+                        self._count += 1
+                        self._changed.notify_all()
+        except Exception:  # the folder went away (a test's tmp dir) or the OS refused a watch
+            logging.getLogger("dripmail").warning("preview: stopped watching files", exc_info=True)
+        finally:
+            self._ready.set()

@@ -272,6 +272,9 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
         yield
+        preview_state = getattr(context, "preview_state", None)
+        if preview_state is not None:  # the live preview's file watcher
+            preview_state.close()
         if "provider" in context.runner.__dict__:  # built: release its connections
             with contextlib.suppress(Exception):
                 await context.provider_call(context.runner.provider.aclose)

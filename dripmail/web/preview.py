@@ -3,9 +3,10 @@
 Every lesson, the confirmation email and every newsletter render live from the files for a
 sample reader: desktop (600 px) and mobile (375 px) frames, a dark-mode frame (the email's own
 ``prefers-color-scheme: dark`` rules switched on), the text part, and the `check` findings for
-that email. The pages poll ``/preview/version`` (a digest of the files' names, sizes and
-modification times in course/, emails/ and newsletters/) and reload when it changes; the
-course is loaded and compiled again only then.
+that email. Changes to course/, emails/ and newsletters/ are reported by the OS through
+watchfiles (`dripmail.preview_files.CourseWatcher`, no polling of file times); the pages hold a
+long poll on ``/preview/version?seen=V`` that answers as soon as a file changes, and reload.
+The course is loaded and compiled again only then.
 """
 
 from __future__ import annotations
@@ -16,12 +17,14 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from dripmail.config import Project
 from dripmail.errors import ContentError, NotFoundError
+from dripmail.preview_files import CourseWatcher
 from dripmail.web.context import ctx
 
 KINDS = ("lesson", "confirm", "newsletter")
@@ -29,8 +32,16 @@ _DARK_QUERY = re.compile(r"\(\s*prefers-color-scheme\s*:\s*dark\s*\)")
 _LIGHT_QUERY = re.compile(r"@media\s*\(\s*prefers-color-scheme\s*:\s*light\s*\)")
 
 
+# How long one long poll waits before answering "no change" (the page then asks again).
+LONG_POLL_SECONDS = 25.0
+
+
 def files_version(project: Project) -> str:
-    """A digest that changes whenever a file in course/, emails/ or newsletters/ changes."""
+    """A digest that changes whenever a file in course/, emails/ or newsletters/ changes.
+
+    Used by a `PreviewState` without a watcher (one-off renders, benchmarks); the live preview
+    asks its `CourseWatcher` instead.
+    """
     digest = hashlib.sha256()
     for folder in (project.course_dir, project.emails_dir, project.newsletters_dir):
         if not folder.is_dir():
@@ -57,19 +68,33 @@ class Snapshot:
 
 
 class PreviewState:
-    """Loads the course again when the files change, at most once per change."""
+    """Loads the course again when the files change, at most once per change.
 
-    def __init__(self, project: Project) -> None:
+    With a `watcher` (the live preview) a change is what the OS reported; without one, the
+    files' digest (`files_version`) is computed per call.
+    """
+
+    def __init__(self, project: Project, watcher: CourseWatcher | None = None) -> None:
         self.project = project
+        self.watcher = watcher
         self._lock = threading.Lock()
         self._snapshot: Snapshot | None = None
+
+    def version(self) -> str:
+        """The files' version as this state tells changes apart."""
+        return self.watcher.version if self.watcher else files_version(self.project)
+
+    def close(self) -> None:
+        """Stop the watcher, if any."""
+        if self.watcher is not None:
+            self.watcher.stop()
 
     def current(self) -> Snapshot:
         """The snapshot for the files as they are now."""
         from dripmail.content import load_course_checked, load_newsletter_checked
         from dripmail.render import Renderer
 
-        version = files_version(self.project)
+        version = self.version()
         with self._lock:
             if self._snapshot is not None and self._snapshot.version == version:
                 return self._snapshot
@@ -87,7 +112,8 @@ def _state(request: Request) -> PreviewState:
     c = ctx(request)
     state = getattr(c, "preview_state", None)
     if state is None:
-        state = c.preview_state = PreviewState(c.project)  # type: ignore[attr-defined]
+        watcher = CourseWatcher(c.project).start()
+        state = c.preview_state = PreviewState(c.project, watcher)  # type: ignore[attr-defined]
     return state
 
 
@@ -141,6 +167,7 @@ def render_one(project: Project, snap: Snapshot, kind: str, ref: str) -> Rendere
         out.warnings = list(dict.fromkeys(snap.problems.warnings))
         return out
     elif kind == "lesson":
+        assert snap.course is not None  # the branch above answered when it did not load
         try:
             lesson = snap.course.lesson(int(ref))
         except ValueError:
@@ -212,9 +239,18 @@ async def index(request: Request) -> Response:
 
 
 async def version(request: Request) -> Response:
-    """``GET /preview/version``: the files' digest, polled by the pages to reload."""
+    """``GET /preview/version[?seen=V]``: the files' version; with `seen`, a long poll.
+
+    With ``seen`` equal to the current version the answer waits until a file changes (or
+    `LONG_POLL_SECONDS` pass); the pages reload when the answer differs from what they show.
+    """
     c = ctx(request)
-    value = await c.db(files_version, c.project)
+    state = _state(request)
+    seen = request.query_params.get("seen")
+    if seen and state.watcher is not None:
+        value = await run_in_threadpool(state.watcher.wait_for_change, seen, LONG_POLL_SECONDS)
+    else:
+        value = await c.db(state.version)
     return JSONResponse({"version": value}, headers={"Cache-Control": "no-store"})
 
 

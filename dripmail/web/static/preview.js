@@ -1,16 +1,17 @@
-// Live reload for the preview: poll the files' version once a second and reload on change.
+// Live reload for the preview: a long poll that the server answers as soon as a file in
+// course/, emails/ or newsletters/ changes (watched with watchfiles); reload when it does.
 (function () {
   var meta = document.querySelector('meta[name="dripmail-version"]');
   if (!meta) return;
   var seen = meta.content;
-  function poll() {
-    fetch("/preview/version", { cache: "no-store" })
+  function wait() {
+    fetch("/preview/version?seen=" + encodeURIComponent(seen), { cache: "no-store" })
       .then(function (r) { return r.ok ? r.json() : null; })
       .then(function (data) {
         if (data && data.version && data.version !== seen) { window.location.reload(); return; }
-        setTimeout(poll, 1000);
+        wait();  // no change within the server's wait: ask again
       })
-      .catch(function () { setTimeout(poll, 3000); });  // server restarting: keep trying
+      .catch(function () { setTimeout(wait, 3000); });  // server restarting: keep trying
   }
-  setTimeout(poll, 1000);
+  wait();
 })();
