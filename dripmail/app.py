@@ -26,6 +26,7 @@ from dripmail.errors import InputError
 from dripmail.runner import Runner
 from dripmail.states import SubscriberStatus
 from dripmail.store import subscriber_queries as q
+from dripmail.subscriber_io import ImportReport
 from dripmail.validation import (
     clean_name,
     normalise_email,
@@ -265,9 +266,14 @@ class Dripmail(Runner):
         *,
         confirm: bool = False,
         dry_run: bool = False,
-        progress: Callable[[int], None] | None = None,
-    ) -> Any:  # -> dripmail.subscriber_io.ImportReport
-        """Import a CSV file (see `dripmail.subscriber_io`); each row is one transaction."""
+        progress: Callable[[int, int], None] | None = None,
+    ) -> ImportReport:
+        """Import a CSV file (see `dripmail.subscriber_io`).
+
+        Encoding checked before anything is written; every row is validated like every other
+        door; each batch of rows is added, activated (or left pending with `confirm`) and
+        planned in one transaction. `progress(lines_done, lines_total)` is called per batch.
+        """
         from dripmail.subscriber_io import import_csv
 
         report = import_csv(

@@ -1,26 +1,57 @@
 """CSV import and export of subscribers.
 
-Import streams the file row by row (a list of any size never sits in memory), reports each
-rejected row with its line number and reason, and is idempotent: an address already present is
-counted and left alone. Export neutralises cells a spreadsheet would run as a formula.
+Import, in order:
+1. The whole file is decoded once (streamed) before anything is written: a byte that is not
+   UTF-8 stops the import naming its line, with nothing added.
+2. The delimiter is sniffed (comma, semicolon or tab); header names match without regard to
+   case, spaces or hyphens (`Email`, `First Name`, `first-name`).
+3. Every row is validated the same way as every other door (`dripmail.validation`); a refused
+   row, and a second row for an address already in the file, is reported with its line number
+   and reason, and the other rows go on.
+4. Valid rows are written in batches: each batch adds its subscribers, activates them (or
+   leaves them pending for the double opt-in email) and plans their lessons in ONE
+   transaction, so a crash at any moment leaves every row either fully imported or not at all.
+   Re-running is idempotent (an address already present is counted and left alone), and a
+   pending import row whose confirmation email never went out is offered again.
+
+`--dry-run` runs the same checks against the same database and reports the same counts.
+Export streams by id and neutralises cells a spreadsheet would run as a formula.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, time
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
+from zoneinfo import ZoneInfo
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, RowMapping
 
+from dripmail import schedule
 from dripmail import subscribers as subs
-from dripmail.errors import InputError, NotFoundError
-from dripmail.store.schema import subscribers
+from dripmail.errors import InputError
+from dripmail.store import subscriber_queries as q
+from dripmail.validation import (
+    clean_name,
+    normalise_email,
+    normalise_tags,
+    parse_start_date,
+    start_date_warning,
+    validate_timezone,
+)
 
-COLUMNS = ("email", "first_name", "timezone", "start_date", "tags")
+# column -> what it holds (shown by `subscribers import --help`).
+COLUMNS: dict[str, str] = {
+    "email": "the address (required)",
+    "first_name": "used in greetings; control characters become spaces, at most 100 characters",
+    "timezone": "IANA zone, e.g. Europe/Berlin (default: the course's)",
+    "start_date": "local date of lesson 1, YYYY-MM-DD, a year back to a year ahead",
+    "tags": 'segments for newsletters, e.g. "desk, runners" (tag:desk)',
+}
 EXPORT_COLUMNS = (
     "email",
     "first_name",
@@ -37,6 +68,8 @@ EXPORT_COLUMNS = (
 # A cell starting with one of these is run as a formula by Excel/LibreOffice/Sheets (CSV
 # injection); a leading apostrophe makes it text.
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+BATCH = 500  # rows per transaction: small enough to lose little on a crash, large for speed
+READ_CHUNK = 1 << 16
 
 
 @dataclass
@@ -46,8 +79,12 @@ class ImportReport:
     added: int = 0
     existing: int = 0
     rejected: list[tuple[int, str]] = field(default_factory=list)
+    warnings: list[tuple[int, str]] = field(default_factory=list)
     ignored_columns: list[str] = field(default_factory=list)
     added_ids: list[int] = field(default_factory=list)
+    # Pending subscribers (this import or an interrupted earlier one) still owed the email.
+    to_confirm: list[int] = field(default_factory=list)
+    delimiter: str = ","
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,47 +99,230 @@ class ImportRow:
     tags: str = ""
 
 
+# -- reading --------------------------------------------------------------------------------
+
+
+def check_encoding(path: Path) -> int:
+    """Decode the whole file as UTF-8 (streamed); returns its number of lines.
+
+    InputError naming the line and byte of the first undecodable byte: nothing was imported.
+    """
+    decoder = codecs.getincrementaldecoder("utf-8-sig")()
+    lines, offset = 1, 0
+    try:
+        handle = path.open("rb")
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc.strerror})") from None
+    with handle:
+        while chunk := handle.read(READ_CHUNK):
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as exc:
+                bad = offset + exc.start
+                handle.seek(0)
+                before = handle.read(bad)
+                line = before.count(b"\n") + 1
+                raise InputError(
+                    f"{path}:{line}: byte 0x{chunk[exc.start]:02x} is not UTF-8 text; nothing "
+                    "was imported: save the file as CSV UTF-8 and import again"
+                ) from None
+            lines += chunk.count(b"\n")
+            offset += len(chunk)
+        try:
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            raise InputError(
+                f"{path}:{lines}: the file ends inside a UTF-8 character; nothing was imported"
+            ) from None
+    return lines
+
+
+def _key(name: str) -> str:
+    return "_".join(name.strip().lower().replace("-", " ").split())
+
+
+def _sniff(sample: str) -> str:
+    try:
+        return csv.Sniffer().sniff(sample.split("\n", 1)[0], delimiters=",;\t").delimiter
+    except csv.Error:
+        return ","
+
+
 def read_rows(
-    handle: IO[str], source: str, default_timezone: str, report: ImportReport
+    handle: IO[str],
+    source: str,
+    default_timezone: str,
+    report: ImportReport,
+    today: date,
+    lessons: int = 7,
 ) -> Iterator[ImportRow]:
-    """Yield valid rows; record rejected ones in `report` with their line number."""
-    reader = csv.DictReader(handle)
-    header = [h.strip() for h in (reader.fieldnames or [])]
+    """Yield valid rows; record refused ones (and in-file duplicates) in `report` by line."""
+    report.delimiter = _sniff(handle.read(READ_CHUNK))
+    handle.seek(0)
+    reader = csv.reader(handle, delimiter=report.delimiter)
+    try:
+        raw_header = next(reader, [])
+    except csv.Error as exc:
+        raise InputError(f"{source}:1: not valid CSV ({exc})") from None
+    header = [_key(h) for h in raw_header]
     if "email" not in header:
-        found = ", ".join(header) or "nothing"
+        found = ", ".join(h.strip() for h in raw_header) or "nothing"
         raise InputError(f"{source}:1: the header row needs an `email` column (found: {found})")
-    reader.fieldnames = header
-    report.ignored_columns = [h for h in header if h and h not in COLUMNS]
+    report.ignored_columns = [h for h in raw_header if h.strip() and _key(h) not in COLUMNS]
+    where = {name: header.index(name) for name in COLUMNS if name in header}
+    seen: dict[str, int] = {}
+    line = 1
     try:
         for record in reader:
-            line = reader.line_num
-            if None in record:
+            line = reader.line_num - _newlines(record)
+            if not any(cell.strip() for cell in record):
+                continue
+            if len(record) > len(header):
                 report.rejected.append((line, "more cells than header columns"))
                 continue
-            raw_email = (record.get("email") or "").strip()
+
+            def cell(name: str, record: list[str] = record) -> str:
+                index = where.get(name)
+                return record[index] if index is not None and index < len(record) else ""
+
+            raw_email = cell("email").strip()
             if not raw_email:
                 report.rejected.append((line, "email: empty"))
                 continue
             try:
-                email = subs.normalise_email(raw_email)
-                zone = subs.validate_timezone(
-                    (record.get("timezone") or "").strip() or default_timezone
-                )
-                raw_start = (record.get("start_date") or "").strip()
-                try:
-                    start = date.fromisoformat(raw_start) if raw_start else None
-                except ValueError:
-                    raise InputError(
-                        f"start_date: {raw_start!r} is not a date (YYYY-MM-DD)"
-                    ) from None
-                tags = subs.normalise_tags(record.get("tags") or "")
+                email = normalise_email(raw_email)
+                if email in seen:
+                    raise InputError(f"{email} is already on line {seen[email]} of this file")
+                zone = validate_timezone(cell("timezone").strip() or default_timezone)
+                start = parse_start_date(cell("start_date").strip(), today)
+                tags = normalise_tags(cell("tags"))
+                first = clean_name(cell("first_name"))
             except InputError as exc:
                 report.rejected.append((line, str(exc)))
                 continue
-            first = (record.get("first_name") or "").strip()
+            seen[email] = line
+            warning = start_date_warning(start, today, lessons)
+            if warning:
+                report.warnings.append((line, warning))
             yield ImportRow(line, email, first, zone, start, tags)
     except csv.Error as exc:
         raise InputError(f"{source}:{reader.line_num}: not valid CSV ({exc})") from None
+
+
+def _newlines(record: list[str]) -> int:
+    # A quoted cell may span lines: the row starts that many lines before where it ended.
+    return sum(cell.count("\n") for cell in record)
+
+
+# -- writing --------------------------------------------------------------------------------
+
+
+class _Planner:
+    """Start dates and due times per (zone, start date), computed once per import."""
+
+    def __init__(self, course: subs.CourseRules, now: datetime) -> None:
+        self.course = course
+        self.now = now
+        self.days = [lesson.day for lesson in course.lessons]
+        self._starts: dict[str, date] = {}
+        self._dues: dict[tuple[str, date], list[datetime]] = {}
+
+    def first(self, zone: str, given: date | None) -> date:
+        if given is not None:
+            return given
+        if zone not in self._starts:
+            self._starts[zone] = schedule.start_date(
+                self.now,
+                ZoneInfo(zone),
+                self.course.send_time,
+                self.course.start,  # type: ignore[arg-type]
+                self.course.skip_weekends,
+            )
+        return self._starts[zone]
+
+    def dues(self, zone: str, first: date) -> list[datetime]:
+        key = (zone, first)
+        if key not in self._dues:
+            self._dues[key] = schedule.due_times(
+                first, len(self.days), self.course.send_time, ZoneInfo(zone),
+                self.course.skip_weekends,
+            )  # fmt: skip
+        return self._dues[key]
+
+
+def _write_batch(
+    engine: Engine,
+    batch: list[ImportRow],
+    planner: _Planner,
+    report: ImportReport,
+    *,
+    confirm: bool,
+    dry_run: bool,
+) -> None:
+    """Add, activate (or leave pending) and plan one batch of rows in one transaction."""
+    now = planner.now
+    with engine.connect() if dry_run else engine.begin() as conn:
+        known = q.ids_by_email(conn, (r.email for r in batch))
+        hashes = {r.email: subs.email_hash(r.email, True) for r in batch if r.email not in known}
+        blocked = q.suppressed_among(conn, hashes.values())
+        fresh: list[ImportRow] = []
+        for row in batch:
+            if row.email in known:
+                report.existing += 1
+            elif hashes[row.email] in blocked:
+                report.rejected.append(
+                    (row.line, f"{row.email} is suppressed (forgotten, bounced or complained)")
+                )
+            else:
+                fresh.append(row)
+        if confirm and known:
+            report.to_confirm.extend(q.never_asked(conn, known.values()))
+        report.added += len(fresh)
+        if dry_run or not fresh:
+            return
+        status = "pending" if confirm else "active"
+        values: list[dict[str, Any]] = []
+        for row in fresh:
+            first = None if confirm else planner.first(row.timezone, row.start_date)
+            values.append(
+                {
+                    "email": row.email,
+                    "first_name": row.first_name,
+                    "timezone": row.timezone,
+                    "status": status,
+                    "consent_source": "import",
+                    "consent_at": now,
+                    "start_date": row.start_date if confirm else first,
+                    "newsletters": True,
+                    "tags": row.tags,
+                    "confirm_count": 0,
+                    "confirmed_at": None if confirm else now,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+            )
+        ids = q.insert_subscribers(conn, values)
+        report.added_ids.extend(ids[v["email"]] for v in values)
+        if confirm:
+            report.to_confirm.extend(ids[v["email"]] for v in values)
+            return
+        planned: list[dict[str, Any]] = []
+        for v in values:
+            sid = ids[v["email"]]
+            dues = planner.dues(v["timezone"], v["start_date"])
+            for day, due in zip(planner.days, dues, strict=True):
+                planned.append(
+                    {
+                        "subscriber_id": sid,
+                        "lesson_day": day,
+                        "key": subs.delivery_key(planner.course.id, sid, day),
+                        "due_at": due,
+                        "state": "planned",
+                        "attempts": 0,
+                        "updated_at": now,
+                    }
+                )
+        q.insert_deliveries(conn, planned)
 
 
 def import_csv(
@@ -114,61 +334,36 @@ def import_csv(
     *,
     confirm: bool = False,
     dry_run: bool = False,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> ImportReport:
     """Import subscribers from a CSV file (see module doc).
 
     Imported subscribers are active with consent source `import` and their lessons planned,
     unless `confirm` is set: then they stay pending and the caller sends the double opt-in
-    email to `report.added_ids`.
+    email to `report.to_confirm`. `progress(lines_done, lines_total)` is called per batch.
     """
+    total = check_encoding(path)
     report = ImportReport()
-    try:
-        handle = path.open(newline="", encoding="utf-8-sig")
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read ({exc.strerror})") from None
-    with handle:
-        try:
-            for row in read_rows(handle, str(path), default_timezone, report):
+    planner = _Planner(course, now)
+    today = now.astimezone(ZoneInfo(validate_timezone(default_timezone))).date()
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        batch: list[ImportRow] = []
+        for row in read_rows(handle, str(path), default_timezone, report, today, len(planner.days)):
+            batch.append(row)
+            if len(batch) >= BATCH:
+                _write_batch(engine, batch, planner, report, confirm=confirm, dry_run=dry_run)
                 if progress:
-                    progress(1)
-                if dry_run:
-                    known = _exists(engine, row.email)
-                    report.existing += known
-                    report.added += not known
-                    continue
-                try:
-                    sid, created = subs.add_subscriber(
-                        engine,
-                        row.email,
-                        first_name=row.first_name,
-                        timezone=row.timezone,
-                        status="pending",
-                        consent_source="import",
-                        now=now,
-                        start_date=row.start_date,
-                        tags=row.tags,
-                    )
-                    if not created:
-                        report.existing += 1
-                        continue
-                    if not confirm:
-                        subs.activate(engine, sid, course, now)
-                    report.added += 1
-                    report.added_ids.append(sid)
-                except (InputError, NotFoundError) as exc:
-                    report.rejected.append((row.line, str(exc)))
-        except UnicodeDecodeError:
-            raise InputError(f"{path}: not UTF-8 text; save the file as CSV UTF-8") from None
+                    progress(row.line, total)
+                batch = []
+        if batch:
+            _write_batch(engine, batch, planner, report, confirm=confirm, dry_run=dry_run)
+        if progress:
+            progress(total, total)
+    report.rejected.sort()
     return report
 
 
-def _exists(engine: Engine, email: str) -> bool:
-    with engine.connect() as conn:
-        return (
-            conn.execute(select(subscribers.c.id).where(subscribers.c.email == email)).first()
-            is not None
-        )
+# -- export ---------------------------------------------------------------------------------
 
 
 def safe_cell(value: object) -> str:
@@ -177,20 +372,30 @@ def safe_cell(value: object) -> str:
     return "'" + text if text.startswith(FORMULA_START) else text
 
 
-def export_csv(engine: Engine, out: IO[str], status: str | None = None, chunk: int = 1000) -> int:
-    """Write subscribers as CSV to `out`, streaming by id; returns the number of rows."""
+def export_value(value: object) -> str:
+    """One exported value: yes/no for flags, ISO 8601 for dates and times, text otherwise."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, datetime):
+        return value.isoformat(timespec="seconds")
+    if isinstance(value, date | time):
+        return value.isoformat()
+    return safe_cell(value)
+
+
+def export_rows(rows: Iterator[RowMapping], out: IO[str]) -> int:
+    """Write subscriber rows as CSV to `out`; returns the number of rows."""
     writer = csv.writer(out)
     writer.writerow(EXPORT_COLUMNS)
-    last, count = 0, 0
-    while True:
-        query = select(subscribers).where(subscribers.c.id > last).order_by(subscribers.c.id)
-        if status:
-            query = query.where(subscribers.c.status == status)
-        with engine.connect() as conn:
-            rows = list(conn.execute(query.limit(chunk)).mappings())
-        if not rows:
-            return count
-        for row in rows:
-            writer.writerow([safe_cell(row[c]) for c in EXPORT_COLUMNS])
-        count += len(rows)
-        last = rows[-1]["id"]
+    count = 0
+    for row in rows:
+        writer.writerow([export_value(row[c]) for c in EXPORT_COLUMNS])
+        count += 1
+    return count
+
+
+def export_csv(engine: Engine, out: IO[str], status: str | None = None, chunk: int = 1000) -> int:
+    """Write subscribers as CSV to `out`, streaming by id; returns the number of rows."""
+    return export_rows(q.iter_subscribers(engine, status, chunk), out)

@@ -50,9 +50,13 @@ class CourseRules(Protocol):
     def lessons(self) -> tuple[Any, ...]: ...
 
 
-def email_hash(address: str) -> str:
-    """The hash kept in `suppressions` (never the address itself)."""
-    return hashlib.sha256(normalise_email(address).encode()).hexdigest()
+def email_hash(address: str, normalised: bool = False) -> str:
+    """The hash kept in `suppressions` (never the address itself).
+
+    `normalised`: the address already went through `normalise_email` (skip doing it again).
+    """
+    canonical = address if normalised else normalise_email(address)
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def is_suppressed(bind: Bind, address: str) -> bool:

@@ -27,14 +27,42 @@ MAX_EMAIL = 320
 START_WINDOW = timedelta(days=366)
 
 
+# Plain ASCII addresses of the common shape, which email-validator accepts unchanged but for
+# case: checked by this pattern in microseconds instead of the library's IDNA pass (about a
+# millisecond). Anything else (Unicode, quotes, "--" in the domain, special-use domains, long
+# parts) goes through email-validator. tests/test_validation.py checks with hypothesis that
+# whatever this accepts, email-validator accepts with the same normalised result.
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_PLAIN = re.compile(
+    rf"(?P<local>{_ATOM}(?:\.{_ATOM})*)@(?P<domain>(?:{_LABEL}\.)+[A-Za-z]{{2,63}})", re.ASCII
+)
+_SPECIAL_USE = ("arpa", "invalid", "local", "localhost", "onion", "test")
+
+
+def _plain_address(text: str) -> str | None:
+    """`text` lower-cased when it is a plain ASCII address of the common shape, else None."""
+    found = _PLAIN.fullmatch(text)
+    if found is None or len(text) > 254 or len(found["local"]) > 64:
+        return None
+    domain = found["domain"].lower()
+    if "--" in domain or len(domain) > 253 or domain.rsplit(".", 1)[1] in _SPECIAL_USE:
+        return None
+    return text.lower()
+
+
 def normalise_email(address: str) -> str:
     """The canonical, lower-cased form of an address; InputError naming it when invalid.
 
-    email-validator does the syntax check and Unicode normalisation (no DNS lookup).
+    email-validator does the syntax check and Unicode normalisation (no DNS lookup); plain
+    ASCII addresses take a verified fast path (see `_PLAIN`).
     """
     text = address.strip()
     if len(text) > MAX_EMAIL:
         raise InputError(f"email: {text[:40]!r}... is longer than {MAX_EMAIL} characters")
+    plain = _plain_address(text)
+    if plain is not None:
+        return plain
     try:
         valid = validate_email(text, check_deliverability=False)
     except EmailNotValidError as exc:

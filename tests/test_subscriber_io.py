@@ -44,18 +44,19 @@ def test_import_reports_bad_rows_by_line_and_is_idempotent(engine: Engine, tmp_p
         "ANA@example.org,Ana again,UTC,,38\n",
     )
     report = import_csv(engine, path, Rules(), "America/New_York", NOW)
-    assert report.added == 2 and report.existing == 1
-    assert [line for line, _ in report.rejected] == [3, 4, 6]
+    assert report.added == 2 and report.existing == 0
+    assert [line for line, _ in report.rejected] == [3, 4, 6, 7]
     assert "not-an-address" in report.rejected[0][1]
     assert "Mars/Olympus" in report.rejected[1][1]
     assert "start_date" in report.rejected[2][1]
+    assert "already on line 2" in report.rejected[3][1]  # ANA@ is ana@, twice in one file
     assert report.ignored_columns == ["shoe_size"]
     di = subs.get_subscriber(engine, "di@example.org")
     assert di["status"] == "active" and di["timezone"] == "America/New_York"
     assert di["consent_source"] == "import" and str(di["start_date"]) == "2026-06-03"
     assert _count(engine, deliveries) == 14
     again = import_csv(engine, path, Rules(), "America/New_York", NOW)
-    assert again.added == 0 and again.existing == 3
+    assert again.added == 0 and again.existing == 2 and len(again.rejected) == 4
     assert _count(engine, subscribers) == 2 and _count(engine, deliveries) == 14
 
 
@@ -64,7 +65,7 @@ def test_import_dry_run_and_confirm_mode(engine: Engine, tmp_path: Path) -> None
     dry = import_csv(engine, path, Rules(), "UTC", NOW, dry_run=True)
     assert dry.added == 2 and _count(engine, subscribers) == 0
     report = import_csv(engine, path, Rules(), "UTC", NOW, confirm=True)
-    assert len(report.added_ids) == 2
+    assert len(report.added_ids) == 2 and report.to_confirm == report.added_ids
     assert subs.get_subscriber(engine, "ana@example.org")["status"] == "pending"
     assert _count(engine, deliveries) == 0
 

@@ -178,44 +178,59 @@ def forget(
     )
 
 
+def _import_help() -> str:
+    from dripmail.subscriber_io import COLUMNS
+
+    return "CSV with a header row; columns (any case; comma, semicolon or tab): " + "; ".join(
+        f"{name}: {what}" for name, what in COLUMNS.items()
+    )
+
+
 @sub.command("import")
 def import_(
-    file: Path = typer.Argument(
-        ..., help="CSV with a header row: email, first_name, timezone, start_date."
-    ),
+    file: Path = typer.Argument(..., help=_import_help()),
     confirm: bool = typer.Option(
         False, "--confirm", help="Ask each new subscriber to confirm by the double opt-in email."
     ),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Check the file; change nothing."),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Check the file against the database; change nothing."
+    ),
     now: str | None = typer.Option(None, "--now", help="Simulated clock (ISO-8601)."),
 ) -> None:
     """Import subscribers from CSV. Re-importing the same file changes nothing.
 
     Imported subscribers are active (consent source `import`) and start by the course's start
-    rule, unless --confirm. Rejected rows are listed with their line number and reason.
+    rule (or their start_date), unless --confirm. The file is checked to be UTF-8 before
+    anything is written. Every refused row is listed with its line number and reason, the
+    other rows are imported, and the exit code is 3 when some rows were refused.
     """
-    from rich.progress import Progress
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     app = _app(now)
-    with Progress(transient=True) as bar:
-        task = bar.add_task("importing", total=None)
+    columns = (BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*Progress.get_default_columns()[:1], *columns, transient=True) as bar:
+        task = bar.add_task("importing lines", total=None)
         report = app.import_subscribers(
             file,
             confirm=confirm,
             dry_run=dry_run,
-            progress=lambda n: bar.advance(task, n),
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
         )
     for line, reason in report.rejected:
         typer.echo(f"{file}:{line}: {reason}", err=True)
+    for line, warning in report.warnings:
+        typer.echo(f"{file}:{line}: warning: {warning}", err=True)
     if report.ignored_columns:
         typer.echo(f"ignored columns: {', '.join(report.ignored_columns)}", err=True)
     verb = "would add" if dry_run else "added"
     typer.echo(
         f"{verb} {report.added}, already there {report.existing}, rejected {len(report.rejected)}"
     )
-    if confirm and report.added_ids and not dry_run:
-        sent = app.send_confirmations(report.added_ids)
+    if confirm and report.to_confirm and not dry_run:
+        sent = app.send_confirmations(report.to_confirm)
         typer.echo(f"sent {sent} confirmation email(s)")
+    if report.rejected:
+        raise typer.Exit(3)
 
 
 @sub.command("export")
@@ -223,17 +238,20 @@ def export(
     out: Path | None = typer.Option(None, "--out", "-o", help="File to write (default: stdout)."),
     status: str | None = typer.Option(None, "--status", help="Only this status."),
 ) -> None:
-    """Export subscribers as CSV (cells a spreadsheet would run as formulas are neutralised)."""
+    """Export subscribers as CSV: flags as yes/no, dates and times as ISO 8601 (UTC).
+
+    Cells a spreadsheet would run as formulas are neutralised with a leading apostrophe.
+    """
     import sys
 
-    from dripmail.subscriber_io import export_csv
+    from dripmail.subscriber_io import export_rows
 
-    engine = _app().engine
+    rows = _app().list_subscribers(status)
     if out is None:
-        export_csv(engine, sys.stdout, status)
+        export_rows(rows, sys.stdout)
         return
     with out.open("w", newline="", encoding="utf-8") as handle:
-        count = export_csv(engine, handle, status)
+        count = export_rows(rows, handle)
     typer.echo(f"exported {count} subscriber(s) to {out}", err=True)
 
 

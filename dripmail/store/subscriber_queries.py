@@ -58,6 +58,37 @@ def insert_subscriber(conn: Connection, values: dict[str, Any]) -> int:
     return int(key[0])
 
 
+def insert_subscribers(conn: Connection, rows: list[dict[str, Any]]) -> dict[str, int]:
+    """Insert many subscriber rows in one statement; returns {email: id}."""
+    if not rows:
+        return {}
+    result = conn.execute(
+        insert(subscribers).returning(subscribers.c.email, subscribers.c.id), rows
+    )
+    return {email: int(sid) for email, sid in result}
+
+
+def never_asked(conn: Connection, ids: Iterable[int]) -> list[int]:
+    """Of `ids`, the pending subscribers that were never sent a confirmation email.
+
+    An import with --confirm killed between adding and mailing leaves such rows; a re-run
+    offers them the email again instead of leaving them pending forever.
+    """
+    wanted = sorted(set(ids))
+    found: list[int] = []
+    for start in range(0, len(wanted), CHUNK):
+        found.extend(
+            conn.execute(
+                select(subscribers.c.id).where(
+                    subscribers.c.id.in_(wanted[start : start + CHUNK]),
+                    subscribers.c.status == "pending",
+                    subscribers.c.confirm_count == 0,
+                )
+            ).scalars()
+        )
+    return found
+
+
 def set_status(
     conn: Connection, subscriber_id: int, status: str, now: datetime, **more: Any
 ) -> int:
