@@ -19,6 +19,7 @@ from dripmail.store.schema import (
     subscribers,
     webhook_nonces,
 )
+from dripmail.validation import scrub_addresses
 from dripmail.webhooks.common import WebhookEvent
 
 # Nonces only need keeping while their signed timestamp could still pass the freshness check
@@ -153,14 +154,20 @@ def _stop(engine: Engine, sid: int, event: WebhookEvent, now: datetime) -> list[
 
 
 def _row(event: WebhookEvent, sid: int | None, now: datetime) -> dict:
+    # Provider reasons quote addresses ("550 5.1.1 <quinn@example.com>... User unknown"). An
+    # event that matches nobody (never subscribed, or forgotten) keeps no address at all, so
+    # erasure sticks; a subscriber's own events go when they are forgotten.
+    raw = event.raw or None
+    if sid is None and raw:
+        raw = scrub_addresses(raw)
     return {
         "subscriber_id": sid,
         "delivery_key": event.delivery_key,
         "provider": event.provider,
         "dedupe_key": event.dedupe_key,
         "type": event.stored_type,
-        "detail": event.detail,
-        "raw": event.raw or None,
+        "detail": scrub_addresses(event.detail),
+        "raw": raw,
         "occurred_at": event.at,
         "received_at": now,
     }
