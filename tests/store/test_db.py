@@ -38,3 +38,53 @@ def test_postgres_migrates() -> None:
     engine = open_store(url, Path.cwd())
     with engine.connect() as conn:
         assert compare_metadata(MigrationContext.configure(conn), metadata) == []
+
+
+def test_an_older_sqlite_database_gets_ids_that_never_repeat(tmp_path: Path) -> None:
+    """Migration 0006 rebuilds `subscribers` with AUTOINCREMENT and keeps every child row."""
+    from datetime import UTC, datetime
+
+    from alembic.operations import Operations
+
+    from dripmail import subscribers as subs
+    from tests.course_rules import Rules
+
+    now = datetime(2026, 6, 1, 12, tzinfo=UTC)
+    engine = open_store("sqlite:///old.db", tmp_path)
+    for name in ("a", "b", "c"):
+        sid, _ = subs.add_subscriber(
+            engine, f"{name}@example.org", timezone="UTC", status="pending",
+            consent_source="test", now=now,
+        )  # fmt: skip
+        subs.activate(engine, sid, Rules(), now)
+    subs.record_event(engine, "test", "e1", "delivered", now, now, subscriber_id=1)
+    # Make it the database of a release before 0006: no AUTOINCREMENT, stamped 0005.
+    with engine.connect() as conn:
+        conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
+        conn.commit()
+        with conn.begin():
+            ops = Operations(MigrationContext.configure(conn))
+            with ops.batch_alter_table(
+                "subscribers", recreate="always", table_kwargs={"sqlite_autoincrement": False}
+            ):
+                pass
+            conn.exec_driver_sql("UPDATE alembic_version SET version_num = '0005'")
+        conn.exec_driver_sql("PRAGMA foreign_keys=ON")
+        conn.commit()
+        ddl = conn.exec_driver_sql("SELECT sql FROM sqlite_master WHERE name = 'subscribers'")
+        assert "AUTOINCREMENT" not in ddl.scalar_one()
+    engine.dispose()
+
+    upgraded = open_store("sqlite:///old.db", tmp_path)
+    with upgraded.connect() as conn:
+        ddl = conn.exec_driver_sql("SELECT sql FROM sqlite_master WHERE name = 'subscribers'")
+        assert "AUTOINCREMENT" in ddl.scalar_one()
+        assert conn.exec_driver_sql("SELECT count(*) FROM deliveries").scalar_one() == 21
+        assert conn.exec_driver_sql("SELECT count(*) FROM events").scalar_one() == 1
+        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar_one() == 1
+        assert compare_metadata(MigrationContext.configure(conn), metadata) == []
+    subs.forget(upgraded, 3, now)
+    sid, _ = subs.add_subscriber(
+        upgraded, "d@example.org", timezone="UTC", status="pending", consent_source="t", now=now
+    )
+    assert sid == 4  # not 3 again
