@@ -159,7 +159,10 @@ def read_rows(
     """Yield valid rows; record refused ones (and in-file duplicates) in `report` by line."""
     report.delimiter = _sniff(handle.read(READ_CHUNK))
     handle.seek(0)
-    reader = csv.reader(handle, delimiter=report.delimiter)
+    # The csv module refuses a NUL anywhere; as a control character it becomes a space (and
+    # in an address, a refused row) like at every other door.
+    lines = (line.replace("\x00", " ") for line in handle)
+    reader = csv.reader(lines, delimiter=report.delimiter)
     try:
         raw_header = next(reader, [])
     except csv.Error as exc:

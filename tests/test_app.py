@@ -1,0 +1,143 @@
+"""`Dripmail`, the application door: properties over arbitrary input, the same at every door."""
+
+from __future__ import annotations
+
+import csv
+import json
+import tempfile
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dripmail.app import Dripmail
+from dripmail.config import Project, Settings
+from dripmail.engine import run_once
+from dripmail.errors import InputError
+from dripmail.validation import clean_name
+from tests.course_fixture import make_project
+
+NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)  # a Monday
+TODAY = date(2026, 6, 1)
+
+
+@pytest.fixture(scope="module")
+def course_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_project(tmp_path_factory.mktemp("app") / "project")
+
+
+def _core(root: Path, work: Path, clock: datetime = NOW) -> Dripmail:
+    values = {
+        "DRIPMAIL_DATABASE_URL": f"sqlite:///{work / 'app.db'}",
+        "DRIPMAIL_OUTBOX_DIR": str(work / "outbox"),
+    }
+    return Dripmail(
+        Project(root),
+        Settings(_env_file=None, **values),  # type: ignore[call-arg]
+        clock=lambda: clock,
+    )
+
+
+def _lessons_sent(work: Path) -> list[tuple[str, str]]:
+    index = work / "outbox" / "index.jsonl"
+    lines = index.read_text(encoding="utf-8").splitlines() if index.exists() else []
+    return [(r["to"], r["ref"]) for r in map(json.loads, lines) if r["kind"] == "lesson"]
+
+
+NAMES = st.text(st.characters(exclude_categories=("Cs",)), max_size=120)
+OFFSETS = st.one_of(st.none(), st.integers(min_value=-800, max_value=800))
+
+
+@settings(
+    max_examples=12,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(st.lists(st.tuples(NAMES, OFFSETS), min_size=1, max_size=6))
+def test_every_valid_row_is_sent_exactly_once(
+    course_root: Path, rows: list[tuple[str, int | None]]
+) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        path = work / "people.csv"
+        with path.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["email", "first_name", "start_date"])
+            for i, (name, offset) in enumerate(rows):
+                start = "" if offset is None else (TODAY + timedelta(days=offset)).isoformat()
+                writer.writerow([f"r{i}@example.org", name, start])
+        valid = set()
+        for i, (name, offset) in enumerate(rows):
+            try:
+                clean_name(name.replace("\x00", " "))
+            except InputError:
+                continue
+            if offset is None or abs(offset) <= 366:
+                valid.add(f"r{i}@example.org")
+        core = _core(course_root, work)
+        report = core.import_subscribers(path)
+        assert report.added == len(valid), report.rejected
+        assert len(report.rejected) == len(rows) - len(valid)
+        # A year and a bit later, every lesson 1 is due (catch-up sends one a day).
+        later = NOW + timedelta(days=370)
+        for _ in range(2):  # a second pass at the same time sends nothing more
+            run_once(
+                core.engine, core.provider, core.render_lesson, later,
+                default_send_time=core.course.send_time,
+            )  # fmt: skip
+        sent = _lessons_sent(work)
+        firsts = [to for to, ref in sent if ref == "1"]
+        assert sorted(firsts) == sorted(valid)
+        core.engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "says"),
+    [
+        ("timezone", "EST", "abbreviation"),
+        ("timezone", "america/new_york", "did you mean America/New_York"),
+        ("send_time", "25:00", "send time"),
+        ("course", "deleted", "course:"),
+    ],
+)
+def test_preferences_refuse_bad_values_and_change_nothing(
+    course_root: Path, tmp_path: Path, field: str, value: str, says: str
+) -> None:
+    core = _core(course_root, tmp_path)
+    added = core.add_subscriber("ann@example.com", timezone="Europe/Berlin")
+    before = core.timeline(added.id)
+    with pytest.raises(InputError, match=says):
+        core.set_preferences(added.id, newsletters=False, **{field: value})
+    after = core.timeline(added.id)
+    assert dict(after.subscriber) == dict(before.subscriber)
+    assert [dict(r) for r in after.lessons] == [dict(r) for r in before.lessons]
+
+
+def test_preferences_store_a_legacy_zone_canonical_and_replan(
+    course_root: Path, tmp_path: Path
+) -> None:
+    core = _core(course_root, tmp_path)
+    added = core.add_subscriber("ann@example.com", timezone="Europe/Berlin")
+    saved = core.set_preferences(added.id, newsletters=True, timezone="US/Pacific")
+    assert saved.replanned
+    row = core.subscriber(added.id)
+    assert row["timezone"] == "America/Los_Angeles"
+    day, due = core.next_lesson(added.id) or (0, NOW)
+    assert day == 1
+    assert due.hour == 14  # 07:00 in Los Angeles (PDT) is 14:00 UTC
+
+
+def test_the_same_name_is_cleaned_at_every_door(course_root: Path, tmp_path: Path) -> None:
+    core = _core(course_root, tmp_path)
+    raw = "Dan\nBcc: eve@example.com\u2028"
+    core.add_subscriber("a@example.com", name=raw)
+    signed = core.subscribe("b@example.com", name=raw, timezone="Mars/Olympus")
+    assert signed.zone_fallback and signed.subscriber_id is not None
+    (tmp_path / "p.csv").write_text(f'email,first_name\nc@example.com,"{raw}"\n')
+    core.import_subscribers(tmp_path / "p.csv")
+    names = {r["email"]: r["first_name"] for r in core.list_subscribers()}
+    assert set(names.values()) == {"Dan Bcc: eve@example.com"}
+    b = core.subscriber("b@example.com")
+    assert b["timezone"] == core.course.timezone and b["status"] == "pending"
