@@ -190,6 +190,13 @@ class Dripmail(Runner):
 
     # -- lookups --
 
+    def ping(self) -> None:
+        """Raise StoreError-like errors unless the database answers (for `/healthz`)."""
+        from sqlalchemy import text
+
+        with self.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+
     def subscriber(self, ref: int | str) -> RowMapping:
         """A subscriber by id or address; NotFoundError naming what was asked for."""
         return subs.get_subscriber(self.engine, ref)
@@ -411,6 +418,8 @@ class Dripmail(Runner):
             sid = int(sub["id"])
             was = sub["status"]
             handed = subs.pause(conn, sid, now)
+            if was != "paused":
+                _note(conn, sid, "paused", "cli", now)
         recall = self._recall(handed, now)
         return Stopped(sid, sub["email"], SubscriberStatus.PAUSED, was != "paused", recall)
 
@@ -420,6 +429,7 @@ class Dripmail(Runner):
         with self.engine.begin() as conn:
             sub = subs.get_subscriber(conn, ref)
             first = subs.resume(conn, int(sub["id"]), self.course, now)
+            _note(conn, int(sub["id"]), "resumed", "cli", now)
         return Resumed(int(sub["id"]), sub["email"], first)
 
     def set_preferences(
@@ -461,14 +471,23 @@ class Dripmail(Runner):
             if status == "active" and course == "paused":
                 handed = subs.pause(conn, subscriber_id, now)
                 status = SubscriberStatus.PAUSED
+                _note(conn, subscriber_id, "paused", "preferences page", now)
             elif status == "paused" and course == "active":
                 subs.resume(conn, subscriber_id, rules, now)  # re-plans from the next morning
                 status = SubscriberStatus.ACTIVE
                 replan = True
+                _note(conn, subscriber_id, "resumed", "preferences page", now)
             elif status == "active" and timing_changed:
                 handed = q.handed_ids(conn, subscriber_id)
                 subs.reschedule(conn, subscriber_id, rules, now)
                 replan = True
+            changes = []
+            if timing_changed:
+                changes.append(f"send time {wanted_time} {zone}")
+            if bool(newsletters) != bool(sub["newsletters"]):
+                changes.append("newsletters " + ("on" if newsletters else "off"))
+            if changes:
+                _note(conn, subscriber_id, "preferences", ", ".join(changes), now)
         recall = self._recall(handed, now)
         if replan and recall.cancelled:
             # What the provider gave back is planned again: move it to the new timing too.
@@ -525,6 +544,22 @@ class Dripmail(Runner):
         if decision not in ("sent", "resend"):
             raise InputError(f"settle as {decision!r}: use sent or resend")
         return review.settle(self.engine, keys, decision, by, self.now(), note)  # type: ignore[arg-type]
+
+
+def _note(conn: Any, subscriber_id: int, kind: str, detail: str, now: datetime) -> None:
+    """Record what the reader or the operator changed, for `subscribers show`."""
+    import uuid
+
+    subs.record_event(
+        conn,
+        "dripmail",
+        f"{kind}-{subscriber_id}-{uuid.uuid4().hex}",
+        kind,
+        now,
+        now,
+        subscriber_id=subscriber_id,
+        detail=detail,
+    )
 
 
 def _status(value: str) -> str:

@@ -28,7 +28,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import text
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -134,12 +133,7 @@ class EdgeMiddleware:
 async def healthz(request: Request) -> Response:
     """``GET /healthz``: 200 "ok" when the database answers (for load balancers)."""
     c = ctx(request)
-
-    def ping() -> None:
-        with c.engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
-
-    await c.db(ping)
+    await c.db(c.app.ping)
     return PlainTextResponse("ok", headers={"Cache-Control": "no-store"})
 
 

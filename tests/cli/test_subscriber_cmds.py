@@ -1,6 +1,6 @@
 import subprocess
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 from dripmail import subscribers as subs
@@ -40,3 +40,42 @@ def test_unknown_subscriber_is_one_line_error_without_traceback(tmp_path: Path) 
     assert out.returncode == 1
     assert "no subscriber 'nobody@example.org'" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_list_show_and_export_through_typers_runner(tmp_path: Path) -> None:
+    import csv
+    import io
+
+    from typer.testing import CliRunner
+
+    from dripmail.cli import app
+    from tests.course_fixture import make_project
+
+    project = make_project(tmp_path / "p")
+    runner = CliRunner()
+    root = ["--root", str(project)]
+    empty = runner.invoke(app, [*root, "subscribers", "list"])
+    assert empty.exit_code == 0 and empty.output.strip() == "no subscribers"
+    add = [*root, "subscribers", "add", "ana@example.org", "--timezone", "US/Pacific"]
+    assert runner.invoke(app, add).exit_code == 0
+    listed = runner.invoke(app, [*root, "subscribers", "list"])
+    header, row = listed.output.splitlines()
+    assert header.split() == ["id", "email", "status", "timezone", "start"]
+    assert "America/Los_Angeles" in row  # the alias stored canonical
+    none = runner.invoke(app, [*root, "subscribers", "list", "--status", "paused"])
+    assert none.output.strip() == "no subscribers with status paused"
+    wrong = runner.invoke(app, [*root, "subscribers", "list", "--status", "gone"])
+    assert wrong.exit_code == 1
+    assert runner.invoke(app, [*root, "subscribers", "pause", "ana@example.org"]).exit_code == 0
+    assert runner.invoke(app, [*root, "subscribers", "resume", "ana@example.org"]).exit_code == 0
+    stop = runner.invoke(app, [*root, "subscribers", "unsubscribe", "ana@example.org"])
+    assert stop.exit_code == 0
+    shown = runner.invoke(app, [*root, "subscribers", "show", "ana@example.org"])
+    events = shown.output.split("Events", 1)[1]
+    for kind in ("paused", "resumed", "unsubscribed"):
+        assert kind in events
+    exported = runner.invoke(app, [*root, "subscribers", "export"])
+    (record,) = list(csv.DictReader(io.StringIO(exported.stdout)))
+    assert record["newsletters"] == "yes"
+    assert datetime.fromisoformat(record["consent_at"]).tzinfo is not None
+    assert record["start_date"] == date.fromisoformat(record["start_date"]).isoformat()
