@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time as wallclock
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import typer
 
@@ -211,8 +212,14 @@ def demo(
     Console(width=110).print(table)
     typer.echo(f"{result.written} emails written to {state.project.display(result.outbox)}")
     cmd = command_name()
+    here = state.root == Path.cwd().resolve()
+    if not here:  # the hint must work from the folder the user is in
+        cmd = f"{cmd} --root {state.root}"
     if result.sample_course:
-        typer.echo(f"Start your own course here: `{cmd} init .`, then `{cmd} preview`")
+        folder = "." if here else str(state.root)
+        typer.echo(
+            f"Start your own course here: `{command_name()} init {folder}`, then `{cmd} preview`"
+        )
     else:
         typer.echo("The project's own database, outbox and provider were not used.")
         typer.echo(f"Look at the emails live: `{cmd} preview` (or `{cmd} render`)")
