@@ -133,9 +133,7 @@ def test_demo_in_an_empty_folder_uses_the_sample_and_writes_only_demo(tmp_path: 
     assert "Asia/Kolkata" in result.output and "07:00" in result.output
     assert "the demo used the sample course" in result.output
     # Run as the console script (not send.py): the hint names `dripmail`.
-    assert (
-        f"`dripmail init {tmp_path}`, then `dripmail --root {tmp_path} preview`" in result.output
-    )
+    assert f"`dripmail init {tmp_path}`, then `dripmail --root {tmp_path} preview`" in result.output
 
 
 @pytest.mark.parametrize("kind", ["folder", "file"])
