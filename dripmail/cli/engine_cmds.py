@@ -183,6 +183,14 @@ def status() -> None:
         typer.echo("Recent failures and reviews")
         for row in report.failures:
             typer.echo(f"  {row['key']:<28} {row['state']:<8} {row['last_error'] or ''}")
+    waiting = report.deliveries.get("review", 0)
+    if waiting:
+        from dripmail.cli import command_name
+
+        typer.echo(
+            f"{waiting} lesson(s) wait for review: `{command_name()} deliveries review` shows "
+            "them, `deliveries settle` settles them"
+        )
 
 
 def demo(

@@ -122,7 +122,7 @@ def _settle_events(root: Path) -> list[tuple[str, str, str]]:
     return [tuple(r) for r in rows]
 
 
-def test_review_lists_lessons_and_newsletters_with_what_is_known(studio) -> None:
+def test_review_lists_lessons_and_newsletters_with_what_is_known(studio, cli) -> None:
     root, env = studio
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("DRIPMAIL_", "MAILGUN_"))}
     out = subprocess.run(
@@ -141,6 +141,8 @@ def test_review_lists_lessons_and_newsletters_with_what_is_known(studio) -> None
     assert text.count("provider mailgun, batch b-") == 2 and "handed over 20" in text
     assert text.count("known: ") == 2 and "events: none from the provider" in text
     assert "deliveries settle KEY --as sent" in text
+    status = cli(root, env, "status")
+    assert "1 lesson(s) wait for review: `python " in status.stdout
 
 
 def test_settle_resend_and_sent_are_recorded_with_who_and_when(studio, fake_providers, cli) -> None:
