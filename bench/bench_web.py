@@ -5,7 +5,10 @@ a new address, including the confirmation email written after the answer (the ra
 lifted for the run). Confirm: the median time of `POST /confirm/<token>` (activate + plan the
 week + page). Preview: a lesson page's render (load check, compile, personalise, `check`)
 with the per-file-version cache, against the naive way of loading and compiling the course
-again for every page view; the cache still looks at every file's modification time per view.
+again for every page view. Reload: how long after a lesson is saved an open preview page is
+told (the long poll answered by the watchfiles watcher), against the page polling the files'
+modification times once a second as it used to, and against the OS's own notice (the same
+watcher answering on the first event, no grouping of a save's events).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import time as clock
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
+sys.path[:0] = [str(HERE.parent), str(HERE)]
 
 
 def _app(root: Path):
@@ -60,6 +63,48 @@ async def _signups(app, count: int) -> tuple[float, list[float]]:
     return rate, times
 
 
+def _told_after_save(project, samples: int, make_watcher) -> float:
+    """Median ms from a lesson save until a waiting page's long poll is answered."""
+    watcher = make_watcher(project).start()
+    lesson = next(project.course_dir.glob("day-2-*.md"))
+    took = []
+    try:
+        for i in range(samples):
+            seen = watcher.version
+            started = clock.perf_counter()
+            lesson.write_text(lesson.read_text() + f"\nEdit {i}.\n")
+            assert watcher.wait_for_change(seen, 30) != seen
+            took.append((clock.perf_counter() - started) * 1000)
+            clock.sleep(0.4)  # let the save's last events settle before the next one
+    finally:
+        watcher.stop()
+    return statistics.median(took)
+
+
+def _polled_after_save(project, samples: int, period: float = 1.0) -> float:
+    """The old way: the page asks for the files' digest every `period` s; median ms to notice."""
+    import random
+
+    from dripmail.web.preview import files_version
+
+    lesson = next(project.course_dir.glob("day-2-*.md"))
+    rng = random.Random(7)
+    took = []
+    for i in range(samples):
+        seen = files_version(project)
+        next_poll = clock.perf_counter() + period
+        clock.sleep(rng.uniform(0, period))  # a save lands anywhere between two polls
+        started = clock.perf_counter()
+        lesson.write_text(lesson.read_text() + f"\nPoll edit {i}.\n")
+        while True:
+            clock.sleep(max(0.0, next_poll - clock.perf_counter()))
+            next_poll += period
+            if files_version(project) != seen:
+                break
+        took.append((clock.perf_counter() - started) * 1000)
+    return statistics.median(took)
+
+
 def run(quick: bool) -> list[dict]:
     """Figures described in the module docstring."""
     from dripmail.web.preview import PreviewState, render_one
@@ -82,6 +127,16 @@ def run(quick: bool) -> list[dict]:
         for _ in range(naive_views):
             render_one(project, PreviewState(project).current(), "lesson", "3")
         naive = naive_views / (clock.perf_counter() - started)
+        from dripmail.preview_files import CourseWatcher
+
+        samples = 5 if quick else 15
+        told = _told_after_save(project, samples, CourseWatcher)
+        polled = _polled_after_save(project, samples)
+        first_event = _told_after_save(
+            project, samples, lambda p: CourseWatcher(p, debounce_ms=1, step_ms=1)
+        )
+    from figure import compare  # bench/ is on sys.path (above)
+
     return [
         {
             "name": "sign-ups per second through POST /subscribe (with the confirmation email)",
@@ -100,6 +155,16 @@ def run(quick: bool) -> list[dict]:
             "naive": naive,
             "ratio": ours / naive,
         },
+        compare(
+            "live preview told of a saved lesson (median ms from save to the page's answer)",
+            "ms",
+            told,
+            peer=polled,
+            peer_is="the page polling the files' modification times once a second (before)",
+            limit=first_event,
+            limit_is="the OS's first event (watchfiles answering without grouping a save)",
+            better="lower",
+        ),
     ]
 
 

@@ -79,9 +79,12 @@ class CourseWatcher:
     page from before a server restart sees a new version and reloads too.
     """
 
-    def __init__(self, project: Project, debounce_ms: int = 300) -> None:
+    def __init__(self, project: Project, debounce_ms: int = 300, step_ms: int = 50) -> None:
+        # watchfiles answers once no further change came for `step_ms` (a save is often
+        # several events: truncate, write, rename), and after `debounce_ms` at the latest.
         self.project = project
         self._debounce_ms = debounce_ms
+        self._step_ms = step_ms
         self._token = secrets.token_hex(4)
         self._count = 0
         self._changed = threading.Condition()
@@ -146,7 +149,7 @@ class CourseWatcher:
             for changes in watchfiles.watch(
                 *folders,
                 debounce=self._debounce_ms,
-                step=50,
+                step=self._step_ms,
                 rust_timeout=500,
                 yield_on_timeout=True,
                 stop_event=self._stop,
