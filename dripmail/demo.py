@@ -22,6 +22,7 @@ from sqlalchemy import select
 
 from dripmail import subscribers as subs
 from dripmail.config import Project, Settings
+from dripmail.demo_events import simulate_provider_events
 from dripmail.engine import next_due, run_once
 from dripmail.errors import InputError
 from dripmail.runner import Runner
@@ -188,6 +189,9 @@ def run_demo(root: Path, settings: Settings, now: datetime, count: int = 3) -> D
     try:
         ids = add_sample(runner, count, now)
         result.written = simulate_week(runner, clock)
+        # Providers report deliveries, opens and clicks back: simulated here, through the
+        # real webhook route, so the report has something to show (labelled as simulated).
+        result.notes.extend(simulate_provider_events(runner, clock))
         result.rows = timeline(runner, ids)
     finally:
         runner.engine.dispose()

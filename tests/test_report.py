@@ -135,3 +135,12 @@ def test_forget_scrubs_the_raw_event_of_unmatched_provider_events(tmp_path: Path
         left = conn.execute(select(events.c.raw).order_by(events.c.id)).scalars().all()
     assert left == [None, '{"email":"other@example.org"}']
     assert address == "zoe@example.org"
+
+
+def test_local_send_hour_of_half_hour_zones() -> None:
+    from zoneinfo import ZoneInfo
+
+    # 07:00 in Kolkata is 01:30 UTC: the hour must come from the minute, not the UTC hour.
+    assert q._local(date(2026, 6, 2), 90, ZoneInfo("Asia/Kolkata")) == "07"
+    assert q._local(date(2026, 6, 2), 89, ZoneInfo("Asia/Kolkata")) == "06"
+    assert q._local(date(2026, 3, 29), 60, ZoneInfo("Europe/Berlin")) == "03"  # DST day

@@ -84,8 +84,9 @@ def print_report(report, width: int | None = None) -> None:  # report: dripmail.
         cols += ["unsubscribed", "bounced", "complained"]
         if lessons:
             cols += ["drop"]
-        for col in cols:
-            table.add_column(col, justify="left" if col == "" else "right", no_wrap=True)
+        table.add_column("", no_wrap=True, max_width=34, overflow="ellipsis")
+        for col in cols[1:]:
+            table.add_column(col, justify="right", no_wrap=True)
         for r in rows:
             cells = [
                 r.title if lessons else f"{r.key}",

@@ -33,7 +33,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sqlalchemy import Connection, Date, Engine, cast, delete, func, insert, select
+from sqlalchemy import Connection, Date, Engine, case, cast, delete, func, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from dripmail.store.schema import (
@@ -180,8 +180,11 @@ class _Sql:
     def day(self, col: Any) -> Any:
         return func.date(col) if self.sqlite else cast(col, Date)
 
-    def hour(self, col: Any) -> Any:
-        return func.strftime("%H", col) if self.sqlite else func.extract("hour", col)
+    def minute(self, col: Any) -> Any:
+        """Minutes since midnight UTC (half-hour zones such as Asia/Kolkata need the minutes)."""
+        if self.sqlite:
+            return func.strftime("%H", col) * 60 + func.strftime("%M", col)
+        return func.extract("hour", col) * 60 + func.extract("minute", col)
 
     def seconds(self, later: Any, earlier: Any) -> Any:
         if self.sqlite:
@@ -193,10 +196,12 @@ def _as_date(value: Any) -> date:
     return value if isinstance(value, date) else date.fromisoformat(str(value)[:10])
 
 
-def _local(day: date, utc_hour: Any, zone: ZoneInfo | None) -> str | None:
-    if utc_hour is None or zone is None:
+def _local(day: date, utc_minute: Any, zone: ZoneInfo | None) -> str | None:
+    """The local hour ("07") of the UTC day + minute-of-day in `zone`."""
+    if utc_minute is None or zone is None:
         return None
-    at = datetime.combine(day, time(int(utc_hour)), tzinfo=UTC)
+    minutes = int(utc_minute)
+    at = datetime.combine(day, time(minutes // 60, minutes % 60), tzinfo=UTC)
     return f"{at.astimezone(zone).hour:02d}"
 
 
@@ -248,7 +253,7 @@ def span_facts(conn: Connection, start: datetime, end: datetime) -> Facts:
 
     for table, item_col, section in COPY_TABLES:
         sent = table.c.sent_at
-        by = (sql.day(sent), sql.hour(sent), subscribers.c.timezone, item_col)
+        by = (sql.day(sent), sql.minute(sent), subscribers.c.timezone, item_col)
         for day, hour, zone, item, n in conn.execute(
             select(*by, func.count())
             .join(subscribers, subscribers.c.id == table.c.subscriber_id)
@@ -276,7 +281,7 @@ def span_facts(conn: Connection, start: datetime, end: datetime) -> Facts:
         events.c.type,
         lessons.c.lesson_day,
         issues.c.broadcast_id,
-        sql.hour(func.coalesce(lessons.c.sent_at, issues.c.sent_at)),
+        sql.minute(func.coalesce(lessons.c.sent_at, issues.c.sent_at)),
         subscribers.c.timezone,
     )
     joined = (
@@ -422,18 +427,24 @@ def _scanner(at: datetime, delivered: datetime | None, copy: Copy | None) -> boo
 
 
 def _first_unsubscribes(conn: Connection, batch: list[Any]) -> dict[int, int]:
-    """Each subscriber's first unsubscribe event id (the over-time chart counts people)."""
+    """Each subscriber's unsubscribe event that counts (once per person).
+
+    A provider's event names the copy it came from (its delivery key); unsubscribing stops the
+    mail first, which records dripmail's own keyless event in the same request. So the first
+    keyed event counts when there is one, else the first event.
+    """
     sids = sorted(
         {int(e.subscriber_id) for e in batch if e.type == "unsubscribed" and e.subscriber_id}
     )
     out: dict[int, int] = {}
+    keyed = case((events.c.delivery_key.is_not(None), events.c.id))
     for part in _chunks(sids):
-        for sid, first_id in conn.execute(
-            select(events.c.subscriber_id, func.min(events.c.id))
+        for sid, first_id, first_keyed in conn.execute(
+            select(events.c.subscriber_id, func.min(events.c.id), func.min(keyed))
             .where(events.c.subscriber_id.in_(part), events.c.type == "unsubscribed")
             .group_by(events.c.subscriber_id)
         ):
-            out[int(sid)] = int(first_id)
+            out[int(sid)] = int(first_keyed if first_keyed is not None else first_id)
     return out
 
 
