@@ -33,14 +33,12 @@ def _plan(rows: list, video: Callable[[int], str]) -> list[tuple[str, str, str, 
 
     The first reader opens every lesson and clicks the video of each; the second opens the
     odd days and clicks once, 5 s after delivery (a link scanner, set apart by the report);
-    the third opens the first three lessons and unsubscribes after lesson 5.
+    the third opens the first three lessons and unsubscribes after the last one.
     """
     plan: list[tuple[str, str, str, datetime, str]] = []
     order: dict[int, int] = {}
     for sid, email, day, key, sent_at in rows:
         who = order.setdefault(sid, len(order)) % 3
-        if who == 2 and day > 5:
-            continue  # gone after lesson 5
         delivered = sent_at + timedelta(seconds=40)
         plan.append(("delivered", email, key, delivered, ""))
         if who == 0 or (who == 1 and day % 2) or (who == 2 and day <= 3):
@@ -50,7 +48,7 @@ def _plan(rows: list, video: Callable[[int], str]) -> list[tuple[str, str, str, 
             plan.append(("clicked", email, key, later, video(day)))
         if who == 1 and day == 1:
             plan.append(("clicked", email, key, delivered + timedelta(seconds=5), video(day)))
-        if who == 2 and day == 5:
+        if who == 2 and day == 7:
             plan.append(("unsubscribed", email, key, sent_at + timedelta(hours=3), ""))
     return plan
 
@@ -130,5 +128,5 @@ def simulate_provider_events(runner: Runner, clock: dict[str, datetime]) -> list
     return [
         f"simulated provider events (not from a real provider): {summary}; {stored} stored "
         "through POST /webhooks/mailgun, signed with a key made for this run",
-        "see the figures: `report` in the terminal, or /report in `preview`",
+        "see the figures: `report --demo` in the terminal, `report --demo --serve` as charts",
     ]

@@ -47,7 +47,7 @@ def test_simulated_events_are_stored_through_the_webhook_route(tmp_path: Path) -
     lines = simulate_provider_events(runner, clock)
 
     assert lines[0].startswith("simulated provider events (not from a real provider): ")
-    assert "19 delivered, 14 opened, 8 clicked, 1 unsubscribed; 42 stored" in lines[0]
+    assert "21 delivered, 14 opened, 8 clicked, 1 unsubscribed; 44 stored" in lines[0]
     with runner.engine.connect() as conn:
         raws = conn.execute(select(events.c.raw).where(events.c.provider == "mailgun")).scalars()
         assert all(TAG in json.loads(r)["tags"] for r in raws)
@@ -57,5 +57,5 @@ def test_simulated_events_are_stored_through_the_webhook_route(tmp_path: Path) -
     assert [r.clicked for r in report.lessons] == [1] * 7  # maya: the video every day
     assert [r.video_clicks for r in report.lessons] == [1] * 7
     assert report.lessons[0].scanner_clicks == 1  # jonas's scanner, 5 s after delivery
-    assert [r.unsubscribed for r in report.lessons] == [0, 0, 0, 0, 1, 0, 0]
+    assert [r.unsubscribed for r in report.lessons] == [0, 0, 0, 0, 0, 0, 1]
     assert {h.key: h.sent for h in report.hours} == {"07": 21}  # Kolkata too (a half-hour zone)

@@ -146,6 +146,13 @@ def report(
     rebuild: bool = typer.Option(
         False, "--rebuild", help="Count the stored finished days again from the tables."
     ),
+    demo: bool = typer.Option(
+        False, "--demo", help="The figures of the last `demo` (its own database in demo/)."
+    ),
+    serve: bool = typer.Option(
+        False, "--serve", help="Show the report page with charts on http://127.0.0.1:PORT/report."
+    ),
+    port: int = typer.Option(8001, "--port", min=1, max=65535, help="Port for --serve."),
 ) -> None:
     if as_json and as_csv:
         raise InputError("--json and --csv: choose one")
@@ -153,7 +160,10 @@ def report(
     from dripmail.runner import Runner
     from dripmail.store.report_queries import forget_stored
 
-    runner = Runner(state.project, state.settings)
+    runner = _demo_runner() if demo else Runner(state.project, state.settings)
+    if serve:
+        _serve(runner, port)
+        return
     lessons = []
     warning = None
     try:
@@ -190,6 +200,41 @@ def report(
 
 
 report.__doc__ = HELP
+
+
+def _demo_runner():  # -> dripmail.runner.Runner
+    """A Runner on the demo's own database (demo/), with the course the demo used."""
+    from dripmail.config import Project
+    from dripmail.demo import DATABASE, DEMO_DIR
+    from dripmail.runner import Runner
+
+    folder = state.root / DEMO_DIR
+    if not (folder / DATABASE).is_file():
+        raise InputError(f"no demo has run in {state.root}: run `demo` first")
+    content = state.project
+    if not (content.course_dir / "course.toml").is_file():
+        from dripmail.scaffold import sample_root
+
+        content = Project(sample_root())
+    settings = state.settings.model_copy(
+        update={
+            "provider": "outbox",
+            "database_url": f"sqlite:///{folder / DATABASE}",
+            "outbox_dir": str(folder / "outbox"),
+        }
+    )
+    return Runner(content, settings)
+
+
+def _serve(runner, port: int) -> None:
+    """The report page (and the preview) on 127.0.0.1 only, until Ctrl-C."""
+    import uvicorn
+
+    from dripmail.web.app import create_app
+
+    app = create_app(runner.project, runner.settings, preview=True)
+    typer.echo(f"report on http://127.0.0.1:{port}/report (Ctrl-C stops)")
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
 def register(app: typer.Typer) -> None:

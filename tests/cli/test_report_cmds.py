@@ -127,6 +127,7 @@ def test_help_says_opens_are_approximate() -> None:
         (["--since", "June"], "--since 'June' is not a date: use YYYY-MM-DD"),
         (["--since", "2026-06-05", "--until", "2026-06-01"], "after --until"),
         (["--json", "--csv"], "choose one"),
+        (["--demo"], "no demo has run in"),
     ],
 )
 def test_bad_options_are_one_line(history: History, args: list[str], message: str) -> None:
