@@ -32,9 +32,12 @@ class Status:
         line = f"Next due: {self.next_due:%Y-%m-%d %H:%M} UTC"
         if self.next_due > self.now:
             return line
+        # Past its planned time; `run` sends late lessons at most one per reader per local day
+        # (the catch-up rule), so a lesson can stay late a day without anything being wrong.
         return (
             f"{line}: OVERDUE by {_age(self.now - self.next_due)}; {self.overdue} lesson(s) "
-            "due and not sent. `run` sends them (is cron or `run --loop` running?)"
+            "past their planned time. `run` sends them, at most one per reader per local day; "
+            "if this grows, check that cron or `run --loop` is running"
         )
 
 
