@@ -58,6 +58,7 @@ class History:
     keys: WebhookKeys
     app: object
     clock: list[datetime]
+    database_url: str = ""
 
     @property
     def engine(self):
@@ -67,26 +68,47 @@ class History:
         """Environment for `send.py` subprocesses on this project."""
         return {
             **self.keys.env(),
-            "DRIPMAIL_DATABASE_URL": f"sqlite:///{self.root / 'report.db'}",
+            "DRIPMAIL_DATABASE_URL": self.database_url or f"sqlite:///{self.root / 'report.db'}",
             "DRIPMAIL_OUTBOX_DIR": str(self.root / "outbox"),
             "DRIPMAIL_PUBLIC_URL": PUBLIC,
             "DRIPMAIL_SECRET_KEY": SECRET,
         }
 
 
-def make_history(root: Path) -> History:
-    """Build the project under `root` and play the history through the app (a few seconds)."""
+def make_history(root: Path, database_url: str = "") -> History:
+    """Build the project under `root` and play the history through the app (a few seconds).
+
+    The database is SQLite in `root` unless `database_url` names another (emptied first).
+    """
     from dripmail.web.app import create_app
 
     make_project(root)
     (root / "newsletters").mkdir(exist_ok=True)
     (root / "newsletters" / "hips.md").write_text(ISSUE)
     keys = WebhookKeys.generate()
-    h = History(root, None, keys, None, [T0])  # type: ignore[arg-type]
+    h = History(root, None, keys, None, [T0], database_url)  # type: ignore[arg-type]
+    if database_url:
+        _empty(database_url, root)
     h.settings = keys.settings(**{k: v for k, v in h.env().items() if k.startswith("DRIPMAIL")})
     h.app = create_app(Project(root), h.settings, clock=lambda: h.clock[0])
     asyncio.run(_play(h))
     return h
+
+
+def _empty(url: str, root: Path) -> None:
+    from sqlalchemy import text
+
+    from dripmail.store.db import open_store
+
+    engine = open_store(url, root)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "TRUNCATE subscribers, deliveries, events, broadcasts, broadcast_deliveries,"
+                " suppressions, webhook_nonces, report_days RESTART IDENTITY CASCADE"
+            )
+        )
+    engine.dispose()
 
 
 def _at(h: History, when: datetime) -> None:

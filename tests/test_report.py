@@ -144,3 +144,15 @@ def test_local_send_hour_of_half_hour_zones() -> None:
     assert q._local(date(2026, 6, 2), 90, ZoneInfo("Asia/Kolkata")) == "07"
     assert q._local(date(2026, 6, 2), 89, ZoneInfo("Asia/Kolkata")) == "06"
     assert q._local(date(2026, 3, 29), 60, ZoneInfo("Europe/Berlin")) == "03"  # DST day
+
+
+@pytest.mark.postgres
+def test_every_figure_on_postgresql(tmp_path: Path) -> None:
+    import os
+
+    url = os.environ.get("DRIPMAIL_TEST_DATABASE_URL")
+    if not url:
+        pytest.skip("DRIPMAIL_TEST_DATABASE_URL is not set (CI sets it; see README)")
+    history = make_history(tmp_path / "studio", database_url=url)
+    assert _figures(history, AFTER) == EXPECTED  # every day stored
+    assert _figures(history, datetime(2026, 6, 3, 0, 30, tzinfo=UTC)) == EXPECTED  # mixed

@@ -33,7 +33,18 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sqlalchemy import Connection, Date, Engine, case, cast, delete, func, insert, select
+from sqlalchemy import (
+    Connection,
+    Date,
+    Engine,
+    case,
+    cast,
+    delete,
+    func,
+    insert,
+    literal_column,
+    select,
+)
 from sqlalchemy.exc import IntegrityError
 
 from dripmail.store.schema import (
@@ -183,8 +194,10 @@ class _Sql:
     def minute(self, col: Any) -> Any:
         """Minutes since midnight UTC (half-hour zones such as Asia/Kolkata need the minutes)."""
         if self.sqlite:
-            return func.strftime("%H", col) * 60 + func.strftime("%M", col)
-        return func.extract("hour", col) * 60 + func.extract("minute", col)
+            return func.strftime("%H", col) * literal_column("60") + func.strftime("%M", col)
+        # Literals, not bound parameters: PostgreSQL must see the GROUP BY expression as the
+        # very same text as the selected one.
+        return func.extract("hour", col) * literal_column("60") + func.extract("minute", col)
 
     def seconds(self, later: Any, earlier: Any) -> Any:
         if self.sqlite:
@@ -240,9 +253,14 @@ def span_facts(conn: Connection, start: datetime, end: datetime) -> Facts:
     confirmed = subscribers.c.confirmed_at
     took = sql.seconds(confirmed, subscribers.c.consent_at)
     for day, seconds, asked, n in conn.execute(
-        select(sql.day(confirmed), took, subscribers.c.confirm_count > 0, func.count())
+        select(
+            sql.day(confirmed),
+            took,
+            subscribers.c.confirm_count > literal_column("0"),
+            func.count(),
+        )
         .where(confirmed >= start, confirmed < end)
-        .group_by(sql.day(confirmed), took, subscribers.c.confirm_count > 0)
+        .group_by(sql.day(confirmed), took, subscribers.c.confirm_count > literal_column("0"))
     ):
         d = _as_date(day)
         facts[(d, "funnel", "", "confirmed")] += n
