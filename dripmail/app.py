@@ -376,6 +376,7 @@ class Dripmail(Runner):
             confirmed_now = False
             if sub["status"] == SubscriberStatus.PENDING:
                 subs.activate(conn, subscriber_id, self.course, now)
+                subs.plan_welcome(conn, subscriber_id, self.course, now)
                 subs.record_event(
                     conn,
                     "dripmail",

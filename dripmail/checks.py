@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 CLIP_LIMIT = 102_000
 CLIP_WARN = 80_000
 SAMPLE_LINK = "https://preview.invalid/{purpose}/sample-token"
+# What the welcome email says for the sample reader (a real reader's comes from their plan).
+SAMPLE_FIRST_LESSON = "tomorrow, Tuesday 2 June, at 07:00 your time (America/New_York)"
 
 
 class _Scan(HTMLParser):
@@ -75,6 +77,7 @@ def sample_recipient():
         unsubscribe_url=SAMPLE_LINK.format(purpose="unsubscribe"),
         preferences_url=SAMPLE_LINK.format(purpose="preferences"),
         confirm_url=SAMPLE_LINK.format(purpose="confirm"),
+        first_lesson=SAMPLE_FIRST_LESSON,
     )
 
 
@@ -121,6 +124,8 @@ def check_project(project: Project) -> tuple[Problems, int]:
     jobs: list[tuple[str, Callable[[], CompiledEmail]]] = [
         (project.display(x.path), partial(renderer.lesson, x.day)) for x in course.lessons
     ]
+    if course.welcome is not None:
+        jobs.append((project.display(course.welcome.path), renderer.welcome))
     jobs.append(("emails/confirm.mjml.j2", renderer.confirm))
     folder = project.newsletters_dir
     for path in sorted(folder.glob("*.md")) if folder.is_dir() else []:

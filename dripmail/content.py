@@ -22,6 +22,7 @@ from dripmail.config import Project
 from dripmail.errors import ContentError, NotFoundError
 from dripmail.lesson_extras import EXTRA_FIELDS, SafetyNote, read_extras
 from dripmail.message import Mailbox
+from dripmail.welcome import WELCOME_FILE, Welcome, read_welcome
 
 COLOUR = re.compile(r"^#[0-9a-fA-F]{6}$")
 SLUG = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
@@ -109,6 +110,7 @@ class Course:
     lessons: tuple[Lesson, ...]
     root: Path
     teacher: Teacher | None = None
+    welcome: Welcome | None = None  # course/welcome.md, sent once after confirmation
 
     def lesson(self, day: int) -> Lesson:
         """The lesson of `day`; NotFoundError naming the days that exist."""
@@ -521,6 +523,7 @@ def load_course_checked(project: Project) -> tuple[Course | None, Problems]:
     data, lines = _load_toml(toml_path, where, problems)
     settings = _course_settings(data, lines, where, problems) if data else None
     files = sorted(project.course_dir.glob("*.md")) if project.course_dir.is_dir() else []
+    files = [path for path in files if path.name != WELCOME_FILE]
     lessons = [lesson for path in files if (lesson := _lesson(path, project, problems))]
     by_day: dict[int, list[Lesson]] = {}
     for lesson in lessons:
@@ -539,10 +542,14 @@ def load_course_checked(project: Project) -> tuple[Course | None, Problems]:
                 None,
                 f"no lesson for day {listed}: add course/day-N-<slug>.md for each day 1-7",
             )
+    welcome = read_welcome(project, problems)
     if problems.errors or settings is None:
         return None, problems
     course = Course(
-        lessons=tuple(sorted(lessons, key=lambda x: x.day)), root=project.root, **settings
+        lessons=tuple(sorted(lessons, key=lambda x: x.day)),
+        root=project.root,
+        welcome=welcome,
+        **settings,
     )
     return course, problems
 

@@ -34,6 +34,9 @@ def write_preview(project: Project, course: Course, folder: Path) -> list[str]:
             reader, key=stem, kind="lesson", ref=str(lesson.day)
         )
         entries.append((stem, message))
+    if course.welcome is not None:
+        welcome = renderer.welcome().personalise(reader, key="welcome", kind="lesson", ref="0")
+        entries.append(("welcome", welcome))
     entries.append(
         ("confirm", renderer.confirm().personalise(reader, key="confirm", kind="confirm", ref="-"))
     )

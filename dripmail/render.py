@@ -31,15 +31,24 @@ from markupsafe import Markup, escape
 
 from dripmail.config import Project
 from dripmail.content import Course, Newsletter, not_utf8
-from dripmail.errors import ContentError
+from dripmail.errors import ContentError, NotFoundError
 from dripmail.markdown import to_html, to_text
 from dripmail.message import Mailbox, Message, MessageKind
 from dripmail.mjml_check import structure_problems
 from dripmail.template_undefined import FieldUndefined
 from dripmail.tokens import PURPOSES, Purpose, Signer
+from dripmail.welcome import WELCOME_FILE
 
 GREETING_FALLBACK = "there"
-RECIPIENT_FIELDS = ("first_name", "email", "unsubscribe_url", "preferences_url", "confirm_url")
+RECIPIENT_FIELDS = (
+    "first_name",
+    "email",
+    "unsubscribe_url",
+    "preferences_url",
+    "confirm_url",
+    "first_lesson",  # the welcome email: when lesson 1 arrives, in the reader's zone
+)
+FIRST_LESSON_FALLBACK = "on the morning after you confirmed, at the course's send time"
 # The signed link behind each URL field (dripmail.tokens purposes).
 _LINK_FIELDS: dict[str, Purpose] = {
     "unsubscribe_url": "unsubscribe",
@@ -85,6 +94,7 @@ class Recipient:
     unsubscribe_url: str = ""
     preferences_url: str = ""
     confirm_url: str = ""
+    first_lesson: str = ""  # see dripmail.welcome.first_lesson_phrase
 
 
 def recipient_for(
@@ -258,6 +268,7 @@ class CompiledEmail:
             "unsubscribe_url": recipient.unsubscribe_url,
             "preferences_url": recipient.preferences_url,
             "confirm_url": recipient.confirm_url,
+            "first_lesson": recipient.first_lesson or FIRST_LESSON_FALLBACK,
         }
         html = {field: str(escape(value)) for field, value in text.items()}
         headers: dict[str, str] = {}
@@ -345,6 +356,24 @@ class Renderer:
                 subject=f"Please confirm: {self.course.title}",
                 preheader="One click and your first lesson is on its way.",
                 tags=(self.course.id, "confirm"),
+            ),
+        )
+
+    def welcome(self) -> CompiledEmail:
+        """The welcome email (`course/welcome.md`); NotFoundError when the course has none."""
+        welcome = self.course.welcome
+        if welcome is None:
+            raise NotFoundError(
+                f"no welcome email: add course/{WELCOME_FILE} (front matter subject, preheader)"
+            )
+        return self._cached(
+            ("welcome", ""),
+            lambda: self._compile(
+                "welcome",
+                {"welcome": welcome, **_bodies(welcome.body, self.course.brand.primary)},
+                subject=welcome.subject,
+                preheader=welcome.preheader,
+                tags=(self.course.id, "welcome"),
             ),
         )
 

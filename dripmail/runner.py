@@ -7,7 +7,7 @@ lessons rendered through the compile-once path, signed links, the configured pro
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
 
@@ -17,6 +17,7 @@ from dripmail.config import Project, Settings
 from dripmail.errors import ConfigError
 from dripmail.message import Message
 from dripmail.providers.base import Provider
+from dripmail.welcome import WELCOME_DAY, first_lesson_phrase
 
 DEV_SECRET = "dev-only-insecure-key"
 
@@ -97,7 +98,8 @@ class Runner:
         from dripmail.render import recipient_for
 
         send_at = row.get("effective_due") or row["due_at"]
-        compiled = self.renderer.lesson(row["lesson_day"])
+        welcome = row["lesson_day"] == WELCOME_DAY
+        compiled = self.renderer.welcome() if welcome else self.renderer.lesson(row["lesson_day"])
         recipient = recipient_for(
             {"id": row["subscriber_id"], "email": row["email"], "first_name": row["first_name"]},
             self.settings.public_url,
@@ -105,13 +107,25 @@ class Runner:
             issued_at=send_at,  # the same delivery always renders to the same bytes
             links=compiled.links,
         )
+        if welcome:
+            recipient = replace(recipient, first_lesson=self._first_lesson(row, send_at))
         return compiled.personalise(
             recipient,
             key=row["key"],
             kind="lesson",
-            ref=str(row["lesson_day"]),
+            ref="welcome" if welcome else str(row["lesson_day"]),
             send_at=send_at,
         )
+
+    def _first_lesson(self, row: dict, send_at: datetime) -> str:
+        """When this reader's first lesson still to come arrives, in their words and zone."""
+        from dripmail.store.subscriber_queries import next_open_lesson
+
+        with self.engine.connect() as conn:
+            found = next_open_lesson(conn, row["subscriber_id"])
+        if found is None:
+            return ""  # nothing planned: the template's fallback wording is used
+        return first_lesson_phrase(found[1], row["timezone"], send_at)
 
     async def cancel_handed(self, provider_ids: list[str]) -> list[str]:
         """Cancel scheduled sends at the provider; returns those it really cancelled."""

@@ -29,6 +29,7 @@ from dripmail.validation import (
     normalise_tags,
     validate_timezone,
 )
+from dripmail.welcome import WELCOME_DAY
 
 STATUSES = tuple(s.value for s in SubscriberStatus)
 STOPPED = tuple(sorted(s.value for s in STOPPED_STATUSES))
@@ -178,6 +179,35 @@ def plan_lessons(
         ]
         q.insert_deliveries(conn, rows)
     return len(rows)
+
+
+def plan_welcome(bind: Bind, subscriber_id: int, course: CourseRules, now: datetime) -> bool:
+    """Plan the welcome email (lesson day 0, due at once) if the course has one.
+
+    Its key ``<course>-s<id>-d0`` is unique like a lesson's, so a subscriber gets it exactly
+    once: confirming again, or coming back after unsubscribing, plans nothing new. Returns
+    True when it was planned now.
+    """
+    if getattr(course, "welcome", None) is None:
+        return False
+    with transaction(bind) as conn:
+        if WELCOME_DAY in q.planned_days(conn, subscriber_id):
+            return False
+        q.insert_deliveries(
+            conn,
+            [
+                {
+                    "subscriber_id": subscriber_id,
+                    "lesson_day": WELCOME_DAY,
+                    "key": delivery_key(course.id, subscriber_id, WELCOME_DAY),
+                    "due_at": now,
+                    "state": "planned",
+                    "attempts": 0,
+                    "updated_at": now,
+                }
+            ],
+        )
+    return True
 
 
 def activate(bind: Bind, subscriber_id: int, course: CourseRules, now: datetime) -> date:

@@ -237,6 +237,24 @@ def test_badly_shaped_safety_fields_are_errors_at_their_line(
     assert len(errors) == 1 and ":11: " + expected in errors[0], errors
 
 
+WELCOME = '---\nsubject: "You are in"\npreheader: "What to have ready for day 1"\n---\nA mat.\n'
+
+
+def test_welcome_md_is_the_welcome_email_not_a_lesson(project: Project) -> None:
+    assert load_course(project).welcome is None  # optional: no file, no welcome email
+    (project.course_dir / "welcome.md").write_text(WELCOME)
+    course = load_course(project)
+    assert [x.day for x in course.lessons] == list(range(1, 8))
+    assert course.welcome is not None and course.welcome.subject == "You are in"
+    assert course.welcome.body_line == 5
+
+
+def test_welcome_without_subject_names_file_and_line(project: Project) -> None:
+    (project.course_dir / "welcome.md").write_text(WELCOME.replace('subject: "You are in"', "x: 1"))
+    errors = _errors(project)
+    assert errors == ["course/welcome.md:1: subject: missing"]
+
+
 def test_file_named_for_another_day_is_a_warning(project: Project) -> None:
     path = project.course_dir / "day-2-stretch-2.md"
     path.rename(project.course_dir / "day-9-stretch-2.md")

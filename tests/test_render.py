@@ -285,3 +285,32 @@ def test_only_the_links_an_email_shows_are_signed(project: Project) -> None:
     assert lesson.personalise(needed, key="k", kind="lesson", ref="1") == lesson.personalise(
         every, key="k", kind="lesson", ref="1"
     )
+
+
+def test_welcome_says_when_lesson_one_arrives_for_each_reader(project: Project) -> None:
+    from dataclasses import replace
+    from datetime import UTC, datetime
+
+    from dripmail.errors import NotFoundError
+    from dripmail.welcome import first_lesson_phrase
+
+    with pytest.raises(NotFoundError, match=r"add course/welcome\.md"):
+        Renderer(project, load_course(project)).welcome()
+    (project.course_dir / "welcome.md").write_text(
+        '---\nsubject: "You are in"\npreheader: "What to have ready for day 1"\n---\nA mat.\n'
+    )
+    welcome = Renderer(project, load_course(project)).welcome()
+    sent = datetime(2026, 6, 1, 16, 0, tzinfo=UTC)
+    due = datetime(2026, 6, 2, 5, 0, tzinfo=UTC)
+    when = first_lesson_phrase(due, "Europe/Berlin", sent)
+    assert when == "tomorrow, Tuesday 2 June, at 07:00 your time (Europe/Berlin)"
+    assert (
+        first_lesson_phrase(due, "Asia/Tokyo", sent)
+        == "today, Tuesday 2 June, at 14:00 your time (Asia/Tokyo)"
+    )
+    message = welcome.personalise(replace(ANA, first_lesson=when), key="w", kind="lesson", ref="0")
+    assert f"Lesson 1 arrives {when}," in message.text
+    assert "Lesson 1 arrives <strong>tomorrow, Tuesday 2 June" in message.html
+    assert "Day 7" in message.text and "A mat." in message.text and "Hi" not in message.subject
+    unknown = welcome.personalise(ANA, key="w", kind="lesson", ref="0")
+    assert "Lesson 1 arrives on the morning after you confirmed" in unknown.text

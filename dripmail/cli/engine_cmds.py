@@ -174,7 +174,8 @@ def status() -> None:
         typer.echo(f"  {name:<14}{count:>8}")
     typer.echo("Lessons delivered (sent or scheduled at the provider)")
     for day, count in report.lessons.items():
-        typer.echo(f"  day {day:<10}{count:>8}")
+        label = "welcome" if day == 0 else f"day {day}"  # day 0: the welcome email
+        typer.echo(f"  {label:<14}{count:>8}")
     typer.echo("Deliveries")
     for name, count in report.deliveries.items():
         typer.echo(f"  {name:<14}{count:>8}")

@@ -120,7 +120,8 @@ def show(email: str = typer.Argument(..., help="The subscriber's address.")) -> 
         verb = "sent" if d["sent_at"] else "due"
         extra = f"  ({d['last_error']})" if d["last_error"] else ""
         typer.echo(
-            f"  day {d['lesson_day']}  {d['state']:<10} {verb} {local:%a %Y-%m-%d %H:%M} local"
+            f"  {'welcome' if d['lesson_day'] == 0 else 'day ' + str(d['lesson_day'])}"
+            f"  {d['state']:<10} {verb} {local:%a %Y-%m-%d %H:%M} local"
             f" = {when:%Y-%m-%d %H:%M} UTC{extra}"
         )
     if not found.lessons:

@@ -246,11 +246,15 @@ def revive_cancelled(conn: Connection, subscriber_id: int, now: datetime) -> int
 
 
 def planned_in_order(conn: Connection, subscriber_id: int) -> list[int]:
-    """Ids of this subscriber's planned deliveries, by lesson day."""
+    """Ids of this subscriber's planned lessons, by day (the welcome, day 0, keeps its time)."""
     return list(
         conn.execute(
             select(deliveries.c.id)
-            .where(deliveries.c.subscriber_id == subscriber_id, deliveries.c.state == "planned")
+            .where(
+                deliveries.c.subscriber_id == subscriber_id,
+                deliveries.c.state == "planned",
+                deliveries.c.lesson_day >= 1,
+            )
             .order_by(deliveries.c.lesson_day)
         ).scalars()
     )
@@ -267,10 +271,14 @@ def set_due(conn: Connection, dues: Iterable[tuple[int, datetime]], now: datetim
 
 
 def next_open_lesson(conn: Connection, subscriber_id: int) -> tuple[int, datetime] | None:
-    """(day, due time) of the next lesson still to go out, or None."""
+    """(day, due time) of the next lesson still to go out, or None (never the welcome, day 0)."""
     row = conn.execute(
         select(deliveries.c.lesson_day, deliveries.c.due_at)
-        .where(deliveries.c.subscriber_id == subscriber_id, deliveries.c.state.in_(OPEN_STATES))
+        .where(
+            deliveries.c.subscriber_id == subscriber_id,
+            deliveries.c.state.in_(OPEN_STATES),
+            deliveries.c.lesson_day >= 1,
+        )
         .order_by(deliveries.c.lesson_day)
         .limit(1)
     ).first()

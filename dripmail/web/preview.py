@@ -1,9 +1,9 @@
 """The live preview for marketers: ``/preview`` (only when the app is built with preview=True).
 
-Every lesson, the confirmation email and every newsletter render live from the files for a
-sample reader: desktop (600 px) and mobile (375 px) frames, a dark-mode frame (the email's own
-``prefers-color-scheme: dark`` rules switched on), the text part, and the `check` findings for
-that email. Changes to course/, emails/ and newsletters/ are reported by the OS through
+Every lesson, the welcome and confirmation emails and every newsletter render live from the
+files for a sample reader: desktop (600 px) and mobile (375 px) frames, a dark-mode frame (the
+email's own ``prefers-color-scheme: dark`` rules switched on), the text part, and the `check`
+findings for that email. Changes to course/, emails/ and newsletters/ are reported by the OS through
 watchfiles (`dripmail.preview_files.CourseWatcher`, no polling of file times); the pages hold a
 long poll on ``/preview/version?seen=V`` that answers as soon as a file changes, and reload.
 The course is loaded and compiled again only then.
@@ -27,7 +27,7 @@ from dripmail.errors import ContentError, NotFoundError
 from dripmail.preview_files import CourseWatcher
 from dripmail.web.context import ctx
 
-KINDS = ("lesson", "confirm", "newsletter")
+KINDS = ("lesson", "welcome", "confirm", "newsletter")
 _DARK_QUERY = re.compile(r"\(\s*prefers-color-scheme\s*:\s*dark\s*\)")
 _LIGHT_QUERY = re.compile(r"@media\s*\(\s*prefers-color-scheme\s*:\s*light\s*\)")
 
@@ -134,6 +134,8 @@ def _entries(snap: Snapshot) -> list[tuple[str, str, str]]:
     """(kind, ref, title) of every email in the preview, in reading order."""
     out: list[tuple[str, str, str]] = []
     if snap.course is not None:
+        if snap.course.welcome is not None:
+            out.append(("welcome", "-", f"Welcome email: {snap.course.welcome.subject}"))
         out.extend(("lesson", str(x.day), x.subject) for x in snap.course.lessons)
         out.append(("confirm", "-", "Confirmation email (double opt-in)"))
     for slug, (newsletter, _problems) in snap.newsletters.items():
@@ -156,12 +158,12 @@ def render_one(project: Project, snap: Snapshot, kind: str, ref: str) -> Rendere
         problems.errors.extend(found.errors)
         problems.warnings.extend(found.warnings)
         title = newsletter.subject if newsletter is not None else ref
-    elif kind in ("lesson", "confirm") and snap.course is None:
+    elif kind in ("lesson", "welcome", "confirm") and snap.course is None:
         # Nothing renders until the course loads: show every problem, this page reloads
         # by itself once they are fixed.
         if kind == "lesson" and not ref.isdigit():
             raise NotFoundError(f"no lesson {ref[:10]!r}")
-        title = f"Day {ref}" if kind == "lesson" else "Confirmation email"
+        title = {"lesson": f"Day {ref}", "welcome": "Welcome email"}.get(kind, "Confirmation email")
         out = Rendered(kind, ref, title, "course/")
         out.errors = list(dict.fromkeys(snap.problems.errors))
         out.warnings = list(dict.fromkeys(snap.problems.warnings))
@@ -175,6 +177,11 @@ def render_one(project: Project, snap: Snapshot, kind: str, ref: str) -> Rendere
         where = project.display(lesson.path)
         title = lesson.subject
         newsletter = None
+    elif kind == "welcome":
+        welcome = snap.course.welcome if snap.course is not None else None
+        if welcome is None:
+            raise NotFoundError("no welcome email: add course/welcome.md")
+        where, title, newsletter = project.display(welcome.path), "Welcome email", None
     elif kind == "confirm":
         where, title, newsletter = "emails/confirm.mjml.j2", "Confirmation email", None
     else:
@@ -186,6 +193,8 @@ def render_one(project: Project, snap: Snapshot, kind: str, ref: str) -> Rendere
         try:
             if kind == "lesson":
                 compiled = snap.renderer.lesson(int(ref))
+            elif kind == "welcome":
+                compiled = snap.renderer.welcome()
             elif kind == "confirm":
                 compiled = snap.renderer.confirm()
             else:

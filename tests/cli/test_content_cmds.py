@@ -187,7 +187,7 @@ def test_init_from_the_built_wheel_gives_a_project_that_passes_check(tmp_path: P
     ]
     checked = run("--root", str(studio), "check")
     assert checked.returncode == 0, checked.stderr
-    assert "ok: 9 emails checked" in checked.stdout
+    assert "ok: 10 emails checked" in checked.stdout  # 7 lessons, welcome, confirm, newsletter
 
 
 def test_preview_serves_every_email_and_follows_edits(root: Path) -> None:
