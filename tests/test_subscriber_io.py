@@ -126,3 +126,28 @@ def test_import_tags_name_newsletter_segments_and_survive_export(
     exported = _csv(tmp_path, out.getvalue())
     import_csv(other, exported, Rules(), "UTC", NOW)
     assert subs.get_subscriber(other, "ana@example.org")["tags"] == "desk,runners"
+
+
+@pytest.mark.postgres
+def test_import_on_postgres_and_ids_never_reused(tmp_path: Path) -> None:
+    import os
+
+    from sqlalchemy import text
+
+    url = os.environ.get("DRIPMAIL_TEST_DATABASE_URL")
+    if not url:
+        pytest.skip("DRIPMAIL_TEST_DATABASE_URL is not set (CI sets it; see README)")
+    engine = open_store(url, tmp_path)
+    with engine.begin() as conn:
+        conn.execute(text("TRUNCATE subscribers, deliveries, events, suppressions CASCADE"))
+    path = _csv(tmp_path, "Email;Timezone\nana@example.org;Asia/Tokyo\nbo@example.org;\n")
+    report = import_csv(engine, path, Rules(), "UTC", NOW)
+    assert report.added == 2 and _count(engine, deliveries) == 14
+    assert import_csv(engine, path, Rules(), "UTC", NOW).existing == 2
+    newest = subs.get_subscriber(engine, "bo@example.org")["id"]
+    subs.forget(engine, newest, NOW)
+    sid, _ = subs.add_subscriber(
+        engine, "cy@example.org", timezone="UTC", status="pending", consent_source="t", now=NOW
+    )
+    assert sid > newest
+    engine.dispose()
