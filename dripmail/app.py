@@ -11,6 +11,7 @@ lock is held, and what it cancelled goes back to `planned` in a second short tra
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from dripmail.validation import (
 )
 
 T = TypeVar("T")
+log = logging.getLogger("dripmail")
 
 
 # -- results --------------------------------------------------------------------------------
@@ -177,9 +179,7 @@ class Dripmail(Runner):
         try:
             cancelled = self.call_provider(lambda: self.cancel_handed(handed))
         except Exception as exc:  # the change itself is stored; the provider may be down
-            import logging
-
-            logging.getLogger("dripmail").error(
+            log.error(
                 "could not cancel %d scheduled lesson(s) at the provider: %s", len(handed), exc
             )
             cancelled = []

@@ -153,6 +153,11 @@ def _zone_tables() -> tuple[dict[str, str], dict[str, str]]:
     return canonical, lower
 
 
+def canonical_zones() -> list[str]:
+    """Every canonical zone name, sorted (for a zone picker: no legacy aliases twice)."""
+    return sorted(set(_zone_tables()[0].values()) - set(_ABBREVIATIONS))
+
+
 @lru_cache(maxsize=4096)
 def validate_timezone(name: str) -> str:
     """The canonical IANA name for `name`; InputError with a suggestion otherwise.

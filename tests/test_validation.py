@@ -157,3 +157,11 @@ def test_loading_a_course_does_not_import_the_store(tmp_path: Path) -> None:
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300
     )
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_every_zone_a_picker_offers_is_accepted_as_itself() -> None:
+    from dripmail.validation import canonical_zones
+
+    zones = canonical_zones()
+    assert "Europe/Berlin" in zones and "US/Pacific" not in zones and "EST5EDT" not in zones
+    assert [z for z in zones if validate_timezone(z) != z] == []

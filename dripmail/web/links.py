@@ -9,7 +9,7 @@ POST (a button on the page, or RFC 8058 one-click), because mail scanners prefet
 from __future__ import annotations
 
 from datetime import datetime
-from zoneinfo import ZoneInfo, available_timezones
+from zoneinfo import ZoneInfo
 
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
@@ -17,18 +17,11 @@ from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from dripmail.errors import InputError, TokenError
 from dripmail.states import STOPPED as STOPPED_STATUSES
 from dripmail.tokens import Purpose
+from dripmail.validation import canonical_zones
 from dripmail.web.context import WebContext, ctx
 from dripmail.web.forms import read_fields
 
 NO_STORE = {"Cache-Control": "no-store"}
-_ZONES: list[str] | None = None
-
-
-def _zones() -> list[str]:
-    global _ZONES
-    if _ZONES is None:
-        _ZONES = sorted(z for z in available_timezones() if "/" in z or z == "UTC")
-    return _ZONES
 
 
 def _token_id(request: Request, purpose: Purpose) -> int:
@@ -254,7 +247,7 @@ def _preferences(
         send_time=_effective_time(sub, course),
         default_time=course.send_time.strftime("%H:%M"),
         timezone=sub["timezone"],
-        zones=_zones(),
+        zones=canonical_zones(),
         action=request.url.path,
         unsubscribe_url="/unsubscribe/" + c.runner.signer.make(sid, "unsubscribe"),
     )
