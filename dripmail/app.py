@@ -34,6 +34,7 @@ from dripmail.validation import (
     parse_start_date,
     start_date_warning,
     validate_timezone,
+    zone_note,
 )
 
 T = TypeVar("T")
@@ -240,7 +241,10 @@ class Dripmail(Runner):
         zone = validate_timezone(timezone or self.course.timezone)
         today = now.astimezone(ZoneInfo(zone)).date()
         first = parse_start_date(start, today, field="--start" if source == "cli" else "start_date")
-        warning = start_date_warning(first, today, len(self.course.lessons))
+        notes = (
+            zone_note(timezone or "", zone),
+            start_date_warning(first, today, len(self.course.lessons)),
+        )
         with self.engine.begin() as conn:
             sid, created = subs.add_subscriber(
                 conn,
@@ -264,7 +268,7 @@ class Dripmail(Runner):
             True,
             SubscriberStatus.ACTIVE,
             begins,
-            (warning,) if warning else (),
+            tuple(note for note in notes if note),
         )
 
     def import_subscribers(

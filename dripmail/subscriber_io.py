@@ -42,6 +42,7 @@ from dripmail.validation import (
     parse_start_date,
     start_date_warning,
     validate_timezone,
+    zone_note,
 )
 
 # column -> what it holds (shown by `subscribers import --help`).
@@ -196,7 +197,8 @@ def read_rows(
                 email = normalise_email(raw_email)
                 if email in seen:
                     raise InputError(f"{email} is already on line {seen[email]} of this file")
-                zone = validate_timezone(cell("timezone").strip() or default_timezone)
+                given_zone = cell("timezone").strip()
+                zone = validate_timezone(given_zone or default_timezone)
                 start = parse_start_date(cell("start_date").strip(), today)
                 tags = normalise_tags(cell("tags"))
                 first = clean_name(cell("first_name"))
@@ -204,9 +206,9 @@ def read_rows(
                 report.rejected.append((line, str(exc)))
                 continue
             seen[email] = line
-            warning = start_date_warning(start, today, lessons)
-            if warning:
-                report.warnings.append((line, warning))
+            for warning in (zone_note(given_zone, zone), start_date_warning(start, today, lessons)):
+                if warning:
+                    report.warnings.append((line, warning))
             yield ImportRow(line, email, first, zone, start, tags)
     except csv.Error as exc:
         raise InputError(f"{source}:{reader.line_num}: not valid CSV ({exc})") from None

@@ -205,6 +205,13 @@ def validate_timezone(name: str) -> str:
     )
 
 
+def zone_note(given: str, stored: str) -> str | None:
+    """A note when a zone was stored under another name (a legacy alias), else None."""
+    if given.strip() in ("", stored):
+        return None
+    return f"timezone {given.strip()!r} is an old alias: stored as {stored}"
+
+
 def is_timezone(name: str) -> bool:
     """True when `validate_timezone` accepts `name`."""
     try:

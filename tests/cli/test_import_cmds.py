@@ -118,6 +118,8 @@ def test_headers_match_any_case_and_semicolons_are_sniffed(project: Path) -> Non
         out = _cli(project, "subscribers", "import", name, "--now", JOINED)
         assert out.returncode == 0 and "added 1" in out.stdout, out.stdout + out.stderr
         assert "ignored columns" not in out.stderr
+    # The alias is not taken silently: the line says what was stored.
+    assert "c.tsv:2: warning: timezone 'US/Pacific' is an old alias: stored as" in out.stderr
     rows = _rows(project)
     kei = rows["kei@example.com"]
     assert (kei["first_name"], kei["timezone"], str(kei["start_date"])) == (
