@@ -22,10 +22,12 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import RowMapping
 
+from dripmail import schedule
 from dripmail import subscribers as subs
 from dripmail.errors import InputError
 from dripmail.runner import Runner
 from dripmail.states import SubscriberStatus
+from dripmail.store import delivery_queries
 from dripmail.store import subscriber_queries as q
 from dripmail.subscriber_io import ImportReport
 from dripmail.validation import (
@@ -215,9 +217,27 @@ class Dripmail(Runner):
         return q.iter_subscribers(self.engine, status)
 
     def next_lesson(self, subscriber_id: int) -> tuple[int, datetime] | None:
-        """(day, due time) of a subscriber's next lesson still to go out, or None."""
+        """(day, UTC time it really goes out) of a subscriber's next lesson, or None.
+
+        The time is `schedule.next_send_at`, the rule the engine sends by (one lesson per
+        local day, weekends skipped when the course says so): a page never promises another
+        day than the one the lesson arrives on.
+        """
         with self.engine.connect() as conn:
-            return q.next_open_lesson(conn, subscriber_id)
+            found = delivery_queries.next_lesson(conn, subscriber_id)
+            if found is None:
+                return None
+            sub = subs.get_subscriber(conn, subscriber_id)
+        course = self.course
+        send = time.fromisoformat(sub["send_time"]) if sub["send_time"] else course.send_time
+        due = schedule.next_send_at(
+            found.due_at,
+            found.previous_sent_at,
+            send,
+            ZoneInfo(sub["timezone"]),
+            course.skip_weekends,
+        )
+        return found.day, due
 
     # -- adding --
 

@@ -28,7 +28,15 @@ from sqlalchemy.engine import RowMapping
 
 from dripmail.content import Newsletter
 from dripmail.errors import InputError, NotFoundError
-from dripmail.handover import RenderFn, Report, claim, deliver, expire_dead_claims, release
+from dripmail.handover import (
+    FailureStreak,
+    RenderFn,
+    Report,
+    claim,
+    deliver,
+    expire_dead_claims,
+    release,
+)
 from dripmail.message import Message
 from dripmail.providers.base import Provider
 from dripmail.store.schema import broadcast_deliveries, broadcasts, events, subscribers
@@ -349,15 +357,19 @@ def send(
     *,
     worker: str | None = None,
     chunk: int = CHUNK,
+    halt_after: int = 0,
     progress: Callable[[int], None] | None = None,
 ) -> BroadcastReport:
     """Hand over everything planned for this broadcast; safe to run again after a crash.
 
     Claims of a worker on this host that is no longer running are taken over at once (a
-    re-run right after a kill does not wait for the lease). `progress` is called with the
-    number of rows finished after each chunk.
+    re-run right after a kill does not wait for the lease). `halt_after` consecutive
+    permanent failures with one reason stop it with `report.halted` saying why (0: never;
+    see `handover.FailureStreak`). `progress` is called with the number of rows finished
+    after each chunk.
     """
     report = BroadcastReport()
+    streak = FailureStreak(halt_after)
     worker = worker or default_worker_id()
     bd = broadcast_deliveries
     start(engine, broadcast["id"], now)
@@ -378,12 +390,14 @@ def send(
             if not held:
                 continue  # all skipped, or another worker won them: the next read moves on
             try:
-                await deliver(engine, bd, provider, held, render, now, report)
+                await deliver(engine, bd, provider, held, render, now, report, streak)
             except BaseException:
                 release(engine, bd, [r["key"] for r in held], now)
                 raise
             if progress:
                 progress(len(held))
+            if report.halted:
+                return
             # httpx leaves each request (with its multi-megabyte JSON body) in a reference
             # cycle; they reach the oldest GC generation before they die and would pile up
             # there for many chunks. Collecting once per chunk keeps the peak flat (measured
@@ -502,14 +516,14 @@ def stats(engine: Engine, broadcast_id: int) -> BroadcastStats:
     """
     bd = broadcast_deliveries
     with engine.connect() as conn:
-        states = dict(
+        states: dict[str, int] = dict(
             conn.execute(
                 select(bd.c.state, func.count())
                 .where(bd.c.broadcast_id == broadcast_id)
                 .group_by(bd.c.state)
             ).all()
         )
-        kinds = dict(
+        kinds: dict[str, int] = dict(
             conn.execute(
                 select(events.c.type, func.count(func.distinct(events.c.delivery_key)))
                 .where(events.c.delivery_key.like(f"nl-{broadcast_id}-s%"))

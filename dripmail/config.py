@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     rate_per_second: float | None = Field(None, alias="DRIPMAIL_RATE_PER_SECOND", gt=0)
     max_concurrency: int | None = Field(None, alias="DRIPMAIL_MAX_CONCURRENCY", ge=1)
     confirm_threshold: int = Field(100, alias="DRIPMAIL_CONFIRM_THRESHOLD", ge=0)
+    # After this many permanent failures in a row with one reason (an unverified sender, a
+    # template the provider rejects), `run` and `broadcast` stop and give the rows back.
+    halt_after_failures: int = Field(20, alias="DRIPMAIL_HALT_AFTER_FAILURES", ge=0)
 
     postmark_server_token: SecretStr | None = Field(None, alias="POSTMARK_SERVER_TOKEN")
     postmark_base_url: str = Field(

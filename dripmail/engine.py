@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
 from zoneinfo import ZoneInfo
@@ -19,11 +19,19 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Engine, or_, select, tuple_, update
 
 from dripmail import schedule
-from dripmail.handover import RenderFn, Report, claim, deliver, expire_dead_claims, release
+from dripmail.handover import (
+    FailureStreak,
+    RenderFn,
+    Report,
+    claim,
+    deliver,
+    expire_dead_claims,
+    release,
+)
 from dripmail.providers.base import Provider
 from dripmail.store.schema import deliveries, subscribers
+from dripmail.states import DONE
 
-DONE = ("sent", "handed", "skipped", "failed", "review", "cancelled")
 LEASE = timedelta(minutes=10)
 
 
@@ -53,8 +61,14 @@ def _joined(*conditions):
     )
 
 
-def _expired_claims(engine: Engine, now: datetime, limit: int) -> list[dict]:
-    """Rows a dead worker left `claimed` or `sending` whose lease has run out (usually none)."""
+def _expired_claims(
+    engine: Engine, now: datetime, limit: int, after: int = 0
+) -> tuple[list[dict], int | None]:
+    """Rows a dead worker left `claimed` or `sending` whose lease has run out, ids > `after`.
+
+    Returns (the rows of active subscribers, the last id read or None when there are no more),
+    so a caller pages through every one of them, however many a crash left behind.
+    """
     # Find them through the state index first; joined, SQLite would walk every subscriber.
     with engine.connect() as conn:
         ids = list(
@@ -63,14 +77,16 @@ def _expired_claims(engine: Engine, now: datetime, limit: int) -> list[dict]:
                 .where(
                     deliveries.c.state.in_(("claimed", "sending")),
                     deliveries.c.lease_expires_at < now,
+                    deliveries.c.id > after,
                 )
+                .order_by(deliveries.c.id)
                 .limit(limit)
             ).scalars()
         )
         if not ids:
-            return []
-        query = _joined(deliveries.c.id.in_(ids)).order_by(deliveries.c.due_at, deliveries.c.id)
-        return [dict(r) for r in conn.execute(query).mappings()]
+            return [], None
+        query = _joined(deliveries.c.id.in_(ids)).order_by(deliveries.c.id)
+        return [dict(r) for r in conn.execute(query).mappings()], ids[-1]
 
 
 def _due_candidates(
@@ -122,8 +138,14 @@ def _previous_done(engine: Engine, rows: list[dict]) -> dict[tuple[int, int], da
     return out
 
 
-def _eligible(engine: Engine, rows: list[dict], now: datetime, default_send: time) -> list[dict]:
-    """Keep lessons whose predecessor is done and that are due under the catch-up rule."""
+def _eligible(
+    engine: Engine,
+    rows: list[dict],
+    now: datetime,
+    default_send: time,
+    skip_weekends: bool = False,
+) -> list[dict]:
+    """Keep lessons whose predecessor is done and that are due by `schedule.next_send_at`."""
     prev = _previous_done(engine, rows)
     keep = []
     for row in rows:
@@ -134,8 +156,8 @@ def _eligible(engine: Engine, rows: list[dict], now: datetime, default_send: tim
             if row["lesson_day"] == 1 or key in prev:
                 zone = ZoneInfo(row["timezone"])
                 send = time.fromisoformat(row["send_time"]) if row["send_time"] else default_send
-                row["effective_due"] = schedule.catch_up_due(
-                    row["due_at"], prev.get(key), send, zone
+                row["effective_due"] = schedule.next_send_at(
+                    row["due_at"], prev.get(key), send, zone, skip_weekends
                 )
             keep.append(row)
             continue
@@ -143,7 +165,7 @@ def _eligible(engine: Engine, rows: list[dict], now: datetime, default_send: tim
             continue
         zone = ZoneInfo(row["timezone"])
         send = time.fromisoformat(row["send_time"]) if row["send_time"] else default_send
-        due = schedule.catch_up_due(row["due_at"], prev.get(key), send, zone)
+        due = schedule.next_send_at(row["due_at"], prev.get(key), send, zone, skip_weekends)
         if due <= now:
             row["effective_due"] = due
             keep.append(row)
@@ -156,7 +178,7 @@ def _claim(engine: Engine, rows: list[dict], worker: str, now: datetime) -> list
 
 
 def complete_finished(
-    engine: Engine, now: datetime, subscriber_ids: Sequence[int] | None = None
+    engine: Engine, now: datetime, subscriber_ids: Collection[int] | None = None
 ) -> int:
     """Mark active subscribers whose every lesson is done as `completed`; returns how many.
 
@@ -194,60 +216,75 @@ def run_once(
     now: datetime,
     *,
     default_send_time: time,
+    skip_weekends: bool = False,
     worker_id: str | None = None,
     limit: int | None = None,
     dry_run: bool = False,
     handover: timedelta = timedelta(0),
     chunk: int = 1000,
+    halt_after: int = 0,
     progress: Callable[[int], None] | None = None,
 ) -> RunReport:
     """One pass over what is due at `now` (plus `handover` for providers that schedule ahead).
 
-    Walks the queue in chunks of `chunk` rows: claim, render, hand over, record, next chunk;
-    memory stays bounded by the chunk whatever the queue length. `limit` caps how many
-    deliveries this pass takes. `progress` is called with the number handled after each chunk.
+    First every delivery a dead worker left in flight (however many), then the free queue,
+    both in chunks of `chunk` rows: claim, render, hand over, record, next chunk; memory stays
+    bounded by the chunk whatever the queue length. `limit` caps how many deliveries this pass
+    takes. `halt_after` consecutive permanent failures with one reason stop the pass (0:
+    never; see `handover.FailureStreak`), with `report.halted` saying why. `progress` is
+    called with the number handled after each chunk.
     """
     report = RunReport()
     horizon = now + handover
     worker = worker_id or default_worker_id()
-    cursor: tuple[datetime, int] | None = None
+    streak = FailureStreak(halt_after)
     taken = 0
     touched: set[int] = set()
-    # What dead workers left behind joins the first page: it is finished in the same pass,
-    # judged against the same state of the queue as the free rows beside it.
+
+    def size() -> int:
+        return chunk if limit is None else min(chunk, limit - taken)
+
+    def hand_over(page: list[dict]) -> None:
+        nonlocal taken
+        rows = _eligible(engine, page, horizon, default_send_time, skip_weekends)
+        if dry_run:
+            report.due.extend(rows)
+            taken += len(rows)
+            return
+        held = _claim(engine, rows, worker, now)
+        if not held:
+            return
+        try:
+            asyncio.run(deliver(engine, deliveries, provider, held, render, now, report, streak))
+        except BaseException:
+            # Whatever stopped us (a refused credential, Ctrl-C), what this worker holds and
+            # did not hand over goes back to the queue unchanged.
+            release(engine, deliveries, [r["key"] for r in held], now)
+            raise
+        taken += len(held)
+        touched.update(r["subscriber_id"] for r in held)
+        if progress:
+            progress(len(held))
+
     if not dry_run:
         # A `run` killed on this host cannot give its claims back: free them now instead of
         # waiting out the lease (rows left `sending` are reconciled, never resent blindly).
         expire_dead_claims(engine, deliveries, now, socket.gethostname())
-    leftovers = [] if dry_run else _expired_claims(engine, now, limit or chunk)
-    while limit is None or taken < limit:
-        size = chunk if limit is None else min(chunk, limit - taken)
-        free = _due_candidates(engine, now, horizon, size, cursor)
-        if free:
-            cursor = (free[-1]["due_at"], free[-1]["id"])
-        more = len(free) == size
-        page, leftovers = leftovers + free, []
-        if not page:
+        # Everything a crash left in flight is finished before new work, page by page.
+        after: int | None = 0
+        while after is not None and (limit is None or taken < limit) and not report.halted:
+            page, after = _expired_claims(engine, now, size(), after)
+            if page:
+                hand_over(page)
+    cursor: tuple[datetime, int] | None = None
+    while (limit is None or taken < limit) and not report.halted:
+        want = size()
+        free = _due_candidates(engine, now, horizon, want, cursor)
+        if not free:
             break
-        rows = _eligible(engine, page, horizon, default_send_time)
-        if dry_run:
-            report.due.extend(rows)
-            taken += len(rows)
-            continue
-        held = _claim(engine, rows, worker, now)
-        if held:
-            try:
-                asyncio.run(deliver(engine, deliveries, provider, held, render, now, report))
-            except BaseException:
-                # Whatever stopped us (a refused credential, a content error, Ctrl-C), what
-                # this worker holds and did not hand over goes back to the queue unchanged.
-                release(engine, deliveries, [r["key"] for r in held], now)
-                raise
-            taken += len(held)
-            touched.update(r["subscriber_id"] for r in held)
-            if progress:
-                progress(len(held))
-        if not more:
+        cursor = (free[-1]["due_at"], free[-1]["id"])
+        hand_over(free)
+        if len(free) < want:
             break
     if not dry_run:
         complete_finished(engine, now, touched)

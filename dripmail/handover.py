@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from hashlib import sha256
 from uuid import uuid4
@@ -29,7 +29,10 @@ RenderFn = Callable[[dict], Message]
 
 @dataclass
 class Report:
-    """What a hand-over pass did; the engine and broadcasts extend it with their own fields."""
+    """What a hand-over pass did; the engine and broadcasts extend it with their own fields.
+
+    `halted` is the one-line reason the pass stopped early (see `FailureStreak`), else "".
+    """
 
     sent: int = 0
     handed: int = 0
@@ -38,6 +41,56 @@ class Report:
     review: int = 0
     recovered: int = 0
     suppressed: int = 0
+    halted: str = ""
+
+
+@dataclass
+class FailureStreak:
+    """Consecutive permanent failures with one reason, across batches and chunks of one pass.
+
+    One refused or unbuildable message fails alone; but when `limit` messages in a row fail
+    for the same reason (an unverified sender, a template the provider rejects), the fault is
+    not the readers': the pass stops and those deliveries go back to the queue (listmonk
+    pauses a campaign the same way). A message accepted in between, or another reason,
+    starts the count again; recipient-specific refusals (suppressions) and transient answers
+    do not count. `limit` 0 never stops.
+    """
+
+    limit: int
+    reason: str = ""
+    keys: list[str] = field(default_factory=list)
+
+    def failed(self, key: str, reason: str) -> None:
+        """Count one permanent failure of delivery `key` for `reason`."""
+        if reason != self.reason:
+            self.reason, self.keys = reason, []
+        self.keys.append(key)
+
+    def passed(self) -> None:
+        """A message went through: the streak is broken."""
+        self.reason, self.keys = "", []
+
+    @property
+    def tripped(self) -> bool:
+        return self.limit > 0 and len(self.keys) >= self.limit
+
+
+def header_problem(message: Message) -> str:
+    """Why `message` cannot be put into mail headers (a line break in a name...), or "".
+
+    Checked before the hand-over so that one bad stored value fails its own delivery instead
+    of the provider call for the whole batch. Cheap: a few substring tests.
+    """
+    fields = [
+        ("the recipient's name", message.to.name),
+        ("the recipient's address", message.to.address),
+        ("the subject", message.subject),
+        *((f"header {name}", value) for name, value in message.headers.items()),
+    ]
+    for label, value in fields:
+        if "\n" in value or "\r" in value:
+            return f"{label} contains a line break"
+    return ""
 
 
 def record_many(
@@ -121,11 +174,37 @@ def _resendable(provider: Provider, rows: list[dict], now: datetime) -> dict[str
         keys = sorted(r["key"] for r in members)
         if not _whole_batch(batch_key, keys):
             continue  # part of the batch is elsewhere: it cannot be rebuilt exactly
-        started = [r.get("handed_at") for r in members]
-        if None in started or now - min(started) > ttl - KEY_MARGIN:
+        started: list[datetime] = [r["handed_at"] for r in members if r.get("handed_at")]
+        if len(started) < len(members) or now - min(started) > ttl - KEY_MARGIN:
             continue  # the provider may have forgotten the key: a resend could land twice
         out[batch_key] = keys
     return out
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _build(held: list[dict], render: RenderFn) -> tuple[dict[str, Message], list[tuple[dict, str]]]:
+    """Render each held row; (messages by key, [(row, why it cannot be built)])."""
+    messages: dict[str, Message] = {}
+    unbuilt: list[tuple[dict, str]] = []
+    for row in held:
+        try:
+            message = render(row)
+            problem = header_problem(message)
+        except Exception as exc:  # one reader's stored data must not stop everyone else's mail
+            problem = _one_line(exc)
+        if problem:
+            unbuilt.append((row, problem))
+        else:
+            messages[row["key"]] = message
+    return messages, unbuilt
+
+
+def _address(row: dict) -> str:
+    return row.get("email") or f"subscriber {row.get('subscriber_id')}"
 
 
 async def deliver(
@@ -136,18 +215,26 @@ async def deliver(
     render: RenderFn,
     now: datetime,
     report: Report,
+    streak: FailureStreak | None = None,
 ) -> None:
     """Render the rows this worker holds and hand them to the provider in batches.
 
-    Rows left `sending` by a crashed worker are recovered first: resent as the same batch under
-    the same key where the provider deduplicates (`_resendable`), else looked up. Each batch
-    is marked `sending` with its batch key before the call; outcomes land in one transaction
-    per batch. A refused credential puts the batch back as it was and re-raises.
+    A row whose message cannot be built (a line break in a stored name, a template error) is
+    marked `failed` on its own, with the reason and the address; the others go on. Rows left
+    `sending` by a crashed worker are recovered first: resent as the same batch under the
+    same key where the provider deduplicates (`_resendable`), else looked up. Each batch is
+    marked `sending` with its batch key before the call; outcomes land in one transaction per
+    batch. A refused credential puts the batch back as it was and re-raises. When `streak`
+    trips (too many permanent failures in a row for one reason), those deliveries go back to
+    the queue and `report.halted` says why; the caller stops.
     """
+    streak = streak if streak is not None else FailureStreak(0)
     by_key = {row["key"]: row for row in held}
-    messages = {row["key"]: render(row) for row in held}
+    messages, unbuilt = _build(held, render)
+    if unbuilt:
+        _record_unbuilt(engine, table, unbuilt, now, report, streak)
     # Crash recovery first: anything left `sending` may already be at the provider.
-    in_flight = [row for row in held if row["state"] == "sending"]
+    in_flight = [row for row in held if row["state"] == "sending" and row["key"] in messages]
     recovered: dict[str, list[Message]] = {}
     for batch_key, keys in _resendable(provider, in_flight, now).items():
         recovered[batch_key] = [messages.pop(k) for k in keys]
@@ -237,10 +324,68 @@ async def deliver(
             failure = failure or answer
         else:
             _record_outcomes(
-                engine, table, batch, answer, by_key, now, report, batch_key in recovered
+                engine, table, batch, answer, by_key, now, report, streak, batch_key in recovered
             )
+    if streak.tripped:
+        _halt(engine, table, streak, now, report)
     if failure is not None:
         raise failure
+
+
+def _record_unbuilt(
+    engine: Engine,
+    table: Table,
+    unbuilt: list[tuple[dict, str]],
+    now: datetime,
+    report: Report,
+    streak: FailureStreak,
+) -> None:
+    """Fail each delivery whose message cannot be built, naming the reason and the address.
+
+    A row already `sending` may be at the provider from before a crash: it goes to review.
+    """
+    outcomes: list[tuple[str, dict]] = []
+    for row, problem in unbuilt:
+        reason = f"cannot build the message: {problem}"
+        state = "review" if row["state"] == "sending" else "failed"
+        outcomes.append(
+            (row["key"], {"state": state, "last_error": f"{reason} (to {_address(row)})"})
+        )
+        if state == "failed":
+            report.failed += 1
+            streak.failed(row["key"], reason)
+        else:
+            report.review += 1
+    record_many(engine, table, now, outcomes)
+
+
+def _halt(
+    engine: Engine, table: Table, streak: FailureStreak, now: datetime, report: Report
+) -> None:
+    """Put the deliveries of a tripped streak back in the queue and say why in one line."""
+    keys = list(dict.fromkeys(streak.keys))
+    back = 0
+    with engine.begin() as conn:
+        for start in range(0, len(keys), 500):
+            back += (
+                conn.execute(
+                    update(table)
+                    .where(table.c.key.in_(keys[start : start + 500]), table.c.state == "failed")
+                    .values(
+                        state="planned",
+                        next_attempt_at=None,
+                        last_error=f"held back, same failure as many others: {streak.reason}",
+                        updated_at=now,
+                    )
+                ).rowcount
+                or 0
+            )
+    report.failed -= back
+    report.halted = (
+        f"stopped: {len(keys)} deliveries in a row failed with the same reason "
+        f"({streak.reason}); they went back to the queue, nothing else was sent. "
+        "Fix the cause and run again"
+    )
 
 
 def _record_outcomes(
@@ -251,6 +396,7 @@ def _record_outcomes(
     by_key: dict[str, dict],
     now: datetime,
     report: Report,
+    streak: FailureStreak,
     recovered: bool = False,
 ) -> None:
     """Store what the provider said about each message of one batch, in one transaction."""
@@ -274,6 +420,7 @@ def _record_outcomes(
             )
             report.handed += later
             report.sent += not later
+            streak.passed()
         elif result.outcome is Outcome.TRANSIENT and recovered:
             # Not sent by this call, but the call before the crash may have landed: only the
             # same batch under the same key may go again, so it stays `sending` for later.
@@ -292,13 +439,20 @@ def _record_outcomes(
             )
             report.retry += 1
         elif result.outcome is Outcome.PERMANENT:
-            outcomes.append((message.key, {"state": "failed", "last_error": result.error}))
+            reason = result.error or "refused by the provider"
+            row = by_key[message.key]
+            error = f"{reason} (to {_address(row)})"
+            outcomes.append((message.key, {"state": "failed", "last_error": error}))
             report.failed += 1
             if result.suppress:
-                # e.g. Postmark 406 (inactive recipient): never mail this address again.
-                to_suppress.append(by_key[message.key]["subscriber_id"])
+                # e.g. Postmark 406 (inactive recipient): never mail this address again. It
+                # is about this reader, not everyone: it does not count toward a halt.
+                to_suppress.append(row["subscriber_id"])
+            else:
+                streak.failed(message.key, reason)
         else:
-            outcomes.append((message.key, {"state": "review", "last_error": result.error}))
+            error = f"{result.error} (to {_address(by_key[message.key])})"
+            outcomes.append((message.key, {"state": "review", "last_error": error}))
             report.review += 1
     record_many(engine, table, now, outcomes)
     if again:

@@ -75,17 +75,20 @@ def due_times(
     return [local_send_time(d, send_time, zone) for d in lesson_dates(first, count, skip_weekends)]
 
 
-def catch_up_due(
+def next_send_at(
     planned: datetime,
     previous_sent_at: datetime | None,
     send_time: time,
     zone: ZoneInfo,
     skip_weekends: bool = False,
 ) -> datetime:
-    """When a lesson may really go out, given when the one before it went out.
+    """When a lesson really goes out (UTC), given its plan and when the one before it went out.
 
-    A lesson is never due before its plan, nor on the same local day as the previous lesson:
-    after downtime the overdue lessons go out one per local morning, in order.
+    The one rule the engine sends by and the preferences page promises by: a lesson is never
+    due before its plan (`planned`, UTC), nor on the same local day as the previous lesson
+    (`previous_sent_at`, None for lesson 1 or when unknown), nor on a weekend when
+    `skip_weekends`. After downtime the overdue lessons go out one per local (week)day, in
+    order, at `send_time` in `zone`.
     """
     if previous_sent_at is None:
         return planned
@@ -93,3 +96,14 @@ def catch_up_due(
         previous_sent_at.astimezone(zone).date() + timedelta(days=1), skip_weekends
     )
     return max(planned, local_send_time(next_day, send_time, zone))
+
+
+def catch_up_due(
+    planned: datetime,
+    previous_sent_at: datetime | None,
+    send_time: time,
+    zone: ZoneInfo,
+    skip_weekends: bool = False,
+) -> datetime:
+    """Former name of `next_send_at` (kept for callers outside the engine)."""
+    return next_send_at(planned, previous_sent_at, send_time, zone, skip_weekends)

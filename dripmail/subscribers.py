@@ -21,6 +21,7 @@ from dripmail.errors import InputError, NotFoundError
 from dripmail.states import STOPPED as STOPPED_STATUSES
 from dripmail.states import SubscriberStatus
 from dripmail.store import subscriber_queries as q
+from dripmail.store.delivery_queries import previous_sent_before
 from dripmail.store.schema import subscribers
 from dripmail.store.transactions import transaction
 from dripmail.validation import (
@@ -361,6 +362,20 @@ def reschedule(bind: Bind, subscriber_id: int, course: CourseRules, now: datetim
         if not left:
             return None
         first = schedule.start_date(now, zone, send, "next-morning", course.skip_weekends)
+        # The engine never sends two lessons on one local day (`schedule.next_send_at`): plan
+        # the first one where the engine will really send it, so the page promises that day.
+        previous = previous_sent_before(conn, left[0])
+        first = (
+            schedule.next_send_at(
+                schedule.local_send_time(first, send, zone),
+                previous,
+                send,
+                zone,
+                course.skip_weekends,
+            )
+            .astimezone(zone)
+            .date()
+        )
         dues = schedule.due_times(first, len(left), send, zone, course.skip_weekends)
         q.set_due(conn, zip(left, dues, strict=True), now)
     return first

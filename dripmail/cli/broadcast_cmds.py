@@ -70,15 +70,24 @@ def send_broadcast(runner, newsletter, row, now: datetime, quiet: bool = False):
     started = bc.start(engine, row["id"], now)
     render = bc.render_fn(compiled, runner.settings.public_url, runner.signer, row["id"], started)
     total = bc.count_eligible(engine, row["segment"])
+    halt = runner.settings.halt_after_failures
     if quiet or total < BAR_FROM:
         bc.plan(engine, row["id"], row["segment"], now)
-        return bc.send(engine, provider, row, render, now)
+        return bc.send(engine, provider, row, render, now, halt_after=halt)
     with _progress() as bar:
         task = bar.add_task("planning", total=total)
         bc.plan(engine, row["id"], row["segment"], now, progress=lambda n: bar.advance(task, n))
         bar.update(task, completed=total)
         task = bar.add_task("sending", total=bc.stats(engine, row["id"]).pending)
-        return bc.send(engine, provider, row, render, now, progress=lambda n: bar.advance(task, n))
+        return bc.send(
+            engine,
+            provider,
+            row,
+            render,
+            now,
+            halt_after=halt,
+            progress=lambda n: bar.advance(task, n),
+        )
 
 
 def _summary(engine, row, report) -> bool:
@@ -96,7 +105,9 @@ def _summary(engine, row, report) -> bool:
         if value:
             parts.append(f"{value} {label}")
     typer.echo(f"broadcast {row['id']} ({row['slug']}): " + ", ".join(parts))
-    if s.pending:
+    if report.halted:
+        typer.echo(report.halted, err=True)
+    elif s.pending:
         typer.echo(
             "  some copies were refused for now; run the same command again later to retry them"
         )
@@ -180,12 +191,17 @@ def broadcast(
         _confirm(count, runner.settings.confirm_threshold, yes, "Send it")
     row = bc.open_broadcast(runner.engine, newsletter, chosen, clock)
     report = send_broadcast(runner, newsletter, row, clock, quiet)
-    if _summary(runner.engine, row, report):
+    attention = _summary(runner.engine, row, report)
+    if report.halted:
+        raise typer.Exit(1)
+    if attention:
         raise typer.Exit(3)
 
 
-def send_due_broadcasts(runner, now: datetime) -> list[str]:
+def send_due_broadcasts(runner, now: datetime) -> tuple[list[str], bool]:
     """Send the scheduled broadcasts whose time has come (called by `run`); one line each.
+
+    Returns the lines and whether any copy failed or was held back (so `run` exits 3).
 
     A broadcast whose file is missing, broken or was edited after it started is reported in
     its line and left as it is; the others still go out. One interrupted mid-way (the `run`
@@ -196,6 +212,7 @@ def send_due_broadcasts(runner, now: datetime) -> list[str]:
     from dripmail.errors import DripmailError
 
     lines = []
+    attention = False
     for row in bc.due(runner.engine, now):
         path = runner.project.newsletters_dir / f"{row['slug']}.md"
         try:
@@ -207,6 +224,7 @@ def send_due_broadcasts(runner, now: datetime) -> list[str]:
             report = send_broadcast(runner, newsletter, row, now, quiet=True)
         except DripmailError as exc:
             lines.append(f"scheduled broadcast {row['id']} not sent: {exc}")
+            attention = True
             continue
         s = bc.stats(runner.engine, row["id"])
         line = f"scheduled broadcast {row['id']} ({row['slug']}): {s.accepted} of {s.recipients}"
@@ -216,7 +234,10 @@ def send_due_broadcasts(runner, now: datetime) -> list[str]:
         if s.pending:
             line += f", {s.pending} to retry on a later run"
         lines.append(line)
-    return lines
+        if report.halted:
+            lines.append(f"scheduled broadcast {row['id']} {report.halted}")
+        attention = attention or bool(s.failed or report.halted)
+    return lines, attention
 
 
 def _ref(value: str) -> int | str:

@@ -52,9 +52,11 @@ def _one_pass(runner, now: datetime, limit: int | None, dry_run: bool, quiet: bo
     window = handover_window(runner.provider, runner.settings)
     kwargs = dict(
         default_send_time=runner.course.send_time,
+        skip_weekends=runner.course.skip_weekends,
         limit=limit,
         dry_run=dry_run,
         handover=window,
+        halt_after=runner.settings.halt_after_failures,
     )
     total = _count_due(runner, now, window)
     if limit:
@@ -68,8 +70,10 @@ def _one_pass(runner, now: datetime, limit: int | None, dry_run: bool, quiet: bo
         TimeRemainingColumn(),
         transient=False,
     ) as bar:
+        # `total` counts what is planned and due; some of it waits for its previous lesson
+        # (one per local day), so the bar ends at what was really handled, not the estimate.
         task = bar.add_task("sending lessons", total=total)
-        return run_once(
+        report = run_once(
             runner.engine,
             runner.provider,
             runner.render_lesson,
@@ -77,6 +81,9 @@ def _one_pass(runner, now: datetime, limit: int | None, dry_run: bool, quiet: bo
             progress=lambda n: bar.advance(task, n),
             **kwargs,
         )
+        done = bar.tasks[0].completed
+        bar.update(task, total=done, completed=done)
+        return report
 
 
 def _print_report(report, now: datetime, dry_run: bool) -> None:
@@ -99,11 +106,31 @@ def _print_report(report, now: datetime, dry_run: bool) -> None:
         if value:
             parts.append(f"{value} {label}")
     typer.echo(f"{now:%Y-%m-%d %H:%M} UTC: " + ", ".join(parts))
+    if report.halted:
+        typer.echo(report.halted, err=True)
+
+
+def _check_simulated_clock(clock_at: datetime | None, dry_run: bool, yes: bool) -> None:
+    """`--now` sends real mail early through a real provider: refuse that unless asked for.
+
+    The rule: a simulated clock is for trying a schedule, so it runs freely with `--dry-run`
+    or the outbox provider (nothing leaves the machine); with any other provider it needs
+    `--yes` (e.g. an operator catching up by hand on purpose).
+    """
+    if clock_at is None or dry_run or yes or state.settings.provider == "outbox":
+        return
+    raise InputError(
+        f"--now with DRIPMAIL_PROVIDER={state.settings.provider} would really mail readers "
+        "at a pretended time: add --dry-run to try the schedule, or --yes to send for real"
+    )
 
 
 def run(
     now: str | None = typer.Option(
-        None, "--now", help="Pretend it is this time (ISO-8601, UTC if no offset): test a schedule."
+        None,
+        "--now",
+        help="Pretend it is this time (ISO-8601, UTC if no offset): test a schedule. Only with "
+        "--dry-run or the outbox provider, unless --yes: a real provider would mail readers.",
     ),
     dry_run: bool = typer.Option(
         False, "--dry-run", help="Show what would go out; write and send nothing."
@@ -115,16 +142,21 @@ def run(
         False, "--loop", help="Keep running: sleep until the next lesson is due, then send it."
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar (for cron)."),
+    yes: bool = typer.Option(
+        False, "--yes", "-y", help="With --now and a real provider: really send."
+    ),
 ) -> None:
     """Send every lesson (and scheduled newsletter) that is due, once. Safe to re-run.
 
     Run it from cron every few minutes, or once with --loop. Exit code 0: all went out;
     1: an error stopped the run (nothing half-done is lost; re-run after fixing it);
     3: finished, but some deliveries failed or need review (see `status`).
+    --now with a real provider needs --yes (or --dry-run).
     """
     clock_at = parse_now(now)
     if loop and clock_at:
         raise InputError("--loop runs on the real clock; drop --now (or run without --loop)")
+    _check_simulated_clock(clock_at, dry_run, yes)
     runner = _runner((lambda: clock_at) if clock_at else None)
     attention = False
     try:
@@ -135,9 +167,13 @@ def run(
             if not dry_run:
                 from dripmail.cli.broadcast_cmds import send_due_broadcasts
 
-                for line in send_due_broadcasts(runner, current):
+                lines, broadcasts_need_attention = send_due_broadcasts(runner, current)
+                for line in lines:
                     typer.echo(line)
+                attention = attention or broadcasts_need_attention
             attention = attention or bool(report.failed or report.review)
+            if report.halted:
+                raise typer.Exit(1)
             if not loop or dry_run:
                 break
             _sleep_until_next(runner)

@@ -141,6 +141,7 @@ class FakeProviders:
         self._script: dict[str, list[Fault | None]] = {p: [] for p in SEND_PATHS}
         self._chaos: dict[str, tuple[float, tuple[str, ...], random.Random]] = {}
         self._rejected: dict[str, str] = {}
+        self._refuse_all: dict[str, str] = {}
         self._idempotency: dict[str, tuple[str, Reply | None]] = {}
         self._sendgrid_batches: dict[str, str] = {}  # batch_id -> status ("", "cancel")
         self.now = lambda: datetime.now(UTC)
@@ -201,6 +202,18 @@ class FakeProviders:
             self._chaos.clear()
             for queue in self._script.values():
                 queue.clear()
+
+    def refuse_all(self, provider: str, reason: str | None) -> None:
+        """Refuse every message sent to `provider` with the same permanent `reason` (None: stop).
+
+        Postmark answers each message of a batch with ErrorCode 300 (invalid email request),
+        as it does for a From address whose sender signature is not confirmed.
+        """
+        with self.lock:
+            if reason is None:
+                self._refuse_all.pop(provider, None)
+            else:
+                self._refuse_all[provider] = reason
 
     def reject(self, address: str, reason: str = "inactive") -> None:
         """Make every provider refuse this recipient."""
@@ -377,8 +390,12 @@ class FakeProviders:
             if len(items) > 500:
                 return _json(422, {"ErrorCode": 410, "Message": "Too many batch messages."})
             answers, accepted = [], []
+            refusal = self._refuse_all.get("postmark")
             for item in items:
                 to = _address(item.get("To", ""))
+                if refusal is not None:
+                    answers.append({"ErrorCode": 300, "Message": refusal, "To": item.get("To")})
+                    continue
                 if to.lower() in self._rejected:
                     answers.append(
                         {

@@ -1,0 +1,81 @@
+"""`run` as a real subprocess: a simulated clock never mails readers by surprise, one bad
+stored name fails alone (exit 3, named by `status`), and the progress bar ends at the truth."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from sqlalchemy import update
+
+from dripmail.store.db import open_store
+from dripmail.store.schema import subscribers
+from tests.course_fixture import make_project
+
+REPO = Path(__file__).resolve().parents[2]
+JOINED = "2026-06-01T12:00:00+00:00"
+DUE = "2026-06-02T05:30:00+00:00"  # 07:30 in Berlin on Tuesday
+
+
+def _cli(root: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(REPO / "send.py"), "--root", str(root), *args],
+        capture_output=True,
+        text=True,
+        cwd=root,
+        env={**os.environ, "COLUMNS": "120", **env},
+        timeout=600,
+    )
+
+
+def _import(root: Path, count: int) -> None:
+    rows = [f"p{i}@example.org,P{i},Europe/Berlin" for i in range(count)]
+    (root / "people.csv").write_text("email,first_name,timezone\n" + "\n".join(rows) + "\n")
+    out = _cli(root, "subscribers", "import", "people.csv", "--now", JOINED)
+    assert out.returncode == 0, out.stderr
+
+
+def test_now_with_a_real_provider_is_refused_unless_dry_run_or_yes(tmp_path: Path) -> None:
+    root = make_project(tmp_path)
+    real = {
+        "DRIPMAIL_PROVIDER": "postmark",
+        "POSTMARK_SERVER_TOKEN": "pm-token",
+        # Nothing may be contacted: the refusal comes before any provider call.
+        "DRIPMAIL_POSTMARK_BASE_URL": "http://127.0.0.1:9",
+        "DRIPMAIL_SECRET_KEY": "a-long-random-test-secret-0123456789",
+    }
+    refused = _cli(root, "run", "--now", DUE, **real)
+    assert refused.returncode == 1
+    assert refused.stderr.count("\n") == 1 and "--now with DRIPMAIL_PROVIDER=postmark" in (
+        refused.stderr
+    )
+    assert "--dry-run" in refused.stderr and "--yes" in refused.stderr
+    assert _cli(root, "run", "--now", DUE, "--dry-run", **real).returncode == 0
+    assert _cli(root, "run", "--now", DUE).returncode == 0  # the outbox: nothing leaves
+    assert "--dry-run or the outbox" in " ".join(_cli(root, "run", "--help").stdout.split())
+
+
+def test_one_bad_stored_name_fails_alone_exit_3_and_status_names_it(tmp_path: Path) -> None:
+    root = make_project(tmp_path)
+    _import(root, 60)
+    engine = open_store("sqlite:///dripmail.db", root)
+    with engine.begin() as conn:
+        conn.execute(
+            update(subscribers)
+            .where(subscribers.c.email == "p7@example.org")
+            .values(first_name="Dan\nBcc: eve@example.com")
+        )
+    engine.dispose()
+    # A day late: lessons 1 and 2 are both planned and due (120), but lesson 2 waits a day.
+    out = _cli(root, "run", "--now", "2026-06-03T05:30:00+00:00")
+    assert out.returncode == 3, out.stderr
+    assert "59 sent" in out.stdout and "1 failed" in out.stdout
+    # The bar ends at what was really handled (59 sent + 1 failed), not at the estimate.
+    assert re.search(r"\b60/60\b", out.stdout) and "/120" not in out.stdout, out.stdout
+    status = _cli(root, "status")
+    assert "failed" in status.stdout and "p7@example.org" in status.stdout
+    assert "line break" in status.stdout
+    assert len(list((root / "outbox").glob("*.eml"))) == 59

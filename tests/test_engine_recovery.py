@@ -1,0 +1,113 @@
+"""A run finishes everything a crash left in flight, however many rows (not only the first 1,000),
+and catch-up honours `skip_weekends` (one rule: `schedule.next_send_at`)."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import Engine, insert, select
+
+from dripmail import subscribers as subs
+from dripmail.engine import run_once
+from dripmail.message import Mailbox, Message
+from dripmail.providers.outbox import OutboxProvider
+from dripmail.store.db import open_store
+from dripmail.store.schema import deliveries
+from tests.broadcast_fixture import seed
+from tests.course_rules import Rules
+
+NOW = datetime(2026, 6, 3, 12, tzinfo=UTC)
+
+
+def _render(row: dict) -> Message:
+    return Message(
+        key=row["key"],
+        kind="lesson",
+        ref=str(row["lesson_day"]),
+        sender=Mailbox("hello@studio.example.com"),
+        to=Mailbox(row["email"]),
+        subject=f"Day {row['lesson_day']}",
+        html="<p>x</p>",
+        text="x",
+    )
+
+
+def _states(engine: Engine) -> Counter:
+    with engine.connect() as conn:
+        return Counter(conn.execute(select(deliveries.c.state)).scalars())
+
+
+def test_every_row_left_in_flight_is_finished_in_one_run(tmp_path: Path) -> None:
+    engine = open_store("sqlite:///dripmail.db", tmp_path)
+    readers = 1300
+    seed(engine, readers, status="active")
+    rows = []
+    for sid in range(1, readers + 1):
+        sending = sid % 6 == 0  # some were mid-call: reconciled (the outbox has no file)
+        rows.append(
+            {
+                "subscriber_id": sid,
+                "lesson_day": 1,
+                "key": f"lesson-t-s{sid}-d1",
+                "due_at": NOW - timedelta(hours=2),
+                "state": "sending" if sending else "claimed",
+                "batch_key": "b-lost" if sending else None,
+                "attempts": 1 if sending else 0,
+                "claimed_by": "elsewhere:1",
+                "lease_expires_at": NOW - timedelta(minutes=1),
+                "updated_at": NOW - timedelta(hours=1),
+            }
+        )
+    with engine.begin() as conn:
+        conn.execute(insert(deliveries), rows)
+    outbox = OutboxProvider(tmp_path / "outbox", clock=lambda: NOW)
+    report = run_once(
+        engine, outbox, _render, NOW, default_send_time=time(7), worker_id="t", chunk=500
+    )
+    assert _states(engine) == {"sent": readers}
+    assert report.sent == readers
+    assert report.recovered == sum(1 for r in rows if r["state"] == "sending")
+
+
+def test_catch_up_skips_the_weekend(tmp_path: Path) -> None:
+    """New York, start Monday 2026-03-02, weekends skipped, Thursday's runs all missed."""
+    engine = open_store("sqlite:///dripmail.db", tmp_path)
+    rules = Rules(skip_weekends=True)
+    joined = datetime(2026, 3, 1, 12, tzinfo=UTC)
+    sid, _ = subs.add_subscriber(
+        engine,
+        "ny@example.org",
+        timezone="America/New_York",
+        status="pending",
+        consent_source="test",
+        now=joined,
+        start_date=date(2026, 3, 2),
+    )
+    subs.activate(engine, sid, rules, joined)
+    outbox = OutboxProvider(tmp_path / "outbox")
+    zone = ZoneInfo("America/New_York")
+    for hour in range(24 * 14):
+        now = datetime(2026, 3, 2, tzinfo=UTC) + timedelta(hours=hour)
+        if now.astimezone(zone).date() == date(2026, 3, 5):
+            continue  # the Thursday the cron host was down
+        outbox._clock = lambda now=now: now
+        run_once(
+            engine, outbox, _render, now, default_send_time=time(7), skip_weekends=True,
+            worker_id="t",
+        )  # fmt: skip
+    lines = [json.loads(x) for x in (tmp_path / "outbox/index.jsonl").read_text().splitlines()]
+    sent = {int(x["ref"]): datetime.fromisoformat(x["written_at"]).astimezone(zone) for x in lines}
+    days = {day: f"{at:%a %d %H:%M}" for day, at in sent.items()}
+    assert days == {
+        1: "Mon 02 07:00",
+        2: "Tue 03 07:00",
+        3: "Wed 04 07:00",
+        4: "Fri 06 00:00",  # Thursday's lesson, late: as soon as the engine is back
+        5: "Mon 09 07:00",  # not Saturday
+        6: "Tue 10 07:00",
+        7: "Wed 11 07:00",
+    }
