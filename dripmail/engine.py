@@ -29,8 +29,8 @@ from dripmail.handover import (
     release,
 )
 from dripmail.providers.base import Provider
-from dripmail.store.schema import deliveries, subscribers
 from dripmail.states import DONE
+from dripmail.store.schema import deliveries, subscribers
 
 LEASE = timedelta(minutes=10)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 
@@ -40,8 +40,19 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur.close()
 
 
+# Any constant shared by every dripmail process: the key of the PostgreSQL advisory lock
+# that serialises schema upgrades ("dripmail" in ASCII, as a signed 64-bit number).
+MIGRATION_LOCK = 0x64726970_6D61696C
+
+
 def upgrade(engine: Engine) -> None:
-    """Apply every Alembic migration shipped in the package (a no-op when up to date)."""
+    """Apply every Alembic migration shipped in the package (a no-op when up to date).
+
+    Several workers may start at once against a new or older database. On PostgreSQL the
+    upgrade runs under a transaction-scoped advisory lock: the first one upgrades, the others
+    wait for it and then find the schema current (Alembic reads the version inside the same
+    locked transaction). On SQLite the write lock of the first DDL statement does the same.
+    """
     from alembic import command
     from alembic.config import Config
 
@@ -57,6 +68,10 @@ def upgrade(engine: Engine) -> None:
             conn.commit()
         try:
             with conn.begin():
+                if engine.dialect.name == "postgresql":
+                    conn.execute(
+                        text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK}
+                    )
                 cfg.attributes["connection"] = conn
                 command.upgrade(cfg, "head")
         finally:

@@ -11,8 +11,8 @@ from datetime import datetime
 
 from sqlalchemy import Connection, select
 
-from dripmail.store.schema import deliveries
 from dripmail.states import DONE, OPEN_FOR_READER, DeliveryState
+from dripmail.store.schema import deliveries
 
 
 @dataclass(frozen=True, slots=True)

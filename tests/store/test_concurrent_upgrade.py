@@ -1,0 +1,75 @@
+"""Several workers starting at once against a new PostgreSQL schema: one upgrades, the others
+wait for its advisory lock and find the schema current; none fails."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from dripmail.store.db import open_store
+from dripmail.store.schema import metadata
+
+REPO = Path(__file__).resolve().parents[2]
+WORKERS = 4
+# Each worker waits at a barrier file, then opens the store: the upgrades really overlap.
+SCRIPT = """
+import os, sys, time
+from pathlib import Path
+from dripmail.store.db import open_store
+go = Path(sys.argv[2])
+while not go.exists():
+    time.sleep(0.01)
+open_store(sys.argv[1], Path.cwd())
+print("ok")
+"""
+
+
+@pytest.mark.postgres
+def test_workers_starting_at_once_upgrade_once(tmp_path: Path) -> None:
+    url = os.environ.get("DRIPMAIL_TEST_DATABASE_URL")
+    if not url:
+        pytest.skip("DRIPMAIL_TEST_DATABASE_URL is not set (CI sets it; see README)")
+    schema = f"upgrade_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(url)
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    scoped = (
+        make_url(url)
+        .update_query_dict({"options": f"-csearch_path={schema}"})
+        .render_as_string(hide_password=False)
+    )
+    go = tmp_path / "go"
+    try:
+        workers = [
+            subprocess.Popen(
+                [sys.executable, "-c", SCRIPT, scoped, str(go)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env={**os.environ, "PYTHONPATH": str(REPO)},
+            )
+            for _ in range(WORKERS)
+        ]
+        go.touch()
+        results = [w.communicate(timeout=600) for w in workers]
+        codes = [w.returncode for w in workers]
+        assert codes == [0] * WORKERS, [err[-600:] for _, err in results]
+        engine = open_store(scoped, tmp_path)
+        with engine.connect() as conn:
+            assert compare_metadata(MigrationContext.configure(conn), metadata) == []
+            versions = conn.execute(text("SELECT count(*) FROM alembic_version")).scalar()
+        assert versions == 1
+        engine.dispose()
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
