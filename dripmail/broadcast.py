@@ -39,7 +39,13 @@ from dripmail.handover import (
 )
 from dripmail.message import Message
 from dripmail.providers.base import Provider
-from dripmail.store.schema import broadcast_deliveries, broadcasts, events, subscribers
+from dripmail.store.schema import (
+    broadcast_deliveries,
+    broadcasts,
+    events,
+    in_flight,
+    subscribers,
+)
 
 LEASE = timedelta(minutes=10)
 CHUNK = 1000
@@ -261,7 +267,7 @@ def _claim_chunk(
         bd.c.state == "planned",
         or_(bd.c.next_attempt_at.is_(None), bd.c.next_attempt_at <= now),
     )
-    expired = and_(bd.c.state.in_(("claimed", "sending")), bd.c.lease_expires_at < now)
+    expired = and_(in_flight(bd), bd.c.lease_expires_at < now)
     query = (
         select(
             bd,

@@ -30,7 +30,7 @@ from dripmail.handover import (
 )
 from dripmail.providers.base import Provider
 from dripmail.states import DONE
-from dripmail.store.schema import deliveries, subscribers
+from dripmail.store.schema import deliveries, in_flight, subscribers
 
 LEASE = timedelta(minutes=10)
 
@@ -49,8 +49,16 @@ def default_worker_id() -> str:
 
 def _joined(*conditions):
     return (
+        # Only what claiming, rendering and recovery read: fewer columns to fetch and parse.
         select(
-            deliveries,
+            deliveries.c.id,
+            deliveries.c.key,
+            deliveries.c.subscriber_id,
+            deliveries.c.lesson_day,
+            deliveries.c.due_at,
+            deliveries.c.state,
+            deliveries.c.batch_key,
+            deliveries.c.handed_at,
             subscribers.c.email,
             subscribers.c.first_name,
             subscribers.c.timezone,
@@ -75,7 +83,7 @@ def _expired_claims(
             conn.execute(
                 select(deliveries.c.id)
                 .where(
-                    deliveries.c.state.in_(("claimed", "sending")),
+                    in_flight(deliveries),
                     deliveries.c.lease_expires_at < now,
                     deliveries.c.id > after,
                 )

@@ -14,11 +14,13 @@ from datetime import datetime, timedelta
 from hashlib import sha256
 from uuid import uuid4
 
-from sqlalchemy import Engine, Table, and_, bindparam, select, update
+from sqlalchemy import Connection, Engine, Table, and_, bindparam, select, update
 
 from dripmail.errors import ProviderAuthError
 from dripmail.message import Message
 from dripmail.providers.base import Lookup, Outcome, Provider
+from dripmail.store.schema import in_flight
+from dripmail.store.transactions import transaction
 from dripmail.subscribers import suppress
 
 RETRY_AFTER = timedelta(minutes=15)
@@ -94,23 +96,27 @@ def header_problem(message: Message) -> str:
 
 
 def record_many(
-    engine: Engine, table: Table, now: datetime, outcomes: list[tuple[str, dict]]
+    engine: Engine | Connection,
+    table: Table,
+    now: datetime,
+    outcomes: Sequence[tuple[int, dict]],
 ) -> None:
-    """Record several deliveries' outcomes in one transaction (claims released).
+    """Record several deliveries' outcomes, by row id, in one transaction (claims released).
 
-    Outcomes with the same columns go out as one executemany, so a batch of 500 costs a
-    handful of statements, not 500 round trips.
+    Outcomes with the same columns go out as one executemany of a statement compiled once
+    (`WHERE id = ?`), so a chunk of 1,000 costs a handful of statements, not 1,000 round trips
+    nor an IN list of 1,000 keys. Given a Connection, it joins that transaction.
     """
     groups: dict[tuple[str, ...], list[dict]] = {}
-    for key, values in outcomes:
-        groups.setdefault(tuple(sorted(values)), []).append({"k": key, **values})
+    for row_id, values in outcomes:
+        groups.setdefault(tuple(sorted(values)), []).append({"row_id": row_id, **values})
     if not groups:
         return
-    with engine.begin() as conn:
+    with transaction(engine) as conn:
         for columns, params in groups.items():
             conn.execute(
                 update(table)
-                .where(table.c.key == bindparam("k"))
+                .where(table.c.id == bindparam("row_id"))
                 .values(
                     updated_at=now,
                     claimed_by=None,
@@ -277,22 +283,29 @@ async def deliver(
         batches.append((batch_key_for([m.key for m in batch]), batch))
     if not batches:
         return
-    # Every batch is recorded as `sending` with its key before any is sent.
+    # Every batch is recorded as `sending` with its key before any is sent: one executemany
+    # by row id (a statement compiled once), in one transaction.
+    marks: dict[bool, list[dict]] = {True: [], False: []}
+    for batch_key, batch in batches:
+        first_use = batch_key not in recovered
+        marks[first_use].extend({"row_id": by_key[m.key]["id"], "bk": batch_key} for m in batch)
     with engine.begin() as conn:
-        for batch_key, batch in batches:
+        for first_use, params in marks.items():
+            if not params:
+                continue
             mark: dict = {
                 "state": "sending",
-                "batch_key": batch_key,
+                "batch_key": bindparam("bk"),
                 "updated_at": now,
                 "attempts": table.c.attempts + 1,
                 "provider": provider.name,
             }
-            if "handed_at" in table.c and batch_key not in recovered:
+            if first_use:
                 # When this key was first used: a recovery trusts the provider's idempotency
                 # key only while the provider still remembers it (`_resendable`).
                 mark["handed_at"] = now
             conn.execute(
-                update(table).where(table.c.key.in_([m.key for m in batch])).values(**mark)
+                update(table).where(table.c.id == bindparam("row_id")).values(**mark), params
             )
     # Batches go out concurrently; the provider's own limiter paces requests and connections.
     answers = await asyncio.gather(
@@ -300,6 +313,7 @@ async def deliver(
         return_exceptions=True,
     )
     failure: BaseException | None = None
+    told = _Told()
     for (batch_key, batch), answer in zip(batches, answers, strict=True):
         if isinstance(answer, ProviderAuthError):
             # The credential was refused for the whole call: nothing was sent by it. Undo the
@@ -323,9 +337,9 @@ async def deliver(
             # Unknown fate: the rows stay `sending` and the next run reconciles them.
             failure = failure or answer
         else:
-            _record_outcomes(
-                engine, table, batch, answer, by_key, now, report, streak, batch_key in recovered
-            )
+            _outcomes(told, batch, answer, by_key, now, report, streak, batch_key in recovered)
+    # What the provider said about every batch of this chunk lands in one transaction.
+    _store_told(engine, table, told, now, report)
     if streak.tripped:
         _halt(engine, table, streak, now, report)
     if failure is not None:
@@ -344,12 +358,12 @@ def _record_unbuilt(
 
     A row already `sending` may be at the provider from before a crash: it goes to review.
     """
-    outcomes: list[tuple[str, dict]] = []
+    outcomes: list[tuple[int, dict]] = []
     for row, problem in unbuilt:
         reason = f"cannot build the message: {problem}"
         state = "review" if row["state"] == "sending" else "failed"
         outcomes.append(
-            (row["key"], {"state": state, "last_error": f"{reason} (to {_address(row)})"})
+            (row["id"], {"state": state, "last_error": f"{reason} (to {_address(row)})"})
         )
         if state == "failed":
             report.failed += 1
@@ -388,9 +402,17 @@ def _halt(
     )
 
 
-def _record_outcomes(
-    engine: Engine,
-    table: Table,
+@dataclass
+class _Told:
+    """What the provider said about the batches of one chunk, to be stored together."""
+
+    outcomes: list[tuple[int, dict]] = field(default_factory=list)  # (row id, new values)
+    again: list[int] = field(default_factory=list)  # recovered rows left `sending`
+    suppress: list[int] = field(default_factory=list)  # subscriber ids
+
+
+def _outcomes(
+    told: _Told,
     batch: list[Message],
     results: list,
     by_key: dict[str, dict],
@@ -399,16 +421,14 @@ def _record_outcomes(
     streak: FailureStreak,
     recovered: bool = False,
 ) -> None:
-    """Store what the provider said about each message of one batch, in one transaction."""
-    outcomes: list[tuple[str, dict]] = []
-    to_suppress: list[int] = []
-    again: list[str] = []
+    """Turn the provider's answers for one batch into row updates (stored by `_store_told`)."""
+    outcomes, again, to_suppress = told.outcomes, told.again, told.suppress
     for message, result in zip(batch, results, strict=True):
         if result.outcome is Outcome.ACCEPTED:
             later = message.send_at is not None and message.send_at > now
             outcomes.append(
                 (
-                    message.key,
+                    by_key[message.key]["id"],
                     {
                         "state": "handed" if later else "sent",
                         "provider_message_id": result.provider_id,
@@ -424,12 +444,12 @@ def _record_outcomes(
         elif result.outcome is Outcome.TRANSIENT and recovered:
             # Not sent by this call, but the call before the crash may have landed: only the
             # same batch under the same key may go again, so it stays `sending` for later.
-            again.append(message.key)
+            again.append(by_key[message.key]["id"])
             report.retry += 1
         elif result.outcome is Outcome.TRANSIENT:
             outcomes.append(
                 (
-                    message.key,
+                    by_key[message.key]["id"],
                     {
                         "state": "planned",
                         "last_error": result.error,
@@ -442,7 +462,7 @@ def _record_outcomes(
             reason = result.error or "refused by the provider"
             row = by_key[message.key]
             error = f"{reason} (to {_address(row)})"
-            outcomes.append((message.key, {"state": "failed", "last_error": error}))
+            outcomes.append((row["id"], {"state": "failed", "last_error": error}))
             report.failed += 1
             if result.suppress:
                 # e.g. Postmark 406 (inactive recipient): never mail this address again. It
@@ -452,21 +472,27 @@ def _record_outcomes(
                 streak.failed(message.key, reason)
         else:
             error = f"{result.error} (to {_address(by_key[message.key])})"
-            outcomes.append((message.key, {"state": "review", "last_error": error}))
+            outcomes.append((by_key[message.key]["id"], {"state": "review", "last_error": error}))
             report.review += 1
-    record_many(engine, table, now, outcomes)
-    if again:
+
+
+def _store_told(engine: Engine, table: Table, told: _Told, now: datetime, report: Report) -> None:
+    """Store the outcomes of a chunk's batches in one transaction; then suppress addresses."""
+    if told.outcomes or told.again:
         with engine.begin() as conn:
-            conn.execute(
-                update(table)
-                .where(table.c.key.in_(again), table.c.state == "sending")
-                .values(
-                    claimed_by=None,
-                    lease_expires_at=now + RETRY_AFTER,
-                    last_error="interrupted batch not taken this time: the same batch goes again",
+            record_many(conn, table, now, told.outcomes)
+            if told.again:
+                conn.execute(
+                    update(table)
+                    .where(table.c.id.in_(told.again), table.c.state == "sending")
+                    .values(
+                        claimed_by=None,
+                        lease_expires_at=now + RETRY_AFTER,
+                        last_error="interrupted batch not taken this time: "
+                        "the same batch goes again",
+                    )
                 )
-            )
-    for subscriber_id in to_suppress:
+    for subscriber_id in told.suppress:
         suppress(engine, subscriber_id, "bounced", now)
         report.suppressed += 1
 
@@ -568,7 +594,7 @@ def expire_dead_claims(engine: Engine, table: Table, now: datetime, host: str) -
     then reconciled with the provider by `deliver`, never resent blindly. Returns how many
     rows were freed.
     """
-    held = and_(table.c.state.in_(("claimed", "sending")), table.c.lease_expires_at >= now)
+    held = and_(in_flight(table), table.c.lease_expires_at >= now)
     with engine.connect() as conn:
         workers = [
             w

@@ -21,7 +21,10 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    literal_column,
+    text,
 )
+from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.types import TypeDecorator
 
 
@@ -40,6 +43,16 @@ class UTCDateTime(TypeDecorator[datetime]):
 
     def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
         return None if value is None else value.replace(tzinfo=UTC)
+
+
+# The in-flight states (see `dripmail.states.IN_FLIGHT`) as SQL literals, for partial indexes.
+IN_FLIGHT_SQL = "state IN ('claimed', 'sending')"
+
+
+def in_flight(table: Table) -> ColumnElement[bool]:
+    """`table.state` is claimed or sending, written with literal states so that the planner
+    uses the partial in-flight index (a bound parameter would not match its condition)."""
+    return table.c.state.in_([literal_column("'claimed'"), literal_column("'sending'")])
 
 
 metadata = MetaData(
@@ -107,6 +120,15 @@ deliveries = Table(
     Column("updated_at", UTCDateTime, nullable=False),
     UniqueConstraint("subscriber_id", "lesson_day"),
     Index("ix_deliveries_state_due", "state", "due_at"),
+    # Only rows held by a worker (usually none): finding expired or dead claims reads this
+    # tiny index whatever ANALYZE recorded. Queries must spell the states as literals
+    # (`in_flight`) for the planner to match the index's condition.
+    Index(
+        "ix_deliveries_in_flight",
+        "lease_expires_at",
+        sqlite_where=text(IN_FLIGHT_SQL),
+        postgresql_where=text(IN_FLIGHT_SQL),
+    ),
 )
 
 # type: delivered, bounced, soft_bounced, complained, opened, clicked, unsubscribed, ...
@@ -187,6 +209,12 @@ broadcast_deliveries = Table(
     Column("updated_at", UTCDateTime),
     UniqueConstraint("broadcast_id", "subscriber_id"),
     Index("ix_broadcast_deliveries_state", "broadcast_id", "state"),
+    Index(
+        "ix_broadcast_deliveries_in_flight",
+        "lease_expires_at",
+        sqlite_where=text(IN_FLIGHT_SQL),
+        postgresql_where=text(IN_FLIGHT_SQL),
+    ),
     # A reader's newsletters (which mail came last before an unsubscribe; erasure).
     Index("ix_broadcast_deliveries_subscriber", "subscriber_id"),
 )
