@@ -11,6 +11,7 @@ lock is held, and what it cancelled goes back to `planned` in a second short tra
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Iterator
@@ -24,6 +25,7 @@ from sqlalchemy import RowMapping
 
 from dripmail import schedule
 from dripmail import subscribers as subs
+from dripmail.app_delivery import DeliveryUseCases
 from dripmail.errors import InputError
 from dripmail.runner import Runner
 from dripmail.states import SubscriberStatus
@@ -144,7 +146,7 @@ class Timeline:
 
 
 @dataclass
-class Dripmail(Runner):
+class Dripmail(DeliveryUseCases, Runner):
     """The application core for one project: store, course, renderer, provider and signer.
 
     Built from `Project`, `Settings` and a clock (aware UTC; `--now` and tests simulate it).
@@ -152,7 +154,8 @@ class Dripmail(Runner):
     """
 
     def __post_init__(self) -> None:
-        self._provider_lock = threading.Lock()
+        self._loop_lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def now(self) -> datetime:
         """The core's clock (aware UTC)."""
@@ -160,15 +163,51 @@ class Dripmail(Runner):
 
     # -- provider calls and the one recall sequence --
 
-    def call_provider(self, make: Callable[[], Awaitable[T]]) -> T:
-        """Run one provider coroutine to completion, one call at a time.
+    def _provider_loop(self) -> asyncio.AbstractEventLoop:
+        """The process's one event loop for provider calls, on its own daemon thread.
 
-        Called from synchronous code (the CLI, or a web worker thread, never the server's
-        event loop): the HTTP providers keep a pooled client per event loop, and the lock keeps
-        two threads from swapping it under each other.
+        Started on first use. The provider's pooled HTTP client belongs to this loop, so every
+        call (each chunk of a run, each web request's thread) reuses its connections, and no
+        lock has to serialise callers: calls from several threads run concurrently on it.
         """
-        with self._provider_lock:
-            return asyncio.run(make())  # type: ignore[arg-type]
+        with self._loop_lock:
+            if self._loop is None or self._loop.is_closed():
+                loop = asyncio.new_event_loop()
+                threading.Thread(
+                    target=loop.run_forever, name="dripmail-provider-loop", daemon=True
+                ).start()
+                self._loop = loop
+            return self._loop
+
+    def call_provider(self, make: Callable[[], Awaitable[T]]) -> T:
+        """Run one provider coroutine on the core's event loop and wait for its result.
+
+        Called from synchronous code (the CLI, or a web worker thread, never from inside an
+        event loop: there, await it instead). Exceptions of the coroutine are raised here.
+        """
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass
+        else:
+            raise RuntimeError("call_provider() inside an event loop: run it in a worker thread")
+
+        async def call() -> T:
+            return await make()
+
+        return asyncio.run_coroutine_threadsafe(call(), self._provider_loop()).result()
+
+    def close(self) -> None:
+        """Close the provider's connections and stop the core's event loop (if started)."""
+        with self._loop_lock:
+            loop, self._loop = self._loop, None
+        if loop is None:
+            return
+        if "provider" in self.__dict__:
+            # Best effort: the process is ending anyway.
+            with contextlib.suppress(Exception):
+                asyncio.run_coroutine_threadsafe(self.provider.aclose(), loop).result()
+        loop.call_soon_threadsafe(loop.stop)
 
     def _recall(self, handed: list[str], now: datetime) -> Recall:
         """Cancel handed-over lessons at the provider and return those it cancelled to the queue.
@@ -381,10 +420,9 @@ class Dripmail(Runner):
         """Send the double opt-in email to pending subscribers not mailed recently."""
         from dripmail.confirmations import send_confirmations
 
-        with self._provider_lock:
-            return send_confirmations(
-                self.project, self.settings, subscriber_ids, self.now(), runner=self
-            )
+        return send_confirmations(
+            self.project, self.settings, subscriber_ids, self.now(), runner=self
+        )
 
     # -- the reader's choices --
 

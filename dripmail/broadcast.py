@@ -15,7 +15,6 @@ Memory stays flat whatever the list size: at most one chunk of rows and messages
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import hashlib
 import socket
@@ -29,6 +28,7 @@ from sqlalchemy.engine import RowMapping
 from dripmail.content import Newsletter
 from dripmail.errors import InputError, NotFoundError
 from dripmail.handover import (
+    CallAsync,
     FailureStreak,
     RenderFn,
     Report,
@@ -36,6 +36,7 @@ from dripmail.handover import (
     deliver,
     expire_dead_claims,
     release,
+    run_in_new_loop,
 )
 from dripmail.message import Message
 from dripmail.providers.base import Provider
@@ -365,6 +366,7 @@ def send(
     chunk: int = CHUNK,
     halt_after: int = 0,
     progress: Callable[[int], None] | None = None,
+    call: CallAsync | None = None,
 ) -> BroadcastReport:
     """Hand over everything planned for this broadcast; safe to run again after a crash.
 
@@ -414,7 +416,7 @@ def send(
     # of the per-chunk collections below.
     gc.freeze()
     try:
-        asyncio.run(run())
+        (call or run_in_new_loop)(run)
     finally:
         gc.unfreeze()
     finish_if_done(engine, broadcast["id"], now)

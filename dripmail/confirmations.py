@@ -89,5 +89,11 @@ def send_confirmations(
             sent += sum(r.outcome is Outcome.ACCEPTED for r in results)
 
     if messages:
-        asyncio.run(hand_over())
+        # The core's one event loop where there is one (`Dripmail.call_provider`): the
+        # provider's pooled client belongs to it.
+        call = getattr(runner, "call_provider", None)
+        if call is not None:
+            call(hand_over)
+        else:
+            asyncio.run(hand_over())
     return sent

@@ -8,7 +8,6 @@ a reconcile with the provider instead of a blind resend.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
 from collections.abc import Callable, Collection, Sequence
@@ -20,6 +19,7 @@ from sqlalchemy import Engine, or_, select, tuple_, update
 
 from dripmail import schedule
 from dripmail.handover import (
+    CallAsync,
     FailureStreak,
     RenderFn,
     Report,
@@ -27,6 +27,7 @@ from dripmail.handover import (
     deliver,
     expire_dead_claims,
     release,
+    run_in_new_loop,
 )
 from dripmail.providers.base import Provider
 from dripmail.states import DONE
@@ -85,9 +86,11 @@ def _expired_claims(
                 .where(
                     in_flight(deliveries),
                     deliveries.c.lease_expires_at < now,
-                    deliveries.c.id > after,
+                    # `id + 0`: paging by id must not let the planner walk the whole table in
+                    # id order instead of reading the small in-flight index.
+                    deliveries.c.id + 0 > after,
                 )
-                .order_by(deliveries.c.id)
+                .order_by(deliveries.c.id + 0)
                 .limit(limit)
             ).scalars()
         )
@@ -232,6 +235,7 @@ def run_once(
     chunk: int = 1000,
     halt_after: int = 0,
     progress: Callable[[int], None] | None = None,
+    call: CallAsync | None = None,
 ) -> RunReport:
     """One pass over what is due at `now` (plus `handover` for providers that schedule ahead).
 
@@ -240,9 +244,12 @@ def run_once(
     bounded by the chunk whatever the queue length. `limit` caps how many deliveries this pass
     takes. `halt_after` consecutive permanent failures with one reason stop the pass (0:
     never; see `handover.FailureStreak`), with `report.halted` saying why. `progress` is
-    called with the number handled after each chunk.
+    called with the number handled after each chunk. `call` runs one provider coroutine to
+    completion (the core's `Dripmail.call_provider`, one event loop per process; default: a
+    new loop each time, for library use and tests).
     """
     report = RunReport()
+    call = call or run_in_new_loop
     horizon = now + handover
     worker = worker_id or default_worker_id()
     streak = FailureStreak(halt_after)
@@ -263,7 +270,7 @@ def run_once(
         if not held:
             return
         try:
-            asyncio.run(deliver(engine, deliveries, provider, held, render, now, report, streak))
+            call(lambda: deliver(engine, deliveries, provider, held, render, now, report, streak))
         except BaseException:
             # Whatever stopped us (a refused credential, Ctrl-C), what this worker holds and
             # did not hand over goes back to the queue unchanged.

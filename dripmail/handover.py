@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from hashlib import sha256
+from typing import Any
 from uuid import uuid4
 
 from sqlalchemy import Connection, Engine, Table, and_, bindparam, select, update
@@ -27,6 +28,18 @@ RETRY_AFTER = timedelta(minutes=15)
 # Resend an interrupted batch only this long before the provider forgets its idempotency key.
 KEY_MARGIN = timedelta(hours=1)
 RenderFn = Callable[[dict], Message]
+# Runs one coroutine (made by the callable) to completion and returns its result: the core's
+# `Dripmail.call_provider` (one event loop per process) or `run_in_new_loop`.
+CallAsync = Callable[[Callable[[], Awaitable[Any]]], Any]
+
+
+def run_in_new_loop(make: Callable[[], Awaitable[Any]]) -> Any:
+    """`CallAsync` without a core: a new event loop for this one call (library use, tests)."""
+
+    async def call() -> Any:
+        return await make()
+
+    return asyncio.run(call())
 
 
 @dataclass

@@ -61,33 +61,29 @@ def _progress():
     )
 
 
-def send_broadcast(runner, newsletter, row, now: datetime, quiet: bool = False):
-    """Plan and hand over one broadcast (MJML compiled once), with a progress bar."""
-    from dripmail import broadcast as bc
-
-    compiled = runner.renderer.newsletter(newsletter)
-    engine, provider = runner.engine, runner.provider
-    started = bc.start(engine, row["id"], now)
-    render = bc.render_fn(compiled, runner.settings.public_url, runner.signer, row["id"], started)
-    total = bc.count_eligible(engine, row["segment"])
-    halt = runner.settings.halt_after_failures
+def send_broadcast(core, newsletter, row, now: datetime, quiet: bool = False):
+    """`core.send_broadcast` with a progress bar (planning, then sending) for larger lists."""
+    total = core.count_eligible(row["segment"])
     if quiet or total < BAR_FROM:
-        bc.plan(engine, row["id"], row["segment"], now)
-        return bc.send(engine, provider, row, render, now, halt_after=halt)
+        return core.send_broadcast(newsletter, row, now)
     with _progress() as bar:
-        task = bar.add_task("planning", total=total)
-        bc.plan(engine, row["id"], row["segment"], now, progress=lambda n: bar.advance(task, n))
-        bar.update(task, completed=total)
-        task = bar.add_task("sending", total=bc.stats(engine, row["id"]).pending)
-        return bc.send(
-            engine,
-            provider,
-            row,
-            render,
-            now,
-            halt_after=halt,
-            progress=lambda n: bar.advance(task, n),
-        )
+        planning = bar.add_task("planning", total=total)
+        sending = bar.add_task("sending", total=total, start=False)
+
+        def planned(n: int) -> None:
+            bar.advance(planning, n)
+
+        def sent(n: int) -> None:
+            if not bar.tasks[sending].started:
+                bar.update(planning, completed=total)
+                bar.update(sending, total=core.broadcast_stats(row["id"]).pending)
+                bar.start_task(sending)
+            bar.advance(sending, n)
+
+        report = core.send_broadcast(newsletter, row, now, planned=planned, sent=sent)
+        done = bar.tasks[sending].completed
+        bar.update(sending, total=done, completed=done)
+        return report
 
 
 def _summary(engine, row, report) -> bool:
@@ -148,11 +144,11 @@ def broadcast(
     where it stopped and nobody gets a second copy. Exit 3 when some copies failed.
     """
     from dripmail import broadcast as bc
+    from dripmail.app import Dripmail
     from dripmail.content import load_newsletter
-    from dripmail.runner import Runner
 
     clock = parse_now(now) or datetime.now(UTC)
-    runner = Runner(state.project, state.settings, clock=lambda: clock)
+    runner = Dripmail(state.project, state.settings, clock=lambda: clock)
     newsletter = load_newsletter(state.project, file)
     chosen = segment or newsletter.segment
     bc.eligible(chosen)  # validates the segment before anything is written
@@ -190,54 +186,15 @@ def broadcast(
     if not started:
         _confirm(count, runner.settings.confirm_threshold, yes, "Send it")
     row = bc.open_broadcast(runner.engine, newsletter, chosen, clock)
-    report = send_broadcast(runner, newsletter, row, clock, quiet)
+    try:
+        report = send_broadcast(runner, newsletter, row, clock, quiet)
+    finally:
+        runner.close()
     attention = _summary(runner.engine, row, report)
     if report.halted:
         raise typer.Exit(1)
     if attention:
         raise typer.Exit(3)
-
-
-def send_due_broadcasts(runner, now: datetime) -> tuple[list[str], bool]:
-    """Send the scheduled broadcasts whose time has come (called by `run`); one line each.
-
-    Returns the lines and whether any copy failed or was held back (so `run` exits 3).
-
-    A broadcast whose file is missing, broken or was edited after it started is reported in
-    its line and left as it is; the others still go out. One interrupted mid-way (the `run`
-    process was killed) continues on the next `run`.
-    """
-    from dripmail import broadcast as bc
-    from dripmail.content import load_newsletter
-    from dripmail.errors import DripmailError
-
-    lines = []
-    attention = False
-    for row in bc.due(runner.engine, now):
-        path = runner.project.newsletters_dir / f"{row['slug']}.md"
-        try:
-            newsletter = load_newsletter(runner.project, path)
-            # Edits before the start are sent as they are now; after the start, refused.
-            row = bc.open_broadcast(
-                runner.engine, newsletter, row["segment"], now, row["scheduled_at"]
-            )
-            report = send_broadcast(runner, newsletter, row, now, quiet=True)
-        except DripmailError as exc:
-            lines.append(f"scheduled broadcast {row['id']} not sent: {exc}")
-            attention = True
-            continue
-        s = bc.stats(runner.engine, row["id"])
-        line = f"scheduled broadcast {row['id']} ({row['slug']}): {s.accepted} of {s.recipients}"
-        line += f" accepted ({report.sent + report.handed} now)"
-        if s.failed:
-            line += f", {s.failed} failed or for review"
-        if s.pending:
-            line += f", {s.pending} to retry on a later run"
-        lines.append(line)
-        if report.halted:
-            lines.append(f"scheduled broadcast {row['id']} {report.halted}")
-        attention = attention or bool(s.failed or report.halted)
-    return lines, attention
 
 
 def _ref(value: str) -> int | str:
@@ -297,12 +254,9 @@ def cancel(
     ref: str = typer.Argument(..., metavar="ID", help="The broadcast's id (or slug)."),
 ) -> None:
     """Cancel a broadcast: before it starts, nobody gets it; mid-way, the rest is stopped."""
-    from dripmail import broadcast as bc
-    from dripmail.runner import Runner
+    from dripmail.app import Dripmail
 
-    engine = Runner(state.project, state.settings).engine
-    target = bc.find(engine, _ref(ref))
-    done = bc.cancel(engine, target["id"], datetime.now(UTC))
+    done = Dripmail(state.project, state.settings).cancel_broadcast(_ref(ref))
     row = done.broadcast
     line = f"cancelled broadcast {row['id']} ({row['slug']})"
     if done.accepted:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import typer
@@ -87,43 +86,16 @@ def test_send(
     to: str = typer.Option(..., "--to", help="Your own address."),
 ) -> None:
     """Send one lesson to yourself through the configured provider (default: outbox/)."""
-    import asyncio
+    from dripmail.app import Dripmail
 
-    from dripmail.checks import sample_recipient
-    from dripmail.providers.base import Outcome
-    from dripmail.render import Recipient
-    from dripmail.runner import Runner
-    from dripmail.subscribers import normalise_email
-
-    address = normalise_email(to)
-    runner = Runner(state.project, state.settings)
-    compiled = runner.renderer.lesson(day)
-    sample = sample_recipient()
-    reader = Recipient(
-        email=address,
-        first_name=sample.first_name,
-        unsubscribe_url=sample.unsubscribe_url,
-        preferences_url=sample.preferences_url,
-    )
-    probe = compiled.personalise(reader, key="probe", kind="test", ref=str(day))
-    # The same content to the same address is one test email; an edit makes a new one.
-    digest = hashlib.sha256(f"{address}|{probe.subject}|{probe.html}".encode()).hexdigest()
-    key = f"test-d{day}-{digest[:16]}"
-    message = compiled.personalise(reader, key=key, kind="test", ref=str(day))
-
-    async def send():
-        try:
-            return await runner.provider.send_batch([message])
-        finally:
-            await runner.provider.aclose()
-
-    result = asyncio.run(send())[0]
-    if result.outcome is not Outcome.ACCEPTED:
-        raise typer.Exit(_failed(result))
-    where = state.settings.provider
-    if where == "outbox":
-        where = f"outbox ({runner.project.resolve(state.settings.outbox_dir) / (key + '.eml')})"
-    typer.echo(f"sent day {day} ({message.subject!r}) to {address} via {where}")
+    core = Dripmail(state.project, state.settings)
+    try:
+        sent = core.test_send(day, to)
+    finally:
+        core.close()
+    if not sent.accepted:
+        raise typer.Exit(_failed(sent.result))
+    typer.echo(f"sent day {day} ({sent.subject!r}) to {sent.address} via {sent.where}")
 
 
 def _failed(result) -> int:

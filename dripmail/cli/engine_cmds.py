@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time as wallclock
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import typer
@@ -18,51 +18,27 @@ db = typer.Typer(help="Database maintenance.", no_args_is_help=True)
 EXIT_ATTENTION = 3
 
 
-def _runner(clock=None):
-    from dripmail.runner import Runner
+def _core(clock=None):
+    from dripmail.app import Dripmail
 
     if clock is None:
-        return Runner(state.project, state.settings)
-    return Runner(state.project, state.settings, clock=clock)
+        return Dripmail(state.project, state.settings)
+    return Dripmail(state.project, state.settings, clock=clock)
 
 
-def _count_due(runner, now: datetime, window: timedelta) -> int:
-    from sqlalchemy import func, select
-
-    from dripmail.store.schema import deliveries, subscribers
-
-    with runner.engine.connect() as conn:
-        return conn.execute(
-            select(func.count())
-            .select_from(deliveries.join(subscribers))
-            .where(
-                subscribers.c.status == "active",
-                deliveries.c.state == "planned",
-                deliveries.c.due_at <= now + window,
-            )
-        ).scalar_one()
+# Kept for the other commands that only need the store.
+_runner = _core
 
 
-def _one_pass(runner, now: datetime, limit: int | None, dry_run: bool, quiet: bool):
+def _one_pass(core, now: datetime, limit: int | None, dry_run: bool, quiet: bool):
+    """One `core.run`, with a progress bar (count and time left) when it is worth one."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-    from dripmail.engine import run_once
-    from dripmail.runner import handover_window
-
-    window = handover_window(runner.provider, runner.settings)
-    kwargs = dict(
-        default_send_time=runner.course.send_time,
-        skip_weekends=runner.course.skip_weekends,
-        limit=limit,
-        dry_run=dry_run,
-        handover=window,
-        halt_after=runner.settings.halt_after_failures,
-    )
-    total = _count_due(runner, now, window)
+    total = core.count_due(now)
     if limit:
         total = min(total, limit)
     if dry_run or quiet or total < 50:
-        return run_once(runner.engine, runner.provider, runner.render_lesson, now, **kwargs)
+        return core.run(now, limit=limit, dry_run=dry_run)
     with Progress(
         "[progress.description]{task.description}",
         BarColumn(),
@@ -73,17 +49,10 @@ def _one_pass(runner, now: datetime, limit: int | None, dry_run: bool, quiet: bo
         # `total` counts what is planned and due; some of it waits for its previous lesson
         # (one per local day), so the bar ends at what was really handled, not the estimate.
         task = bar.add_task("sending lessons", total=total)
-        report = run_once(
-            runner.engine,
-            runner.provider,
-            runner.render_lesson,
-            now,
-            progress=lambda n: bar.advance(task, n),
-            **kwargs,
-        )
+        result = core.run(now, limit=limit, progress=lambda n: bar.advance(task, n))
         done = bar.tasks[0].completed
         bar.update(task, total=done, completed=done)
-        return report
+        return result
 
 
 def _print_report(report, now: datetime, dry_run: bool) -> None:
@@ -108,21 +77,6 @@ def _print_report(report, now: datetime, dry_run: bool) -> None:
     typer.echo(f"{now:%Y-%m-%d %H:%M} UTC: " + ", ".join(parts))
     if report.halted:
         typer.echo(report.halted, err=True)
-
-
-def _check_simulated_clock(clock_at: datetime | None, dry_run: bool, yes: bool) -> None:
-    """`--now` sends real mail early through a real provider: refuse that unless asked for.
-
-    The rule: a simulated clock is for trying a schedule, so it runs freely with `--dry-run`
-    or the outbox provider (nothing leaves the machine); with any other provider it needs
-    `--yes` (e.g. an operator catching up by hand on purpose).
-    """
-    if clock_at is None or dry_run or yes or state.settings.provider == "outbox":
-        return
-    raise InputError(
-        f"--now with DRIPMAIL_PROVIDER={state.settings.provider} would really mail readers "
-        "at a pretended time: add --dry-run to try the schedule, or --yes to send for real"
-    )
 
 
 def run(
@@ -156,47 +110,52 @@ def run(
     clock_at = parse_now(now)
     if loop and clock_at:
         raise InputError("--loop runs on the real clock; drop --now (or run without --loop)")
-    _check_simulated_clock(clock_at, dry_run, yes)
-    runner = _runner((lambda: clock_at) if clock_at else None)
+    core = _core((lambda: clock_at) if clock_at else None)
+    core.check_simulated_clock(clock_at, dry_run=dry_run, yes=yes)
     attention = False
     try:
         while True:
             current = clock_at or datetime.now(UTC)
-            report = _one_pass(runner, current, limit, dry_run, quiet)
-            _print_report(report, current, dry_run)
-            if not dry_run:
-                from dripmail.cli.broadcast_cmds import send_due_broadcasts
-
-                lines, broadcasts_need_attention = send_due_broadcasts(runner, current)
-                for line in lines:
-                    typer.echo(line)
-                attention = attention or broadcasts_need_attention
-            attention = attention or bool(report.failed or report.review)
-            if report.halted:
+            result = _one_pass(core, current, limit, dry_run, quiet)
+            _print_report(result.lessons, current, dry_run)
+            for line in _broadcast_lines(result.broadcasts):
+                typer.echo(line)
+            attention = attention or result.attention
+            if result.halted:
                 raise typer.Exit(1)
             if not loop or dry_run:
                 break
-            _sleep_until_next(runner)
+            wallclock.sleep(core.seconds_to_next())
     except KeyboardInterrupt:
         # Ctrl-C mid-pass is safe: claims not yet handed over went back to the queue, and
         # anything in flight is reconciled by the next run.
         typer.echo("stopped")
         if not loop:
             raise typer.Exit(130) from None
+    finally:
+        core.close()
     if attention:
         raise typer.Exit(EXIT_ATTENTION)
 
 
-def _sleep_until_next(runner) -> None:
-    from dripmail.engine import next_due
-    from dripmail.runner import handover_window
-
-    upcoming = next_due(runner.engine)
-    window = handover_window(runner.provider, runner.settings)
-    wait = 60.0  # re-check at least every minute: new sign-ups and retries appear meanwhile
-    if upcoming is not None:
-        wait = min(wait, max(1.0, (upcoming - window - datetime.now(UTC)).total_seconds()))
-    wallclock.sleep(wait)
+def _broadcast_lines(done) -> list[str]:
+    """One line per scheduled broadcast `run` sent (or could not send)."""
+    lines = []
+    for item in done:
+        if item.error:
+            lines.append(f"scheduled broadcast {item.id} not sent: {item.error}")
+            continue
+        s, report = item.stats, item.report
+        line = f"scheduled broadcast {item.id} ({item.slug}): {s.accepted} of {s.recipients}"
+        line += f" accepted ({report.sent + report.handed} now)"
+        if s.failed:
+            line += f", {s.failed} failed or for review"
+        if s.pending:
+            line += f", {s.pending} to retry on a later run"
+        lines.append(line)
+        if report.halted:
+            lines.append(f"scheduled broadcast {item.id} {report.halted}")
+    return lines
 
 
 def status() -> None:

@@ -9,10 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, func, select
 
 from dripmail.states import DONE, OPEN_FOR_READER, DeliveryState
-from dripmail.store.schema import deliveries
+from dripmail.store.schema import deliveries, subscribers
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,3 +82,16 @@ def next_lesson(conn: Connection, subscriber_id: int) -> NextLesson | None:
     return NextLesson(
         row.lesson_day, row.due_at, previous_sent_at(conn, subscriber_id, row.lesson_day)
     )
+
+
+def count_due(conn: Connection, by: datetime) -> int:
+    """Planned lessons of active subscribers due by `by` (UTC): a progress bar's estimate."""
+    return conn.execute(
+        select(func.count())
+        .select_from(deliveries.join(subscribers, subscribers.c.id == deliveries.c.subscriber_id))
+        .where(
+            subscribers.c.status == "active",
+            deliveries.c.state == DeliveryState.PLANNED,
+            deliveries.c.due_at <= by,
+        )
+    ).scalar_one()

@@ -1,0 +1,310 @@
+"""The delivery use cases of the application core: the run pass, broadcasts and test-send.
+
+`DeliveryUseCases` is mixed into `dripmail.app.Dripmail` (the one door): the CLI and the web
+app call these methods and print their typed results; the policy lives here (which clock may
+really send, the handover window, the halt rule, which scheduled broadcasts are due) and the
+queries live in the store layer. Provider calls run on the core's one event loop
+(`Dripmail.call_provider`), so a pass reuses one pooled client from the first chunk to the last.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.engine import RowMapping
+
+from dripmail.errors import DripmailError, InputError
+from dripmail.providers.base import Outcome, SendResult
+
+if TYPE_CHECKING:
+    from dripmail.broadcast import BroadcastReport, BroadcastStats, Cancelled
+    from dripmail.config import Project, Settings
+    from dripmail.content import Newsletter
+    from dripmail.engine import RunReport
+    from dripmail.providers.base import Provider
+
+# How long `run --loop` sleeps at most before looking again (new sign-ups, retries).
+LOOP_RECHECK = timedelta(seconds=60)
+
+
+@dataclass(frozen=True)
+class ScheduledBroadcast:
+    """One scheduled broadcast `run` found due: what it did, or why it could not."""
+
+    id: int
+    slug: str
+    report: BroadcastReport | None = None
+    stats: BroadcastStats | None = None
+    error: str = ""  # the file is missing, broken or was edited after it started
+
+    @property
+    def attention(self) -> bool:
+        """Copies failed, were held back, or the broadcast could not be sent."""
+        if self.error:
+            return True
+        halted = bool(self.report and self.report.halted)
+        return halted or bool(self.stats and self.stats.failed)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """`run`: the lesson pass at `at` (UTC) and the scheduled broadcasts that were due."""
+
+    at: datetime
+    lessons: RunReport
+    broadcasts: list[ScheduledBroadcast] = field(default_factory=list)
+
+    @property
+    def halted(self) -> str:
+        """Why the lesson pass stopped early (one line), or ""."""
+        return self.lessons.halted
+
+    @property
+    def attention(self) -> bool:
+        """Some delivery failed or waits for review (`run` exits 3)."""
+        lessons = bool(self.lessons.failed or self.lessons.review)
+        return lessons or any(b.attention for b in self.broadcasts)
+
+
+@dataclass(frozen=True)
+class TestSent:
+    """`test_send`: what went where, or the provider's answer when it was not accepted."""
+
+    day: int
+    address: str
+    subject: str
+    key: str
+    result: SendResult
+    where: str  # the provider's name, or the outbox file
+
+    @property
+    def accepted(self) -> bool:
+        return self.result.outcome is Outcome.ACCEPTED
+
+
+class DeliveryUseCases:
+    """The delivery side of `Dripmail` (see the module docstring)."""
+
+    # Provided by `Runner` / `Dripmail`.
+    project: Project
+    settings: Settings
+    clock: Callable[[], datetime]
+    engine: Any
+    course: Any
+    renderer: Any
+    signer: Any
+    provider: Provider
+    render_lesson: Callable[[dict], Any]
+    call_provider: Callable[[Callable[[], Awaitable[Any]]], Any]
+
+    # -- the run pass --
+
+    def check_simulated_clock(self, at: datetime | None, *, dry_run: bool, yes: bool) -> None:
+        """Refuse a pretended time that would really mail readers (issue 15).
+
+        The rule: a simulated clock (`--now`) is for trying a schedule, so it runs freely with
+        a dry run or the outbox provider (nothing leaves the machine); with any other provider
+        it needs an explicit yes (an operator catching up by hand on purpose). InputError
+        otherwise, in one line.
+        """
+        if at is None or dry_run or yes or self.settings.provider == "outbox":
+            return
+        raise InputError(
+            f"--now with DRIPMAIL_PROVIDER={self.settings.provider} would really mail readers "
+            "at a pretended time: add --dry-run to try the schedule, or --yes to send for real"
+        )
+
+    def handover(self) -> timedelta:
+        """How far ahead of its due time a lesson may be handed to the configured provider."""
+        from dripmail.runner import handover_window
+
+        return handover_window(self.provider, self.settings)
+
+    def count_due(self, at: datetime) -> int:
+        """Planned lessons of active subscribers due by `at` (plus the handover window).
+
+        An estimate for a progress bar: some of them wait for their previous lesson.
+        """
+        from dripmail.store.delivery_queries import count_due
+
+        with self.engine.connect() as conn:
+            return count_due(conn, at + self.handover())
+
+    def run(
+        self,
+        at: datetime | None = None,
+        *,
+        limit: int | None = None,
+        dry_run: bool = False,
+        progress: Callable[[int], None] | None = None,
+        broadcasts: bool = True,
+    ) -> RunResult:
+        """One pass: every lesson due at `at` (default: now), then the scheduled broadcasts due.
+
+        Lessons left in flight by a crash are finished first, however many. One message that
+        cannot be built or that the provider refuses fails alone; `DRIPMAIL_HALT_AFTER_FAILURES`
+        permanent failures in a row with one reason stop the pass (`RunResult.halted`). A dry
+        run writes and sends nothing (and skips broadcasts).
+        """
+        from dripmail.engine import run_once
+
+        now = at or self.clock()
+        report = run_once(
+            self.engine,
+            self.provider,
+            self.render_lesson,
+            now,
+            default_send_time=self.course.send_time,
+            skip_weekends=self.course.skip_weekends,
+            limit=limit,
+            dry_run=dry_run,
+            handover=self.handover(),
+            halt_after=self.settings.halt_after_failures,
+            progress=progress,
+            call=self.call_provider,
+        )
+        done: list[ScheduledBroadcast] = []
+        if broadcasts and not dry_run:
+            done = self.send_due_broadcasts(now)
+        return RunResult(now, report, done)
+
+    def seconds_to_next(self, at: datetime | None = None) -> float:
+        """How long `run --loop` may sleep: until the next lesson may be handed over, at most a
+        minute (new sign-ups and retries appear meanwhile), at least a second."""
+        from dripmail.engine import next_due
+
+        now = at or self.clock()
+        wait = LOOP_RECHECK.total_seconds()
+        upcoming = next_due(self.engine)
+        if upcoming is not None:
+            ahead = (upcoming - self.handover() - now).total_seconds()
+            wait = min(wait, max(1.0, ahead))
+        return wait
+
+    # -- broadcasts --
+
+    def find_broadcast(self, ref: int | str) -> RowMapping:
+        """A broadcast by id or slug; NotFoundError with a hint otherwise."""
+        from dripmail import broadcast as bc
+
+        return bc.find(self.engine, ref)
+
+    def count_eligible(self, segment: str) -> int:
+        """How many subscribers a broadcast to `segment` would reach now."""
+        from dripmail import broadcast as bc
+
+        return bc.count_eligible(self.engine, segment)
+
+    def broadcast_stats(self, broadcast_id: int) -> BroadcastStats:
+        """Recipients and outcomes of one broadcast."""
+        from dripmail import broadcast as bc
+
+        return bc.stats(self.engine, broadcast_id)
+
+    def list_broadcasts(self) -> list[tuple[RowMapping, BroadcastStats]]:
+        """Every broadcast, newest first, with its counts."""
+        from dripmail import broadcast as bc
+
+        return [(row, bc.stats(self.engine, row["id"])) for row in bc.list_broadcasts(self.engine)]
+
+    def send_broadcast(
+        self,
+        newsletter: Newsletter,
+        row: RowMapping,
+        at: datetime | None = None,
+        *,
+        planned: Callable[[int], None] | None = None,
+        sent: Callable[[int], None] | None = None,
+    ) -> BroadcastReport:
+        """Plan and hand over one broadcast (MJML compiled once); safe to run again.
+
+        `planned` and `sent` are progress callbacks (readers planned, copies handled).
+        """
+        from dripmail import broadcast as bc
+
+        now = at or self.clock()
+        compiled = self.renderer.newsletter(newsletter)
+        started = bc.start(self.engine, row["id"], now)
+        render = bc.render_fn(compiled, self.settings.public_url, self.signer, row["id"], started)
+        bc.plan(self.engine, row["id"], row["segment"], now, progress=planned)
+        return bc.send(
+            self.engine,
+            self.provider,
+            row,
+            render,
+            now,
+            halt_after=self.settings.halt_after_failures,
+            progress=sent,
+            call=self.call_provider,
+        )
+
+    def send_due_broadcasts(self, at: datetime | None = None) -> list[ScheduledBroadcast]:
+        """Send the scheduled broadcasts whose time has come (`run` calls this).
+
+        One whose file is missing, broken or was edited after it started is reported and left
+        as it is; the others still go out. One interrupted mid-way continues on the next run.
+        """
+        from dripmail import broadcast as bc
+        from dripmail.content import load_newsletter
+
+        now = at or self.clock()
+        out: list[ScheduledBroadcast] = []
+        for row in bc.due(self.engine, now):
+            path = self.project.newsletters_dir / f"{row['slug']}.md"
+            try:
+                newsletter = load_newsletter(self.project, path)
+                # Edits before the start are sent as they are now; after the start, refused.
+                row = bc.open_broadcast(
+                    self.engine, newsletter, row["segment"], now, row["scheduled_at"]
+                )
+                report = self.send_broadcast(newsletter, row, now)
+            except DripmailError as exc:
+                out.append(ScheduledBroadcast(row["id"], row["slug"], error=str(exc)))
+                continue
+            stats = bc.stats(self.engine, row["id"])
+            out.append(ScheduledBroadcast(row["id"], row["slug"], report, stats))
+        return out
+
+    def cancel_broadcast(self, ref: int | str, at: datetime | None = None) -> Cancelled:
+        """Cancel a broadcast: before it starts nobody gets it; mid-way the rest is stopped."""
+        from dripmail import broadcast as bc
+
+        target = bc.find(self.engine, ref)
+        return bc.cancel(self.engine, target["id"], at or self.clock())
+
+    # -- test-send --
+
+    def test_send(self, day: int, to: str) -> TestSent:
+        """Send lesson `day` to `to` (the author's own address) through the configured provider.
+
+        Sample reader values fill the placeholders. The same content to the same address is
+        one test email (its key is a digest of both); an edit makes a new one.
+        """
+        from dripmail.checks import sample_recipient
+        from dripmail.render import Recipient
+        from dripmail.validation import normalise_email
+
+        address = normalise_email(to)
+        compiled = self.renderer.lesson(day)
+        sample = sample_recipient()
+        reader = Recipient(
+            email=address,
+            first_name=sample.first_name,
+            unsubscribe_url=sample.unsubscribe_url,
+            preferences_url=sample.preferences_url,
+        )
+        probe = compiled.personalise(reader, key="probe", kind="test", ref=str(day))
+        digest = hashlib.sha256(f"{address}|{probe.subject}|{probe.html}".encode()).hexdigest()
+        key = f"test-d{day}-{digest[:16]}"
+        message = compiled.personalise(reader, key=key, kind="test", ref=str(day))
+        (result,) = self.call_provider(lambda: self.provider.send_batch([message]))
+        where: str = self.settings.provider
+        if where == "outbox":
+            outbox = self.project.resolve(self.settings.outbox_dir)
+            where = f"outbox ({Path(outbox) / (key + '.eml')})"
+        return TestSent(day, address, message.subject, key, result, where)
