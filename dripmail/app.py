@@ -11,6 +11,7 @@ lock is held, and what it cancelled goes back to `planned` in a second short tra
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import threading
@@ -195,7 +196,15 @@ class Dripmail(DeliveryUseCases, Runner):
         async def call() -> T:
             return await make()
 
-        return asyncio.run_coroutine_threadsafe(call(), self._provider_loop()).result()
+        future = asyncio.run_coroutine_threadsafe(call(), self._provider_loop())
+        try:
+            return future.result()
+        except BaseException:
+            # Ctrl-C reached this thread while the call runs on the loop: let the hand-over
+            # in progress finish (its marks and outcomes stay consistent) before the caller
+            # releases what it holds, so the two never race. It takes a chunk at most.
+            concurrent.futures.wait([future])
+            raise
 
     def close(self) -> None:
         """Close the provider's connections and stop the core's event loop (if started)."""

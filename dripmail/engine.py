@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Engine, or_, select, tuple_, update
+from sqlalchemy import Engine, select, update
 
 from dripmail import schedule
 from dripmail.handover import (
@@ -31,7 +31,9 @@ from dripmail.handover import (
 )
 from dripmail.providers.base import Provider
 from dripmail.states import DONE
-from dripmail.store.schema import deliveries, in_flight, subscribers
+from dripmail.store import delivery_queries as dq
+from dripmail.store.delivery_queries import DueRow
+from dripmail.store.schema import deliveries, subscribers
 
 LEASE = timedelta(minutes=10)
 
@@ -40,7 +42,7 @@ LEASE = timedelta(minutes=10)
 class RunReport(Report):
     """What one pass did, for the CLI to print (`due`: what a dry run would send)."""
 
-    due: list[dict] = field(default_factory=list)
+    due: list[DueRow] = field(default_factory=list)
 
 
 def default_worker_id() -> str:
@@ -48,101 +50,35 @@ def default_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _joined(*conditions):
-    return (
-        # Only what claiming, rendering and recovery read: fewer columns to fetch and parse.
-        select(
-            deliveries.c.id,
-            deliveries.c.key,
-            deliveries.c.subscriber_id,
-            deliveries.c.lesson_day,
-            deliveries.c.due_at,
-            deliveries.c.state,
-            deliveries.c.batch_key,
-            deliveries.c.handed_at,
-            subscribers.c.email,
-            subscribers.c.first_name,
-            subscribers.c.timezone,
-            subscribers.c.send_time,
-        )
-        .join(subscribers, subscribers.c.id == deliveries.c.subscriber_id)
-        .where(subscribers.c.status == "active", *conditions)
-    )
-
-
 def _expired_claims(
     engine: Engine, now: datetime, limit: int, after: int = 0
-) -> tuple[list[dict], int | None]:
-    """Rows a dead worker left `claimed` or `sending` whose lease has run out, ids > `after`.
-
-    Returns (the rows of active subscribers, the last id read or None when there are no more),
-    so a caller pages through every one of them, however many a crash left behind.
-    """
-    # Find them through the state index first; joined, SQLite would walk every subscriber.
+) -> tuple[list[DueRow], int | None]:
+    """See `delivery_queries.expired_claims`."""
     with engine.connect() as conn:
-        ids = list(
-            conn.execute(
-                select(deliveries.c.id)
-                .where(
-                    in_flight(deliveries),
-                    deliveries.c.lease_expires_at < now,
-                    # `id + 0`: paging by id must not let the planner walk the whole table in
-                    # id order instead of reading the small in-flight index.
-                    deliveries.c.id + 0 > after,
-                )
-                .order_by(deliveries.c.id + 0)
-                .limit(limit)
-            ).scalars()
-        )
-        if not ids:
-            return [], None
-        query = _joined(deliveries.c.id.in_(ids)).order_by(deliveries.c.id)
-        return [dict(r) for r in conn.execute(query).mappings()], ids[-1]
+        return dq.expired_claims(conn, now, limit, after)
 
 
 def _due_candidates(
     engine: Engine,
     now: datetime,
     horizon: datetime,
-    limit: int | None,
+    limit: int,
     after: tuple[datetime, int] | None = None,
-) -> list:
-    """Free deliveries due before the horizon, in (due_at, id) order after `after`.
-
-    Kept to conditions the (state, due_at) index answers, with a row-value keyset, so each
-    page is an index range scan: a long queue is walked in chunks, never scanned whole.
-    """
-    query = _joined(
-        deliveries.c.state == "planned",
-        deliveries.c.due_at <= horizon,
-        or_(deliveries.c.next_attempt_at.is_(None), deliveries.c.next_attempt_at <= now),
-    ).order_by(deliveries.c.due_at, deliveries.c.id)
-    if after is not None:
-        query = query.where(tuple_(deliveries.c.due_at, deliveries.c.id) > tuple_(*after))
-    if limit:
-        query = query.limit(limit)
+) -> list[DueRow]:
+    """See `delivery_queries.due_page`."""
     with engine.connect() as conn:
-        return [dict(r) for r in conn.execute(query).mappings()]
+        return dq.due_page(conn, now, horizon, limit, after)
 
 
-def _previous_done(engine: Engine, rows: list[dict]) -> dict[tuple[int, int], datetime | None]:
+def _previous_done(engine: Engine, rows: list[DueRow]) -> dict[tuple[int, int], datetime | None]:
     """For each (subscriber, day): when the day before went out, or absent if not done yet."""
     wanted = {(r["subscriber_id"], r["lesson_day"] - 1) for r in rows if r["lesson_day"] > 1}
     if not wanted:
         return {}
     sids = {s for s, _ in wanted}
+    out: dict[tuple[int, int], datetime | None] = {}
     with engine.connect() as conn:
-        prev = conn.execute(
-            select(
-                deliveries.c.subscriber_id,
-                deliveries.c.lesson_day,
-                deliveries.c.state,
-                deliveries.c.sent_at,
-                deliveries.c.due_at,
-            ).where(deliveries.c.subscriber_id.in_(sids))
-        ).mappings()
-        out: dict[tuple[int, int], datetime | None] = {}
-        for p in prev:
+        for p in dq.lessons_of(conn, sids):
             k = (p["subscriber_id"], p["lesson_day"])
             if k in wanted and p["state"] in DONE:
                 out[(k[0], k[1] + 1)] = p["sent_at"] or p["due_at"]
@@ -151,11 +87,11 @@ def _previous_done(engine: Engine, rows: list[dict]) -> dict[tuple[int, int], da
 
 def _eligible(
     engine: Engine,
-    rows: list[dict],
+    rows: list[DueRow],
     now: datetime,
     default_send: time,
     skip_weekends: bool = False,
-) -> list[dict]:
+) -> list[DueRow]:
     """Keep lessons whose predecessor is done and that are due by `schedule.next_send_at`."""
     prev = _previous_done(engine, rows)
     keep = []
@@ -183,9 +119,10 @@ def _eligible(
     return keep
 
 
-def _claim(engine: Engine, rows: list[dict], worker: str, now: datetime) -> list[dict]:
+def _claim(engine: Engine, rows: list[DueRow], worker: str, now: datetime) -> list[dict]:
     """Take rows that are still free (conditional update); returns those this worker holds."""
-    return claim(engine, deliveries, rows, worker, now, LEASE)
+    # The hand-over is shared with newsletters, whose rows have other columns: plain dicts.
+    return claim(engine, deliveries, [dict(r) for r in rows], worker, now, LEASE)
 
 
 def complete_finished(
@@ -259,7 +196,7 @@ def run_once(
     def size() -> int:
         return chunk if limit is None else min(chunk, limit - taken)
 
-    def hand_over(page: list[dict]) -> None:
+    def hand_over(page: list[DueRow]) -> None:
         nonlocal taken
         rows = _eligible(engine, page, horizon, default_send_time, skip_weekends)
         if dry_run:

@@ -6,13 +6,15 @@ cases read the same rows the same way.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NotRequired, TypedDict, cast
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, RowMapping, Select, bindparam, func, or_, select, tuple_
 
 from dripmail.states import DONE, OPEN_FOR_READER, DeliveryState
-from dripmail.store.schema import deliveries, subscribers
+from dripmail.store.schema import deliveries, in_flight, subscribers
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,3 +97,139 @@ def count_due(conn: Connection, by: datetime) -> int:
             deliveries.c.due_at <= by,
         )
     ).scalar_one()
+
+
+# -- the engine's pass: built once, executed with parameters (no per-call statement building) --
+
+
+class DueRow(TypedDict):
+    """One lesson delivery as the engine handles it, joined with its subscriber (`DUE_COLUMNS`).
+
+    `effective_due` (UTC) is added by the engine: when it really goes out
+    (`schedule.next_send_at`). Times are aware UTC.
+    """
+
+    id: int
+    key: str
+    subscriber_id: int
+    lesson_day: int
+    due_at: datetime
+    state: str  # a `DeliveryState` value
+    batch_key: str | None
+    handed_at: datetime | None
+    email: str
+    first_name: str
+    timezone: str
+    send_time: str | None
+    effective_due: NotRequired[datetime]
+
+
+_UTC = deliveries.c.due_at.type
+# Only what claiming, rendering and recovery read: fewer columns to fetch and parse.
+DUE_COLUMNS = (
+    deliveries.c.id,
+    deliveries.c.key,
+    deliveries.c.subscriber_id,
+    deliveries.c.lesson_day,
+    deliveries.c.due_at,
+    deliveries.c.state,
+    deliveries.c.batch_key,
+    deliveries.c.handed_at,
+    subscribers.c.email,
+    subscribers.c.first_name,
+    subscribers.c.timezone,
+    subscribers.c.send_time,
+)
+
+
+def _joined() -> Select:
+    return (
+        select(*DUE_COLUMNS)
+        .join(subscribers, subscribers.c.id == deliveries.c.subscriber_id)
+        .where(subscribers.c.status == "active")
+    )
+
+
+_EXPIRED_IDS = (
+    select(deliveries.c.id)
+    .where(
+        in_flight(deliveries),
+        deliveries.c.lease_expires_at < bindparam("now", type_=_UTC),
+        # `id + 0`: paging by id must not let the planner walk the whole table in id order
+        # instead of reading the small in-flight index.
+        deliveries.c.id + 0 > bindparam("after"),
+    )
+    .order_by(deliveries.c.id + 0)
+    .limit(bindparam("limit"))
+)
+_BY_IDS = _joined().where(deliveries.c.id.in_(bindparam("ids", expanding=True)))
+_FREE = (
+    deliveries.c.state == DeliveryState.PLANNED.value,
+    deliveries.c.due_at <= bindparam("horizon", type_=_UTC),
+    or_(
+        deliveries.c.next_attempt_at.is_(None),
+        deliveries.c.next_attempt_at <= bindparam("now", type_=_UTC),
+    ),
+)
+_ORDER = (deliveries.c.due_at, deliveries.c.id)
+_DUE_FIRST = _joined().where(*_FREE).order_by(*_ORDER).limit(bindparam("limit"))
+_DUE_AFTER = (
+    _joined()
+    .where(
+        *_FREE,
+        tuple_(deliveries.c.due_at, deliveries.c.id)
+        > tuple_(bindparam("after_due", type_=_UTC), bindparam("after_id")),
+    )
+    .order_by(*_ORDER)
+    .limit(bindparam("limit"))
+)
+
+
+def expired_claims(
+    conn: Connection, now: datetime, limit: int, after: int = 0
+) -> tuple[list[DueRow], int | None]:
+    """Rows a dead worker left `claimed` or `sending` whose lease ran out, ids > `after`.
+
+    Returns (those of active subscribers, joined with their subscriber, by id; the last id
+    read, or None when there are no more), so a caller pages through every one of them.
+    Found through the partial in-flight index first: joined, SQLite would walk subscribers.
+    """
+    ids = list(conn.execute(_EXPIRED_IDS, {"now": now, "after": after, "limit": limit}).scalars())
+    if not ids:
+        return [], None
+    rows = [cast(DueRow, dict(r)) for r in conn.execute(_BY_IDS, {"ids": ids}).mappings()]
+    rows.sort(key=lambda r: r["id"])
+    return rows, ids[-1]
+
+
+def due_page(
+    conn: Connection,
+    now: datetime,
+    horizon: datetime,
+    limit: int,
+    after: tuple[datetime, int] | None = None,
+) -> list[DueRow]:
+    """Free deliveries of active subscribers due by `horizon`, in (due_at, id) order after
+    `after`, at most `limit`: an index range scan on (state, due_at) with a row-value keyset,
+    so a long queue is walked in pages, never scanned whole."""
+    params: dict = {"now": now, "horizon": horizon, "limit": limit}
+    query = _DUE_FIRST
+    if after is not None:
+        query = _DUE_AFTER
+        params |= {"after_due": after[0], "after_id": after[1]}
+    return [cast(DueRow, dict(r)) for r in conn.execute(query, params).mappings()]
+
+
+def lessons_of(conn: Connection, subscriber_ids: Collection[int]) -> list[RowMapping]:
+    """(subscriber_id, lesson_day, state, sent_at, due_at) of every lesson of these readers."""
+    return list(
+        conn.execute(
+            select(
+                deliveries.c.subscriber_id,
+                deliveries.c.lesson_day,
+                deliveries.c.state,
+                deliveries.c.sent_at,
+                deliveries.c.due_at,
+            ).where(deliveries.c.subscriber_id.in_(list(subscriber_ids)))
+        ).mappings()
+    )
