@@ -178,37 +178,39 @@ def _child(db: str, mode: str, at: str, sample: int) -> None:
         con.execute("PRAGMA synchronous=NORMAL")
         con.execute("PRAGMA busy_timeout=30000")
         stamp = now.replace(tzinfo=None).strftime("%Y-%m-%d %H:%M:%S.%f")
-        started = clock.perf_counter()
+        started, started_cpu = clock.perf_counter(), clock.process_time()
         if mode == "peer-idle":
             # The one indexed query a user would write: is anything planned due yet?
-            times = []
+            times, cpus = [], []
             for _ in range(9):
-                t0 = clock.perf_counter()
+                t0, c0 = clock.perf_counter(), clock.process_time()
                 con.execute(
                     "SELECT 1 FROM deliveries WHERE state = 'planned' AND due_at <= ? LIMIT 1",
                     (stamp,),
                 ).fetchall()
                 times.append(clock.perf_counter() - t0)
-            seconds = sorted(times)[4]
+                cpus.append(clock.process_time() - c0)
+            seconds, cpu = sorted(times)[4], sorted(cpus)[4]
         else:
             count = _raw_protocol(con, stamp)
-            seconds = clock.perf_counter() - started
+            seconds, cpu = clock.perf_counter() - started, clock.process_time() - started_cpu
         con.close()
     else:
         engine = open_store("sqlite:///" + path.name, path.parent)
-        started = clock.perf_counter()
+        started, started_cpu = clock.perf_counter(), clock.process_time()
         if mode == "engine-idle":
-            times = []
+            times, cpus = [], []
             for _ in range(9):
-                t0 = clock.perf_counter()
+                t0, c0 = clock.perf_counter(), clock.process_time()
                 report = run_once(engine, Instant(), render, now, default_send_time=SEND)
                 times.append(clock.perf_counter() - t0)
+                cpus.append(clock.process_time() - c0)
                 count += report.sent
-            seconds = sorted(times)[4]
+            seconds, cpu = sorted(times)[4], sorted(cpus)[4]
         elif mode == "engine":
             report = run_once(engine, Instant(), render, now, default_send_time=SEND, chunk=1000)
             count = report.sent
-            seconds = clock.perf_counter() - started
+            seconds, cpu = clock.perf_counter() - started, clock.process_time() - started_cpu
         elif mode == "naive-claim":
             # One transaction per delivery: claim, then record, as a loop over due rows would.
             with engine.connect() as conn:
@@ -232,9 +234,9 @@ def _child(db: str, mode: str, at: str, sample: int) -> None:
                         update(deliveries).where(deliveries.c.key == key).values(state="sent")
                     )
                 count += 1
-            seconds = clock.perf_counter() - started
+            seconds, cpu = clock.perf_counter() - started, clock.process_time() - started_cpu
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"seconds": seconds, "count": count, "peak_mb": peak_mb}))
+    print(json.dumps({"seconds": seconds, "cpu": cpu, "count": count, "peak_mb": peak_mb}))
 
 
 def _raw_protocol(con: sqlite3.Connection, stamp: str) -> int:
@@ -335,31 +337,34 @@ def run(quick: bool) -> list[dict]:
         sample = 1_000 if quick else 5_000
         naive = _measure(db, "naive-claim", due_at + timedelta(days=1), sample)
     day = claimed["count"]
-    naive_rate = naive["count"] / naive["seconds"]
+    # Compared on the process's CPU time: the machines are shared, and wall time there measures
+    # the neighbours as much as the work (SQLite runs in the process, so its work is counted).
+    naive_rate = naive["count"] / naive["cpu"]
     goal = "goal under 10 ms"
     figures = [value(f"engine: load {label} x 7 lessons and a history (setup)", "s", build_s)]
     for stats, ours, indexed in (("without", idle_bare, peer_bare), ("with", idle, peer)):
         figures.append(
             compare(
                 f"run finds nothing due among {label} ({7 * n:,} planned), {stats} ANALYZE "
-                f"statistics ({goal})",
+                f"statistics ({goal}; CPU time, median of 9)",
                 "ms",
-                ours["seconds"] * 1000,
-                peer=indexed["seconds"] * 1000,
+                ours["cpu"] * 1000,
+                peer=indexed["cpu"] * 1000,
                 peer_is="the one indexed query 'is anything planned due?' a user would write",
-                limit=indexed["seconds"] * 1000,
+                limit=indexed["cpu"] * 1000,
                 limit_is="the same indexed query: nothing is cheaper",
                 better="lower",
             )
         )
     figures.append(
         compare(
-            f"run claims+records one day's lessons ({day:,} of {label}; goal under 15 s at 1M)",
+            f"run claims+records one day ({day:,} of {label}; goal under 15 s at 1M), "
+            "per CPU second",
             "deliveries/s",
-            day / claimed["seconds"],
+            day / claimed["cpu"],
             peer=naive_rate,
             peer_is="claim and record each delivery in its own transaction, as a first loop would",
-            limit=raw["count"] / raw["seconds"],
+            limit=raw["count"] / raw["cpu"],
             limit_is="raw sqlite3 running the same protocol and statements per chunk of 1,000",
         )
     )
