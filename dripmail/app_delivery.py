@@ -72,6 +72,30 @@ class RunResult:
 
 
 @dataclass(frozen=True)
+class BroadcastPlan:
+    """`plan_broadcast`: a newsletter checked against the store, before anything is written.
+
+    `when` is the scheduled time (UTC) when the send is for later, else None (send now).
+    """
+
+    newsletter: Newsletter
+    segment: str
+    when: datetime | None
+    existing: RowMapping | None  # the broadcast of this file, if it was created before
+    recipients: int
+    sample: list[RowMapping]
+
+    @property
+    def already_sent(self) -> bool:
+        return self.existing is not None and self.existing["status"] == "sent"
+
+    @property
+    def started(self) -> bool:
+        """It started sending before: continuing it asks for no confirmation."""
+        return self.existing is not None and self.existing["started_at"] is not None
+
+
+@dataclass(frozen=True)
 class TestSent:
     """`test_send`: what went where, or the provider's answer when it was not accepted."""
 
@@ -211,6 +235,55 @@ class DeliveryUseCases:
         from dripmail import broadcast as bc
 
         return [(row, bc.stats(self.engine, row["id"])) for row in bc.list_broadcasts(self.engine)]
+
+    def plan_broadcast(
+        self, file: Path, segment: str | None = None, when: datetime | None = None
+    ) -> BroadcastPlan:
+        """Load a newsletter and check it can be sent (or continued) to `segment` (default:
+        the file's) at `when` (UTC; None or past: now). Writes nothing.
+
+        InputError in one line: an unknown segment, a file edited after its broadcast started
+        or cancelled, a scheduled file outside newsletters/ (`run` would not find it).
+        """
+        from dripmail import broadcast as bc
+        from dripmail.content import load_newsletter
+
+        newsletter = load_newsletter(self.project, file)
+        chosen = segment or newsletter.segment
+        bc.eligible(chosen)  # validates the segment before anything is written
+        row = bc.existing(self.engine, newsletter.slug)
+        if row is not None:
+            bc.check_resumable(row, newsletter, chosen)
+        started = row is not None and row["started_at"] is not None
+        later = when if when is not None and when > self.clock() and not started else None
+        if later is not None:
+            inside = self.project.newsletters_dir.resolve()
+            if newsletter.path.resolve().parent != inside:
+                raise InputError(
+                    f"{file}: a scheduled newsletter must live in newsletters/ so `run` finds "
+                    "it when it is due; move it there"
+                )
+        return BroadcastPlan(
+            newsletter,
+            chosen,
+            later,
+            row,
+            bc.count_eligible(self.engine, chosen),
+            list(bc.sample(self.engine, chosen)),
+        )
+
+    def check_broadcast_template(self, plan: BroadcastPlan) -> None:
+        """Compile the newsletter (a dry run shows template errors too)."""
+        self.renderer.newsletter(plan.newsletter)
+
+    def open_broadcast(self, plan: BroadcastPlan) -> RowMapping:
+        """Create (or update, until it starts) the broadcast row: scheduled for `plan.when`,
+        or ready to send now."""
+        from dripmail import broadcast as bc
+
+        return bc.open_broadcast(
+            self.engine, plan.newsletter, plan.segment, self.clock(), plan.when
+        )
 
     def send_broadcast(
         self,

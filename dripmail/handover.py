@@ -261,24 +261,21 @@ async def deliver(
     in_flight = [row for row in in_flight if row["key"] in messages]
     if in_flight:
         looked = await provider.reconcile([messages[r["key"]] for r in in_flight])
+        settled: list[tuple[int, dict]] = []
         for row in in_flight:
             found = looked.get(row["key"], Lookup.UNKNOWN)
             report.recovered += 1
             if found is Lookup.FOUND:
-                record(engine, table, row["key"], now, state="sent", sent_at=now)
+                settled.append((row["id"], {"state": "sent", "sent_at": now}))
                 report.sent += 1
                 messages.pop(row["key"])
             elif found is Lookup.UNKNOWN:
-                record(
-                    engine,
-                    table,
-                    row["key"],
-                    now,
-                    state="review",
-                    last_error="hand-over interrupted; provider cannot tell: check by hand",
-                )
+                why = "hand-over interrupted; provider cannot tell: check by hand"
+                settled.append((row["id"], {"state": "review", "last_error": why}))
                 report.review += 1
                 messages.pop(row["key"])
+        # One transaction for the whole chunk: a crash can leave a thousand rows in flight.
+        record_many(engine, table, now, settled)
     # Rows whose earlier hand-over the provider surely did not keep go again as the very
     # same batch under the same batch key (Resend's Idempotency-Key needs key + identical body).
     batches: list[tuple[str, list[Message]]] = []

@@ -86,11 +86,9 @@ def send_broadcast(core, newsletter, row, now: datetime, quiet: bool = False):
         return report
 
 
-def _summary(engine, row, report) -> bool:
+def _summary(core, row, report) -> bool:
     """Print one line about a broadcast after sending; True when something needs attention."""
-    from dripmail import broadcast as bc
-
-    s = bc.stats(engine, row["id"])
+    s = core.broadcast_stats(row["id"])
     parts = [f"{s.accepted} of {s.recipients} accepted ({report.sent + report.handed} now)"]
     for label, value in (
         ("failed or for review", s.failed),
@@ -143,54 +141,43 @@ def broadcast(
     unsubscribed, bounced or complained). Interrupted? Run the same command again: it continues
     where it stopped and nobody gets a second copy. Exit 3 when some copies failed.
     """
-    from dripmail import broadcast as bc
     from dripmail.app import Dripmail
-    from dripmail.content import load_newsletter
 
     clock = parse_now(now) or datetime.now(UTC)
-    runner = Dripmail(state.project, state.settings, clock=lambda: clock)
-    newsletter = load_newsletter(state.project, file)
-    chosen = segment or newsletter.segment
-    bc.eligible(chosen)  # validates the segment before anything is written
-    when = _parse_schedule(schedule, runner.course.timezone) if schedule else None
-    row = bc.existing(runner.engine, newsletter.slug)
-    if row is not None:
-        bc.check_resumable(row, newsletter, chosen)
-        if row["status"] == "sent":
-            typer.echo(f"broadcast {row['id']} ({row['slug']}) was already sent; nothing to do")
-            return
-    count = bc.count_eligible(runner.engine, chosen)
-    typer.echo(f"{newsletter.subject!r} to segment {chosen}: {count} recipient(s)")
-    for person in bc.sample(runner.engine, chosen):
+    core = Dripmail(state.project, state.settings, clock=lambda: clock)
+    when = _parse_schedule(schedule, core.course.timezone) if schedule else None
+    plan = core.plan_broadcast(file, segment, when)
+    if plan.already_sent and plan.existing is not None:
+        row = plan.existing
+        typer.echo(f"broadcast {row['id']} ({row['slug']}) was already sent; nothing to do")
+        return
+    typer.echo(
+        f"{plan.newsletter.subject!r} to segment {plan.segment}: {plan.recipients} recipient(s)"
+    )
+    for person in plan.sample:
         typer.echo(f"  e.g. {person['first_name'] or '-'} <{person['email']}>")
     if dry_run:
-        runner.renderer.newsletter(newsletter)  # template errors show up in a dry run too
+        core.check_broadcast_template(plan)
         typer.echo("dry run: nothing was written or sent")
         return
-    started = row is not None and row["started_at"] is not None
-    if when is not None and when > clock and not started:
-        inside = state.project.newsletters_dir.resolve()
-        if newsletter.path.resolve().parent != inside:
-            raise InputError(
-                f"{file}: a scheduled newsletter must live in newsletters/ so `run` finds it "
-                "when it is due; move it there"
-            )
-        _confirm(count, runner.settings.confirm_threshold, yes, "Schedule it")
-        row = bc.open_broadcast(runner.engine, newsletter, chosen, clock, when)
+    threshold = core.settings.confirm_threshold
+    if plan.when is not None:
+        _confirm(plan.recipients, threshold, yes, "Schedule it")
+        row = core.open_broadcast(plan)
         cmd = command_name()
         typer.echo(
-            f"broadcast {row['id']} scheduled for {when:%Y-%m-%d %H:%M} UTC; `{cmd} run` "
+            f"broadcast {row['id']} scheduled for {plan.when:%Y-%m-%d %H:%M} UTC; `{cmd} run` "
             f"(from cron) sends it then. Cancel it with `{cmd} broadcasts cancel {row['id']}`"
         )
         return
-    if not started:
-        _confirm(count, runner.settings.confirm_threshold, yes, "Send it")
-    row = bc.open_broadcast(runner.engine, newsletter, chosen, clock)
+    if not plan.started:
+        _confirm(plan.recipients, threshold, yes, "Send it")
+    row = core.open_broadcast(plan)
     try:
-        report = send_broadcast(runner, newsletter, row, clock, quiet)
+        report = send_broadcast(core, plan.newsletter, row, clock, quiet)
     finally:
-        runner.close()
-    attention = _summary(runner.engine, row, report)
+        core.close()
+    attention = _summary(core, row, report)
     if report.halted:
         raise typer.Exit(1)
     if attention:
@@ -204,11 +191,9 @@ def _ref(value: str) -> int | str:
 @group.command("list")
 def list_() -> None:
     """Every broadcast: id, status, recipients, accepted, failed."""
-    from dripmail import broadcast as bc
-    from dripmail.runner import Runner
+    from dripmail.app import Dripmail
 
-    engine = Runner(state.project, state.settings).engine
-    rows = bc.list_broadcasts(engine)
+    rows = Dripmail(state.project, state.settings).list_broadcasts()
     if not rows:
         typer.echo(f"no broadcasts yet: `{command_name()} broadcast newsletters/<file>.md`")
         return
@@ -216,8 +201,7 @@ def list_() -> None:
         f"{'id':>4}  {'status':<10} {'slug':<32} {'when (UTC)':<16} {'recipients':>10}"
         f" {'accepted':>9} {'failed':>7}"
     )
-    for row in rows:
-        s = bc.stats(engine, row["id"])
+    for row, s in rows:
         when = row["started_at"] or row["scheduled_at"]
         shown = f"{when:%Y-%m-%d %H:%M}" if when else "-"
         typer.echo(
@@ -231,12 +215,11 @@ def show(
     ref: str = typer.Argument(..., metavar="ID", help="The broadcast's id (or slug)."),
 ) -> None:
     """One broadcast: recipients, accepted, failed, bounced, opened, clicked."""
-    from dripmail import broadcast as bc
-    from dripmail.runner import Runner
+    from dripmail.app import Dripmail
 
-    engine = Runner(state.project, state.settings).engine
-    row = bc.find(engine, _ref(ref))
-    s = bc.stats(engine, row["id"])
+    core = Dripmail(state.project, state.settings)
+    row = core.find_broadcast(_ref(ref))
+    s = core.broadcast_stats(row["id"])
     typer.echo(f"broadcast {row['id']}: {row['subject']!r} ({row['slug']}), {row['status']}")
     typer.echo(f"  segment    {row['segment']}")
     for label in ("scheduled_at", "started_at", "finished_at"):
