@@ -181,6 +181,9 @@ def test_init_from_the_built_wheel_gives_a_project_that_passes_check(tmp_path: P
     studio = tmp_path / "studio"
     assert sorted(p.name for p in studio.iterdir()) == [
         ".env.example",
+        ".github",
+        ".gitignore",
+        ".pre-commit-config.yaml",
         "course",
         "emails",
         "newsletters",
