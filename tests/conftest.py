@@ -2,9 +2,43 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
+
+
+def _worker_schema(url: str, worker: str) -> str:
+    """`url` narrowed to a schema of its own for one xdist worker, created empty.
+
+    Workers run PostgreSQL tests at the same time; each gets the schema ``dripmail_<worker>``
+    in the one database CI creates (the role owns it, so it may create schemas but perhaps
+    not databases), chosen through ``search_path`` so the code under test and the worker
+    processes it starts need nothing else.
+    """
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    schema = f"dripmail_{worker}"
+    engine = create_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    except Exception:
+        return url  # unreachable: the PostgreSQL tests say so themselves
+    finally:
+        engine.dispose()
+    parsed = make_url(url)
+    narrowed = parsed.update_query_dict({"options": f"-csearch_path={schema}"})
+    return narrowed.render_as_string(hide_password=False)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    url = os.environ.get("DRIPMAIL_TEST_DATABASE_URL")
+    if worker and url:
+        os.environ["DRIPMAIL_TEST_DATABASE_URL"] = _worker_schema(url, worker)
 
 
 @pytest.fixture

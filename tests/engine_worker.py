@@ -17,6 +17,6 @@ when = datetime.fromisoformat(now)
 box = OutboxProvider(root / "outbox", clock=lambda: when)
 # Keep going while anything is left (other workers may hold rows), bounded by `passes`.
 for _ in range(passes):
-    run_once(engine, box, _render, when, default_send_time=time(7), limit=200)
+    run_once(engine, box, _render, when, default_send_time=time(7), limit=50)
     if not pending_keys(engine, ("planned", "claimed", "sending")):
         break
