@@ -50,6 +50,6 @@ def fake_providers() -> Iterator:
     """
     from fakes.provider_server import FakeProviders
 
-    with FakeProviders(slow_seconds=0.8) as fake:
+    with FakeProviders() as fake:
         yield fake
         assert fake.validation_errors == [], "requests broke the providers' API contracts"

@@ -129,7 +129,7 @@ class FakeProviders:
     MAILGUN_DOMAIN = "mg.studio.example.com"
     RESEND_KEY = "re_test_key"
 
-    def __init__(self, *, validate: bool = True, slow_seconds: float = 1.5) -> None:
+    def __init__(self, *, validate: bool = True, slow_seconds: float = 60.0) -> None:
         self.validate = validate
         self.slow_seconds = slow_seconds
         self.lock = threading.RLock()
@@ -322,8 +322,11 @@ class FakeProviders:
         if kind in ("500", "503"):
             return h.reply(_json(int(kind), {"message": "internal error"}))
         if kind == "slow":
-            time.sleep(self.slow_seconds)
-            with contextlib.suppress(OSError):  # the client gave up long ago
+            # Answer only once the client gave up (it hangs up when its timeout fires), at
+            # most `slow_seconds` later: an event, not a race between two clocks on a busy
+            # machine, so the client's timeout can be generous.
+            h.wait_for_hang_up(self.slow_seconds)
+            with contextlib.suppress(OSError):  # the client gave up already
                 h.reply(reply or _json(200, {}))
             return None
         if kind == "drop":
@@ -861,6 +864,14 @@ class _Handler(BaseHTTPRequestHandler):
         # (40 ms per answer), which would measure the fake, not the client.
         self._headers_buffer.append(b"\r\n" + reply.body)  # type: ignore[attr-defined]
         self.flush_headers()
+
+    def wait_for_hang_up(self, at_most: float) -> None:
+        """Block until the client closes the connection (or `at_most` seconds pass)."""
+        self.connection.settimeout(at_most)
+        with contextlib.suppress(OSError):  # a timeout or a reset: either way, done waiting
+            while self.connection.recv(65536):
+                pass
+        self.close_connection = True
 
     def drop(self) -> None:
         self.close_connection = True
