@@ -151,3 +151,31 @@ def test_import_on_postgres_and_ids_never_reused(tmp_path: Path) -> None:
     )
     assert sid > newest
     engine.dispose()
+
+
+def test_imported_lessons_are_stored_exactly_as_one_by_one_planning_stores_them(
+    engine: Engine, tmp_path: Path
+) -> None:
+    from sqlalchemy import text
+
+    subs.add_subscriber(
+        engine, "one@example.org", timezone="Asia/Tokyo", status="pending",
+        consent_source="t", now=NOW,
+    )  # fmt: skip
+    subs.activate(engine, subs.get_subscriber(engine, "one@example.org")["id"], Rules(), NOW)
+    path = _csv(tmp_path, "email,timezone\nbulk@example.org,Asia/Tokyo\n")
+    import_csv(engine, path, Rules(), "UTC", NOW)
+    with engine.connect() as conn:
+        stored = conn.execute(
+            text(
+                "SELECT s.email, d.lesson_day, d.due_at, d.updated_at, d.state, d.attempts "
+                "FROM deliveries d JOIN subscribers s ON s.id = d.subscriber_id "
+                "ORDER BY d.lesson_day, s.email"
+            )
+        ).all()
+    by_day: dict[int, list[tuple]] = {}
+    for email, day, *rest in stored:
+        by_day.setdefault(day, []).append((email, *rest))
+    for bulk, one in by_day.values():  # the raw stored text is identical, column by column
+        assert (bulk[0], one[0]) == ("bulk@example.org", "one@example.org")
+        assert bulk[1:] == one[1:]

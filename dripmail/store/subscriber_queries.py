@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import Connection, RowMapping, func, insert, select, update
 
-from dripmail.store.schema import deliveries, events, subscribers, suppressions
+from dripmail.store.schema import UTCDateTime, deliveries, events, subscribers, suppressions
 
 # Deliveries that are still to go out (not delivered, not cancelled, not failed).
 OPEN_STATES = ("planned", "claimed", "sending", "handed")
@@ -222,9 +222,49 @@ def planned_days(conn: Connection, subscriber_id: int) -> set[int]:
 
 
 def insert_deliveries(conn: Connection, rows: list[dict[str, Any]]) -> None:
-    """Insert planned delivery rows (one statement)."""
-    if rows:
+    """Insert planned delivery rows (one statement).
+
+    On SQLite the timestamps are converted once per distinct value (an import plans the same
+    few due times for thousands of readers) and the rows go through the driver's executemany:
+    per-value type processing was most of an import's time. The stored text is exactly what
+    the `deliveries` table's own types write (the same processors produce it).
+    """
+    if not rows:
+        return
+    if conn.dialect.name != "sqlite":
         conn.execute(insert(deliveries), rows)
+        return
+    names = list(rows[0])
+    convert = {name: _sqlite_binder(conn, name) for name in names}
+    cache: dict[tuple[str, Any], Any] = {}
+
+    def bound(name: str, value: Any) -> Any:
+        fn = convert[name]
+        if fn is None or value is None:
+            return value
+        key = (name, value)
+        if key not in cache:
+            cache[key] = fn(value)
+        return cache[key]
+
+    params = [tuple(bound(n, row[n]) for n in names) for row in rows]
+    marks = ", ".join("?" for _ in names)
+    quoted = ", ".join(conn.dialect.identifier_preparer.quote(n) for n in names)
+    conn.exec_driver_sql(f"INSERT INTO deliveries ({quoted}) VALUES ({marks})", params)
+
+
+def _sqlite_binder(conn: Connection, name: str) -> Any:
+    """The bind processor of a `deliveries` column on this dialect (None for plain values)."""
+    column_type = deliveries.c[name].type
+    if not isinstance(column_type, UTCDateTime):
+        return None
+    inner = column_type.impl_instance.dialect_impl(conn.dialect).bind_processor(conn.dialect)
+
+    def process(value: datetime) -> Any:
+        naive = column_type.process_bind_param(value, conn.dialect)
+        return inner(naive) if inner else naive
+
+    return process
 
 
 def revive_cancelled(conn: Connection, subscriber_id: int, now: datetime) -> int:
