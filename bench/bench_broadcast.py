@@ -72,6 +72,7 @@ def _env(base: str) -> dict[str, str]:
         "POSTMARK_SERVER_TOKEN": FakeProviders.POSTMARK_TOKEN,
         "DRIPMAIL_POSTMARK_BASE_URL": base,
         "DRIPMAIL_SECRET_KEY": "bench-only-secret-key-0123456789",
+        "DRIPMAIL_PUBLIC_URL": "https://join.studio.example.com",
         # The fake has no rate limit: measure our own speed, not a configured pace.
         "DRIPMAIL_RATE_PER_SECOND": "1000000",
         "DRIPMAIL_MAX_CONCURRENCY": "8",

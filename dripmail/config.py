@@ -6,9 +6,11 @@ Course settings (sender, send time, colours...) live in ``course/course.toml`` a
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -79,6 +81,57 @@ def load_settings(root: Path | None = None) -> Settings:
             name = ".".join(str(p) for p in err["loc"])
             problems.append(f"{name}: {err['msg']}")
         raise ConfigError("invalid setting " + "; ".join(problems)) from None
+
+
+# HMAC keys shorter than the hash output (32 bytes for SHA-256) make links forgeable sooner.
+MIN_SECRET_BYTES = 32
+_KEY_HINT = "e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+
+
+def _host_problem(host: str) -> str | None:
+    """Why readers cannot reach `host` from their inbox, or None."""
+    name = host.lower().rstrip(".")
+    if name == "localhost" or name.endswith(".localhost"):
+        return "is this machine (localhost)"
+    try:
+        ip = ipaddress.ip_address(name.strip("[]"))
+    except ValueError:
+        return None
+    if ip.is_loopback:
+        return "is a loopback address"
+    if ip.is_private or ip.is_link_local or ip.is_unspecified or ip.is_reserved:
+        return "is a private address"
+    return None
+
+
+def deployment_problems(settings: Settings) -> list[str]:
+    """What makes these settings unfit for a real provider, one line each naming the variable.
+
+    Every link in every email (unsubscribe, one-click RFC 8058, preferences, confirm) is built
+    on DRIPMAIL_PUBLIC_URL, so it must be https on a public host; the secret key signs those
+    links, so it must be long enough not to be guessed. The outbox provider needs neither.
+    """
+    problems: list[str] = []
+    url = settings.public_url.strip()
+    parts = urlsplit(url)
+    if parts.scheme != "https":
+        problems.append(
+            f"DRIPMAIL_PUBLIC_URL={url!r} is not https: one-click unsubscribe (RFC 8058) needs "
+            "https; set the public https address that reaches `serve`"
+        )
+    host_problem = _host_problem(parts.hostname or "") if parts.hostname else "has no host"
+    if host_problem:
+        problems.append(
+            f"DRIPMAIL_PUBLIC_URL={url!r} {host_problem}: readers could not open their "
+            "unsubscribe links; set the public https address that reaches `serve`"
+        )
+    size = len(settings.secret_key.get_secret_value().encode())
+    if size < MIN_SECRET_BYTES:
+        problems.append(
+            f"DRIPMAIL_SECRET_KEY is {size} bytes, fewer than {MIN_SECRET_BYTES}: links signed "
+            f"with it could be forged; set a long random value ({_KEY_HINT})"
+        )
+    return problems
 
 
 @dataclass(frozen=True, slots=True)

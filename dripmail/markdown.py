@@ -50,6 +50,20 @@ def _inline_text(token: Token) -> str:
     return "".join(out)
 
 
+def _fill(text: str, width: int, first: str, rest: str) -> str:
+    """Wrap at spaces only: a URL (or any long word) stays whole on a line of its own, since
+    no mail client joins a link broken across lines (textwrap's defaults split at hyphens
+    and cut words longer than the width)."""
+    return textwrap.fill(
+        text,
+        width,
+        initial_indent=first,
+        subsequent_indent=rest,
+        break_long_words=False,
+        break_on_hyphens=False,
+    )
+
+
 def to_text(source: str, width: int = 72) -> str:
     """Markdown as readable plain text: headings in capitals, lists numbered, links in brackets."""
     blocks: list[str] = []
@@ -80,16 +94,12 @@ def to_text(source: str, width: int = 72) -> str:
             indent = "   " * max(0, len(stack) - 1)
             if prefix:
                 lead = indent + prefix
-                body = textwrap.fill(
-                    text, width, initial_indent=lead, subsequent_indent=" " * len(lead)
-                )
+                body = _fill(text, width, lead, " " * len(lead))
                 prefix = ""
                 # Items of one list stay together: no blank line between steps.
                 blocks.append(ITEM + body)
             else:
-                blocks.append(
-                    textwrap.fill(text, width, initial_indent=indent, subsequent_indent=indent)
-                )
+                blocks.append(_fill(text, width, indent, indent))
         elif token.type in ("fence", "code_block"):
             blocks.append(textwrap.indent(token.content.rstrip("\n"), "    "))
         elif token.type == "hr":

@@ -1,4 +1,17 @@
-"""The `Message` value every part of dripmail passes around, and its MIME form."""
+"""The `Message` value every part of dripmail passes around, and its MIME form.
+
+The MIME form follows the standards whatever the length of a value (RFC 5322, 2045, 2369, 8058):
+- ``List-Unsubscribe``, ``List-Unsubscribe-Post`` and ``Message-ID`` are written as they are
+  (``<https://...>``), folded only between list items, never as RFC 2047 encoded words:
+  Gmail and Yahoo look for the literal URL. `email.policy.SMTP` refolds a URL longer than a
+  line into encoded words, which is why this module has its own policy.
+- Quoted-printable lines are at most 76 characters (RFC 2045 6.7); no line exceeds 998.
+- Addresses with an international domain carry it in IDNA (``xn--``) form; a non-ASCII local
+  part is only written where the carrier offers SMTPUTF8 (RFC 6531/6532), see `Mailbox`.
+- ``Date`` is when the message is handed over (the caller passes it), ``Message-ID`` is
+  derived from the delivery key and the installation id, so a retry keeps it and two
+  databases never share one.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +20,38 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.headerregistry import Address
 from email.message import EmailMessage
-from email.policy import SMTP
+from email.policy import EmailPolicy
 from email.utils import format_datetime
-from typing import Literal
+from typing import Any, Literal
+
+import idna
+
+from dripmail.errors import DripmailError
 
 MessageKind = Literal["lesson", "broadcast", "confirm", "test"]
+
+# RFC 2045 6.7: encoded lines at most 76 characters; RFC 5322 2.1.1: no line over 998.
+QP_LINE = 76
+MAX_LINE = 998
+# Headers whose value is a list of <...> items (or a fixed token) that receivers read
+# literally: folded between items only, never encoded.
+_VERBATIM = frozenset({"list-unsubscribe", "list-unsubscribe-post", "message-id"})
+
+
+class AddressError(DripmailError):
+    """An address cannot be carried as it is (a non-ASCII local part without SMTPUTF8, or a
+    domain IDNA cannot encode). Permanent for that one message."""
+
+
+def idna_domain(domain: str) -> str:
+    """A domain in its ASCII (IDNA 2008, UTS 46 mapped) form: ``bücher.example`` ->
+    ``xn--bcher-kva.example``. ASCII domains come back lower-cased as they are."""
+    if domain.isascii():
+        return domain
+    try:
+        return idna.encode(domain, uts46=True).decode("ascii")
+    except idna.IDNAError as exc:
+        raise AddressError(f"the domain {domain!r} has no IDNA form ({exc})") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,12 +61,86 @@ class Mailbox:
     address: str
     name: str = ""
 
-    def formatted(self) -> str:
-        """RFC 5322 form, e.g. ``"Studio" <hello@example.com>`` (quoted and encoded as needed)."""
+    @property
+    def local(self) -> str:
+        return self.address.rpartition("@")[0]
+
+    @property
+    def domain(self) -> str:
+        return self.address.rpartition("@")[2]
+
+    @property
+    def needs_smtputf8(self) -> bool:
+        """Whether the local part is non-ASCII, so only an SMTPUTF8 carrier can take it."""
+        return not self.local.isascii()
+
+    def ascii_address(self, utf8: bool = False) -> str:
+        """The address for an envelope or a header: the domain in IDNA form.
+
+        A non-ASCII local part is kept only when `utf8` (the carrier offers SMTPUTF8);
+        otherwise it raises `AddressError`, which fails that one message.
+        """
+        if self.needs_smtputf8 and not utf8:
+            raise AddressError(
+                f"{self.address}: the part before @ is not ASCII and this provider cannot "
+                "carry such addresses (no SMTPUTF8): ask the reader for another address"
+            )
+        return f"{self.local}@{idna_domain(self.domain)}"
+
+    def formatted(self, utf8: bool = False) -> str:
+        """RFC 5322 form, e.g. ``"Studio" <hello@example.com>``, domain in IDNA form.
+
+        The display name is quoted as needed and left in Unicode: the MIME policy (or the
+        provider's API) encodes it. Raises `AddressError` like `ascii_address`.
+        """
+        address = self.ascii_address(utf8)
         if not self.name:
-            return self.address
-        local, _, domain = self.address.rpartition("@")
+            return address
+        local, _, domain = address.rpartition("@")
         return str(Address(display_name=self.name, username=local, domain=domain))
+
+
+class _OutboundPolicy(EmailPolicy):
+    """`email.policy.SMTP` at 76 columns, except that list headers are never encoded."""
+
+    def fold(self, name: str, value: Any) -> str:
+        if name.lower() in _VERBATIM:
+            return _fold_verbatim(name, str(value), self.linesep)
+        return super().fold(name, value)
+
+    def fold_binary(self, name: str, value: Any) -> bytes:
+        if name.lower() in _VERBATIM:
+            return _fold_verbatim(name, str(value), self.linesep).encode("ascii")
+        return super().fold_binary(name, value)
+
+
+def _fold_verbatim(name: str, value: str, linesep: str) -> str:
+    """``Name: <a>,<CRLF> <b><CRLF>``: one list item per line, each line <= 998 characters."""
+    items = [item.strip() for item in value.split(",")] if name.lower() != "message-id" else []
+    items = [i for i in items if i] or [value.strip()]
+    if not all(item.isascii() for item in items):
+        raise AddressError(f"{name}: {value!r} must be ASCII (an https URL or a mailto: address)")
+    lines = [f"{name}: {items[0]}"] + [f" {item}" for item in items[1:]]
+    lines = [line + "," for line in lines[:-1]] + [lines[-1]]
+    for line in lines:
+        if len(line) > MAX_LINE:
+            raise AddressError(
+                f"{name} is longer than {MAX_LINE} characters ({len(line)}): "
+                "shorten DRIPMAIL_PUBLIC_URL"
+            )
+    return linesep.join(lines) + linesep
+
+
+POLICY = _OutboundPolicy(linesep="\r\n", max_line_length=QP_LINE)
+# For an SMTPUTF8 hand-over (RFC 6532): UTF-8 in headers instead of encoded words.
+POLICY_UTF8 = POLICY.clone(utf8=True)
+
+
+def message_id(key: str, domain: str, installation_id: str = "") -> str:
+    """``<hash@domain>`` for a delivery key: stable for the key (a retry keeps it), unique
+    across databases because the random installation id is part of the hash."""
+    digest = hashlib.sha256(f"{installation_id}\0{key}".encode()).hexdigest()[:32]
+    return f"<{digest}@{idna_domain(domain) if domain else 'dripmail.invalid'}>"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,24 +175,27 @@ class Message:
                 return part
         return None
 
-    def message_id(self) -> str:
-        """A deterministic Message-ID derived from the key and the sender's domain."""
-        domain = self.sender.address.rpartition("@")[2] or "dripmail.invalid"
-        digest = hashlib.sha256(self.key.encode()).hexdigest()[:32]
-        return f"<{digest}@{domain}>"
+    def message_id(self, installation_id: str = "") -> str:
+        """The Message-ID at the sender's domain (see the module function `message_id`)."""
+        return message_id(self.key, self.sender.domain, installation_id)
 
-    def to_mime(self) -> EmailMessage:
-        """A standards-correct ``multipart/alternative`` message (text first, then HTML)."""
-        mime = EmailMessage(policy=SMTP)
-        mime["From"] = self.sender.formatted()
-        mime["To"] = self.to.formatted()
+    def to_mime(
+        self, date: datetime | None = None, installation_id: str = "", utf8: bool = False
+    ) -> EmailMessage:
+        """A standards-correct ``multipart/alternative`` message (text first, then HTML).
+
+        `date` is the hand-over time (default: now), `installation_id` goes into the
+        Message-ID, `utf8` writes RFC 6532 headers for an SMTPUTF8 hand-over. Raises
+        `AddressError` when an address cannot be carried that way.
+        """
+        mime = EmailMessage(policy=POLICY_UTF8 if utf8 else POLICY)
+        mime["From"] = self.sender.formatted(utf8)
+        mime["To"] = self.to.formatted(utf8)
         if self.reply_to:
-            mime["Reply-To"] = self.reply_to.formatted()
+            mime["Reply-To"] = self.reply_to.formatted(utf8)
         mime["Subject"] = self.subject
-        # A fixed Date keeps the same inputs byte-identical; send_at is when it is meant to arrive.
-        when = self.send_at or datetime(1970, 1, 1, tzinfo=UTC)
-        mime["Date"] = format_datetime(when.astimezone(UTC))
-        mime["Message-ID"] = self.message_id()
+        mime["Date"] = format_datetime((date or datetime.now(UTC)).astimezone(UTC))
+        mime["Message-ID"] = self.message_id(installation_id)
         for name, value in self.headers.items():
             mime[name] = value
         mime.set_content(self.text, subtype="plain", charset="utf-8", cte="quoted-printable")
@@ -87,6 +204,8 @@ class Message:
         mime.set_boundary("=_dm_" + hashlib.sha256(self.key.encode()).hexdigest()[:24])
         return mime
 
-    def to_bytes(self) -> bytes:
+    def to_bytes(
+        self, date: datetime | None = None, installation_id: str = "", utf8: bool = False
+    ) -> bytes:
         """The MIME message as bytes with CRLF line endings (what SMTP and .eml files carry)."""
-        return self.to_mime().as_bytes()
+        return self.to_mime(date, installation_id, utf8).as_bytes()

@@ -13,7 +13,7 @@ from functools import cached_property
 
 from sqlalchemy import Engine
 
-from dripmail.config import Project, Settings
+from dripmail.config import Project, Settings, deployment_problems
 from dripmail.errors import ConfigError
 from dripmail.message import Message
 from dripmail.providers.base import Provider
@@ -37,6 +37,10 @@ def make_provider(
             "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`) before "
             f"sending through {settings.provider}"
         )
+    problems = deployment_problems(settings)
+    if problems:
+        # A real provider would deliver links nobody can open or anyone can forge.
+        raise ConfigError(f"DRIPMAIL_PROVIDER={settings.provider} refused: " + "; ".join(problems))
     from dripmail.providers import get_provider
 
     return get_provider(settings, project)
@@ -85,7 +89,12 @@ class Runner:
 
     @cached_property
     def provider(self) -> Provider:
-        return make_provider(self.settings, self.project, self.clock)
+        from dripmail.store.installation import installation_id
+
+        provider = make_provider(self.settings, self.project, self.clock)
+        # Every Message-ID carries this database's random id (see dripmail.message).
+        provider.installation_id = installation_id(self.engine)
+        return provider
 
     @cached_property
     def signer(self):  # -> dripmail.tokens.Signer

@@ -1,7 +1,12 @@
+from dataclasses import replace
+from datetime import UTC, datetime
 from email import message_from_bytes
 from email.policy import default
 
-from dripmail.message import Mailbox, Message
+import pytest
+
+from dripmail.markdown import to_text
+from dripmail.message import AddressError, Mailbox, Message
 
 
 def _msg(key: str = "psoas-week-s1-d1") -> Message:
@@ -34,6 +39,78 @@ def test_mime_round_trip_has_both_parts_and_headers() -> None:
 
 
 def test_same_inputs_give_identical_bytes_and_keys_differ() -> None:
-    assert _msg().to_bytes() == _msg().to_bytes()
+    when = datetime(2026, 3, 2, 7, tzinfo=UTC)
+    assert _msg().to_bytes(when) == _msg().to_bytes(when)
     assert _msg("a").message_id() != _msg("b").message_id()
     assert _msg().unsubscribe_url == "https://studio.example.com/unsubscribe/abc"
+
+
+LONG = "https://subscriptions.hollow-tree-yoga-studio.example.org/d/unsubscribe/" + "Ab9_-" * 30
+
+
+def _lines(data: bytes) -> list[bytes]:
+    assert b"\n" not in data.replace(b"\r\n", b"")  # CRLF only
+    return data.split(b"\r\n")
+
+
+@pytest.mark.parametrize("length", [20, 77, 200, 900])
+def test_list_unsubscribe_is_never_encoded_whatever_its_length(length: int) -> None:
+    url = "https://s.example.org/u/" + "x" * length
+    message = replace(_msg(), headers={**_msg().headers, "List-Unsubscribe": f"<{url}>"})
+    data = message.to_bytes(datetime(2026, 3, 2, 7, tzinfo=UTC))
+    assert f"List-Unsubscribe: <{url}>".encode() in _lines(data)
+    assert b"List-Unsubscribe-Post: List-Unsubscribe=One-Click" in _lines(data)
+    parsed = message_from_bytes(data, policy=default)
+    assert parsed["List-Unsubscribe"] == f"<{url}>"
+    assert all(len(line) <= 998 for line in _lines(data))
+
+
+def test_two_unsubscribe_addresses_fold_between_items_only() -> None:
+    value = f"<{LONG}>, <mailto:leave@studio.example.com?subject=unsubscribe>"
+    message = replace(_msg(), headers={"List-Unsubscribe": value})
+    lines = _lines(message.to_bytes())
+    at = lines.index(f"List-Unsubscribe: <{LONG}>,".encode())
+    assert lines[at + 1] == b" <mailto:leave@studio.example.com?subject=unsubscribe>"
+
+
+def test_quoted_printable_lines_are_at_most_76() -> None:
+    text = "Stretch " + "é" * 120 + " " + "y" * 300 + "\n" + LONG + "\n"
+    message = replace(_msg(), text=text, html="<p>" + "ü" * 500 + "</p>")
+    data = message.to_bytes()
+    body = data.split(b"\r\n\r\n", 1)[1]
+    assert max(len(line) for line in _lines(body)) <= 76
+    parsed = message_from_bytes(data, policy=default)
+    assert parsed.get_body(("plain",)).get_content().replace("\r\n", "\n") == text
+
+
+def test_date_is_the_hand_over_time_and_message_id_needs_the_installation() -> None:
+    when = datetime(2026, 11, 30, 8, 15, 42, tzinfo=UTC)
+    parsed = message_from_bytes(_msg().to_bytes(when, "a1b2c3d4e5f60718"), policy=default)
+    assert parsed["Date"].datetime == when
+    ids = {_msg().message_id(install) for install in ("", "a1b2c3d4e5f60718", "0f9e8d7c6b5a4938")}
+    assert len(ids) == 3  # two databases never share a Message-ID
+    assert parsed["Message-ID"] == _msg().message_id("a1b2c3d4e5f60718")  # stable per key
+    assert parsed["Message-ID"].endswith("@studio.example.com>")
+
+
+def test_an_international_domain_is_written_in_idna_form() -> None:
+    message = replace(_msg(), to=Mailbox("kim@bücher.example", "Kim Ünal"))
+    data = message.to_bytes()
+    assert b"=?" not in data.split(b"To: ", 1)[1].split(b"\r\n", 1)[0].split(b"<")[1]
+    parsed = message_from_bytes(data, policy=default)
+    assert parsed["To"].addresses[0].addr_spec == "kim@xn--bcher-kva.example"
+    assert parsed["To"].addresses[0].display_name == "Kim Ünal"
+
+
+def test_a_non_ascii_local_part_needs_smtputf8() -> None:
+    message = replace(_msg(), to=Mailbox("kïm@example.org"))
+    with pytest.raises(AddressError, match="not ASCII"):
+        message.to_bytes()
+    data = message.to_bytes(utf8=True)  # RFC 6532 headers for an SMTPUTF8 hand-over
+    assert "To: kïm@example.org".encode() in _lines(data)
+
+
+def test_the_text_part_never_splits_a_url() -> None:
+    url = "https://studio.example.com/videos/day-1-meet-your-psoas?utm_source=newsletter&utm_medium=email"
+    text = to_text(f"Before class, watch [the video]({url}) and breathe slowly for a minute.")
+    assert f"({url})" in text.splitlines()

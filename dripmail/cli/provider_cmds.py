@@ -13,12 +13,19 @@ NAMES = ("outbox", "smtp", "postmark", "sendgrid", "mailgun", "resend")
 
 @providers_app.command("check")
 def check() -> None:
-    """Verify the configured provider with a harmless authenticated call (sends nothing)."""
+    """Verify the configured provider with a harmless authenticated call (sends nothing).
+
+    Settings a real provider refuses to send with (public URL not https or not public, a
+    short secret key) are reported too, one line each, and make the exit code 1.
+    """
     import asyncio
 
+    from dripmail.config import deployment_problems
     from dripmail.providers import get_provider
 
-    provider = get_provider(state.settings, state.project)
+    settings = state.settings
+    problems = deployment_problems(settings) if settings.provider != "outbox" else []
+    provider = get_provider(settings, state.project)
 
     async def run() -> str:
         try:
@@ -27,6 +34,10 @@ def check() -> None:
             await provider.aclose()
 
     typer.echo(asyncio.run(run()))
+    for problem in problems:
+        typer.echo(f"refused: {problem}", err=True)
+    if problems:
+        raise typer.Exit(1)
 
 
 def _capabilities(name: str):

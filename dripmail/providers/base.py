@@ -6,9 +6,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Protocol, runtime_checkable
+from typing import ClassVar, Protocol, runtime_checkable
 
-from dripmail.message import Message
+from dripmail.message import AddressError, Message
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +63,8 @@ class Provider(Protocol):
 
     name: str
     capabilities: Capabilities
+    # This database's random id, part of each Message-ID the provider writes.
+    installation_id: str
 
     async def send_batch(
         self,
@@ -99,3 +101,72 @@ class Provider(Protocol):
     async def aclose(self) -> None:
         """Release connections."""
         ...
+
+
+class BaseProvider:
+    """What every provider shares, written once; subclasses fill in small hooks.
+
+    Like django-anymail's backends: `send_batch` first fails, alone, each message whose
+    addresses this provider cannot carry (`carries_utf8_local_part`: RFC 6531 addresses;
+    international domains always go in IDNA form), then hands the rest to the `_send` hook
+    and puts the answers back in the batch's order. `reconcile`, `cancel` and `aclose` have
+    the defaults of a provider that can neither look up, cancel nor hold connections.
+    """
+
+    name: str
+    capabilities: Capabilities
+    # Whether the provider documents carrying a non-ASCII local part (kim@ ok, kïm@ not).
+    carries_utf8_local_part: ClassVar[bool] = False
+    # This database's random id, part of each Message-ID (set by the runner; see message.py).
+    installation_id: str = ""
+
+    def address_problem(self, message: Message) -> str | None:
+        """Why this provider cannot carry the message's addresses, or None."""
+        boxes = [message.sender, message.to] + ([message.reply_to] if message.reply_to else [])
+        try:
+            for box in boxes:
+                box.ascii_address(self.carries_utf8_local_part)
+        except AddressError as exc:
+            return f"{self.name}: {exc}"
+        return None
+
+    async def send_batch(
+        self,
+        messages: Sequence[Message],
+        send_at: datetime | None = None,
+        batch_key: str | None = None,
+    ) -> list[SendResult]:
+        """See `Provider.send_batch`. Uncarriable addresses are PERMANENT for their message."""
+        results: dict[int, SendResult] = {}
+        keep: list[int] = []
+        for i, message in enumerate(messages):
+            problem = self.address_problem(message)
+            if problem:
+                results[i] = SendResult(message.key, Outcome.PERMANENT, error=problem)
+            else:
+                keep.append(i)
+        if keep:
+            answers = await self._send([messages[i] for i in keep], send_at, batch_key)
+            results.update(zip(keep, answers, strict=True))
+        return [results[i] for i in range(len(messages))]
+
+    async def _send(
+        self, messages: Sequence[Message], send_at: datetime | None, batch_key: str | None
+    ) -> list[SendResult]:
+        """The hook: hand over messages whose addresses are known to be carriable."""
+        raise NotImplementedError
+
+    async def reconcile(self, messages: Sequence[Message]) -> dict[str, Lookup]:
+        """Default: the provider cannot be asked, so UNKNOWN (reported for review)."""
+        return {m.key: Lookup.UNKNOWN for m in messages}
+
+    async def cancel(self, provider_ids: Sequence[str]) -> list[str]:
+        """Default: nothing can be cancelled."""
+        return []
+
+    async def check(self) -> str:
+        """A harmless authenticated call; returns a one-line description of the account."""
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        """Default: nothing to release."""

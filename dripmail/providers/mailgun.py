@@ -20,23 +20,24 @@ import json
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from email.utils import format_datetime
+from typing import Any
 
+from dripmail.config import Settings
 from dripmail.message import Message
-from dripmail.providers.base import Capabilities, Lookup, Outcome, SendResult
-from dripmail.providers.batching import Group, group_messages
+from dripmail.providers.api import HttpProvider
+from dripmail.providers.base import Capabilities, Outcome, SendResult
+from dripmail.providers.batching import Group
 from dripmail.providers.common import (
     KEY_FIELD,
     Clock,
     ProviderRefused,
     base_url,
-    check_failed,
     limits_for,
     require,
-    retry_policy,
     schedule_all,
     utc_now,
 )
-from dripmail.providers.http import HttpClient, Limits, RetryPolicy, Sent
+from dripmail.providers.http import Answer, Limits, RetryPolicy, Sent
 
 NAME = "mailgun"
 VARIABLE = "MAILGUN_API_KEY"
@@ -63,11 +64,17 @@ def _parts(message: Message) -> dict[str, str]:
     return parts
 
 
-class MailgunProvider:
-    """The Mailgun Messages API for one sending domain."""
+class MailgunProvider(HttpProvider):
+    """The Mailgun Messages API for one sending domain.
+
+    Unicode local parts (RFC 6531) are refused per message: Mailgun delivers them but writes
+    header fields that mail apps show empty or garbled (django-anymail's Mailgun notes).
+    """
 
     name = NAME
     capabilities = CAPABILITIES
+    VARIABLE = VARIABLE
+    DEFAULT_LIMITS = DEFAULT_LIMITS
 
     def __init__(
         self,
@@ -80,18 +87,11 @@ class MailgunProvider:
         clock: Clock = utc_now,
     ) -> None:
         self.domain = domain
-        self.http = HttpClient(
-            NAME,
-            VARIABLE,
-            base,
-            auth=("api", api_key),
-            limits=limits,
-            retry=retry or retry_policy(),
-        )
-        self.clock = clock
+        super().__init__(base, auth=("api", api_key), limits=limits, retry=retry, clock=clock)
 
     def form(self, group: Group, when: datetime | None) -> list[tuple[str, tuple[None, str]]]:
-        """The multipart fields for one group (repeated names for arrays)."""
+        """The multipart fields for one group (repeated names for arrays). No Date or
+        Message-ID header: Mailgun stamps both when it sends."""
         first = group.members[0].message
         fields: list[tuple[str, str]] = [("from", first.sender.formatted())]
         fields += [("to", m.message.to.formatted()) for m in group.members]
@@ -101,15 +101,17 @@ class MailgunProvider:
             fields.append(("o:deliverytime", format_datetime(when, usegmt=True)))
         if group.templated:
             fields.append((f"v:{KEY_FIELD}", placeholder(KEY_FIELD)))
+            # Keyed by the address exactly as given in `to` (IDNA domain).
             variables = {
-                m.message.to.address: {**m.values, KEY_FIELD: m.message.key} for m in group.members
+                m.message.to.ascii_address(): {**m.values, KEY_FIELD: m.message.key}
+                for m in group.members
             }
             fields.append(("recipient-variables", json.dumps(variables, ensure_ascii=False)))
         else:
             fields.append((f"v:{KEY_FIELD}", first.key))
         return [(name, (None, value)) for name, value in fields]
 
-    async def send_batch(
+    async def _send(
         self,
         messages: Sequence[Message],
         send_at: datetime | None = None,
@@ -119,18 +121,15 @@ class MailgunProvider:
         now = self.clock()
         when, results = schedule_all(messages, send_at, now, WINDOW)
         sendable = list(when)
-        chosen = [messages[i] for i in sendable]
         at = {id(messages[i]): when[i] for i in sendable}
-        groups = group_messages(
-            chosen,
+        groups = self.grouped(
+            messages,
+            sendable,
             _parts,
             lambda m: (m.sender, m.tags[:MAX_TAGS], at[id(m)]),
             placeholder,
             CAPABILITIES.max_batch,
         )
-        for group in groups:
-            for member in group.members:
-                member.index = sendable[member.index]
         parts = await asyncio.gather(
             *(self._send_group(g, when[g.members[0].index]) for g in groups)
         )
@@ -184,33 +183,26 @@ class MailgunProvider:
             m.index: SendResult(m.message.key, Outcome.PERMANENT, error=reason) for m in members
         }
 
-    async def reconcile(self, messages: Sequence[Message]) -> dict[str, Lookup]:
-        """Mailgun cannot look a message up by key: UNKNOWN (reported for review)."""
-        return {m.key: Lookup.UNKNOWN for m in messages}
+    # Mailgun cannot look a message up by key (reconcile: UNKNOWN) nor cancel one scheduled
+    # message (only the whole domain's queue): the base class's defaults.
 
-    async def cancel(self, provider_ids: Sequence[str]) -> list[str]:
-        """Mailgun cannot cancel one scheduled message: nothing is cancelled."""
-        return []
-
-    async def check(self) -> str:
+    def check_path(self) -> str:
         """``GET /v3/domains/{domain}``: proves the key and shows the domain's state."""
-        answer = await self.http.call("GET", f"/v3/domains/{self.domain}", idempotent=True)
-        body = answer.json()
+        return f"/v3/domains/{self.domain}"
+
+    def check_special(self, answer: Answer) -> str | None:
         if answer.sent is Sent.ANSWERED and answer.status == 404:
             raise ProviderRefused(
                 NAME, "MAILGUN_DOMAIN", f"mailgun does not know the domain {self.domain!r}"
             )
-        if answer.sent is not Sent.ANSWERED or answer.status != 200 or not isinstance(body, dict):
-            raise check_failed(NAME, answer)
+        return None
+
+    def describe_account(self, body: dict[str, Any]) -> str:
         state = (body.get("domain") or {}).get("state", "?")
         return f"mailgun: key accepted; domain {self.domain} is {state}"
 
-    async def aclose(self) -> None:
-        """Release pooled connections."""
-        await self.http.aclose()
 
-
-def from_settings(settings) -> MailgunProvider:
+def from_settings(settings: Settings) -> MailgunProvider:
     """Build from settings; missing key or domain is a one-line ConfigError before sending."""
     key = require(settings.mailgun_api_key, VARIABLE, NAME, "a sending API key")
     domain = require(settings.mailgun_domain, "MAILGUN_DOMAIN", NAME, "the sending domain")

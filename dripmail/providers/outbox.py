@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from dripmail.message import Message
-from dripmail.providers.base import Capabilities, Lookup, Outcome, SendResult
+from dripmail.providers.base import BaseProvider, Capabilities, Lookup, Outcome, SendResult
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]")
 
@@ -25,10 +25,16 @@ def outbox_filename(key: str) -> str:
     return _SAFE.sub("_", key) + ".eml"
 
 
-class OutboxProvider:
-    """Writes messages to a folder, atomically and at most once per key."""
+class OutboxProvider(BaseProvider):
+    """Writes messages to a folder, atomically and at most once per key.
+
+    Each file is the message as a receiving server would get it: ``Date`` is when it was
+    written (the outbox's clock, so a simulated week shows its simulated days), a non-ASCII
+    local part is written as RFC 6532 UTF-8 headers.
+    """
 
     name = "outbox"
+    carries_utf8_local_part = True
     # No scheduling window: it receives a message when it is due, like the inbox would.
     capabilities = Capabilities(
         max_batch=500, schedule_ahead=None, can_cancel=False, idempotency_key=True
@@ -90,7 +96,8 @@ class OutboxProvider:
             self._repair(message, send_at)
             return False
         tmp = self.folder / f".{target.name}.{os.getpid()}.tmp"
-        data = message.to_bytes()
+        utf8 = message.to.needs_smtputf8 or message.sender.needs_smtputf8
+        data = message.to_bytes(self._clock(), self.installation_id, utf8=utf8)
         with open(tmp, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -111,7 +118,7 @@ class OutboxProvider:
         if message.key not in self._index_keys():
             self._append_index(message, send_at)
 
-    async def send_batch(
+    async def _send(
         self,
         messages: Sequence[Message],
         send_at: datetime | None = None,
@@ -135,13 +142,6 @@ class OutboxProvider:
                 found[m.key] = Lookup.ABSENT
         return found
 
-    async def cancel(self, provider_ids: Sequence[str]) -> list[str]:
-        """Nothing is ever scheduled in the outbox, so nothing can be cancelled."""
-        return []
-
     async def check(self) -> str:
         """Report where messages go."""
         return f"outbox: writing .eml files to {self.folder}"
-
-    async def aclose(self) -> None:
-        """Nothing to release."""

@@ -20,11 +20,14 @@ import hashlib
 import json
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
 import httpx
 
+from dripmail.config import Settings
 from dripmail.errors import ConfigError
 from dripmail.message import Message
+from dripmail.providers.api import HttpProvider
 from dripmail.providers.base import Capabilities, Lookup, Outcome, SendResult
 from dripmail.providers.common import (
     KEY_FIELD,
@@ -32,15 +35,13 @@ from dripmail.providers.common import (
     ProviderRefused,
     base_url,
     category,
-    check_failed,
     limits_for,
     require,
-    retry_policy,
     schedule_all,
     tag_value,
     utc_now,
 )
-from dripmail.providers.http import Answer, HttpClient, Limits, RetryPolicy, Sent
+from dripmail.providers.http import Answer, Limits, RetryPolicy, Sent
 
 NAME = "resend"
 VARIABLE = "RESEND_API_KEY"
@@ -86,11 +87,16 @@ CAPABILITIES = Capabilities(
 )
 
 
-class ResendProvider:
-    """The Resend API."""
+class ResendProvider(HttpProvider):
+    """The Resend API. Unicode local parts (RFC 6531) are refused by its API
+    (django-anymail's Resend notes), so such an address fails alone."""
 
     name = NAME
     capabilities = CAPABILITIES
+    VARIABLE = VARIABLE
+    DEFAULT_LIMITS = DEFAULT_LIMITS
+    CHECK_PATH = "/domains"
+    is_auth_error = staticmethod(_is_auth_error)
 
     def __init__(
         self,
@@ -101,21 +107,19 @@ class ResendProvider:
         retry: RetryPolicy | None = None,
         clock: Clock = utc_now,
     ) -> None:
-        self.http = HttpClient(
-            NAME,
-            VARIABLE,
+        super().__init__(
             base,
             headers={"Authorization": f"Bearer {api_key}"},
             limits=limits,
-            retry=retry or retry_policy(),
-            is_auth_error=_is_auth_error,
+            retry=retry,
+            clock=clock,
         )
-        self.clock = clock
 
     @staticmethod
-    def payload(message: Message, scheduled_at: datetime | None = None) -> dict:
-        """The JSON object for one email."""
-        body: dict = {
+    def payload(message: Message, scheduled_at: datetime | None = None) -> dict[str, Any]:
+        """The JSON object for one email. No Date or Message-ID header: Resend stamps both
+        when it sends (so a retried request stays byte-identical for its Idempotency-Key)."""
+        body: dict[str, Any] = {
             "from": message.sender.formatted(),
             "to": [message.to.formatted()],
             "subject": message.subject,
@@ -133,7 +137,7 @@ class ResendProvider:
             body["scheduled_at"] = scheduled_at.isoformat().replace("+00:00", "Z")
         return body
 
-    async def send_batch(
+    async def _send(
         self,
         messages: Sequence[Message],
         send_at: datetime | None = None,
@@ -158,7 +162,9 @@ class ResendProvider:
             results.update(part)
         return [results[i] for i in range(len(messages))]
 
-    async def _post(self, path: str, body: object, key: str, extra: dict | None = None) -> Answer:
+    async def _post(
+        self, path: str, body: object, key: str, extra: dict[str, str] | None = None
+    ) -> Answer:
         # Serialised once: every retry carries the identical bytes with the same key.
         content = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
         headers = {"Content-Type": "application/json", "Idempotency-Key": key, **(extra or {})}
@@ -232,7 +238,7 @@ class ResendProvider:
 
     async def _schedule_one(
         self, i: int, message: Message, when: datetime, batch_key: str | None = None
-    ) -> dict:
+    ) -> dict[int, SendResult]:
         # Under the engine's batch key, which is new for every hand-over (kept across a crash):
         # a lesson cancelled here and handed over again (pause, resume) must become a new
         # email, not the cancelled one answered again from Resend's memory of the key.
@@ -271,14 +277,14 @@ class ResendProvider:
         done = await asyncio.gather(*(one(p) for p in provider_ids))
         return [p for p in done if p]
 
-    async def check(self) -> str:
-        """``GET /domains``: proves the key (a sending-only key is reported as such)."""
-        answer = await self.http.call("GET", "/domains", idempotent=True)
-        body = answer.json()
+    def check_special(self, answer: Answer) -> str | None:
+        """``GET /domains`` with a sending-only key answers 401 restricted_api_key."""
         if answer.sent is Sent.ANSWERED and answer.status == 401:
             return "resend: key accepted (sending access only, so domains cannot be listed)"
-        if answer.sent is not Sent.ANSWERED or answer.status != 200 or not isinstance(body, dict):
-            raise check_failed(NAME, answer)
+        return None
+
+    def describe_account(self, body: dict[str, Any]) -> str:
+        """``GET /domains``: proves the key and lists the sending domains."""
         domains = [
             f"{d.get('name')} ({d.get('status', '?')})"
             for d in body.get("data") or []
@@ -286,12 +292,8 @@ class ResendProvider:
         ]
         return "resend: key accepted; domains: " + (", ".join(domains) or "none yet")
 
-    async def aclose(self) -> None:
-        """Release pooled connections."""
-        await self.http.aclose()
 
-
-def from_settings(settings) -> ResendProvider:
+def from_settings(settings: Settings) -> ResendProvider:
     """Build from settings; a missing key is a one-line ConfigError before anything is sent."""
     key = require(settings.resend_api_key, VARIABLE, NAME, "an API key (re_...)")
     if not key.startswith("re_"):

@@ -26,25 +26,26 @@ import asyncio
 import re
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
 
+from dripmail.config import Settings
 from dripmail.message import Mailbox, Message
-from dripmail.providers.base import Capabilities, Lookup, Outcome, SendResult
-from dripmail.providers.batching import Group, group_messages
+from dripmail.providers.api import HttpProvider
+from dripmail.providers.base import Capabilities, Outcome, SendResult
+from dripmail.providers.batching import Group
 from dripmail.providers.common import (
     KEY_FIELD,
     Clock,
     ProviderRefused,
     base_url,
-    check_failed,
     limits_for,
     require,
-    retry_policy,
     schedule_all,
     utc_now,
 )
-from dripmail.providers.http import Answer, HttpClient, Limits, RetryPolicy, Sent
+from dripmail.providers.http import Answer, Limits, RetryPolicy, Sent
 
 NAME = "sendgrid"
 VARIABLE = "SENDGRID_API_KEY"
@@ -64,11 +65,13 @@ def placeholder(name: str) -> str:
     return f"[%dm:{name}%]"
 
 
-def _mailbox(box: Mailbox) -> dict:
-    return {"email": box.address, **({"name": box.name} if box.name else {})}
+def _mailbox(box: Mailbox) -> dict[str, str]:
+    # The domain in IDNA form; a UTF-8 local part as it is (see carries_utf8_local_part).
+    email = box.ascii_address(utf8=True)
+    return {"email": email, **({"name": box.name} if box.name else {})}
 
 
-def _errors(answer: Answer) -> list[dict]:
+def _errors(answer: Answer) -> list[dict[str, Any]]:
     body = answer.json()
     if isinstance(body, dict) and isinstance(body.get("errors"), list):
         return [e for e in body["errors"] if isinstance(e, dict)]
@@ -86,11 +89,18 @@ def _is_auth_error(response: httpx.Response) -> bool:
     return response.status_code == 403 and not _sender_refused(response)
 
 
-class SendGridProvider:
+class SendGridProvider(HttpProvider):
     """The SendGrid v3 Mail Send API."""
 
     name = NAME
     capabilities = CAPABILITIES
+    VARIABLE = VARIABLE
+    DEFAULT_LIMITS = DEFAULT_LIMITS
+    CHECK_PATH = "/v3/scopes"
+    # Twilio's changelog (2025-04, "Support for UTF-8 email addresses"): SendGrid carries
+    # non-ASCII local parts.
+    carries_utf8_local_part = True
+    is_auth_error = staticmethod(_is_auth_error)
 
     def __init__(
         self,
@@ -101,26 +111,25 @@ class SendGridProvider:
         retry: RetryPolicy | None = None,
         clock: Clock = utc_now,
     ) -> None:
-        self.http = HttpClient(
-            NAME,
-            VARIABLE,
+        super().__init__(
             base,
             headers={"Authorization": f"Bearer {api_key}"},
             limits=limits,
-            retry=retry or retry_policy(),
-            is_auth_error=_is_auth_error,
+            retry=retry,
+            clock=clock,
         )
-        self.clock = clock
 
     def request_body(
         self, group: Group, when: dict[int, datetime | None], batch_id: str | None
-    ) -> dict:
-        """The ``/v3/mail/send`` body for one group."""
+    ) -> dict[str, Any]:
+        """The ``/v3/mail/send`` body for one group (no Date or Message-ID header: SendGrid
+        stamps both when it sends, for a scheduled send at its send time)."""
         first = group.members[0].message
         personalizations = []
         for member in group.members:
             m = member.message
-            p: dict = {
+            at = when.get(member.index)
+            p: dict[str, Any] = {
                 "to": [_mailbox(m.to)],
                 "subject": m.subject,
                 "headers": dict(m.headers),
@@ -128,10 +137,10 @@ class SendGridProvider:
             }
             if member.values:
                 p["substitutions"] = {placeholder(k): v for k, v in member.values.items()}
-            if when.get(member.index) is not None:
-                p["send_at"] = int(when[member.index].timestamp())
+            if at is not None:
+                p["send_at"] = int(at.timestamp())
             personalizations.append(p)
-        body: dict = {
+        body: dict[str, Any] = {
             "personalizations": personalizations,
             "from": _mailbox(first.sender),
             "subject": first.subject,
@@ -147,7 +156,7 @@ class SendGridProvider:
             body["batch_id"] = batch_id
         return body
 
-    async def send_batch(
+    async def _send(
         self,
         messages: Sequence[Message],
         send_at: datetime | None = None,
@@ -157,27 +166,26 @@ class SendGridProvider:
         now = self.clock()
         when, results = schedule_all(messages, send_at, now, WINDOW)
         sendable = list(when)
-        times = sorted({when[i] for i in sendable if when[i] is not None})
+        times = sorted({t for i in sendable if (t := when[i]) is not None})
         created = await asyncio.gather(*(self._new_batch_id() for _ in times))
-        batch_ids = {t: b for t, b in zip(times, created, strict=True) if b is not None}
+        batch_ids: dict[datetime | None, str] = {
+            t: b for t, b in zip(times, created, strict=True) if b is not None
+        }
         for i in sendable:
             if when[i] is not None and when[i] not in batch_ids:
                 error = "not sent: could not create a batch_id for the scheduled send"
                 results[i] = SendResult(messages[i].key, Outcome.TRANSIENT, error=error)
         sendable = [i for i in sendable if when[i] is None or when[i] in batch_ids]
         send_time = {messages[i].key: when[i] for i in sendable}
-        groups = group_messages(
-            [messages[i] for i in sendable],
+        groups = self.grouped(
+            messages,
+            sendable,
             lambda m: {"html": m.html, "text": m.text},
             # One send time per request, so one batch id per request (see the module notes).
             lambda m: (m.sender, m.reply_to, m.tags, m.kind, send_time[m.key]),
             placeholder,
             CAPABILITIES.max_batch,
         )
-        # group_messages numbers members within `sendable`; map back to batch positions.
-        for group in groups:
-            for member in group.members:
-                member.index = sendable[member.index]
         parts = await asyncio.gather(
             *(self._send_group(g, when, batch_ids.get(when[g.members[0].index])) for g in groups)
         )
@@ -217,6 +225,7 @@ class SendGridProvider:
             message_id = answer.response.headers.get("X-Message-Id", "") if answer.response else ""
             for m in members:
                 scheduled = when.get(m.index)
+                provider_id: str | None
                 if scheduled is not None and batch_id:
                     # The same for every message under this batch id (one send time each).
                     provider_id = f"{batch_id}@{int(scheduled.timestamp())}"
@@ -270,10 +279,6 @@ class SendGridProvider:
             out.update(part)
         return out
 
-    async def reconcile(self, messages: Sequence[Message]) -> dict[str, Lookup]:
-        """SendGrid offers no affordable lookup by key: UNKNOWN (reported for review)."""
-        return {m.key: Lookup.UNKNOWN for m in messages}
-
     async def cancel(self, provider_ids: Sequence[str]) -> list[str]:
         """Cancel each distinct batch (``<batch_id>@<send time>``) not within 10 minutes."""
         now = self.clock()
@@ -294,21 +299,13 @@ class SendGridProvider:
                 cancelled.append(provider_id)
         return cancelled
 
-    async def check(self) -> str:
-        """``GET /v3/scopes``: proves the key and says whether it may send mail."""
-        answer = await self.http.call("GET", "/v3/scopes", idempotent=True)
-        body = answer.json()
-        if answer.sent is not Sent.ANSWERED or answer.status != 200 or not isinstance(body, dict):
-            raise check_failed(NAME, answer)
+    def describe_account(self, body: dict[str, Any]) -> str:
+        """``GET /v3/scopes`` proves the key and says whether it may send mail."""
         scopes = set(body.get("scopes") or [])
         if "mail.send" not in scopes:
             return "sendgrid: key accepted but it lacks the mail.send permission: give it Mail Send"
         extra = "" if "user.scheduled_sends.create" in scopes else " (no scheduled-send cancel)"
         return f"sendgrid: key accepted, mail.send allowed{extra}"
-
-    async def aclose(self) -> None:
-        """Release pooled connections."""
-        await self.http.aclose()
 
 
 def _reason(answer: Answer) -> str:
@@ -317,7 +314,7 @@ def _reason(answer: Answer) -> str:
     return f"HTTP {answer.status}" + (f": {detail}" if detail else "")
 
 
-def from_settings(settings) -> SendGridProvider:
+def from_settings(settings: Settings) -> SendGridProvider:
     """Build from settings; a missing key is a one-line ConfigError before anything is sent."""
     key = require(settings.sendgrid_api_key, VARIABLE, NAME, "an API key with Mail Send access")
     return SendGridProvider(

@@ -2,7 +2,11 @@
 
 One session per batch: connect, (STARTTLS or SSL), log in when a user is set, then for each
 message ``MAIL FROM`` / ``RCPT TO`` / ``DATA`` with the standards-correct MIME message
-(`Message.to_bytes`, deterministic Message-ID). Stage by stage, so the answer is precise:
+(`Message.to_bytes`: Date is the moment of the hand-over, Message-ID from the delivery key and
+the installation id). Addresses go in the envelope and the headers with their domain in IDNA
+form; a non-ASCII local part goes with ``SMTPUTF8`` when the server offers it (RFC 6531) and
+is a permanent failure of that one message when it does not. Stage by stage, so the answer
+is precise:
 
 - a refusal at ``MAIL``/``RCPT`` or a refused connection is surely not sent: 4xx transient,
   5xx permanent (550/551/553 on ``RCPT`` also suppress the address);
@@ -19,9 +23,11 @@ import time
 from collections.abc import Sequence
 from datetime import datetime
 
-from dripmail.message import Message
-from dripmail.providers.base import Capabilities, Lookup, Outcome, SendResult
-from dripmail.providers.common import ProviderRefused, require
+from dripmail.config import Settings
+from dripmail.errors import ProviderError
+from dripmail.message import AddressError, Message
+from dripmail.providers.base import BaseProvider, Capabilities, Outcome, SendResult
+from dripmail.providers.common import Clock, ProviderRefused, require, utc_now
 from dripmail.providers.http import Limits, RateLimiter
 
 NAME = "smtp"
@@ -35,11 +41,13 @@ DEFAULT_LIMITS = Limits(messages_per_second=20, requests_per_second=None, max_co
 SUPPRESS_CODES = frozenset({550, 551, 553})
 
 
-class SmtpProvider:
+class SmtpProvider(BaseProvider):
     """A plain SMTP relay."""
 
     name = NAME
     capabilities = CAPABILITIES
+    # Decided per session: SMTPUTF8 when the server offers it (see `_send_one`).
+    carries_utf8_local_part = True
 
     def __init__(
         self,
@@ -51,7 +59,9 @@ class SmtpProvider:
         tls: str = "none",
         timeout: float = 30.0,
         limits: Limits = DEFAULT_LIMITS,
+        clock: Clock = utc_now,
     ) -> None:
+        self.clock = clock
         self.host, self.port = host, port
         self.user, self.password = user, password
         self.tls = tls
@@ -114,8 +124,24 @@ class SmtpProvider:
         return results
 
     def _send_one(self, client: smtplib.SMTP, message: Message) -> SendResult:
+        utf8 = message.to.needs_smtputf8 or message.sender.needs_smtputf8
+        if utf8 and not client.has_extn("smtputf8"):
+            return SendResult(
+                message.key,
+                Outcome.PERMANENT,
+                error=f"smtp: {self.host} does not offer SMTPUTF8, so it cannot carry "
+                f"{message.to.address} (the part before @ is not ASCII): ask the reader "
+                "for another address",
+            )
+        options = ["SMTPUTF8"] if utf8 else []
         try:
-            code, reply = client.mail(message.sender.address)
+            # Stamped now: this is the hand-over (SMTP cannot schedule).
+            data = message.to_bytes(self.clock(), self.installation_id, utf8=utf8)
+            sender, recipient = message.sender.ascii_address(utf8), message.to.ascii_address(utf8)
+        except AddressError as exc:
+            return SendResult(message.key, Outcome.PERMANENT, error=f"smtp: {exc}")
+        try:
+            code, reply = client.mail(sender, options)
             if code != 250:
                 client.rset()
                 raise ProviderRefused(
@@ -124,7 +150,7 @@ class SmtpProvider:
                     f"smtp: {self.host} refuses the sender {message.sender.address} "
                     f"({code} {reply.decode(errors='replace')}): fix [sender], then re-run",
                 )
-            code, reply = client.rcpt(message.to.address)
+            code, reply = client.rcpt(recipient)
             if code not in (250, 251):
                 client.rset()
                 text = f"SMTP {code} {reply.decode(errors='replace')} for {message.to.address}"
@@ -136,7 +162,7 @@ class SmtpProvider:
         except (OSError, smtplib.SMTPServerDisconnected) as exc:
             return SendResult(message.key, Outcome.TRANSIENT, error=f"not sent: {exc}")
         try:
-            code, reply = client.data(message.to_bytes())
+            code, reply = client.data(data)
         except smtplib.SMTPDataError as exc:
             client.rset()
             outcome = Outcome.TRANSIENT if 400 <= exc.smtp_code < 500 else Outcome.PERMANENT
@@ -151,10 +177,12 @@ class SmtpProvider:
             )
         queue_id = reply.decode(errors="replace").strip()
         return SendResult(
-            message.key, Outcome.ACCEPTED, provider_id=message.message_id() + " " + queue_id
+            message.key,
+            Outcome.ACCEPTED,
+            provider_id=message.message_id(self.installation_id) + " " + queue_id,
         )
 
-    async def send_batch(
+    async def _send(
         self,
         messages: Sequence[Message],
         send_at: datetime | None = None,
@@ -163,13 +191,8 @@ class SmtpProvider:
         """One SMTP session for the batch, in a worker thread (smtplib blocks)."""
         return await asyncio.to_thread(self._send_all, list(messages))
 
-    async def reconcile(self, messages: Sequence[Message]) -> dict[str, Lookup]:
-        """SMTP cannot be asked what it queued: UNKNOWN (reported for review)."""
-        return {m.key: Lookup.UNKNOWN for m in messages}
-
-    async def cancel(self, provider_ids: Sequence[str]) -> list[str]:
-        """Nothing is scheduled over SMTP."""
-        return []
+    # SMTP cannot be asked what it queued (reconcile: UNKNOWN) and schedules nothing
+    # (cancel: nothing): the base class's defaults.
 
     async def check(self) -> str:
         """Connect, (STARTTLS), log in, NOOP, quit."""
@@ -178,8 +201,6 @@ class SmtpProvider:
             try:
                 client = self._connect()
             except (OSError, smtplib.SMTPException) as exc:
-                from dripmail.errors import ProviderError
-
                 raise ProviderError(
                     f"smtp: cannot reach {self.host}:{self.port} ({exc}): check "
                     "DRIPMAIL_SMTP_HOST / DRIPMAIL_SMTP_PORT / DRIPMAIL_SMTP_TLS"
@@ -193,11 +214,8 @@ class SmtpProvider:
 
         return await asyncio.to_thread(run)
 
-    async def aclose(self) -> None:
-        """Sessions are per batch: nothing stays open."""
 
-
-def from_settings(settings) -> SmtpProvider:
+def from_settings(settings: Settings) -> SmtpProvider:
     """Build from settings; a user without a password is a one-line ConfigError."""
     password = None
     if settings.smtp_user:

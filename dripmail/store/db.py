@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event, inspect, text
@@ -13,13 +14,25 @@ from dripmail.errors import StoreError
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
+# user:password@ in any URL-like text, parsable or not (postgres://user:pw@host).
+_CREDENTIALS = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:/@\s]*):[^@\s]*@")
+
+
+def redact(text: str) -> str:
+    """`text` with the password of every ``scheme://user:password@`` replaced by ``***``.
+
+    Errors show database URLs so the operator sees which one failed, never its password.
+    """
+    return _CREDENTIALS.sub(r"\g<scheme>\g<user>:***@", text)
+
+
 def resolve_url(url: str, root: Path) -> str:
     """A relative SQLite path is relative to the project root, not to the shell's folder."""
     try:
         parsed = make_url(url)
     except ArgumentError:
         raise StoreError(
-            f"DRIPMAIL_DATABASE_URL is not a database URL: {url!r} "
+            f"DRIPMAIL_DATABASE_URL is not a database URL: {redact(url)!r} "
             "(e.g. sqlite:///dripmail.db or postgresql+psycopg://user:pass@host/db)"
         ) from None
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
@@ -86,14 +99,16 @@ def open_store(url: str, root: Path, migrate: bool = True) -> Engine:
     try:
         engine = create_engine(resolved, future=True)
     except (ArgumentError, ModuleNotFoundError) as exc:
-        raise StoreError(f"cannot use DRIPMAIL_DATABASE_URL {url!r}: {exc}") from None
+        raise StoreError(
+            f"cannot use DRIPMAIL_DATABASE_URL {redact(url)!r}: {redact(str(exc))}"
+        ) from None
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
     try:
         if migrate and not _is_current(engine):
             upgrade(engine)
     except OperationalError as exc:
-        reason = str(exc.orig).splitlines()[0] if exc.orig else str(exc)
+        reason = redact(str(exc.orig).splitlines()[0] if exc.orig else str(exc))
         safe = make_url(resolved).render_as_string(hide_password=True)
         raise StoreError(f"cannot reach the database at {safe}: {reason}") from None
     return engine

@@ -232,3 +232,14 @@ report_days = Table(
     Column("metric", String(32), primary_key=True),
     Column("value", Integer, nullable=False),
 )
+
+# One row: this database's random installation id. It goes into every Message-ID
+# (`dripmail.message.message_id`), so a staging and a production database never give two
+# people the same Message-ID, while a retry of one delivery keeps its own.
+installation = Table(
+    "installation",
+    metadata,
+    Column("name", String(32), primary_key=True),
+    Column("id", String(64), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+)

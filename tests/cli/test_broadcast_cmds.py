@@ -43,6 +43,7 @@ def _postmark_env(fake) -> dict[str, str]:
         POSTMARK_SERVER_TOKEN=fake.POSTMARK_TOKEN,
         DRIPMAIL_POSTMARK_BASE_URL=fake.base("postmark"),
         DRIPMAIL_SECRET_KEY="a-test-secret-that-is-long-enough",
+        DRIPMAIL_PUBLIC_URL="https://join.studio.example.com",
         # An explicit rate replaces Postmark's default 10 requests/s, so looking up the
         # copies a killed run left in flight takes seconds, not minutes.
         DRIPMAIL_RATE_PER_SECOND="3000",

@@ -7,6 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from tests.course_fixture import make_project
+
 ROOT = Path(__file__).resolve().parents[2]
 PREFIXES = ("DRIPMAIL_", "POSTMARK_", "SENDGRID_", "MAILGUN_", "RESEND_")
 
@@ -26,6 +30,8 @@ def _run(tmp_path: Path, env: dict[str, str], *args: str) -> subprocess.Complete
 def test_check_makes_an_authenticated_call(tmp_path: Path, fake_providers) -> None:
     env = {
         "DRIPMAIL_PROVIDER": "postmark",
+        "DRIPMAIL_PUBLIC_URL": "https://join.studio.example.com",
+        "DRIPMAIL_SECRET_KEY": "x" * 32,
         "POSTMARK_SERVER_TOKEN": fake_providers.POSTMARK_TOKEN,
         "DRIPMAIL_POSTMARK_BASE_URL": fake_providers.base("postmark"),
     }
@@ -69,3 +75,36 @@ def test_list_shows_capabilities(tmp_path: Path) -> None:
     assert "500" in rows["postmark"] and "none" in rows["postmark"]
     assert "100" in rows["resend"] and "30 days" in rows["resend"]
     assert "configured" in rows["outbox"]
+
+
+@pytest.mark.parametrize(
+    ("public_url", "key", "named"),
+    [
+        ("http://localhost:8000", "x" * 32, "is not https"),
+        ("https://localhost:8000", "x" * 32, "localhost"),
+        ("https://127.0.0.1/d", "x" * 32, "loopback"),
+        ("https://192.168.1.20/d", "x" * 32, "private address"),
+        ("https://join.studio.example.com", "a", "DRIPMAIL_SECRET_KEY is 1 bytes"),
+    ],
+)
+def test_a_real_provider_refuses_settings_that_cannot_work(
+    tmp_path: Path, fake_providers, public_url: str, key: str, named: str
+) -> None:
+    """`run` refuses with one line naming the variable; `providers check` reports it too."""
+    make_project(tmp_path)
+    env = {
+        "DRIPMAIL_PROVIDER": "postmark",
+        "DRIPMAIL_PUBLIC_URL": public_url,
+        "DRIPMAIL_SECRET_KEY": key,
+        "POSTMARK_SERVER_TOKEN": fake_providers.POSTMARK_TOKEN,
+        "DRIPMAIL_POSTMARK_BASE_URL": fake_providers.base("postmark"),
+    }
+    variable = "DRIPMAIL_SECRET_KEY" if key == "a" else "DRIPMAIL_PUBLIC_URL"
+    run = _run(tmp_path, env, "run")
+    assert run.returncode == 1
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and variable in lines[0] and named in lines[0], run.stderr
+    assert fake_providers.accepted("postmark") == []
+    check = _run(tmp_path, env, "providers", "check")
+    assert check.returncode == 1
+    assert any(named in line and variable in line for line in check.stderr.splitlines())

@@ -60,6 +60,7 @@ def _runner(tmp_path: Path, fake, provider: str) -> Runner:
     settings = Settings(
         DRIPMAIL_PROVIDER=provider,
         DRIPMAIL_SECRET_KEY=SECRET,
+        DRIPMAIL_PUBLIC_URL="https://join.studio.example.com",
         DRIPMAIL_DATABASE_URL="sqlite:///dripmail.db",
         POSTMARK_SERVER_TOKEN=fake.POSTMARK_TOKEN,
         DRIPMAIL_POSTMARK_BASE_URL=fake.base("postmark"),

@@ -40,6 +40,7 @@ def _settings(tmp_path: Path, fake, provider: str, **extra: str) -> Settings:
     env = {
         "DRIPMAIL_PROVIDER": provider,
         "DRIPMAIL_SECRET_KEY": SECRET,
+        "DRIPMAIL_PUBLIC_URL": "https://join.studio.example.com",
         "DRIPMAIL_DATABASE_URL": "sqlite:///dripmail.db",
         "DRIPMAIL_RATE_PER_SECOND": "5000",  # the fake has no limits; pacing is tested apart
         "POSTMARK_SERVER_TOKEN": fake.POSTMARK_TOKEN,
@@ -161,6 +162,7 @@ def test_send_py_run_and_test_send_through_the_base_url(tmp_path, fake_providers
     env = {
         "DRIPMAIL_PROVIDER": provider,
         "DRIPMAIL_SECRET_KEY": SECRET,
+        "DRIPMAIL_PUBLIC_URL": "https://join.studio.example.com",
         "DRIPMAIL_RATE_PER_SECOND": "5000",
         "POSTMARK_SERVER_TOKEN": fake_providers.POSTMARK_TOKEN,
         "DRIPMAIL_POSTMARK_BASE_URL": fake_providers.base("postmark"),

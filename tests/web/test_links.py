@@ -269,6 +269,7 @@ async def test_unsubscribe_cancels_lessons_already_scheduled_at_the_provider(
     web = make_web(
         clock=Clock(datetime.now(UTC)),
         DRIPMAIL_PROVIDER="resend",
+        DRIPMAIL_PUBLIC_URL="https://testserver",
         RESEND_API_KEY=fake_providers.RESEND_KEY,
         DRIPMAIL_RESEND_BASE_URL=fake_providers.base("resend"),
     )
@@ -383,6 +384,7 @@ async def test_pause_takes_back_lessons_scheduled_at_the_provider(make_web, fake
     web = make_web(
         clock=Clock(datetime.now(UTC)),
         DRIPMAIL_PROVIDER="resend",
+        DRIPMAIL_PUBLIC_URL="https://testserver",
         RESEND_API_KEY=fake_providers.RESEND_KEY,
         DRIPMAIL_RESEND_BASE_URL=fake_providers.base("resend"),
     )
