@@ -14,8 +14,9 @@ from dripmail.errors import StoreError
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
-# user:password@ in any URL-like text, parsable or not (postgres://user:pw@host).
-_CREDENTIALS = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:/@\s]*):[^@\s]*@")
+# user:password@ in any URL-like text, parsable or not (postgres://user:pw@host). A password
+# in a URL cannot hold a raw "/" (it must be percent-encoded), which keeps "scheme:" apart.
+_CREDENTIALS = re.compile(r"(?P<user>[^\s:/@]+):[^@\s/]*@")
 
 
 def redact(text: str) -> str:
@@ -23,7 +24,7 @@ def redact(text: str) -> str:
 
     Errors show database URLs so the operator sees which one failed, never its password.
     """
-    return _CREDENTIALS.sub(r"\g<scheme>\g<user>:***@", text)
+    return _CREDENTIALS.sub(r"\g<user>:***@", text)
 
 
 def resolve_url(url: str, root: Path) -> str:

@@ -88,3 +88,17 @@ def test_an_older_sqlite_database_gets_ids_that_never_repeat(tmp_path: Path) -> 
         upgraded, "d@example.org", timezone="UTC", status="pending", consent_source="t", now=now
     )
     assert sid == 4  # not 3 again
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgres://studio:s3cret-pw@db.example.com/dripmail",
+        "postgresql+nodriver://studio:s3cret-pw@db.example.com/dripmail",
+        "postgresql+psycopg://studio:s3cret-pw@127.0.0.1:1/dripmail",
+        "not a url studio:s3cret-pw@db",
+    ],
+)
+def test_a_database_error_never_prints_the_password(tmp_path, url: str) -> None:
+    with pytest.raises(StoreError) as caught:
+        open_store(url, tmp_path)
+    assert "s3cret-pw" not in str(caught.value)
+    assert len(str(caught.value).splitlines()) == 1
