@@ -28,6 +28,7 @@ from html import unescape
 from pathlib import Path
 
 import dkim
+import frontmatter
 import pytest
 from aiosmtpd.controller import Controller
 from cryptography.hazmat.primitives import serialization
@@ -181,7 +182,8 @@ def _kind(received: Received) -> str:
         return "test-send"
     if to == PENDING_READER:
         return "confirmation"
-    return "lesson" if str(received.parsed["Subject"]).startswith("Day ") else "newsletter"
+    newsletter = frontmatter.load(REPO / "newsletters" / "hips-at-the-desk.md")["subject"]
+    return "newsletter" if str(received.parsed["Subject"]) == newsletter else "lesson"
 
 
 def _lines(data: bytes) -> list[bytes]:

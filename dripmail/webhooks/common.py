@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -193,3 +193,36 @@ def secret_value(value: Any) -> str | None:
         return None
     text = value.get_secret_value() if hasattr(value, "get_secret_value") else str(value)
     return text.strip() or None
+
+
+Field = Callable[[Mapping[str, Any]], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """How one provider event kind becomes a `WebhookEvent`: an entry of a module's table.
+
+    `hard` and `detail` are constants or functions of the provider's event object. A table
+    value may also be a function returning a Rule (or None: not tracked) when the kind alone
+    does not decide, e.g. a suppression whose reason says complaint or bounce.
+    """
+
+    type: EventType
+    hard: bool | Field = False
+    detail: str | Field = ""
+
+    def fields(self, item: Mapping[str, Any]) -> dict[str, Any]:
+        """``type``, ``hard`` and ``detail`` for `item`, as WebhookEvent keyword arguments."""
+        hard = self.hard(item) if callable(self.hard) else self.hard
+        detail = self.detail(item) if callable(self.detail) else self.detail
+        return {"type": self.type, "hard": bool(hard), "detail": clip(detail)}
+
+
+Table = Mapping[str, Rule | Callable[[Mapping[str, Any]], Rule | None]]
+
+
+def lookup(table: Table, kind: str, item: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The WebhookEvent fields for `kind` by `table`, or None when dripmail does not track it."""
+    entry = table.get(kind)
+    rule = entry(item) if entry is not None and not isinstance(entry, Rule) else entry
+    return rule.fields(item) if rule is not None else None

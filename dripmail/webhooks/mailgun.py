@@ -19,11 +19,13 @@ from typing import Any
 from dripmail.errors import InputError, WebhookAuthError
 from dripmail.webhooks.common import (
     KEY_FIELD,
+    Rule,
+    Table,
     WebhookEvent,
     canonical_hash,
     check_fresh,
-    clip,
     load_json,
+    lookup,
     optional_str,
     parse_time,
     raw_json,
@@ -35,8 +37,43 @@ from dripmail.webhooks.common import (
 
 NAME = "mailgun"
 
+
 # Permanent failures caused by Mailgun's own suppression lists say *why* it refused.
-SUPPRESS_REASONS = {"suppress-complaint": "complained", "suppress-unsubscribe": "unsubscribed"}
+def _failure_detail(data: Mapping[str, Any]) -> str:
+    found = data.get("delivery-status")
+    status: Mapping[str, Any] = found if isinstance(found, dict) else {}
+    reason = str(data.get("reason", "")).lower()
+    return f"{reason}: {status.get('description') or status.get('message') or ''}".strip(": ")
+
+
+def _permanent(data: Mapping[str, Any]) -> bool:
+    return str(data.get("severity", "")).lower() == "permanent"
+
+
+# A permanent failure for one of these reasons is the person's own complaint or unsubscribe
+# (Mailgun suppressed the address for it), not a bounce.
+SUPPRESS_REASONS: dict[str, Rule] = {
+    "suppress-complaint": Rule("complained", detail=_failure_detail),
+    "suppress-unsubscribe": Rule("unsubscribed", detail=_failure_detail),
+}
+
+
+def _failed(data: Mapping[str, Any]) -> Rule:
+    reason = str(data.get("reason", "")).lower()
+    if _permanent(data) and reason in SUPPRESS_REASONS:
+        return SUPPRESS_REASONS[reason]
+    return Rule("bounced", hard=_permanent, detail=_failure_detail)
+
+
+# Mailgun `event` -> how it is recorded; kinds not listed (accepted, stored...) are not tracked.
+EVENTS: Table = {
+    "delivered": Rule("delivered"),
+    "opened": Rule("opened"),
+    "clicked": Rule("clicked", detail=lambda data: data.get("url")),
+    "complained": Rule("complained"),
+    "unsubscribed": Rule("unsubscribed"),
+    "failed": _failed,
+}
 
 
 def verify(signature: Mapping[str, Any], settings: Any, now: datetime) -> str:
@@ -101,25 +138,5 @@ def normalise(data: dict[str, Any], now: datetime) -> WebhookEvent | None:
         "at": parse_time(data.get("timestamp"), now),
         "raw": raw_json(data),
     }
-    status = data.get("delivery-status")
-    status = status if isinstance(status, dict) else {}
-    if kind == "delivered":
-        return WebhookEvent(**base, type="delivered")
-    if kind == "opened":
-        return WebhookEvent(**base, type="opened")
-    if kind == "clicked":
-        return WebhookEvent(**base, type="clicked", detail=clip(data.get("url")))
-    if kind == "complained":
-        return WebhookEvent(**base, type="complained")
-    if kind == "unsubscribed":
-        return WebhookEvent(**base, type="unsubscribed")
-    if kind == "failed":
-        severity = str(data.get("severity", "")).lower()
-        reason = str(data.get("reason", "")).lower()
-        detail = clip(
-            f"{reason}: {status.get('description') or status.get('message') or ''}".strip(": ")
-        )
-        if severity == "permanent" and reason in SUPPRESS_REASONS:
-            return WebhookEvent(**base, type=SUPPRESS_REASONS[reason], detail=detail)  # type: ignore[arg-type]
-        return WebhookEvent(**base, type="bounced", hard=severity == "permanent", detail=detail)
-    return None
+    fields = lookup(EVENTS, kind, data)
+    return WebhookEvent(**base, **fields) if fields else None

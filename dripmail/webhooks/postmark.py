@@ -10,17 +10,21 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from dripmail.errors import WebhookAuthError
 from dripmail.webhooks.common import (
     KEY_FIELD,
+    Rule,
+    Table,
     WebhookEvent,
     canonical_hash,
     clip,
     load_json,
+    lookup,
     lower_headers,
     optional_str,
     parse_time,
@@ -74,90 +78,105 @@ def _key(record: Mapping[str, Any]) -> str | None:
     return optional_str(metadata.get(KEY_FIELD)) if isinstance(metadata, dict) else None
 
 
+def _bounce(record: Mapping[str, Any]) -> Rule:
+    """A Bounce record: its `Type` says whether it is a bounce, a complaint or an unsubscribe."""
+    bounce_type = optional_str(record.get("Type")) or ""
+    detail = clip(record.get("Description") or record.get("Details") or bounce_type)
+    if bounce_type == "SpamComplaint":
+        return Rule("complained", detail=detail)
+    if bounce_type == "Unsubscribe":  # a "please unsubscribe me" reply, classed as bounce
+        return Rule("unsubscribed", detail=detail)
+    # `Inactive` means Postmark deactivated the address: it will not deliver there again.
+    hard = bounce_type in HARD_TYPES or record.get("Inactive") is True
+    return Rule("bounced", hard=hard, detail=f"{bounce_type}: {detail}")
+
+
+def _complaint(record: Mapping[str, Any]) -> Rule:
+    bounce_type = optional_str(record.get("Type")) or ""
+    return Rule(
+        "complained", detail=record.get("Description") or record.get("Details") or bounce_type
+    )
+
+
+def _suppression_detail(record: Mapping[str, Any]) -> str:
+    return f"{optional_str(record.get('SuppressionReason')) or ''} ({record.get('Origin', '')})"
+
+
+# SubscriptionChange `SuppressionReason` -> what it means for the person.
+SUPPRESSIONS: dict[str, Rule] = {
+    "HardBounce": Rule("bounced", hard=True, detail=_suppression_detail),
+    "SpamComplaint": Rule("complained", detail=_suppression_detail),
+}
+
+
+def _subscription_change(record: Mapping[str, Any]) -> Rule | None:
+    if record.get("SuppressSending") is not True:
+        return None  # a reactivation: nothing to stop (re-subscribing is the person's call)
+    reason = optional_str(record.get("SuppressionReason")) or ""
+    return SUPPRESSIONS.get(reason, Rule("unsubscribed", detail=_suppression_detail))
+
+
+# Postmark `RecordType` -> how it is recorded; record types not listed are not tracked.
+EVENTS: Table = {
+    "Bounce": _bounce,
+    "SpamComplaint": _complaint,
+    "Delivery": Rule("delivered", detail=lambda r: r.get("Details")),
+    "Open": Rule("opened"),
+    "Click": Rule("clicked", detail=lambda r: optional_str(r.get("OriginalLink")) or ""),
+    "SubscriptionChange": _subscription_change,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class _Shape:
+    """Where a record type keeps the address and the time, and what makes it unique."""
+
+    email: str
+    at: str
+    # Fields hashed (beside type, message id, address and time) into the dedupe key.
+    extra: Callable[[Mapping[str, Any]], tuple[Any, ...]] = lambda r: ()
+    # Bounce and complaint records carry Postmark's own unique ID.
+    by_id: bool = False
+
+
+SHAPES: dict[str, _Shape] = {
+    "Bounce": _Shape("Email", "BouncedAt", by_id=True),
+    "SpamComplaint": _Shape("Email", "BouncedAt", by_id=True),
+    "Delivery": _Shape("Recipient", "DeliveredAt"),
+    "Open": _Shape("Recipient", "ReceivedAt", lambda r: (None,)),
+    "Click": _Shape("Recipient", "ReceivedAt", lambda r: (optional_str(r.get("OriginalLink")),)),
+    "SubscriptionChange": _Shape(
+        "Recipient",
+        "ChangedAt",
+        lambda r: (optional_str(r.get("SuppressionReason")) or "",),
+    ),
+}
+
+
 def normalise(record: dict[str, Any], now: datetime) -> WebhookEvent | None:
     """One Postmark record as a WebhookEvent; None for record types dripmail does not track."""
     kind = require_str(NAME, record, "RecordType")
+    shape = SHAPES.get(kind)
+    if shape is None:
+        return None
+    fields = lookup(EVENTS, kind, record)
+    if fields is None:
+        return None
+    email = require_str(NAME, record, shape.email)
     message_id = optional_str(record.get("MessageID"))
-    common: dict[str, Any] = {
-        "provider": NAME,
-        "delivery_key": _key(record),
-        "provider_message_id": message_id,
-        "raw": raw_json(record),
-    }
-    if kind in ("Bounce", "SpamComplaint"):
-        email = require_str(NAME, record, "Email")
-        bounce_type = optional_str(record.get("Type")) or ""
-        at = parse_time(record.get("BouncedAt"), now)
-        # Bounce and complaint records carry Postmark's own unique ID.
-        rid = optional_str(record.get("ID"))
+    at_raw = record.get(shape.at)
+    rid = optional_str(record.get("ID")) if shape.by_id else None
+    if shape.by_id:
         dedupe = f"{kind.lower()}-{rid}" if rid else canonical_hash(kind, record)
-        detail = clip(record.get("Description") or record.get("Details") or bounce_type)
-        if kind == "SpamComplaint" or bounce_type == "SpamComplaint":
-            return WebhookEvent(
-                **common, dedupe_key=dedupe, type="complained", email=email, at=at, detail=detail
-            )
-        if bounce_type == "Unsubscribe":  # a "please unsubscribe me" reply, classed as bounce
-            return WebhookEvent(
-                **common, dedupe_key=dedupe, type="unsubscribed", email=email, at=at, detail=detail
-            )
-        # `Inactive` means Postmark deactivated the address: it will not deliver there again.
-        hard = bounce_type in HARD_TYPES or record.get("Inactive") is True
-        return WebhookEvent(
-            **common,
-            dedupe_key=dedupe,
-            type="bounced",
-            email=email,
-            at=at,
-            detail=clip(f"{bounce_type}: {detail}"),
-            hard=hard,
-        )
-    if kind == "Delivery":
-        email = require_str(NAME, record, "Recipient")
-        at_raw = record.get("DeliveredAt")
-        return WebhookEvent(
-            **common,
-            dedupe_key=canonical_hash(kind, message_id, email, at_raw),
-            type="delivered",
-            email=email,
-            at=parse_time(at_raw, now),
-            detail=clip(record.get("Details")),
-        )
-    if kind in ("Open", "Click"):
-        email = require_str(NAME, record, "Recipient")
-        at_raw = record.get("ReceivedAt")
-        link = optional_str(record.get("OriginalLink")) if kind == "Click" else None
-        return WebhookEvent(
-            **common,
-            dedupe_key=canonical_hash(kind, message_id, email, at_raw, link),
-            type="opened" if kind == "Open" else "clicked",
-            email=email,
-            at=parse_time(at_raw, now),
-            detail=clip(link or ""),
-        )
-    if kind == "SubscriptionChange":
-        email = require_str(NAME, record, "Recipient")
-        if record.get("SuppressSending") is not True:
-            return None  # a reactivation: nothing to stop (re-subscribing is the person's call)
-        reason = optional_str(record.get("SuppressionReason")) or ""
-        at_raw = record.get("ChangedAt")
-        dedupe = canonical_hash(kind, message_id, email, at_raw, reason)
-        at = parse_time(at_raw, now)
-        detail = clip(f"{reason} ({record.get('Origin', '')})")
-        if reason == "HardBounce":
-            return WebhookEvent(
-                **common,
-                dedupe_key=dedupe,
-                type="bounced",
-                email=email,
-                at=at,
-                detail=detail,
-                hard=True,
-            )
-        if reason == "SpamComplaint":
-            return WebhookEvent(
-                **common, dedupe_key=dedupe, type="complained", email=email, at=at, detail=detail
-            )
-        return WebhookEvent(
-            **common, dedupe_key=dedupe, type="unsubscribed", email=email, at=at, detail=detail
-        )
-    return None
+    else:
+        dedupe = canonical_hash(kind, message_id, email, at_raw, *shape.extra(record))
+    return WebhookEvent(
+        provider=NAME,
+        dedupe_key=dedupe,
+        email=email,
+        delivery_key=_key(record),
+        provider_message_id=message_id,
+        at=parse_time(at_raw, now),
+        raw=raw_json(record),
+        **fields,
+    )

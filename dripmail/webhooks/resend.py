@@ -10,21 +10,24 @@ is the dedupe key; it is also stored with a digest of the body (see `apply_event
 
 from __future__ import annotations
 
-import base64
 import binascii
 import hashlib
 import hmac
 from collections.abc import Mapping
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
+
+from standardwebhooks.webhooks import EmptyWebhookSecretError, Webhook
 
 from dripmail.errors import ConfigError, InputError, WebhookAuthError
 from dripmail.webhooks.common import (
     KEY_FIELD,
+    Rule,
+    Table,
     WebhookEvent,
     check_fresh,
-    clip,
     load_json,
+    lookup,
     lower_headers,
     optional_str,
     parse_time,
@@ -39,12 +42,11 @@ PREFIX = "whsec_"
 TOLERANCE = timedelta(minutes=5)
 
 
-def secret_bytes(secret: str) -> bytes:
-    """The HMAC key: the base64 part of a ``whsec_`` secret, decoded."""
-    encoded = secret[len(PREFIX) :] if secret.startswith(PREFIX) else secret
+def _webhook(secret: str) -> Webhook:
+    """The Standard Webhooks verifier for a ``whsec_`` secret (ConfigError when malformed)."""
     try:
-        return base64.b64decode(encoded, validate=True)
-    except binascii.Error:
+        return Webhook(secret.strip())
+    except (binascii.Error, ValueError, EmptyWebhookSecretError):
         raise ConfigError(
             "RESEND_WEBHOOK_SECRET is not a signing secret: copy the whsec_... value from "
             "the webhook's page in Resend"
@@ -52,28 +54,39 @@ def secret_bytes(secret: str) -> bytes:
 
 
 def verify(headers: Mapping[str, str], body: bytes, settings: Any, now: datetime) -> str:
-    """Check the Svix signature and timestamp; returns the message id."""
+    """Check the Svix signature and timestamp; returns the message id.
+
+    The signature is computed by the `standardwebhooks` package (the reference
+    implementation Svix publishes: secret decoding, signed content, HMAC-SHA256). Its
+    `verify()` is not called because it reads the wall clock for the five-minute window;
+    here the window is checked against `now`, the app's clock, after the signature matched.
+    """
     secret = secret_value(getattr(settings, "resend_webhook_secret", None))
     if not secret:
         raise WebhookAuthError(NAME, "RESEND_WEBHOOK_SECRET is not set")
-    key = secret_bytes(secret)
+    webhook = _webhook(secret)
     h = lower_headers(headers)
     prefix = "svix-" if "svix-id" in h else "webhook-"
     msg_id, stamp, signatures = (h.get(prefix + k, "") for k in ("id", "timestamp", "signature"))
     if not (msg_id and stamp and signatures):
         raise WebhookAuthError(NAME, "unsigned request (svix-id/-timestamp/-signature missing)")
-    expected = hmac.new(key, f"{msg_id}.{stamp}.".encode() + body, hashlib.sha256).digest()
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        # Standard Webhooks payloads are UTF-8 text: this one cannot be a signed event.
+        # Refused as malformed input (nothing stored), like any body that is not UTF-8 JSON.
+        raise InputError(f"{NAME} webhook: body is not UTF-8 JSON") from None
+    try:
+        when = datetime.fromtimestamp(int(stamp), UTC)
+    except (ValueError, OverflowError, OSError):
+        raise WebhookAuthError(NAME, "the timestamp is not a number of seconds") from None
+    expected = webhook.sign(msg_id, when, text).partition(",")[2].encode()
     matched = False
     for versioned in signatures.split():
         version, _, value = versioned.partition(",")
-        if version != "v1":
-            continue  # other schemes (e.g. v1a asymmetric) are not ours to check
-        try:
-            given = base64.b64decode(value, validate=True)
-        except binascii.Error:
-            continue
-        # Check every listed signature (no early exit) so timing says nothing about which.
-        matched |= hmac.compare_digest(expected, given)
+        # Other schemes (e.g. v1a asymmetric) are not ours to check. Every listed signature
+        # is compared (no early exit) so timing says nothing about which one matched.
+        matched |= version == "v1" and hmac.compare_digest(expected, value.encode())
     if not matched:
         raise WebhookAuthError(NAME, "the signature does not match")
     check_fresh(NAME, stamp, now, TOLERANCE)
@@ -105,10 +118,9 @@ def normalise(
     """A Resend event as WebhookEvents (one per recipient in `data.to`)."""
     kind = require_str(NAME, payload, "type", "the body")
     data = require_object(NAME, payload.get("data"), "data")
-    mapped = _map(kind, data)
-    if mapped is None:
+    fields = lookup(EVENTS, kind, data)
+    if fields is None:
         return []
-    type_, hard, detail = mapped
     to = data.get("to")
     recipients = [to] if isinstance(to, str) else to
     if not isinstance(recipients, list) or not all(
@@ -122,43 +134,54 @@ def normalise(
         WebhookEvent(
             provider=NAME,
             dedupe_key=msg_id if len(addresses) == 1 else f"{msg_id}:{address.lower()}",
-            type=type_,  # type: ignore[arg-type]
             email=address,
             delivery_key=_delivery_key(data),
             provider_message_id=optional_str(data.get("email_id")),
             at=at,
-            detail=detail,
-            hard=hard,
             replay_id=msg_id,
             replay_digest=digest,
             raw=raw_json(payload),
+            **fields,
         )
         for address in addresses
     ]
 
 
-def _map(kind: str, data: Mapping[str, Any]) -> tuple[str, bool, str] | None:
-    """(type, hard, detail) for a Resend event type; None when not tracked."""
-    if kind == "email.delivered":
-        return "delivered", False, ""
-    if kind == "email.opened":
-        return "opened", False, ""
-    if kind == "email.clicked":
-        click = data.get("click")
-        return "clicked", False, clip(click.get("link") if isinstance(click, dict) else "")
-    if kind == "email.complained":
-        return "complained", False, ""
-    if kind == "email.bounced":
-        found = data.get("bounce")
-        bounce: Mapping[str, Any] = found if isinstance(found, dict) else {}
-        hard = bounce.get("type") == "Permanent"  # Transient / Undetermined stay soft
-        return "bounced", hard, clip(f"{bounce.get('type', '')}: {bounce.get('message', '')}")
-    if kind == "email.delivery_delayed":
-        return "bounced", False, "delivery delayed"
-    if kind == "email.suppressed":
-        found = data.get("suppressed")
-        sup: Mapping[str, Any] = found if isinstance(found, dict) else {}
-        if sup.get("reason") == "previous_complaint":
-            return "complained", False, clip(sup.get("message", ""))
-        return "bounced", True, clip(sup.get("message", "") or sup.get("reason", ""))
-    return None
+def _click(data: Mapping[str, Any]) -> Any:
+    click = data.get("click")
+    return click.get("link") if isinstance(click, dict) else ""
+
+
+def _part(data: Mapping[str, Any], name: str) -> Mapping[str, Any]:
+    found = data.get(name)
+    return found if isinstance(found, dict) else {}
+
+
+def _bounce_detail(data: Mapping[str, Any]) -> str:
+    bounce = _part(data, "bounce")
+    return f"{bounce.get('type', '')}: {bounce.get('message', '')}"
+
+
+def _suppressed(data: Mapping[str, Any]) -> Rule:
+    sup = _part(data, "suppressed")
+    if sup.get("reason") == "previous_complaint":
+        return Rule("complained", detail=sup.get("message", ""))
+    return Rule("bounced", hard=True, detail=sup.get("message", "") or sup.get("reason", ""))
+
+
+# Resend event `type` -> how it is recorded; types not listed (sent, scheduled...) are not
+# tracked. Resend sends no unsubscribe event.
+EVENTS: Table = {
+    "email.delivered": Rule("delivered"),
+    "email.opened": Rule("opened"),
+    "email.clicked": Rule("clicked", detail=_click),
+    "email.complained": Rule("complained"),
+    # Permanent is hard; Transient / Undetermined stay soft.
+    "email.bounced": Rule(
+        "bounced",
+        hard=lambda data: _part(data, "bounce").get("type") == "Permanent",
+        detail=_bounce_detail,
+    ),
+    "email.delivery_delayed": Rule("bounced", hard=False, detail="delivery delayed"),
+    "email.suppressed": _suppressed,
+}

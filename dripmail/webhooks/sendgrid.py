@@ -23,11 +23,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from dripmail.errors import ConfigError, InputError, WebhookAuthError
 from dripmail.webhooks.common import (
     KEY_FIELD,
+    Rule,
+    Table,
     WebhookEvent,
     canonical_hash,
     check_fresh,
-    clip,
     load_json,
+    lookup,
     lower_headers,
     optional_str,
     parse_time,
@@ -45,12 +47,35 @@ TIMESTAMP_HEADER = "x-twilio-email-event-webhook-timestamp"
 # across SendGrid's retries (PROVIDERS.md), so the dedupe hash leaves it out.
 VOLATILE = frozenset({"sg_event_id"})
 
+
 # `dropped` means SendGrid refused to send because the address is on one of its lists.
-DROP_REASONS = {
-    "bounced address": ("bounced", True),
-    "invalid": ("bounced", True),
-    "spam reporting address": ("complained", False),
-    "unsubscribed address": ("unsubscribed", False),
+def _reason(item: Mapping[str, Any]) -> Any:
+    return item.get("reason") or item.get("response") or ""
+
+
+# A drop for one of these reasons means SendGrid will not mail the address (bounced before,
+# marked invalid, reported spam, unsubscribed); other drops say nothing about the person.
+DROP_REASONS: dict[str, Rule] = {
+    "bounced address": Rule("bounced", hard=True, detail=_reason),
+    "invalid": Rule("bounced", hard=True, detail=_reason),
+    "spam reporting address": Rule("complained", detail=_reason),
+    "unsubscribed address": Rule("unsubscribed", detail=_reason),
+}
+
+# SendGrid `event` -> how it is recorded; kinds not listed (processed...) are not tracked.
+EVENTS: Table = {
+    "delivered": Rule("delivered", detail=_reason),
+    "open": Rule("opened"),
+    "click": Rule("clicked", detail=lambda item: item.get("url")),
+    # type "bounce" is a permanent rejection; "blocked" a temporary (reputation) one.
+    "bounce": Rule(
+        "bounced", hard=lambda item: item.get("type", "bounce") != "blocked", detail=_reason
+    ),
+    "deferred": Rule("bounced", hard=False, detail=_reason),
+    "spamreport": Rule("complained"),
+    "unsubscribe": Rule("unsubscribed", detail="unsubscribe"),
+    "group_unsubscribe": Rule("unsubscribed", detail="group_unsubscribe"),
+    "dropped": lambda item: DROP_REASONS.get(str(item.get("reason", "")).strip().lower()),
 }
 
 
@@ -129,25 +154,5 @@ def normalise(item: dict[str, Any], now: datetime) -> WebhookEvent | None:
         "at": parse_time(item.get("timestamp"), now),
         "raw": raw_json(item),
     }
-    reason = clip(item.get("reason") or item.get("response") or "")
-    if kind == "delivered":
-        return WebhookEvent(**base, type="delivered", detail=reason)
-    if kind == "open":
-        return WebhookEvent(**base, type="opened")
-    if kind == "click":
-        return WebhookEvent(**base, type="clicked", detail=clip(item.get("url")))
-    if kind == "bounce":
-        # type "bounce" is a permanent rejection; "blocked" a temporary (reputation) one.
-        hard = item.get("type", "bounce") != "blocked"
-        return WebhookEvent(**base, type="bounced", hard=hard, detail=reason)
-    if kind == "deferred":
-        return WebhookEvent(**base, type="bounced", hard=False, detail=reason)
-    if kind == "spamreport":
-        return WebhookEvent(**base, type="complained")
-    if kind in ("unsubscribe", "group_unsubscribe"):
-        return WebhookEvent(**base, type="unsubscribed", detail=kind)
-    if kind == "dropped":
-        found = DROP_REASONS.get(str(item.get("reason", "")).strip().lower())
-        if found:
-            return WebhookEvent(**base, type=found[0], hard=found[1], detail=reason)  # type: ignore[arg-type]
-    return None
+    fields = lookup(EVENTS, kind, item)
+    return WebhookEvent(**base, **fields) if fields else None
