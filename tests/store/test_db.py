@@ -88,6 +88,8 @@ def test_an_older_sqlite_database_gets_ids_that_never_repeat(tmp_path: Path) -> 
         upgraded, "d@example.org", timezone="UTC", status="pending", consent_source="t", now=now
     )
     assert sid == 4  # not 3 again
+
+
 @pytest.mark.parametrize(
     "url",
     [
