@@ -72,6 +72,7 @@ def studio(tmp_path: Path, fake_providers, cli) -> tuple[Path, dict[str, str]]:
     env = {
         "DRIPMAIL_PROVIDER": "mailgun",
         "DRIPMAIL_SECRET_KEY": SECRET,
+        "DRIPMAIL_PUBLIC_URL": "https://join.studio.example.com",
         "MAILGUN_API_KEY": fake_providers.MAILGUN_KEY,
         "MAILGUN_DOMAIN": fake_providers.MAILGUN_DOMAIN,
         "DRIPMAIL_MAILGUN_BASE_URL": fake_providers.base("mailgun"),
