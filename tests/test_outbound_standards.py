@@ -145,6 +145,7 @@ def _week_and_confirmation(root: Path, port: int) -> Runner:
         now=start,
     )
     subs.activate(runner.engine, sid, runner.course, start)
+    assert subs.plan_welcome(runner.engine, sid, runner.course, start)
     now = start
     while now < start + timedelta(days=9):
         run_once(
@@ -182,8 +183,12 @@ def _kind(received: Received) -> str:
         return "test-send"
     if to == PENDING_READER:
         return "confirmation"
-    newsletter = frontmatter.load(REPO / "newsletters" / "hips-at-the-desk.md")["subject"]
-    return "newsletter" if str(received.parsed["Subject"]) == newsletter else "lesson"
+    subject = str(received.parsed["Subject"])
+    if subject == frontmatter.load(REPO / "newsletters" / "hips-at-the-desk.md")["subject"]:
+        return "newsletter"
+    if subject == frontmatter.load(REPO / "course" / "welcome.md")["subject"]:
+        return "welcome"
+    return "lesson"
 
 
 def _lines(data: bytes) -> list[bytes]:
@@ -232,7 +237,9 @@ def test_every_kind_through_smtp_is_standards_correct(tmp_path: Path, smtp_inbox
     handed_at = datetime.now(UTC)
     _send_everything(tmp_path / "studio", port)
     kinds = [_kind(r) for r in inbox.received]
-    assert sorted(kinds) == sorted(["lesson"] * 7 + ["confirmation", "newsletter", "test-send"])
+    assert sorted(kinds) == sorted(
+        ["welcome"] + ["lesson"] * 7 + ["confirmation", "newsletter", "test-send"]
+    )
     for received, kind in zip(inbox.received, kinds, strict=True):
         assert_standard(received.data, kind, handed_at)
     # The international domain travels in ASCII form, in the envelope and in To.
@@ -250,7 +257,7 @@ def test_every_kind_through_smtp_is_standards_correct(tmp_path: Path, smtp_inbox
     init_project(other)
     _week_and_confirmation(other, port)
     second = {str(r.parsed["Message-ID"]) for r in inbox.received[count:]}
-    assert len(second) == 8 and not first & second
+    assert len(second) == 9 and not first & second
 
 
 def _mbox(messages: list[bytes]) -> bytes:
@@ -342,7 +349,7 @@ def test_dkim_signature_verifies_on_every_kind(tmp_path: Path, smtp_inbox) -> No
         b"List-Unsubscribe-Post",
     ]
     kinds = {_kind(r) for r in inbox.received}
-    assert kinds == {"lesson", "confirmation", "newsletter", "test-send"}
+    assert kinds == {"welcome", "lesson", "confirmation", "newsletter", "test-send"}
     for received in inbox.received:
         signature = dkim.sign(
             received.data, b"dm", b"studio.example.com", private, include_headers=signed
@@ -401,6 +408,7 @@ def test_http_payloads_carry_the_same_standard_headers(
             now=start,
         )
         subs.activate(runner.engine, sid, runner.course, start)
+        assert subs.plan_welcome(runner.engine, sid, runner.course, start)
         ids[address] = sid
     window = handover_window(runner.provider, runner.settings)
     now = start
@@ -430,7 +438,8 @@ def test_http_payloads_carry_the_same_standard_headers(
     assert send_confirmations(runner.project, runner.settings, [pending], start, runner) == 1
     records = fake_providers.accepted(provider)
     utf8_ok = provider == "sendgrid"
-    assert len(records) == (15 if utf8_ok else 8)
+    # 8 (welcome + 7 lessons) for each reader the provider can carry, and one confirmation.
+    assert len(records) == (17 if utf8_ok else 9)
     assert {r.to for r in records} == {IDN_ASCII, PENDING_READER} | (
         {NON_ASCII_LOCAL} if utf8_ok else set()
     )
