@@ -2,8 +2,9 @@
 
 One `WebContext` per app (stored as ``app.state.ctx``). Database work is synchronous
 (SQLAlchemy Core), so handlers call it through `ctx.db(...)` (Starlette's thread pool);
-provider calls go through `ctx.provider_call(...)`, one at a time, because a provider's
-pooled client belongs to the event loop that opened it.
+provider calls go through `ctx.provider_call(...)`, which runs them on the core's one event
+loop (`Dripmail.call_provider`), where the provider's pooled client lives: concurrent requests
+share its connections, no lock between them.
 """
 
 from __future__ import annotations
@@ -108,11 +109,10 @@ class WebContext:
         return await run_in_threadpool(partial(fn, *args, **kwargs))
 
     def provider_call_sync(self, make: Callable[[], Awaitable[T]]) -> T:
-        """Run one provider coroutine to completion on a private loop, one call at a time.
+        """Run one provider coroutine to completion on the core's event loop.
 
-        Called from a worker thread (never the server's loop): the HTTP providers rebuild
-        their pooled client per event loop, and the lock keeps two threads from swapping it
-        under each other.
+        Called from a worker thread (never the server's loop); calls from several threads run
+        concurrently there, sharing the provider's one pooled client.
         """
         return self.app.call_provider(make)
 
