@@ -192,6 +192,7 @@ def run_once(
     streak = FailureStreak(halt_after)
     taken = 0
     touched: set[int] = set()
+    recovered: set[int] = set()  # readers whose in-flight lessons this pass settled
 
     def size() -> int:
         return chunk if limit is None else min(chunk, limit - taken)
@@ -228,6 +229,7 @@ def run_once(
             page, after = _expired_claims(engine, now, size(), after)
             if page:
                 hand_over(page)
+                recovered.update(r["subscriber_id"] for r in page)
     cursor: tuple[datetime, int] | None = None
     while (limit is None or taken < limit) and not report.halted:
         want = size()
@@ -235,7 +237,9 @@ def run_once(
         if not free:
             break
         cursor = (free[-1]["due_at"], free[-1]["id"])
-        hand_over(free)
+        # A reader whose interrupted lesson was just settled (perhaps for review: it may have
+        # arrived) gets the next one on a later pass, as if both had been judged together.
+        hand_over([r for r in free if r["subscriber_id"] not in recovered])
         if len(free) < want:
             break
     if not dry_run:

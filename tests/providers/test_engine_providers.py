@@ -186,12 +186,13 @@ def test_send_py_run_and_test_send_through_the_base_url(tmp_path, fake_providers
         "2026-03-05T12:00Z",
     )
     assert added.returncode == 0, added.stderr
-    run = _cli(tmp_path, env, "run", "--now", "2026-03-06T09:00Z", "--quiet")
+    # --yes: a simulated clock with a (fake) real provider must be asked for on purpose.
+    run = _cli(tmp_path, env, "run", "--now", "2026-03-06T09:00Z", "--quiet", "--yes")
     assert run.returncode == 0, run.stderr
     assert "1 sent" in run.stdout
     keys = fake_providers.keys(provider)
     assert len(keys) == 2 and keys[1] == "test-week-s1-d1" and keys[0].startswith("test-d2-")
-    again = _cli(tmp_path, env, "run", "--now", "2026-03-06T09:30Z", "--quiet")
+    again = _cli(tmp_path, env, "run", "--now", "2026-03-06T09:30Z", "--quiet", "--yes")
     assert again.returncode == 0, again.stderr
     # Re-running never sends lesson 1 again (Resend may hand lesson 2 over ahead of time).
     assert Counter(fake_providers.keys(provider))["test-week-s1-d1"] == 1
