@@ -113,3 +113,53 @@ def test_unreachable_server_is_transient_and_reconcile_cannot_tell() -> None:
     results = asyncio.run(provider.send_batch(lessons(2)))
     assert {r.outcome for r in results} == {Outcome.TRANSIENT}
     assert asyncio.run(provider.reconcile(lessons(1))) == {"psoas-week-s1-d3": Lookup.UNKNOWN}
+
+
+def _international(batch):
+    from dataclasses import replace
+
+    from dripmail.message import Mailbox
+
+    return [
+        replace(batch[0], to=Mailbox("kim@bücher.example", "Kim")),
+        replace(batch[1], to=Mailbox("zoë@example.org", "Zoë")),
+        batch[2],
+    ]
+
+
+def _serve(smtputf8: bool) -> tuple[Catcher, int, Controller]:
+    catcher, port = Catcher(), _free_port()
+    controller = Controller(catcher, hostname="127.0.0.1", port=port, enable_SMTPUTF8=smtputf8)
+    controller.start()
+    return catcher, port, controller
+
+
+def test_idn_in_ascii_and_a_utf8_local_part_fails_alone_without_smtputf8() -> None:
+    catcher, port, controller = _serve(smtputf8=False)
+    try:
+        results = asyncio.run(_provider(port).send_batch(_international(lessons(3))))
+    finally:
+        controller.stop()
+    assert [r.outcome for r in results] == [Outcome.ACCEPTED, Outcome.PERMANENT, Outcome.ACCEPTED]
+    assert "SMTPUTF8" in (results[1].error or "") and "zoë@example.org" in (results[1].error or "")
+    assert [rcpts for _, rcpts, _ in catcher.messages] == [
+        ["kim@xn--bcher-kva.example"],
+        ["reader3@example.org"],
+    ]
+    parsed = message_from_bytes(catcher.messages[0][2], policy=default)
+    assert parsed["To"].addresses[0].addr_spec == "kim@xn--bcher-kva.example"
+
+
+def test_a_utf8_local_part_goes_with_smtputf8_when_offered() -> None:
+    catcher, port, controller = _serve(smtputf8=True)
+    try:
+        results = asyncio.run(_provider(port).send_batch(_international(lessons(3))))
+    finally:
+        controller.stop()
+    assert {r.outcome for r in results} == {Outcome.ACCEPTED}
+    # aiosmtpd hands the envelope over surrogate-escaped: these are the UTF-8 bytes sent.
+    sent = catcher.messages[1][1][0].encode("utf-8", "surrogateescape").decode("utf-8")
+    assert sent == "zoë@example.org"
+    # RFC 6532: the header carries UTF-8 as it is, no encoded word around the address.
+    to_line = next(line for line in catcher.messages[1][2].split(b"\r\n") if line[:3] == b"To:")
+    assert to_line == "To: Zoë <zoë@example.org>".encode()
