@@ -77,6 +77,8 @@ def _markdown(results: dict) -> str:
             lines.append(f"| {fig['name']} | {_num(fig['value'], unit)} | | | | |")
     if notes:
         lines += ["", "## What each peer and limit is", "", *notes]
+    if results.get("not_yet_run"):
+        lines += ["", f"Cut short before: {', '.join(results['not_yet_run'])}."]
     if results.get("failed"):
         lines += ["", "## Benchmarks that failed in this run", ""]
         lines += [f"- {name}: {reason}" for name, reason in results["failed"].items()]
@@ -95,7 +97,8 @@ def main() -> int:
     failed: dict[str, str] = {}
     benches = [p for p in sorted(HERE.glob("bench_*.py")) if not wanted or p.stem in wanted]
     begun = time.perf_counter()
-    for path in benches:
+    results: dict = {}
+    for done, path in enumerate(benches, 1):
         started = time.perf_counter()
         print(f"running {path.stem} ...", flush=True)
         try:
@@ -104,18 +107,19 @@ def main() -> int:
             traceback.print_exc()
             failed[path.stem] = f"{type(exc).__name__}: {str(exc).splitlines()[-1:]}"
         print(f"  done in {time.perf_counter() - started:.1f}s", flush=True)
-    results = {
-        "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()} python {platform.python_version()}",
-        "quick": args.quick,
-        "benches": [p.stem for p in benches],
-        "seconds": time.perf_counter() - begun,
-        "figures": figures,
-        "failed": failed,
-    }
-    if not wanted:  # a partial run never replaces the full results
-        (HERE / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-        (HERE / "RESULTS.md").write_text(_markdown(results))
+        results = {
+            "when": datetime.now(UTC).isoformat(timespec="seconds"),
+            "machine": f"{platform.machine()} python {platform.python_version()}",
+            "quick": args.quick,
+            "benches": [p.stem for p in benches[:done]],
+            "not_yet_run": [p.stem for p in benches[done:]],
+            "seconds": time.perf_counter() - begun,
+            "figures": figures,
+            "failed": failed,
+        }
+        if not wanted:  # after each bench: a run cut short still leaves what it measured
+            (HERE / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+            (HERE / "RESULTS.md").write_text(_markdown(results))
     print(_markdown(results))
     return 1 if failed else 0
 
