@@ -49,7 +49,7 @@ def upgrade() -> None:
             if column.name not in have:
                 op.add_column(table, column)
     for table, indexes in INDEXES.items():
-        have = {i["name"] for i in inspector.get_indexes(table)}
+        have = {str(i["name"]) for i in inspector.get_indexes(table)}
         for name, cols in indexes:
             if name not in have:
                 op.create_index(name, table, cols)
