@@ -2,8 +2,8 @@
 
 The app runs under uvicorn on loopback (the `Server` of test_browser); the pages are the
 sign-up form and its answer, confirm, unsubscribe, preferences, the newsletter archive (index
-and one issue) and the preview (index and one email's page). Pages send a strict CSP, so the
-context bypasses it to inject axe (the page itself is unchanged).
+and one issue), the preview (index and one email's page) and the report page. Pages send a
+strict CSP, so the context bypasses it to inject axe (the page itself is unchanged).
 """
 
 from __future__ import annotations
@@ -71,6 +71,7 @@ def test_every_page_has_no_serious_or_critical_axe_finding(site, browser) -> Non
         lambda r: r.continue_() if r.request.url.startswith(server.base) else r.abort(),
     )
     page = context.new_page()
+    page.set_default_timeout(180_000)  # a busy shared machine: never race the page's load
     findings: dict[str, list[str]] = {}
     try:
         pages = [
@@ -82,6 +83,7 @@ def test_every_page_has_no_serious_or_critical_axe_finding(site, browser) -> Non
             ("archive issue", f"{server.base}/newsletters/hips"),
             ("preview", f"{server.base}/preview"),
             ("preview lesson", f"{server.base}/preview/lesson/1"),
+            ("report", f"{server.base}/report"),
             ("bad link", f"{server.base}/unsubscribe/not-a-token"),
         ]
         for name, url in pages:
