@@ -152,7 +152,12 @@ def test_title_preheader_images_links_and_contrast(chromium, name: str) -> None:
         label = page.evaluate("document.querySelector('[aria-label]')?.getAttribute('aria-label')")
         assert label in (None, title)
 
-        hidden = page.evaluate("document.body.firstElementChild.textContent")
+        # The hidden preheader block (layout.mjml.j2: a display:none div, not mj-preview, whose
+        # white 1px text SpamAssassin scores as low-contrast).
+        hidden = page.evaluate("document.querySelector('.preheader').textContent")
+        assert page.evaluate("getComputedStyle(document.querySelector('.preheader')).display") == (
+            "none"
+        )
         assert hidden.startswith(email.preheader), hidden[:80]
         spacer = hidden[len(email.preheader) :]
         assert len(spacer) >= 60 and set(spacer) <= SPACER, "no spacer after the preheader"
