@@ -503,7 +503,7 @@ class Renderer:
     def mjml_per_recipient(self, day: int, recipient: Recipient) -> str:
         """The naive way, for the benchmark only: Jinja and MJML for every single reader."""
         lesson = self.course.lesson(day)
-        context = {"lesson": lesson, "body_html": Markup(to_html(lesson.body))}
+        context = {"lesson": lesson, **_bodies(lesson.body, self.course.brand.primary)}
         template = self._html_env.get_template("lesson.mjml.j2")
         view = {f: getattr(recipient, f) for f in RECIPIENT_FIELDS}
         view["first_name"] = view["first_name"] or GREETING_FALLBACK
