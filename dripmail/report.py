@@ -19,6 +19,7 @@ from datetime import date, datetime, timedelta
 
 from sqlalchemy import Engine
 
+from dripmail import welcome
 from dripmail.store import report_queries as q
 from dripmail.store.report_queries import SCANNER_WINDOW, Facts, link_of
 
@@ -36,6 +37,10 @@ METRICS = ("delivered", "opened", "clicked", "unsubscribed", "bounced", "complai
 def rate(part: int, whole: int) -> float | None:
     """part / whole rounded to 4 places (a fraction, not a percentage); None when whole is 0."""
     return round(part / whole, 4) if whole else None
+
+
+WELCOME_DAY = str(welcome.WELCOME_DAY)  # the welcome email's lesson_day: listed as "Welcome"
+WELCOME_TITLE = "Welcome"
 
 
 @dataclass(frozen=True)
@@ -269,15 +274,17 @@ def assemble(
     lesson_rows: list[MailRow] = []
     for key in lesson_keys:
         lesson = info.get(key)
+        fallback = WELCOME_TITLE if key == WELCOME_DAY else f"day {key}"
         row = _mail_row(
             by.get(("lesson", key), {}),
             links.get(("lesson", key), {}),
             key,
-            lesson.title if lesson else f"day {key}",
+            lesson.title if lesson else fallback,
             lesson.video_url if lesson else None,
             count_scanner_clicks,
         )
-        if lesson_rows:
+        # The welcome email (day 0) is no lesson: no drop to or from it.
+        if lesson_rows and lesson_rows[-1].key != WELCOME_DAY:
             before = lesson_rows[-1].sent
             row.drop = before - row.sent
             row.drop_rate = rate(row.drop, before)
@@ -307,8 +314,9 @@ def assemble(
             out.append(row)
         return out
 
-    first = lesson_rows[0].sent if lesson_rows else 0
-    last = lesson_rows[-1].sent if lesson_rows else 0
+    course = [row for row in lesson_rows if row.key != WELCOME_DAY]
+    first = course[0].sent if course else 0
+    last = course[-1].sent if course else 0
     signups, confirmed = funnel_counts.get("signups", 0), funnel_counts.get("confirmed", 0)
     funnel = Funnel(
         signups=signups,

@@ -156,3 +156,57 @@ def test_every_figure_on_postgresql(tmp_path: Path) -> None:
     history = make_history(tmp_path / "studio", database_url=url)
     assert _figures(history, AFTER) == EXPECTED  # every day stored
     assert _figures(history, datetime(2026, 6, 3, 0, 30, tzinfo=UTC)) == EXPECTED  # mixed
+
+
+def test_terminal_tables_read_whole_at_80_columns(history: History, capsys) -> None:
+    from dripmail.cli.report_cmds import print_report
+
+    lessons = lessons_of(history.app.state.ctx.runner.course)  # type: ignore[attr-defined]
+    report = build(history.engine, AFTER, lessons=lessons)
+    print_report(report, width=80)
+    out = capsys.readouterr().out
+    assert max(len(line) for line in out.splitlines()) <= 80
+    assert "…" not in out  # nothing cut short
+    header_words = ["sent", "delivered", "opened*", "clicked", "video", "other", "scanner"]
+    header_words += ["unsub.", "bounced", "complaint", "drop"]
+    for word in header_words:
+        assert f" {word}" in out, word
+    lines = out.splitlines()
+    for row in report.lessons:
+        copies = [line.split() for line in lines if line.lstrip().startswith(f"{row.key}. ")]
+        assert len(copies) == 1 and copies[0][-4:] == [
+            str(row.sent),
+            str(row.delivered),
+            str(row.opened),
+            str(row.clicked),
+        ]
+        by_day = [line.split() for line in lines if line.split()[:1] == [row.key]]
+        assert len(by_day) == 2, by_day  # clicks and losses, then rates
+        losses, rates = by_day
+        assert losses[5:7] == [str(row.bounced), str(row.complained)]
+        assert rates[1] == ("-" if row.delivered_rate is None else f"{row.delivered_rate:.1%}")
+        assert rates[7] == ("-" if row.drop_rate is None else f"{row.drop_rate:.1%}")
+
+
+def test_the_welcome_email_is_listed_as_welcome_not_as_a_lesson() -> None:
+    from dripmail.report import LessonInfo, assemble
+
+    day = date(2026, 6, 1)
+    facts = {
+        (day, "funnel", "", "signups"): 3,
+        (day, "funnel", "", "confirmed"): 3,
+        (day, "lesson", "0", "sent"): 3,
+        (day, "lesson", "1", "sent"): 2,
+        (day, "lesson", "2", "sent"): 1,
+    }
+    lessons = [LessonInfo(1, "1. Neck"), LessonInfo(2, "2. Hips")]
+    out = assemble(
+        facts, AFTER, since=None, until=None, lessons=lessons, titles={}, count_scanner_clicks=False
+    )
+    assert [(r.key, r.title) for r in out.lessons] == [
+        ("0", "Welcome"),
+        ("1", "1. Neck"),
+        ("2", "2. Hips"),
+    ]
+    assert out.lessons[1].drop is None  # lesson 1 is not measured against the welcome email
+    assert (out.funnel.started, out.funnel.completed) == (2, 1)  # lessons, not the welcome

@@ -50,6 +50,56 @@ def _duration(seconds: int | None) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+def _table(title: str, first: str, columns: list[str]):  # -> rich.table.Table
+    """A narrow table: short headers, number columns never wrapped nor shrunk (fits 80 columns)."""
+    from rich import box
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    # The name column is the only one rich may wrap: numbers and rates always show whole.
+    table.add_column(first, min_width=3, max_width=24, overflow="fold")
+    for col in columns:
+        table.add_column(col, justify="right", no_wrap=True, min_width=len(col))
+    return table
+
+
+def mail_tables(title: str, rows, lessons: bool) -> list:  # rows: list[dripmail.report.MailRow]
+    """Lessons or newsletter issues as three tables that each fit 80 columns: who was
+    reached, what was clicked and lost (counts), then every rate."""
+    name = "lesson" if lessons else "issue"
+
+    def label(r, short: bool = False) -> str:  # newsletters: the slug (subject in --json)
+        if short and r.key == WELCOME_DAY:
+            return "welcome"
+        return r.title if lessons and not short else r.key
+
+    from dripmail.report import WELCOME_DAY
+
+    reach = _table(f"{title}: copies", name, ["sent", "delivered", "opened*", "clicked"])
+    losses_cols = (["video", "other"] if lessons else []) + ["scanner", "unsub.", "bounced"]
+    losses_cols += ["complaint"] + (["drop"] if lessons else [])
+    # Lesson titles are in the first table; the wider ones name lessons by day number.
+    short = "day" if lessons else name
+    losses = _table(f"{title}: clicks by link, and losses", short, losses_cols)
+    rate_cols = ["delivered", "opened*", "clicked", "unsub.", "bounced", "complaint"]
+    rates_title = f"{title}: rates, % of sent"
+    if lessons:
+        rate_cols.append("drop")
+        rates_title += " (drop: % of the previous lesson's sent)"
+    rates = _table(rates_title, short, rate_cols)
+    for r in rows:
+        reach.add_row(label(r), str(r.sent), str(r.delivered), str(r.opened), str(r.clicked))
+        cells = [str(r.video_clicks), str(r.other_clicks)] if lessons else []
+        cells += [str(r.scanner_clicks), str(r.unsubscribed), str(r.bounced), str(r.complained)]
+        if lessons:
+            cells.append("-" if r.drop is None else str(r.drop))
+        losses.add_row(label(r, True), *cells)
+        pcts = [r.delivered_rate, r.open_rate, r.click_rate, r.unsubscribe_rate]
+        pcts += [r.bounce_rate, r.complaint_rate] + ([r.drop_rate] if lessons else [])
+        rates.add_row(label(r, True), *(_pct(v) for v in pcts))
+    return [reach, losses, rates]
+
+
 def print_report(report, width: int | None = None) -> None:  # report: dripmail.report.Report
     """The report as rich tables on stdout."""
     from rich.console import Console
@@ -76,41 +126,11 @@ def print_report(report, width: int | None = None) -> None:  # report: dripmail.
     )
     console.print(funnel)
 
-    def mail_table(title: str, rows, lessons: bool) -> Table:
-        table = Table(title=title, title_justify="left")
-        cols = ["", "sent", "delivered", "opened*", "clicked", "scanner clicks"]
-        if lessons:
-            cols += ["video", "other links"]
-        cols += ["unsubscribed", "bounced", "complained"]
-        if lessons:
-            cols += ["drop"]
-        table.add_column("", no_wrap=True, max_width=34, overflow="ellipsis")
-        for col in cols[1:]:
-            table.add_column(col, justify="right", no_wrap=True)
-        for r in rows:
-            cells = [
-                r.title if lessons else f"{r.key}",
-                str(r.sent),
-                f"{r.delivered} ({_pct(r.delivered_rate)})",
-                f"{r.opened} ({_pct(r.open_rate)})",
-                f"{r.clicked} ({_pct(r.click_rate)})",
-                str(r.scanner_clicks),
-            ]
-            if lessons:
-                cells += [str(r.video_clicks), str(r.other_clicks)]
-            cells += [
-                f"{r.unsubscribed} ({_pct(r.unsubscribe_rate)})",
-                f"{r.bounced} ({_pct(r.bounce_rate)})",
-                f"{r.complained} ({_pct(r.complaint_rate)})",
-            ]
-            if lessons:
-                cells.append("-" if r.drop is None else f"{r.drop} ({_pct(r.drop_rate)})")
-            table.add_row(*cells)
-        return table
-
-    console.print(mail_table("Lessons (rates of sent)", report.lessons, True))
+    for table in mail_tables("Lessons", report.lessons, lessons=True):
+        console.print(table)
     if report.newsletters:
-        console.print(mail_table("Newsletter issues (rates of sent)", report.newsletters, False))
+        for table in mail_tables("Newsletter issues", report.newsletters, lessons=False):
+            console.print(table)
     else:
         console.print("Newsletter issues: none sent in this span.")
     for title, rows in (
