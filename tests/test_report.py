@@ -210,3 +210,25 @@ def test_the_welcome_email_is_listed_as_welcome_not_as_a_lesson() -> None:
     ]
     assert out.lessons[1].drop is None  # lesson 1 is not measured against the welcome email
     assert (out.funnel.started, out.funnel.completed) == (2, 1)  # lessons, not the welcome
+
+
+@pytest.mark.parametrize("command", ["report", "preview"])
+def test_help_is_wrapped_once_at_80_columns(command: str) -> None:
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [sys.executable, "send.py", command, "--help"],
+        cwd=root,
+        env=dict(os.environ, COLUMNS="80", PYTHONPATH=str(root)),
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr
+    body = out.stdout.split("Usage:", 1)[1].split("╭─ Options", 1)[0]
+    for paragraph in body.split("\n \n")[1:]:  # after the usage line
+        lines = [line.strip() for line in paragraph.strip("\n").splitlines()]
+        # Wrapped twice, a paragraph has short lines in its middle ("... by time\nzone.").
+        assert all(len(line) >= 60 for line in lines[:-1]), lines

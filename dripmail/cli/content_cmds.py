@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from dripmail.cli import state
+from dripmail.cli.help_text import paragraphs
 
 
 def check() -> None:
@@ -76,8 +77,14 @@ def preview(
                 f"port {port} is in use on 127.0.0.1: pick another with --port"
             ) from None
     app = create_app(state.project, state.settings, preview=True)
-    typer.echo(f"preview on http://127.0.0.1:{port}/preview  (Ctrl-C to stop)")
+    typer.echo(
+        f"preview on http://127.0.0.1:{port}/preview, report on http://127.0.0.1:{port}/report"
+        "  (Ctrl-C to stop)"
+    )
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+
+
+preview.__doc__ = paragraphs(preview.__doc__)
 
 
 def test_send(

@@ -10,6 +10,7 @@ from datetime import UTC, date, datetime
 import typer
 
 from dripmail.cli import state
+from dripmail.cli.help_text import paragraphs
 from dripmail.errors import InputError
 
 HELP = """\
@@ -219,7 +220,7 @@ def report(
         print_report(result)
 
 
-report.__doc__ = HELP
+report.__doc__ = paragraphs(HELP)
 
 
 def _demo_runner():  # -> dripmail.runner.Runner
@@ -253,7 +254,10 @@ def _serve(runner, port: int) -> None:
     from dripmail.web.app import create_app
 
     app = create_app(runner.project, runner.settings, preview=True)
-    typer.echo(f"report on http://127.0.0.1:{port}/report (Ctrl-C stops)")
+    typer.echo(
+        f"report on http://127.0.0.1:{port}/report, preview on http://127.0.0.1:{port}/preview"
+        " (Ctrl-C stops)"
+    )
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 

@@ -11,7 +11,9 @@ def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
     port: int = typer.Option(8000, "--port", min=0, max=65535, help="Port to listen on."),
     preview: bool = typer.Option(
-        False, "--preview", help="Also serve /preview (for local use; never on a public server)."
+        False,
+        "--preview",
+        help="Also serve /preview and /report (local use; never on a public server).",
     ),
 ) -> None:
     """Serve sign-up, confirm/unsubscribe/preferences links and provider webhooks.
@@ -34,7 +36,11 @@ def serve(
     app = create_app(state.project, state.settings, preview=preview)
     typer.echo(
         f"serving on http://{host}:{port}/ (links in emails use {state.settings.public_url})"
-        + (f"; preview on http://{host}:{port}/preview" if preview else "")
+        + (
+            f"; preview on http://{host}:{port}/preview, report on http://{host}:{port}/report"
+            if preview
+            else ""
+        )
     )
     # proxy_headers: the client address comes from X-Forwarded-For when the proxy is trusted
     # (FORWARDED_ALLOW_IPS, default 127.0.0.1); the sign-up rate limit keys on it.
