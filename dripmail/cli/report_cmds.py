@@ -115,17 +115,20 @@ def print_report(report, width: int | None = None) -> None:  # report: dripmail.
     for col in ("step", "people", "rate", "note"):
         funnel.add_column(col, justify="left" if col in ("step", "note") else "right")
     funnel.add_row("signed up", str(f.signups), "", "")
-    funnel.add_row(
-        "confirmed",
-        str(f.confirmed),
-        _pct(f.confirm_rate),
-        f"median time to confirm {_duration(f.median_confirm_seconds)}",
-    )
+    funnel.add_row("confirmed", str(f.confirmed), _pct(f.confirm_rate), "of sign-ups")
     funnel.add_row("started (lesson 1 sent)", str(f.started), _pct(f.start_rate), "of confirmed")
     funnel.add_row(
         "completed (last lesson sent)", str(f.completed), _pct(f.completion_rate), "of started"
     )
     console.print(funnel)
+    median = f.median_confirm_seconds
+    console.print(
+        "Median time to confirm: "
+        + (
+            _duration(median) if median is not None else "- (no confirmations by link in this span)"
+        ),
+        highlight=False,
+    )
 
     for table in mail_tables("Lessons", report.lessons, lessons=True):
         console.print(table)

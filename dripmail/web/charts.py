@@ -37,25 +37,33 @@ def _pct(part: int, whole: int) -> str:
     return f"{part / whole * 100:.0f}%" if whole else "-"
 
 
-def funnel(steps: Sequence[tuple[str, int]], colour: str, ident: str = "funnel-chart") -> Markup:
-    """Horizontal bars, one per step, each labelled with its count and share of the first."""
-    first = steps[0][1] if steps else 0
-    top = max((n for _, n in steps), default=0) or 1
+def funnel(
+    steps: Sequence[tuple[str, int, str]], colour: str, ident: str = "funnel-chart"
+) -> Markup:
+    """Horizontal bars, one per step ``(label, count, name as a base)``; each step after the
+    first is labelled with its share of the previous step, named ("80.0% of sign-ups"), the
+    same base as the report's table and terminal."""
+    top = max((n for _, n, _ in steps), default=0) or 1
     row, room = 60, WIDTH - 120
     body: list[str] = []
-    for i, (label, count) in enumerate(steps):
+    labels: list[str] = []
+    for i, (label, count, _) in enumerate(steps):
+        if i:
+            before, base = steps[i - 1][1], steps[i - 1][2]
+            share = f"{count / before * 100:.1f}%" if before else "-"
+            label = f"{label}: {share} of {base}"
+        labels.append(label)
         y = 8 + i * row
         width = max(2.0, count / top * room) if count else 0
         body.append(
             f'<text x="0" y="{y + 16}" font-size="18" fill="{TEXT}">{escape(label)}</text>'
             f'<rect class="bar" x="0" y="{y + 23}" width="{width:.1f}" height="26" rx="3" '
             f'fill="{colour}" data-value="{count}"><title>{escape(label)}: {count}</title></rect>'
-            f'<text x="{width + 8:.1f}" y="{y + 43}" font-size="18" fill="{TEXT}">'
-            f"{count}{escape(f' ({_pct(count, first)})' if i else '')}</text>"
+            f'<text x="{width + 8:.1f}" y="{y + 43}" font-size="18" fill="{TEXT}">{count}</text>'
         )
     desc = "; ".join(
-        f"{label}: {count}" + (f" ({_pct(count, first)} of sign-ups)" if i else "")
-        for i, (label, count) in enumerate(steps)
+        f"{steps[i][0]}: {steps[i][1]}" + (f" ({label.split(': ', 1)[1]})" if i else "")
+        for i, label in enumerate(labels)
     )
     return _svg(8 + len(steps) * row + 4, "Sign-up funnel", desc, body, ident)
 

@@ -14,6 +14,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from dripmail.errors import DripmailError, InputError
+from dripmail.report import WELCOME_DAY, WELCOME_TITLE
 from dripmail.web import charts
 from dripmail.web.context import WebContext, ctx
 
@@ -46,7 +47,10 @@ async def _report(request: Request):  # -> dripmail.report.Report
 
 async def report_json(request: Request) -> Response:
     """``GET /report.json``: the same figures as ``send.py report --json``."""
-    report = await _report(request)
+    try:
+        report = await _report(request)
+    except InputError as exc:  # a program asked: answer in JSON, not the HTML error page
+        return JSONResponse({"error": str(exc)}, status_code=400)
     return JSONResponse(report.to_dict(), headers={"Cache-Control": "no-store"})
 
 
@@ -54,15 +58,21 @@ def _charts(c: WebContext, report) -> dict:
     f = report.funnel
     funnel = charts.funnel(
         [
-            ("Signed up", f.signups),
-            ("Confirmed", f.confirmed),
-            ("Started (lesson 1 sent)", f.started),
-            ("Completed (last lesson sent)", f.completed),
+            ("Signed up", f.signups, "sign-ups"),
+            ("Confirmed", f.confirmed, "confirmed"),
+            ("Started (lesson 1 sent)", f.started, "started"),
+            ("Completed (last lesson sent)", f.completed, "completed"),
         ],
         c.brand()["primary"],
     )
     lessons = charts.grouped_rates(
-        [(f"Day {r.key}", (r.open_rate, r.click_rate, r.unsubscribe_rate)) for r in report.lessons],
+        [
+            (
+                WELCOME_TITLE if r.key == WELCOME_DAY else f"Day {r.key}",
+                (r.open_rate, r.click_rate, r.unsubscribe_rate),
+            )
+            for r in report.lessons
+        ],
         ("opened*", "clicked", "unsubscribed"),
     )
     over_time = charts.over_time(

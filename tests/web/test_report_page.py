@@ -66,6 +66,27 @@ def test_bad_dates_are_a_400_page(history: History) -> None:
     assert answer.status_code == 400 and "is not a date: use YYYY-MM-DD" in answer.text
     answer = _get(app, "/report?since=2026-06-05&until=2026-06-01")
     assert answer.status_code == 400 and "after --until" in answer.text
+    answer = _get(app, "/report.json?since=2026-13-01")
+    assert answer.status_code == 400
+    assert "is not a date: use YYYY-MM-DD" in answer.json()["error"]
+
+
+def test_funnel_chart_and_table_give_the_same_share_of_the_same_step(history: History) -> None:
+    import re
+
+    app = _app(history, preview=True)
+    funnel = _get(app, "/report.json").json()["funnel"]
+    html = _get(app, "/report").text
+    desc = re.search(r'<desc id="funnel-chart-desc">(.*?)</desc>', html).group(1)  # type: ignore[union-attr]
+    table = html.split('id="funnel-table"', 1)[1].split("</table>", 1)[0]
+    for rate, base in (
+        (funnel["confirm_rate"], "sign-ups"),
+        (funnel["start_rate"], "confirmed"),
+        (funnel["completion_rate"], "started"),
+    ):
+        said = f"{rate:.1%} of {base}"
+        assert said in desc and said in table, said
+        assert html.count(f"{said}</text>") == 1  # the chart's own label
 
 
 def test_page_says_opens_are_approximate_and_charts_have_text(history: History) -> None:
