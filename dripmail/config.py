@@ -114,16 +114,18 @@ def deployment_problems(settings: Settings) -> list[str]:
     problems: list[str] = []
     url = settings.public_url.strip()
     parts = urlsplit(url)
+    # One line for the address, however many things are wrong with it, so the fix is said once.
+    url_reasons: list[str] = []
     if parts.scheme != "https":
-        problems.append(
-            f"DRIPMAIL_PUBLIC_URL={url!r} is not https: one-click unsubscribe (RFC 8058) needs "
-            "https; set the public https address that reaches `serve`"
-        )
+        url_reasons.append("is not https (one-click unsubscribe, RFC 8058, needs https)")
     host_problem = _host_problem(parts.hostname or "") if parts.hostname else "has no host"
     if host_problem:
+        url_reasons.append(f"{host_problem} (readers could not open their unsubscribe links)")
+    if url_reasons:
         problems.append(
-            f"DRIPMAIL_PUBLIC_URL={url!r} {host_problem}: readers could not open their "
-            "unsubscribe links; set the public https address that reaches `serve`"
+            f"DRIPMAIL_PUBLIC_URL={url!r} "
+            + " and ".join(url_reasons)
+            + ": set the public https address that reaches `serve`"
         )
     size = len(settings.secret_key.get_secret_value().encode())
     if size < MIN_SECRET_BYTES:

@@ -46,6 +46,9 @@ def test_now_with_a_real_provider_is_refused_unless_dry_run_or_yes(tmp_path: Pat
         # Nothing may be contacted: the refusal comes before any provider call.
         "DRIPMAIL_POSTMARK_BASE_URL": "http://127.0.0.1:9",
         "DRIPMAIL_SECRET_KEY": "a-long-random-test-secret-0123456789",
+        # A real provider refuses an http or localhost public address (issue 12); this test
+        # is about --now, so the rest of the deployment is fit.
+        "DRIPMAIL_PUBLIC_URL": "https://subscriptions.example.org",
     }
     refused = _cli(root, "run", "--now", DUE, **real)
     assert refused.returncode == 1
