@@ -93,20 +93,22 @@ def check_email(where: str, html: str, problems: Problems) -> None:
         problems.error(where, None, f"image without alt text ({src})")
     for href in dict.fromkeys(scan.links):
         if not href.startswith(("https://", "mailto:")):
-            _warn_once(problems, where, f"link is not https ({href})")
+            _warn_once(problems, where, f"link is not https ({href})", href)
     for src in dict.fromkeys(scan.images):
         if src.startswith("http://"):
-            _warn_once(problems, where, insecure_image(src))
+            _warn_once(problems, where, insecure_image(src), src)
     if not scan.lang:
         problems.warn(where, None, 'no lang on <html>: add lang="en" to <mjml>')
     if not scan.headings:
         problems.warn(where, None, "no heading (h1/h2): screen readers navigate by them")
 
 
-def _warn_once(problems: Problems, where: str, message: str) -> None:
+def _warn_once(problems: Problems, where: str, message: str, url: str) -> None:
     """Warn unless this insecure URL was already warned about (at its file and line when the
-    lesson or course.toml wrote it, or for an earlier email when a template did)."""
-    if any(w.endswith(message) for w in problems.warnings):
+    lesson or course.toml wrote it, as a link, an image or a field such as video_url, or for
+    an earlier email when a template did)."""
+    # Every not-https warning names its URL as "not https (URL)", whatever the wording before.
+    if any(f"not https ({url})" in w for w in problems.warnings):
         return
     problems.warn(where, None, message)
 

@@ -286,7 +286,7 @@ def _course_settings(
         if issue:
             problems.error(where, line("", "site_url"), f"site_url: {issue}")
         elif not out["site_url"].startswith("https://"):
-            problems.warn(where, line("", "site_url"), "site_url: not https")
+            problems.warn(where, line("", "site_url"), f"site_url: not https ({out['site_url']})")
     if out["timezone"]:
         from dripmail.errors import InputError
         from dripmail.validation import validate_timezone

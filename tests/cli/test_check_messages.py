@@ -139,6 +139,20 @@ def test_http_links_and_images_are_warned_once_each(root: Path) -> None:
     assert sum("pixel.png" in w for w in warnings) == 1, warnings
 
 
+def test_an_http_video_url_is_warned_once_at_its_line(root: Path) -> None:
+    lesson = next((root / "course").glob("day-3-*.md"))
+    old = "https://studio.example.com/videos/day-3"
+    lines = lesson.read_text().splitlines()
+    line = next(i for i, x in enumerate(lines, 1) if x.startswith("video_url:"))
+    lesson.write_text(lesson.read_text().replace(old, "http://studio.example.com/videos/day-3"))
+    _, out = _check(root)
+    said = [x for x in out if "(http://studio.example.com/videos/day-3)" in x]
+    assert said == [
+        f"warning: course/{lesson.name}:{line}: video_url: not https "
+        "(http://studio.example.com/videos/day-3)"
+    ], out
+
+
 def test_check_messages_through_the_entry_point(root: Path) -> None:
     line = _append_to_template(root, "lesson.txt.j2", "{{ course.titel }}")
     out = subprocess.run(
