@@ -226,6 +226,12 @@ def build(
         from dripmail.errors import InputError
 
         raise InputError(f"--since {since} is after --until {until}: swap them")
+    if since and since > now.date():
+        from dripmail.errors import InputError
+
+        raise InputError(
+            f"--since {since} is in the future (today is {now.date()} UTC): nothing to count yet"
+        )
     facts = q.facts_between(engine, since, until, now)
     return assemble(
         facts, now, since=since, until=until, lessons=lessons,

@@ -84,6 +84,31 @@ def test_since_after_until_is_one_line_error(history: History) -> None:
         build(history.engine, AFTER, since=date(2026, 6, 5), until=date(2026, 6, 1))
 
 
+def test_since_in_the_future_is_refused(history: History) -> None:
+    with pytest.raises(InputError, match="in the future"):
+        build(history.engine, AFTER, since=date(2030, 1, 1))
+
+
+def test_empty_database_report_says_so_with_a_hint(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [sys.executable, str(root / "send.py"), "--root", str(tmp_path), "report"],
+        cwd=tmp_path,
+        env={k: v for k, v in os.environ.items() if not k.startswith("DRIPMAIL_")}
+        | {"PYTHONPATH": str(root)},
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "Nothing recorded in this span yet" in out.stdout
+    assert "`report --demo`" in out.stdout
+    assert "no confirmations by link in this span" in out.stdout
+
+
 def test_the_provider_event_is_kept_raw(history: History) -> None:
     with history.engine.connect() as conn:
         raws = conn.execute(select(events.c.raw).where(events.c.type == "clicked")).scalars()

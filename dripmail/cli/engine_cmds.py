@@ -227,6 +227,9 @@ def demo(
     else:
         typer.echo("The project's own database, outbox and provider were not used.")
         typer.echo(f"Look at the emails live: `{cmd} preview` (or `{cmd} render`)")
+    typer.echo(
+        f"See the demo's figures: `{cmd} report --demo` (charts: `{cmd} report --demo --serve`)"
+    )
 
 
 @db.command("upgrade")

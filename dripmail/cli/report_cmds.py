@@ -220,7 +220,18 @@ def report(
 
         writer.writerows([safe_cell(c) for c in row] for row in result.csv_rows())
     else:
+        if demo:
+            typer.echo(
+                "Simulated figures: the last `demo` (sample readers and simulated provider "
+                "events), not real readers."
+            )
         print_report(result)
+        nothing = not (result.funnel.signups or result.newsletters)
+        if nothing and not any(r.sent for r in result.lessons):
+            typer.echo(
+                "Nothing recorded in this span yet (no sign-ups, no emails sent). To see a "
+                "report with figures: run `demo`, then `report --demo`."
+            )
 
 
 report.__doc__ = paragraphs(HELP)

@@ -190,7 +190,8 @@ def over_time(
                 f'text-anchor="end" fill="{TEXT}">{days[-1].isoformat()}</text>'
             )
     body.append(_legend([name for name, _ in series], height - 14, lines=True))
-    totals = ", ".join(f"{sum(values)} {name}" for name, values in series)
+    # "name: count" reads right for any count ("unsubscribes: 1", not "1 unsubscribes").
+    totals = ", ".join(f"{name}: {sum(values)}" for name, values in series)
     span = f"{days[0].isoformat()} to {days[-1].isoformat()}" if days else "no days"
-    desc = f"Daily counts from {span}: {totals} in all; the table below lists every day."
+    desc = f"Daily counts from {span}, in all {totals}; the table below lists every day."
     return _svg(height, "Sign-ups and unsubscribes per day", desc, body, ident)

@@ -188,6 +188,26 @@ def test_charts_render_and_figures_equal_the_json(server: Server) -> None:
                 "document.documentElement.scrollWidth - document.documentElement.clientWidth"
             )
             assert overflow <= 0, f"{overflow}px wider than the {width}px window"
+            # A table that scrolls inside says so: a visible hint above it.
+            unmarked = page.evaluate(
+                """() => [...document.querySelectorAll('.scroll')]
+                    .filter(box => box.scrollWidth > box.clientWidth)
+                    .filter(box => {
+                        const hint = box.previousElementSibling;
+                        return !(hint && hint.classList.contains('scroll-hint')
+                                 && hint.offsetHeight > 0);
+                    })
+                    .map(box => box.querySelector('table').id)"""
+            )
+            assert unmarked == [], f"tables scroll sideways without a hint at {width}px"
+            if width == 375:
+                assert page.locator(".scroll-hint:visible").count() >= 1
+            # Each <details> shows it can open: a triangle before its summary.
+            marks = page.evaluate(
+                """() => [...document.querySelectorAll('summary')].map(
+                    s => getComputedStyle(s, '::before').content)"""
+            )
+            assert marks and all(m not in ("none", "normal", '""') for m in marks), marks
             page.screenshot(path=str(ARTIFACTS / f"report-{width}.png"), full_page=True)
             context.close()
         browser.close()
