@@ -4,7 +4,7 @@ Import, in order:
 1. The whole file is decoded once (streamed) before anything is written: a byte that is not
    UTF-8 stops the import naming its line, with nothing added.
 2. The delimiter is sniffed (comma, semicolon or tab); header names match without regard to
-   case, spaces or hyphens (`Email`, `First Name`, `first-name`).
+   case, spaces, hyphens or underscores (`Email`, `First Name`, `first-name`, `Time Zone`).
 3. Every row is validated the same way as every other door (`dripmail.validation`); a refused
    row, and a second row for an address already in the file, is reported with its line number
    and reason, and the other rows go on.
@@ -138,8 +138,16 @@ def check_encoding(path: Path) -> int:
     return lines
 
 
+# A column's name with case, spaces, hyphens and underscores dropped -> the column it names;
+# `Time Zone`, `time-zone`, `TimeZone` and `timezone` are one column, as are `First Name` and
+# `first_name`. TZ is the name spreadsheets and the tz database itself use for the zone.
+_SQUASHED = {name.replace("_", ""): name for name in COLUMNS} | {"tz": "timezone"}
+
+
 def _key(name: str) -> str:
-    return "_".join(name.strip().lower().replace("-", " ").split())
+    """The column a header cell names (a key of COLUMNS), or the cell squashed if none."""
+    squashed = "".join(name.lower().replace("-", " ").replace("_", " ").split())
+    return _SQUASHED.get(squashed, squashed)
 
 
 def _sniff(sample: str) -> str:

@@ -205,3 +205,27 @@ def test_import_killed_at_random_moments_and_rerun_leaves_nobody_pending(
     else:
         assert all(p["status"] == "active" for p in people) and planned == 7 * count
     engine.dispose()
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "Email,First Name,Time Zone,Start Date",
+        "e-mail,first-name,time-zone,start-date",
+        "EMAIL,first_name,time_zone,START_DATE",
+        "Email,FirstName,TZ,StartDate",
+    ],
+)
+def test_every_column_matches_with_spaces_hyphens_or_underscores(
+    project: Path, header: str
+) -> None:
+    (project / "p.csv").write_text(f"{header}\nkei@example.com,Kei,Asia/Tokyo,2026-06-04\n")
+    out = _cli(project, "subscribers", "import", "p.csv", "--now", JOINED)
+    assert out.returncode == 0 and "added 1" in out.stdout, out.stdout + out.stderr
+    assert "ignored columns" not in out.stderr, out.stderr
+    kei = _rows(project)["kei@example.com"]
+    assert (kei["first_name"], kei["timezone"], str(kei["start_date"])) == (
+        "Kei",
+        "Asia/Tokyo",
+        "2026-06-04",
+    )
