@@ -82,7 +82,7 @@ def settle(
             if decision == "sent":
                 moved = reviews.settle_sent(conn, row, now)
             else:
-                moved = reviews.settle_resend(conn, row, now, f"sent again {detail}")
+                moved = reviews.settle_resend(conn, row, now, f"to be sent again, asked {detail}")
             if not moved:
                 out.refused.append((row.key, "settled meanwhile by someone else"))
                 continue

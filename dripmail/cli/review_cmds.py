@@ -10,7 +10,6 @@ from enum import StrEnum
 import typer
 
 from dripmail.cli import command_name, state
-from dripmail.errors import InputError
 
 group = typer.Typer(
     help="Deliveries whose hand-over was ambiguous: list them, settle them.",
@@ -71,6 +70,7 @@ def review() -> None:
 
 @group.command("settle")
 def settle(
+    ctx: typer.Context,
     keys: list[str] = typer.Argument(None, help="Delivery keys, as `deliveries review` shows."),
     all_: bool = typer.Option(False, "--all", help="Every delivery waiting for review."),
     as_: As = typer.Option(
@@ -86,7 +86,8 @@ def settle(
     Recorded with who and when (an event row, shown by `subscribers show`).
     """
     if bool(keys) == all_:
-        raise InputError("name the delivery keys to settle, or --all (not both)")
+        # A command line that cannot mean anything: click's usage error (exit 2, with usage).
+        ctx.fail("name the delivery keys to settle, or --all (not both)")
     who = by if by is not None else (os.environ.get("USER") or getpass.getuser())
     result = _core().settle_review(None if all_ else keys, as_.value, who, note)
     if not result.done and not result.refused:

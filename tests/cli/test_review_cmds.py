@@ -152,6 +152,8 @@ def test_settle_resend_and_sent_are_recorded_with_who_and_when(studio, fake_prov
     resend = cli(root, env, "deliveries", "settle", LESSON, "--as", "resend")
     assert resend.returncode == 0, resend.stderr
     assert f"{LESSON}: back in the queue, goes out on the next `run`" in resend.stdout
+    planned = cli(root, env, "subscribers", "show", "ana@example.org").stdout
+    assert "(to be sent again, asked by operator-ann)" in planned, planned
     again = cli(root, env, "run", "--quiet")
     assert again.returncode == 0, again.stdout + again.stderr
     assert "1 sent" in again.stdout
@@ -180,6 +182,8 @@ def test_settle_resend_and_sent_are_recorded_with_who_and_when(studio, fake_prov
     assert cli(root, env, "deliveries", "review").stdout == "nothing waits for review\n"
     shown = cli(root, env, "subscribers", "show", "ana@example.org")
     assert "review_sent" in shown.stdout and "by bob" in shown.stdout
+    day1 = next(x for x in shown.stdout.splitlines() if x.startswith("  day 1 "))
+    assert day1.startswith("  day 1  sent ") and "(resolved: " in day1, shown.stdout
 
 
 def test_newsletter_resend_reopens_the_broadcast_for_its_command(
@@ -200,7 +204,10 @@ def test_newsletter_resend_reopens_the_broadcast_for_its_command(
 def test_settle_errors_are_one_line_and_change_nothing(studio, cli) -> None:
     root, env = studio
     both = cli(root, env, "deliveries", "settle", LESSON, "--all", "--as", "sent")
-    assert both.returncode == 1 and "not both" in both.stderr
+    assert both.returncode == 2 and "not both" in both.stderr and "Usage:" in both.stderr
+    neither = cli(root, env, "deliveries", "settle", "--as", "sent")
+    assert neither.returncode == 2 and "Usage:" in neither.stderr, neither.stderr
+    assert "name the delivery keys to settle, or --all" in neither.stderr
     unknown = cli(root, env, "deliveries", "settle", "nope-1", LESSON, "--as", "sent")
     assert unknown.returncode == 1
     assert unknown.stderr.strip() == "error: no delivery nope-1 (see `deliveries review`)"
