@@ -164,16 +164,22 @@ def status() -> None:
 
     runner = _runner()
     report = collect(runner.engine)
-    typer.echo("Subscribers")
-    for name, count in report.subscribers.items():
-        typer.echo(f"  {name:<14}{count:>8}")
-    typer.echo("Lessons delivered (sent or scheduled at the provider)")
-    for day, count in report.lessons.items():
-        label = "welcome" if day == 0 else f"day {day}"  # day 0: the welcome email
-        typer.echo(f"  {label:<14}{count:>8}")
-    typer.echo("Deliveries")
-    for name, count in report.deliveries.items():
-        typer.echo(f"  {name:<14}{count:>8}")
+    if not report.subscribers:
+        # Bare headings with nothing under them read like a fault; say what to do instead.
+        typer.echo("no subscribers yet (add one with `subscribers add` or `subscribers import`)")
+    else:
+        typer.echo("Subscribers")
+        for name, count in report.subscribers.items():
+            typer.echo(f"  {name:<14}{count:>8}")
+    if report.lessons:
+        typer.echo("Lessons delivered (sent or scheduled at the provider)")
+        for day, count in report.lessons.items():
+            label = "welcome" if day == 0 else f"day {day}"  # day 0: the welcome email
+            typer.echo(f"  {label:<14}{count:>8}")
+    if report.deliveries:
+        typer.echo("Deliveries")
+        for name, count in report.deliveries.items():
+            typer.echo(f"  {name:<14}{count:>8}")
     typer.echo(report.next_due_line())
     if report.failures:
         typer.echo("Recent failures and reviews")

@@ -102,3 +102,12 @@ def test_status_next_due_in_the_future_is_plain(project: Path) -> None:
     _add(project, "early@example.org", start)
     out = CliRunner().invoke(app, ["--root", str(project), "status"])
     assert f"Next due: {start} 01:30 UTC\n" in out.output and "OVERDUE" not in out.output
+
+
+def test_status_of_an_empty_project_says_how_to_add_subscribers(project: Path) -> None:
+    out = CliRunner().invoke(app, ["--root", str(project), "status"])
+    assert out.exit_code == 0, out.output
+    assert out.output.splitlines() == [
+        "no subscribers yet (add one with `subscribers add` or `subscribers import`)",
+        "Next due: nothing planned",
+    ], out.output
