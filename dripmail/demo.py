@@ -34,6 +34,14 @@ MARKER = ".dripmail-demo"
 MARKER_TEXT = "Made by `dripmail demo`; the demo deletes and rewrites this folder on every run.\n"
 DATABASE = "demo.db"
 
+
+def is_demo_database(database_url: str) -> bool:
+    """True for the demo's own SQLite file (``<root>/demo/demo.db``): its figures are simulated."""
+    return database_url.startswith("sqlite:") and database_url.replace("\\", "/").endswith(
+        f"/{DEMO_DIR}/{DATABASE}"
+    )
+
+
 # example.org is reserved (RFC 2606): these addresses can never reach a real inbox.
 SAMPLE = (
     ("maya@example.org", "Maya", "America/New_York"),

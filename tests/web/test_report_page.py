@@ -213,3 +213,20 @@ def test_charts_render_and_figures_equal_the_json(server: Server) -> None:
         browser.close()
     for width in (375, 1280):
         assert (ARTIFACTS / f"report-{width}.png").stat().st_size > 10_000
+
+
+def test_only_the_demo_database_is_labelled_simulated(history: History, tmp_path: Path) -> None:
+    from dripmail.demo import is_demo_database
+    from dripmail.web.app import create_app
+
+    (tmp_path / "demo").mkdir()
+    settings = history.settings.model_copy(
+        update={"database_url": f"sqlite:///{tmp_path / 'demo' / 'demo.db'}"}
+    )
+    app = create_app(Project(history.root), settings, preview=True, clock=lambda: AFTER)
+    assert "Simulated figures" in _get(app, "/report").text
+
+    assert is_demo_database("sqlite:////home/studio/demo/demo.db")
+    assert not is_demo_database("sqlite:////home/studio/dripmail.db")
+    assert not is_demo_database("postgresql+psycopg://u@h/demo/demo.db")
+    assert "Simulated figures" not in _get(_app(history, preview=True), "/report").text
