@@ -25,6 +25,7 @@ NOW = datetime(2026, 6, 2, 12, tzinfo=UTC)
 def _core(tmp_path: Path, fake) -> Dripmail:
     settings = Settings(  # type: ignore[call-arg]
         DRIPMAIL_PROVIDER="postmark",
+        DRIPMAIL_PUBLIC_URL="https://subscriptions.example.org",
         DRIPMAIL_SECRET_KEY="test-secret-key-for-links-0123456789abcdef",
         DRIPMAIL_DATABASE_URL="sqlite:///dripmail.db",
         POSTMARK_SERVER_TOKEN=fake.POSTMARK_TOKEN,
