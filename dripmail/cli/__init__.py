@@ -8,6 +8,7 @@ inside the command functions so ``--help`` stays fast.
 
 from __future__ import annotations
 
+import inspect
 import sys
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -109,6 +110,41 @@ def _register_all() -> None:
                 continue
             raise
         module.register(app)
+    _reflow_help(app)
+
+
+def reflow(doc: str) -> str:
+    """A docstring as click help: each paragraph one line, so the terminal wraps it cleanly.
+
+    typer (0.29, rich markup) keeps a docstring's single line breaks, so a paragraph
+    hard-wrapped at 95 columns breaks mid-sentence in a narrower terminal. A paragraph
+    starting with click's ``\\b`` marker, and a line starting with "- ", keep their breaks.
+    """
+    paragraphs = inspect.cleandoc(doc).split("\n\n")
+    out = []
+    for paragraph in paragraphs:
+        if paragraph.startswith("\b"):
+            out.append(paragraph)
+            continue
+        lines: list[str] = []
+        for line in paragraph.splitlines():
+            if lines and not line.startswith("- "):
+                lines[-1] += " " + line.strip()
+            else:
+                lines.append(line.strip())
+        out.append("\n".join(lines))
+    return "\n\n".join(out)
+
+
+def _reflow_help(group: typer.Typer) -> None:
+    """Reflow the help of every command of `group` and its sub-groups (see `reflow`)."""
+    for info in group.registered_commands:
+        doc = info.help or (info.callback.__doc__ if info.callback else None)
+        if doc:
+            info.help = reflow(doc)
+    for sub in group.registered_groups:
+        if sub.typer_instance is not None:
+            _reflow_help(sub.typer_instance)
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:

@@ -102,9 +102,11 @@ def run(
 ) -> None:
     """Send every lesson (and scheduled newsletter) that is due, once. Safe to re-run.
 
-    Run it from cron every few minutes, or once with --loop. Exit code 0: all went out;
-    1: an error stopped the run (nothing half-done is lost; re-run after fixing it);
-    3: finished, but some deliveries failed or need review (see `status`).
+    Run it from cron every few minutes, or once with --loop.
+
+    Exit code 0: all went out; 1: an error stopped the run (nothing half-done is lost; re-run
+    after fixing it); 3: finished, but some deliveries failed or need review (see `status`).
+
     --now with a real provider needs --yes (or --dry-run).
     """
     clock_at = parse_now(now)

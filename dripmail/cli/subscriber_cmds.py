@@ -185,8 +185,9 @@ def forget(
 def _import_help() -> str:
     from dripmail.subscriber_io import COLUMNS
 
-    return "CSV with a header row; columns (any case; comma, semicolon or tab): " + "; ".join(
-        f"{name}: {what}" for name, what in COLUMNS.items()
+    return (
+        "CSV with a header row; columns (any case, spaces, hyphens or underscores; comma, "
+        "semicolon or tab): " + "; ".join(f"{name}: {what}" for name, what in COLUMNS.items())
     )
 
 

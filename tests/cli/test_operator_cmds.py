@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 from datetime import UTC, date, datetime, timedelta
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -111,3 +112,24 @@ def test_status_of_an_empty_project_says_how_to_add_subscribers(project: Path) -
         "no subscribers yet (add one with `subscribers add` or `subscribers import`)",
         "Next due: nothing planned",
     ], out.output
+
+
+@pytest.mark.parametrize("args", [("run",), ("subscribers", "import")])
+def test_help_paragraphs_wrap_at_the_terminal_not_mid_sentence(
+    tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    width = 72
+    out = subprocess.run(
+        [sys.executable, str(REPO / "send.py"), *args, "--help"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": str(width)},
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    prose = out.stdout.split("╭")[0].splitlines()
+    # A line followed by more of its paragraph was filled to the width: no broken sentences.
+    for line, following in pairwise(prose):
+        if line.strip() and following.strip() and not line.lstrip().startswith("Usage:"):
+            assert len(line.rstrip()) > width - 20, out.stdout
