@@ -93,15 +93,15 @@ def _child(base: str, root: Path, mode: str, sample: int) -> None:
 
     os.environ.update(_env(base))
     from dripmail import broadcast as bc
+    from dripmail.app import Dripmail
     from dripmail.cli.broadcast_cmds import send_broadcast
     from dripmail.config import Project, load_settings
     from dripmail.content import load_newsletter
     from dripmail.render import recipient_for
-    from dripmail.runner import Runner
     from dripmail.store.schema import broadcast_deliveries, subscribers
 
     project = Project(root)
-    runner = Runner(project, load_settings(root))
+    runner = Dripmail(project, load_settings(root))
     newsletter = load_newsletter(project, root / "newsletters" / "hips.md")
     runner.provider  # noqa: B018 - built before the baseline, like the renderer below
     runner.renderer  # noqa: B018
@@ -154,14 +154,14 @@ def _ceiling(base: str, root: Path, total: int) -> None:
     import httpx
 
     os.environ.update(_env(base))
+    from dripmail.app import Dripmail
     from dripmail.config import Project, load_settings
     from dripmail.content import load_newsletter
     from dripmail.providers.postmark import PostmarkProvider
     from dripmail.render import recipient_for
-    from dripmail.runner import Runner
 
     project = Project(root)
-    runner = Runner(project, load_settings(root))
+    runner = Dripmail(project, load_settings(root))
     compiled = runner.renderer.newsletter(
         load_newsletter(project, root / "newsletters" / "hips.md")
     )
