@@ -33,9 +33,11 @@ def check() -> None:
         finally:
             await provider.aclose()
 
-    typer.echo(asyncio.run(run()))
+    # Settings problems come first: they stand whatever the provider answers, and a failed
+    # check call (no network, a refused token) must not hide them.
     for problem in problems:
         typer.echo(f"refused: {problem}", err=True)
+    typer.echo(asyncio.run(run()))
     if problems:
         raise typer.Exit(1)
 

@@ -45,6 +45,8 @@ def test_check_makes_an_authenticated_call(tmp_path: Path, fake_providers) -> No
 def test_check_with_a_refused_credential_names_the_variable(tmp_path: Path, fake_providers) -> None:
     env = {
         "DRIPMAIL_PROVIDER": "resend",
+        "DRIPMAIL_PUBLIC_URL": "https://join.studio.example.com",
+        "DRIPMAIL_SECRET_KEY": "x" * 32,
         "RESEND_API_KEY": "re_wrong",
         "DRIPMAIL_RESEND_BASE_URL": fake_providers.base("resend"),
     }
@@ -111,3 +113,20 @@ def test_a_real_provider_refuses_settings_that_cannot_work(
     check = _run(tmp_path, env, "providers", "check")
     assert check.returncode == 1
     assert any(named in line and variable in line for line in check.stderr.splitlines())
+
+
+def test_check_names_bad_settings_even_when_the_provider_refuses_the_token(
+    tmp_path: Path, fake_providers
+) -> None:
+    """A refused credential (or no network) must not hide what else is wrong with the setup."""
+    env = {
+        "DRIPMAIL_PROVIDER": "postmark",
+        "DRIPMAIL_PUBLIC_URL": "http://localhost:8000",
+        "DRIPMAIL_SECRET_KEY": "a",
+        "POSTMARK_SERVER_TOKEN": "not-the-token",
+        "DRIPMAIL_POSTMARK_BASE_URL": fake_providers.base("postmark"),
+    }
+    out = _run(tmp_path, env, "providers", "check")
+    assert out.returncode == 1
+    assert "DRIPMAIL_PUBLIC_URL" in out.stderr and "DRIPMAIL_SECRET_KEY" in out.stderr
+    assert "POSTMARK_SERVER_TOKEN" in out.stderr, out.stderr
