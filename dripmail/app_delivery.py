@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from dripmail.content import Newsletter
     from dripmail.engine import RunReport
     from dripmail.providers.base import Provider
+    from dripmail.store.delivery_queries import DueRow
 
 # How long `run --loop` sleeps at most before looking again (new sign-ups, retries).
 LOOP_RECHECK = timedelta(seconds=60)
@@ -123,7 +124,7 @@ class DeliveryUseCases:
     renderer: Any
     signer: Any
     provider: Provider
-    render_lesson: Callable[[dict], Any]
+    render_lesson: Callable[[DueRow], Any]
     call_provider: Callable[[Callable[[], Awaitable[Any]]], Any]
 
     # -- the run pass --

@@ -21,8 +21,9 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import cast
 
-from sqlalchemy import Engine, and_, func, insert, or_, select, update
+from sqlalchemy import Engine, and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.engine import RowMapping
 
 from dripmail.content import Newsletter
@@ -40,6 +41,8 @@ from dripmail.handover import (
 )
 from dripmail.message import Message
 from dripmail.providers.base import Provider
+from dripmail.store.bulk import Bulk
+from dripmail.store.handover_rows import HeldRow
 from dripmail.store.schema import (
     broadcast_deliveries,
     broadcasts,
@@ -54,6 +57,14 @@ CHUNK = 1000
 # pending (unconfirmed) or paused subscribers are left alone. Forgotten ones no longer exist.
 SEGMENTS = {"all": ("active", "completed"), "in-course": ("active",), "graduates": ("completed",)}
 OPEN_STATES = ("planned", "claimed", "sending")
+
+
+class BroadcastRow(HeldRow):
+    """One newsletter copy as `send` holds it: the hand-over's columns (`HeldRow`) plus the
+    reader's status and newsletter choice, to skip readers who left after planning."""
+
+    status: str
+    newsletters: bool
 
 
 @dataclass
@@ -235,28 +246,43 @@ def plan(
                     )
                 ).scalars()
             )
-            rows = [
-                {
-                    "broadcast_id": broadcast_id,
-                    "subscriber_id": sid,
-                    "key": key_for(broadcast_id, sid),
-                    "state": "planned",
-                    "attempts": 0,
-                    "updated_at": now,
-                }
-                for sid in ids
-                if sid not in have
-            ]
-            if rows:
-                conn.execute(insert(bd), rows)
+            rows = [(sid, key_for(broadcast_id, sid)) for sid in ids if sid not in have]
+            _PLAN.run(conn, rows, {"broadcast": broadcast_id, "now": now})
             added += len(rows)
         if progress:
             progress(len(ids))
 
 
+# One planned copy per reader: compiled once, each row only (subscriber id, key) in Python.
+_PLAN = Bulk(
+    insert(broadcast_deliveries).values(
+        broadcast_id=bindparam("broadcast"),
+        subscriber_id=bindparam("sid"),
+        key=bindparam("key"),
+        state="planned",
+        attempts=0,
+        updated_at=bindparam("now", type_=broadcast_deliveries.c.updated_at.type),
+    ),
+    ("sid", "key"),
+)
+# What sending reads of a copy: the hand-over's columns and whether the reader still wants it.
+_HELD_COLUMNS = (
+    broadcast_deliveries.c.id,
+    broadcast_deliveries.c.key,
+    broadcast_deliveries.c.subscriber_id,
+    broadcast_deliveries.c.state,
+    broadcast_deliveries.c.batch_key,
+    broadcast_deliveries.c.handed_at,
+    subscribers.c.email,
+    subscribers.c.first_name,
+    subscribers.c.status,
+    subscribers.c.newsletters,
+)
+
+
 def _claim_chunk(
     engine: Engine, broadcast_id: int, worker: str, now: datetime, chunk: int, after: int = 0
-) -> tuple[list[dict], int, list[dict]]:
+) -> tuple[list[BroadcastRow], int, list[BroadcastRow]]:
     """Claim up to `chunk` rows still to send (free, or left by a dead worker) after id `after`.
 
     Returns the held rows, how many were skipped because their subscriber left or stopped
@@ -270,20 +296,16 @@ def _claim_chunk(
     )
     expired = and_(in_flight(bd), bd.c.lease_expires_at < now)
     query = (
-        select(
-            bd,
-            subscribers.c.email,
-            subscribers.c.first_name,
-            subscribers.c.status,
-            subscribers.c.newsletters,
-        )
+        select(*_HELD_COLUMNS)
         .join(subscribers, subscribers.c.id == bd.c.subscriber_id)
         .where(bd.c.broadcast_id == broadcast_id, bd.c.id > after, or_(free, expired))
         .order_by(bd.c.id)
         .limit(chunk)
     )
     with engine.connect() as conn:
-        rows = [dict(r) for r in conn.execute(query).mappings()]
+        result = conn.execute(query)
+        names = list(result.keys())
+        rows = [cast(BroadcastRow, dict(zip(names, r, strict=True))) for r in result]
     # Someone who left or stopped newsletters since planning gets nothing. A row already
     # `sending` may be at the provider: it is reconciled like any other, not skipped.
     gone = [
@@ -322,7 +344,7 @@ def start(engine: Engine, broadcast_id: int, now: datetime) -> datetime:
 
 def render_fn(
     compiled, public_url: str, signer, broadcast_id: int, issued_at: datetime | None = None
-) -> RenderFn:
+) -> RenderFn[BroadcastRow]:
     """Personalise the compiled newsletter for a claimed row: name, unsubscribe, preferences.
 
     `compiled` is the newsletter's `CompiledEmail` (MJML compiled once for the broadcast);
@@ -336,7 +358,7 @@ def render_fn(
     ref = str(broadcast_id)
     links = compiled.links  # only what the newsletter shows, and unsubscribe for its header
 
-    def render(row: dict) -> Message:
+    def render(row: BroadcastRow) -> Message:
         reader = {
             "id": row["subscriber_id"],
             "email": row["email"],
@@ -359,7 +381,7 @@ def send(
     engine: Engine,
     provider: Provider,
     broadcast: RowMapping,
-    render: RenderFn,
+    render: RenderFn[BroadcastRow],
     now: datetime,
     *,
     worker: str | None = None,

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, bindparam, select, update
 
 from dripmail import schedule
 from dripmail.handover import (
@@ -119,10 +119,9 @@ def _eligible(
     return keep
 
 
-def _claim(engine: Engine, rows: list[DueRow], worker: str, now: datetime) -> list[dict]:
+def _claim(engine: Engine, rows: list[DueRow], worker: str, now: datetime) -> list[DueRow]:
     """Take rows that are still free (conditional update); returns those this worker holds."""
-    # The hand-over is shared with newsletters, whose rows have other columns: plain dicts.
-    return claim(engine, deliveries, [dict(r) for r in rows], worker, now, LEASE)
+    return claim(engine, deliveries, rows, worker, now, LEASE)
 
 
 def complete_finished(
@@ -144,23 +143,28 @@ def complete_finished(
         .exists()
     )
     any_rows = select(deliveries.c.id).where(deliveries.c.subscriber_id == subscribers.c.id)
-    ids = sorted(set(subscriber_ids)) if subscriber_ids is not None else [None]
+    query = update(subscribers).where(
+        subscribers.c.status == "active", any_rows.exists(), ~open_rows
+    )
+    if subscriber_ids is None:
+        with engine.begin() as conn:
+            return conn.execute(query.values(status="completed", updated_at=now)).rowcount or 0
+    # One statement with an expanding parameter (compiled once), run per 1,000 readers.
+    query = query.where(subscribers.c.id.in_(bindparam("ids", expanding=True))).values(
+        status="completed", updated_at=now
+    )
+    ids = sorted(set(subscriber_ids))
     done = 0
     with engine.begin() as conn:
         for start in range(0, len(ids), 1000):
-            query = update(subscribers).where(
-                subscribers.c.status == "active", any_rows.exists(), ~open_rows
-            )
-            if subscriber_ids is not None:
-                query = query.where(subscribers.c.id.in_(ids[start : start + 1000]))
-            done += conn.execute(query.values(status="completed", updated_at=now)).rowcount or 0
+            done += conn.execute(query, {"ids": ids[start : start + 1000]}).rowcount or 0
     return done
 
 
 def run_once(
     engine: Engine,
     provider: Provider,
-    render: RenderFn,
+    render: RenderFn[DueRow],
     now: datetime,
     *,
     default_send_time: time,

@@ -8,18 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from hashlib import sha256
-from typing import Any
+from typing import Any, TypeVar
 from uuid import uuid4
 
-from sqlalchemy import Connection, Engine, Table, and_, bindparam, select, update
+from sqlalchemy import Connection, Engine, Table, and_, bindparam, null, select, update
 
 from dripmail.errors import ProviderAuthError
 from dripmail.message import Message
 from dripmail.providers.base import Lookup, Outcome, Provider
+from dripmail.store.bulk import Bulk
+from dripmail.store.handover_rows import HeldRow
 from dripmail.store.schema import in_flight
 from dripmail.store.transactions import transaction
 from dripmail.subscribers import suppress
@@ -27,7 +29,10 @@ from dripmail.subscribers import suppress
 RETRY_AFTER = timedelta(minutes=15)
 # Resend an interrupted batch only this long before the provider forgets its idempotency key.
 KEY_MARGIN = timedelta(hours=1)
-RenderFn = Callable[[dict], Message]
+# A delivery row of either table, as the hand-over holds it (lessons: `DueRow`, newsletters:
+# `BroadcastRow`); the functions below give back the very rows they were given.
+R = TypeVar("R", bound=HeldRow)
+RenderFn = Callable[[R], Message]
 # Runs one coroutine (made by the callable) to completion and returns its result: the core's
 # `Dripmail.call_provider` (one event loop per process) or `run_in_new_loop`.
 CallAsync = Callable[[Callable[[], Awaitable[Any]]], Any]
@@ -96,6 +101,10 @@ def header_problem(message: Message) -> str:
     Checked before the hand-over so that one bad stored value fails its own delivery instead
     of the provider call for the whole batch. Cheap: a few substring tests.
     """
+    values = (message.to.name, message.to.address, message.subject, *message.headers.values())
+    joined = "".join(values)
+    if "\n" not in joined and "\r" not in joined:
+        return ""  # the usual case: one scan, no labels built
     fields = [
         ("the recipient's name", message.to.name),
         ("the recipient's address", message.to.address),
@@ -117,27 +126,68 @@ def record_many(
     """Record several deliveries' outcomes, by row id, in one transaction (claims released).
 
     Outcomes with the same columns go out as one executemany of a statement compiled once
-    (`WHERE id = ?`), so a chunk of 1,000 costs a handful of statements, not 1,000 round trips
-    nor an IN list of 1,000 keys. Given a Connection, it joins that transaction.
+    (`WHERE id = ?`, see `store.bulk`), so a chunk of 1,000 costs a handful of statements, not
+    1,000 round trips nor an IN list of 1,000 keys. A value shared by every row of a group
+    (the state, `sent_at` = now) is bound once, not per row. Given a Connection, it joins
+    that transaction.
     """
-    groups: dict[tuple[str, ...], list[dict]] = {}
+    groups: dict[tuple[str, ...], list[tuple[int, dict]]] = {}
     for row_id, values in outcomes:
-        groups.setdefault(tuple(sorted(values)), []).append({"row_id": row_id, **values})
+        # Keyed by the columns in the order given: each caller builds them the same way.
+        groups.setdefault(tuple(values), []).append((row_id, values))
     if not groups:
         return
     with transaction(engine) as conn:
-        for columns, params in groups.items():
-            conn.execute(
-                update(table)
-                .where(table.c.id == bindparam("row_id"))
-                .values(
-                    updated_at=now,
-                    claimed_by=None,
-                    lease_expires_at=None,
-                    **{c: bindparam(c) for c in columns},
-                ),
-                params,
-            )
+        for columns, members in groups.items():
+            first = members[0][1]
+            shared = tuple(c for c in columns if all(v[c] == first[c] for _, v in members))
+            per_row = tuple(c for c in columns if c not in shared)
+            rows = [(row_id, *(v[c] for c in per_row)) for row_id, v in members]
+            constants = {"now": now, **{f"v_{c}": first[c] for c in shared}}
+            _outcome_statement(table, per_row, shared).run(conn, rows, constants)
+
+
+_OUTCOMES: dict[tuple[str, tuple[str, ...], tuple[str, ...]], Bulk] = {}
+
+
+def _outcome_statement(table: Table, per_row: tuple[str, ...], shared: tuple[str, ...]) -> Bulk:
+    """``UPDATE table SET <columns>, claim released WHERE id = ?`` (built once per shape)."""
+    key = (table.name, per_row, shared)
+    bulk = _OUTCOMES.get(key)
+    if bulk is None:
+        values: dict[str, Any] = {
+            "updated_at": bindparam("now", type_=table.c.updated_at.type),
+            "claimed_by": null(),
+            "lease_expires_at": null(),
+        }
+        values.update({c: bindparam(f"v_{c}", type_=table.c[c].type) for c in per_row + shared})
+        statement = update(table).where(table.c.id == bindparam("row_id")).values(**values)
+        bulk = _OUTCOMES[key] = Bulk(statement, ("row_id", *(f"v_{c}" for c in per_row)))
+    return bulk
+
+
+def _sending_statement(table: Table, first_use: bool) -> Bulk:
+    """``UPDATE table SET state = 'sending', batch_key = ?, ... WHERE id = ?`` (built once).
+
+    On first use of a batch key, `handed_at` records when: a recovery trusts the provider's
+    idempotency key only while the provider still remembers it (`_resendable`).
+    """
+    key = (table.name, ("sending",), (str(first_use),))
+    bulk = _OUTCOMES.get(key)
+    if bulk is None:
+        now = bindparam("now", type_=table.c.updated_at.type)
+        mark: dict[str, Any] = {
+            "state": "sending",
+            "batch_key": bindparam("bk", type_=table.c.batch_key.type),
+            "updated_at": now,
+            "attempts": table.c.attempts + 1,
+            "provider": bindparam("provider", type_=table.c.provider.type),
+        }
+        if first_use:
+            mark["handed_at"] = now
+        statement = update(table).where(table.c.id == bindparam("row_id")).values(**mark)
+        bulk = _OUTCOMES[key] = Bulk(statement, ("row_id", "bk"))
+    return bulk
 
 
 def record(engine: Engine, table: Table, key: str, now: datetime, **values) -> None:
@@ -170,7 +220,7 @@ def _whole_batch(batch_key: str, keys: Sequence[str]) -> bool:
     return batch_key.startswith(f"b-{_digest(keys)}-")
 
 
-def _resendable(provider: Provider, rows: list[dict], now: datetime) -> dict[str, list[str]]:
+def _resendable(provider: Provider, rows: Sequence[HeldRow], now: datetime) -> dict[str, list[str]]:
     """Interrupted batches the provider deduplicates: batch key -> the batch's keys, sorted.
 
     Where the provider honours an idempotency key (Resend), a batch left `sending` by a crash
@@ -184,16 +234,16 @@ def _resendable(provider: Provider, rows: list[dict], now: datetime) -> dict[str
     ttl = getattr(caps, "idempotency_ttl", None)
     if not caps.idempotency_key or ttl is None:
         return {}
-    by_batch: dict[str, list[dict]] = {}
+    by_batch: dict[str, list[HeldRow]] = {}
     for row in rows:
-        if row.get("batch_key"):
+        if row["batch_key"]:
             by_batch.setdefault(row["batch_key"], []).append(row)
     out = {}
     for batch_key, members in by_batch.items():
         keys = sorted(r["key"] for r in members)
         if not _whole_batch(batch_key, keys):
             continue  # part of the batch is elsewhere: it cannot be rebuilt exactly
-        started: list[datetime] = [r["handed_at"] for r in members if r.get("handed_at")]
+        started = [r["handed_at"] for r in members if r["handed_at"] is not None]
         if len(started) < len(members) or now - min(started) > ttl - KEY_MARGIN:
             continue  # the provider may have forgotten the key: a resend could land twice
         out[batch_key] = keys
@@ -205,10 +255,12 @@ def _one_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-def _build(held: list[dict], render: RenderFn) -> tuple[dict[str, Message], list[tuple[dict, str]]]:
+def _build(
+    held: Sequence[R], render: RenderFn[R]
+) -> tuple[dict[str, Message], list[tuple[R, str]]]:
     """Render each held row; (messages by key, [(row, why it cannot be built)])."""
     messages: dict[str, Message] = {}
-    unbuilt: list[tuple[dict, str]] = []
+    unbuilt: list[tuple[R, str]] = []
     for row in held:
         try:
             message = render(row)
@@ -222,16 +274,16 @@ def _build(held: list[dict], render: RenderFn) -> tuple[dict[str, Message], list
     return messages, unbuilt
 
 
-def _address(row: dict) -> str:
-    return row.get("email") or f"subscriber {row.get('subscriber_id')}"
+def _address(row: HeldRow) -> str:
+    return row["email"] or f"subscriber {row['subscriber_id']}"
 
 
 async def deliver(
     engine: Engine,
     table: Table,
     provider: Provider,
-    held: list[dict],
-    render: RenderFn,
+    held: Sequence[R],
+    render: RenderFn[R],
     now: datetime,
     report: Report,
     streak: FailureStreak | None = None,
@@ -281,8 +333,9 @@ async def deliver(
     batches: list[tuple[str, list[Message]]] = []
     again: dict[str, list[Message]] = {}
     for row in in_flight:
-        if row["key"] in messages and row.get("batch_key"):
-            again.setdefault(row["batch_key"], []).append(messages.pop(row["key"]))
+        earlier = row["batch_key"]
+        if row["key"] in messages and earlier:
+            again.setdefault(earlier, []).append(messages.pop(row["key"]))
     batches.extend(again.items())
     batches.extend(recovered.items())
     keys = list(messages)
@@ -295,27 +348,14 @@ async def deliver(
         return
     # Every batch is recorded as `sending` with its key before any is sent: one executemany
     # by row id (a statement compiled once), in one transaction.
-    marks: dict[bool, list[dict]] = {True: [], False: []}
+    marks: dict[bool, list[tuple[int, str]]] = {True: [], False: []}
     for batch_key, batch in batches:
         first_use = batch_key not in recovered
-        marks[first_use].extend({"row_id": by_key[m.key]["id"], "bk": batch_key} for m in batch)
+        marks[first_use].extend((by_key[m.key]["id"], batch_key) for m in batch)
     with engine.begin() as conn:
         for first_use, params in marks.items():
-            if not params:
-                continue
-            mark: dict = {
-                "state": "sending",
-                "batch_key": bindparam("bk"),
-                "updated_at": now,
-                "attempts": table.c.attempts + 1,
-                "provider": provider.name,
-            }
-            if first_use:
-                # When this key was first used: a recovery trusts the provider's idempotency
-                # key only while the provider still remembers it (`_resendable`).
-                mark["handed_at"] = now
-            conn.execute(
-                update(table).where(table.c.id == bindparam("row_id")).values(**mark), params
+            _sending_statement(table, first_use).run(
+                conn, params, {"now": now, "provider": provider.name}
             )
     # Batches go out concurrently; the provider's own limiter paces requests and connections.
     answers = await asyncio.gather(
@@ -359,7 +399,7 @@ async def deliver(
 def _record_unbuilt(
     engine: Engine,
     table: Table,
-    unbuilt: list[tuple[dict, str]],
+    unbuilt: Sequence[tuple[HeldRow, str]],
     now: datetime,
     report: Report,
     streak: FailureStreak,
@@ -425,7 +465,7 @@ def _outcomes(
     told: _Told,
     batch: list[Message],
     results: list,
-    by_key: dict[str, dict],
+    by_key: Mapping[str, HeldRow],
     now: datetime,
     report: Report,
     streak: FailureStreak,
@@ -526,11 +566,11 @@ def release(engine: Engine, table: Table, keys: Sequence[str], now: datetime) ->
 def claim(
     engine: Engine,
     table: Table,
-    rows: list[dict],
+    rows: Sequence[R],
     worker: str,
     now: datetime,
     lease: timedelta,
-) -> list[dict]:
+) -> list[R]:
     """Take `rows` of `table` that are still free (conditional update); returns those held.
 
     Free rows (`planned`) are taken with one conditional UPDATE ... RETURNING for the whole
@@ -538,29 +578,33 @@ def claim(
     lease expired (their worker died) are taken over one by one, only if still expired.
     On PostgreSQL, rows another worker is locking right now are skipped, not waited for.
     """
-    held: list[dict] = []
+    held: list[R] = []
     with engine.begin() as conn:
         if engine.dialect.name == "postgresql" and rows:
             lockable = set(
                 conn.execute(
                     select(table.c.id)
-                    .where(table.c.id.in_([r["id"] for r in rows]))
-                    .with_for_update(skip_locked=True)
+                    .where(table.c.id.in_(bindparam("ids", expanding=True)))
+                    .with_for_update(skip_locked=True),
+                    {"ids": [r["id"] for r in rows]},
                 ).scalars()
             )
             rows = [r for r in rows if r["id"] in lockable]
         free = {r["id"]: r for r in rows if r["state"] == "planned"}
         if free:
+            # Built with an expanding parameter, so the statement is compiled once and cached
+            # (a literal list would coerce every id into its own parameter on each call).
             won = conn.execute(
                 update(table)
-                .where(table.c.id.in_(list(free)), table.c.state == "planned")
+                .where(table.c.id.in_(bindparam("ids", expanding=True)), table.c.state == "planned")
                 .values(
                     state="claimed",
-                    claimed_by=worker,
-                    lease_expires_at=now + lease,
-                    updated_at=now,
+                    claimed_by=bindparam("worker"),
+                    lease_expires_at=bindparam("lease", type_=table.c.lease_expires_at.type),
+                    updated_at=bindparam("now", type_=table.c.updated_at.type),
                 )
-                .returning(table.c.id)
+                .returning(table.c.id),
+                {"ids": list(free), "worker": worker, "lease": now + lease, "now": now},
             ).scalars()
             held.extend(free[i] for i in won)
         for row in rows:

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
 
@@ -18,6 +19,9 @@ from dripmail.errors import ConfigError
 from dripmail.message import Message
 from dripmail.providers.base import Provider
 from dripmail.welcome import WELCOME_DAY, first_lesson_phrase
+
+if TYPE_CHECKING:
+    from dripmail.store.delivery_queries import DueRow
 
 DEV_SECRET = "dev-only-insecure-key"
 
@@ -102,7 +106,7 @@ class Runner:
 
         return Signer.from_settings(self.settings)
 
-    def render_lesson(self, row: dict) -> Message:
+    def render_lesson(self, row: DueRow) -> Message:
         """A due delivery row (joined with its subscriber) as a personalised Message."""
         from dripmail.render import recipient_for
 
@@ -126,7 +130,7 @@ class Runner:
             send_at=send_at,
         )
 
-    def _first_lesson(self, row: dict, send_at: datetime) -> str:
+    def _first_lesson(self, row: DueRow, send_at: datetime) -> str:
         """When this reader's first lesson still to come arrives, in their words and zone."""
         from dripmail.store.subscriber_queries import next_open_lesson
 
