@@ -426,12 +426,24 @@ class Dripmail(DeliveryUseCases, Runner):
         return SignedUp(sid, fallback)
 
     def send_confirmations(self, subscriber_ids: Iterable[int]) -> int:
-        """Send the double opt-in email to pending subscribers not mailed recently."""
+        """Send the double opt-in email to pending subscribers that may be mailed now.
+
+        Returns how many the provider accepted. An email a crash kept from the provider is
+        offered again (same key); a new one only after the quiet period (see
+        `dripmail.confirmations`).
+        """
         from dripmail.confirmations import send_confirmations
 
-        return send_confirmations(
-            self.project, self.settings, subscriber_ids, self.now(), runner=self
-        )
+        return send_confirmations(self, subscriber_ids, self.now(), call=self.call_provider)
+
+    def resend_interrupted_confirmations(self) -> int:
+        """Offer again the confirmation emails whose hand-over a crash interrupted.
+
+        For the `run` pass; returns how many the provider accepted.
+        """
+        from dripmail.confirmations import resend_interrupted
+
+        return resend_interrupted(self, self.now(), call=self.call_provider)
 
     # -- the reader's choices --
 

@@ -59,6 +59,8 @@ class RunResult:
     at: datetime
     lessons: RunReport
     broadcasts: list[ScheduledBroadcast] = field(default_factory=list)
+    # Confirmation emails a crash had kept from the provider, accepted now.
+    confirmations: int = 0
 
     @property
     def halted(self) -> str:
@@ -126,6 +128,7 @@ class DeliveryUseCases:
     provider: Provider
     render_lesson: Callable[[DueRow], Any]
     call_provider: Callable[[Callable[[], Awaitable[Any]]], Any]
+    resend_interrupted_confirmations: Callable[[], int]
 
     # -- the run pass --
 
@@ -171,7 +174,8 @@ class DeliveryUseCases:
     ) -> RunResult:
         """One pass: every lesson due at `at` (default: now), then the scheduled broadcasts due.
 
-        Lessons left in flight by a crash are finished first, however many. One message that
+        Lessons left in flight by a crash are finished first, however many, and confirmation
+        emails a crash kept from the provider are offered again. One message that
         cannot be built or that the provider refuses fails alone; `DRIPMAIL_HALT_AFTER_FAILURES`
         permanent failures in a row with one reason stop the pass (`RunResult.halted`). A dry
         run writes and sends nothing (and skips broadcasts).
@@ -194,9 +198,12 @@ class DeliveryUseCases:
             call=self.call_provider,
         )
         done: list[ScheduledBroadcast] = []
+        confirmations = 0
+        if not dry_run:
+            confirmations = self.resend_interrupted_confirmations()
         if broadcasts and not dry_run:
             done = self.send_due_broadcasts(now)
-        return RunResult(now, report, done)
+        return RunResult(now, report, done, confirmations)
 
     def seconds_to_next(self, at: datetime | None = None) -> float:
         """How long `run --loop` may sleep: until the next lesson may be handed over, at most a

@@ -1,99 +1,201 @@
-"""Sending the double opt-in email, at most once per address per quiet period.
+"""Sending the double opt-in email: at most once per address per quiet period, never lost.
 
-Shared by the web sign-up and `subscribers import --confirm`, so both throttle the same way
-and a form submitted ten times never floods an inbox.
+Shared by the web sign-up, `subscribers import --confirm` and the `run` pass (through
+`Dripmail.send_confirmations` / `Dripmail.resend_interrupted_confirmations`), so all of them
+throttle the same way and a form submitted ten times never floods an inbox.
+
+Each email is a *slot* on the subscriber row (`dripmail.store.confirmation_queries`): taking it
+is committed first (so two requests racing win one between them) and records this process as
+its holder; the hand-over is recorded only after the provider accepted the email. A process
+killed in between leaves the slot *owed*: the next import of that reader, sign-up of that
+address or `run` pass offers the same slot again, under the same key and Message-ID
+(`confirm-s<id>-<slot time>-n<number>`), so a provider that deduplicates (the outbox, or an
+idempotency key) never holds two different emails for one slot. A slot is offered again only
+when its holder is gone (a dead pid on this host, or its lease ran out), never while another
+process may still be handing it over.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+import logging
+import os
+import socket
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
+from hashlib import sha256
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Row, or_, update
+from dripmail.providers.base import Outcome, SendResult
+from dripmail.store import confirmation_queries as cq
 
-from dripmail.config import Project, Settings
-from dripmail.runner import Runner
-from dripmail.store.schema import subscribers
+if TYPE_CHECKING:
+    from dripmail.message import Message
+    from dripmail.runner import Runner
+
+log = logging.getLogger("dripmail")
 
 # A second confirmation for the same address goes out only after this long, and never more
 # than MAX_CONFIRMS in all: enough for a lost email, too few to be used for harassment.
 QUIET = timedelta(minutes=15)
 MAX_CONFIRMS = 5
+# How long a slot's holder may take to hand it over before another process may offer it again
+# (holders on this host that died are noticed at once, by their pid).
+LEASE = timedelta(minutes=10)
 
 
-def _take_slot(runner: Runner, subscriber_id: int, now: datetime) -> Row | None:
-    """Atomically reserve the right to send: (number, email, first name), or None."""
-    with runner.engine.begin() as conn:
-        result = conn.execute(
-            update(subscribers)
-            .where(
-                subscribers.c.id == subscriber_id,
-                subscribers.c.status == "pending",
-                subscribers.c.confirm_count < MAX_CONFIRMS,
-                or_(
-                    subscribers.c.confirm_sent_at.is_(None),
-                    subscribers.c.confirm_sent_at <= now - QUIET,
-                ),
-            )
-            .values(
-                confirm_sent_at=now,
-                confirm_count=subscribers.c.confirm_count + 1,
-                updated_at=now,
-            )
-            .returning(subscribers.c.confirm_count, subscribers.c.email, subscribers.c.first_name)
-        ).first()
-    return result
+def worker_id() -> str:
+    """This process as a slot holder: `host:pid` (the form the engine's claims use)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def holder_gone(holder: str, host: str) -> bool:
+    """Whether a `host:pid` holder names a process of this host that no longer runs.
+
+    Holders on other hosts (or ids of another form) are never judged gone: only their lease
+    can free their slots.
+    """
+    name, _, pid = holder.rpartition(":")
+    if name != host or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # a process of another user holds that pid: alive
+    return False
+
+
+def confirm_key(slot: cq.Slot) -> str:
+    """The email's key (and so its Message-ID and idempotency key): one per slot, stable.
+
+    The slot's time tells apart the first email of a reader who unsubscribed and signed up
+    again (their count starts at 1 again) from the first one of their earlier sign-up.
+    """
+    return f"confirm-s{slot.subscriber_id}-{slot.taken_at:%Y%m%d%H%M%S}-n{slot.number}"
 
 
 def send_confirmations(
-    project: Project,
-    settings: Settings,
+    runner: Runner,
     subscriber_ids: Iterable[int],
     now: datetime,
-    runner: Runner | None = None,
+    *,
+    call: Callable[[Callable[[], Any]], Any] | None = None,
+    worker: str | None = None,
 ) -> int:
-    """Send the confirm email to pending subscribers not mailed recently; returns how many."""
-    from dripmail.providers.base import Outcome
+    """Send the confirm email to pending subscribers that may be mailed; returns how many the
+    provider accepted.
+
+    For each id: an owed slot whose holder is gone is offered again as it was; otherwise a new
+    slot is taken if the reader is pending, was not mailed in the last QUIET and had fewer
+    than MAX_CONFIRMS. Ids in chunks of the provider's batch size: one short transaction to
+    take the chunk's slots, one hand-over, one transaction to record it. `call` runs a provider
+    coroutine (the core's event loop, `Dripmail.call_provider`; default `asyncio.run`). A
+    provider error is raised after the chunk's slots were released (owed, offered again).
+    """
+    worker = worker or worker_id()
+    host = socket.gethostname()
+    ids = list(dict.fromkeys(subscriber_ids))
+    size = max(1, min(runner.provider.capabilities.max_batch, cq.CHUNK))
+    sent = 0
+    for start in range(0, len(ids), size):
+        chunk = ids[start : start + size]
+        with runner.engine.begin() as conn:
+            dead = {h for h in cq.owed_holders(conn, chunk, now) if holder_gone(h, host)}
+            slots = cq.take_over(conn, chunk, worker, now, lease=LEASE, dead=dead)
+            slots += cq.take_new(
+                conn, chunk, worker, now, quiet=QUIET, most=MAX_CONFIRMS, lease=LEASE
+            )
+        if slots:
+            sent += _hand_over(runner, slots, worker, now, call)
+    return sent
+
+
+def resend_interrupted(
+    runner: Runner,
+    now: datetime,
+    *,
+    call: Callable[[Callable[[], Any]], Any] | None = None,
+    worker: str | None = None,
+) -> int:
+    """Offer again every slot whose hand-over a crash interrupted (holder dead, lease out).
+
+    For the `run` pass: a sign-up whose web worker was killed before the email went out gets
+    it without signing up again. Slots the provider refused are left to the reader (sign up
+    again) or the operator (import again), so a refusal is not retried every pass. Returns
+    how many the provider accepted.
+    """
+    worker = worker or worker_id()
+    host = socket.gethostname()
+    sent = 0
+    last = 0
+    while True:
+        with runner.engine.connect() as conn:
+            found = cq.crashed(conn, now, host, after=last)
+        if not found:
+            return sent
+        last = found[-1]
+        with runner.engine.begin() as conn:
+            dead = {h for h in cq.owed_holders(conn, found, now) if holder_gone(h, host)}
+            slots = cq.take_over(conn, found, worker, now, lease=LEASE, dead=dead, released=False)
+        if slots:
+            sent += _hand_over(runner, slots, worker, now, call)
+
+
+def _hand_over(
+    runner: Runner,
+    slots: Sequence[cq.Slot],
+    worker: str,
+    now: datetime,
+    call: Callable[[Callable[[], Any]], Any] | None,
+) -> int:
+    """Build and hand over one chunk's emails, then record which the provider took."""
     from dripmail.render import recipient_for
 
-    runner = runner or Runner(project, settings)
     compiled = runner.renderer.confirm()
-    messages = []
-    for sid in subscriber_ids:
-        slot = _take_slot(runner, sid, now)
-        if slot is None:
-            continue
-        number, email, first_name = slot
+    messages: list[Message] = []
+    for slot in slots:
         recipient = recipient_for(
-            {"id": sid, "email": email, "first_name": first_name},
-            settings.public_url,
+            {"id": slot.subscriber_id, "email": slot.email, "first_name": slot.first_name},
+            runner.settings.public_url,
             runner.signer,
             links=compiled.links,
         )
         messages.append(
-            compiled.personalise(
-                recipient,
-                key=f"confirm-s{sid}-{now:%Y%m%d%H%M%S}-n{number}",
-                kind="confirm",
-                ref="confirm",
-            )
+            compiled.personalise(recipient, key=confirm_key(slot), kind="confirm", ref="confirm")
         )
-    sent = 0
+    keys = sorted(m.key for m in messages)
+    # The same slots offered again make the same batch key: a provider that keeps
+    # idempotency keys answers with the batch it already has.
+    batch_key = "confirm-" + sha256("|".join(keys).encode()).hexdigest()[:24]
 
-    async def hand_over() -> None:
-        nonlocal sent
-        size = runner.provider.capabilities.max_batch
-        for start in range(0, len(messages), size):
-            results = await runner.provider.send_batch(messages[start : start + size])
-            sent += sum(r.outcome is Outcome.ACCEPTED for r in results)
+    async def send() -> Any:
+        return await runner.provider.send_batch(messages, batch_key=batch_key)
 
-    if messages:
-        # The core's one event loop where there is one (`Dripmail.call_provider`): the
-        # provider's pooled client belongs to it.
-        call = getattr(runner, "call_provider", None)
-        if call is not None:
-            call(hand_over)
-        else:
-            asyncio.run(hand_over())
-    return sent
+    try:
+        results = call(send) if call is not None else asyncio.run(send())
+    except BaseException:
+        with runner.engine.begin() as conn:
+            cq.settle(conn, slots, worker, now, accepted=False)
+        raise
+    outcome = {r.key: r for r in results}
+    taken = [s for s in slots if _handed(outcome.get(confirm_key(s)))]
+    refused = [s for s in slots if s not in taken]
+    with runner.engine.begin() as conn:
+        cq.settle(conn, taken, worker, now, accepted=True)
+        cq.settle(conn, refused, worker, now, accepted=False)
+    for slot in refused:
+        result = outcome.get(confirm_key(slot))
+        log.warning(
+            "confirmation email for subscriber %s not accepted: %s",
+            slot.subscriber_id,
+            result.error if result is not None else "no answer from the provider",
+        )
+    return sum(1 for s in taken if outcome[confirm_key(s)].outcome is Outcome.ACCEPTED)
+
+
+def _handed(result: SendResult | None) -> bool:
+    # REVIEW (ambiguous, the provider cannot tell) counts as handed over: like a lesson, it
+    # is never resent automatically; the reader can ask again after the quiet period.
+    return result is not None and result.outcome in (Outcome.ACCEPTED, Outcome.REVIEW)

@@ -34,6 +34,7 @@ from sqlalchemy import Engine, RowMapping
 from dripmail import schedule
 from dripmail import subscribers as subs
 from dripmail.errors import InputError
+from dripmail.store import confirmation_queries as cq
 from dripmail.store import subscriber_queries as q
 from dripmail.validation import (
     clean_name,
@@ -289,7 +290,7 @@ def _write_batch(
             else:
                 fresh.append(row)
         if confirm and known:
-            report.to_confirm.extend(q.never_asked(conn, known.values()))
+            report.to_confirm.extend(cq.owed_among(conn, known.values()))
         report.added += len(fresh)
         if dry_run or not fresh:
             return

@@ -165,7 +165,7 @@ def _week_and_confirmation(root: Path, port: int) -> Runner:
         consent_source="test",
         now=start,
     )
-    assert send_confirmations(runner.project, runner.settings, [pending], start, runner) == 1
+    assert send_confirmations(runner, [pending], start) == 1
     return runner
 
 
@@ -444,7 +444,7 @@ def test_http_payloads_carry_the_same_standard_headers(
         consent_source="test",
         now=start,
     )
-    assert send_confirmations(runner.project, runner.settings, [pending], start, runner) == 1
+    assert send_confirmations(runner, [pending], start) == 1
     records = fake_providers.accepted(provider)
     utf8_ok = provider == "sendgrid"
     # 8 (welcome + 7 lessons) for each reader the provider can carry, and one confirmation.

@@ -120,6 +120,8 @@ def run(
             current = clock_at or datetime.now(UTC)
             result = _one_pass(core, current, limit, dry_run, quiet)
             _print_report(result.lessons, current, dry_run)
+            if result.confirmations:
+                typer.echo(f"{result.confirmations} confirmation email(s) sent after a crash")
             for line in _broadcast_lines(result.broadcasts):
                 typer.echo(line)
             attention = attention or result.attention

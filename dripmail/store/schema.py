@@ -84,6 +84,12 @@ subscribers = Table(
     Column("tags", Text, nullable=False, default=""),  # comma-separated
     Column("confirm_sent_at", UTCDateTime),
     Column("confirm_count", Integer, nullable=False, default=0),
+    # The confirmation slot's hand-over (migration 0009): who is handing it to the provider
+    # (`host:pid`, with a lease) and when the provider accepted it. A slot taken but never
+    # handed over (a crash between the two) is offered again under the same key.
+    Column("confirm_handed_at", UTCDateTime),
+    Column("confirm_claimed_by", String(128)),
+    Column("confirm_lease_expires_at", UTCDateTime),
     # When the reader confirmed (double opt-in) or was added as active; NULL while pending.
     Column("confirmed_at", UTCDateTime, index=True),
     Column("created_at", UTCDateTime, nullable=False, index=True),

@@ -68,27 +68,6 @@ def insert_subscribers(conn: Connection, rows: list[dict[str, Any]]) -> dict[str
     return {email: int(sid) for email, sid in result}
 
 
-def never_asked(conn: Connection, ids: Iterable[int]) -> list[int]:
-    """Of `ids`, the pending subscribers that were never sent a confirmation email.
-
-    An import with --confirm killed between adding and mailing leaves such rows; a re-run
-    offers them the email again instead of leaving them pending forever.
-    """
-    wanted = sorted(set(ids))
-    found: list[int] = []
-    for start in range(0, len(wanted), CHUNK):
-        found.extend(
-            conn.execute(
-                select(subscribers.c.id).where(
-                    subscribers.c.id.in_(wanted[start : start + CHUNK]),
-                    subscribers.c.status == "pending",
-                    subscribers.c.confirm_count == 0,
-                )
-            ).scalars()
-        )
-    return found
-
-
 def set_status(
     conn: Connection, subscriber_id: int, status: str, now: datetime, **more: Any
 ) -> int:
@@ -122,6 +101,9 @@ def reopen_unsubscribed(
             start_date=None,
             confirm_sent_at=None,
             confirm_count=0,
+            confirm_handed_at=None,
+            confirm_claimed_by=None,
+            confirm_lease_expires_at=None,
             updated_at=now,
             **consent,
         )
