@@ -17,12 +17,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 
 from dripmail import subscribers as subs
 from dripmail.app import Dripmail
 from dripmail.config import Project, Settings
 from dripmail.confirmations import LEASE, QUIET
+from dripmail.store.db import open_store
 from dripmail.store.schema import subscribers
 from tests.course_fixture import make_project
 
@@ -37,11 +38,11 @@ CHILD = textwrap.dedent(
     from pathlib import Path
     from dripmail.config import Project, Settings
 
-    root, work, when, mode, *ids = sys.argv[1:]
+    root, work, url, when, mode, *ids = sys.argv[1:]
     now = datetime.fromisoformat(when)
     core = Dripmail(
         Project(Path(root)),
-        Settings(_env_file=None, DRIPMAIL_DATABASE_URL=f"sqlite:///{work}/app.db",
+        Settings(_env_file=None, DRIPMAIL_DATABASE_URL=url,
                  DRIPMAIL_OUTBOX_DIR=f"{work}/outbox"),
         clock=lambda: now,
     )
@@ -60,9 +61,13 @@ CHILD = textwrap.dedent(
 )
 
 
+def _url(work: Path) -> str:
+    return os.environ.get("DRIPMAIL_CONFIRM_TEST_URL") or f"sqlite:///{work / 'app.db'}"
+
+
 def _core(root: Path, work: Path, clock: datetime = NOW) -> Dripmail:
     values = {
-        "DRIPMAIL_DATABASE_URL": f"sqlite:///{work / 'app.db'}",
+        "DRIPMAIL_DATABASE_URL": _url(work),
         "DRIPMAIL_OUTBOX_DIR": str(work / "outbox"),
     }
     return Dripmail(
@@ -72,8 +77,19 @@ def _core(root: Path, work: Path, clock: datetime = NOW) -> Dripmail:
     )
 
 
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def root(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A course project; the tests run on SQLite, and on PostgreSQL when one is configured
+    (emptied first: each xdist worker has a schema of its own, see conftest)."""
+    if request.param == "postgresql":
+        url = os.environ.get("DRIPMAIL_TEST_DATABASE_URL")
+        if not url:
+            pytest.skip("DRIPMAIL_TEST_DATABASE_URL is not set (CI sets it; see README)")
+        engine = open_store(url, tmp_path)
+        with engine.begin() as conn:
+            conn.execute(text("TRUNCATE subscribers, deliveries, events, suppressions CASCADE"))
+        engine.dispose()
+        monkeypatch.setenv("DRIPMAIL_CONFIRM_TEST_URL", url)
     return make_project(tmp_path / "project")
 
 
@@ -90,7 +106,7 @@ def _pending(core: Dripmail, count: int) -> list[int]:
 
 def _killed_child(root: Path, work: Path, mode: str, ids: list[int]) -> None:
     proc = subprocess.run(
-        [sys.executable, "-c", CHILD, str(root), str(work), NOW.isoformat(), mode]
+        [sys.executable, "-c", CHILD, str(root), str(work), _url(work), NOW.isoformat(), mode]
         + [str(i) for i in ids],
         cwd=REPO,
         env={**os.environ, "PYTHONPATH": str(REPO)},
