@@ -22,6 +22,7 @@ from dripmail.states import STOPPED as STOPPED_STATUSES
 from dripmail.states import SubscriberStatus
 from dripmail.store import subscriber_queries as q
 from dripmail.store.delivery_queries import previous_sent_before
+from dripmail.store.report_queries import forget_days_of
 from dripmail.store.schema import subscribers
 from dripmail.store.transactions import transaction
 from dripmail.validation import (
@@ -417,12 +418,15 @@ def resume(bind: Bind, subscriber_id: int, course: CourseRules, now: datetime) -
 def forget(bind: Bind, subscriber_id: int, now: datetime) -> list[str]:
     """Erase a subscriber: rows and events deleted, only a hashed suppression kept.
 
-    The hash stops an import or sign-up from adding the address again. Returns provider ids of
-    lessons already handed over, for the caller to cancel.
+    The hash stops an import or sign-up from adding the address again; the report's stored
+    days that counted the reader are dropped in the same transaction (the next report counts
+    them again). Returns provider ids of lessons already handed over, for the caller to cancel.
     """
     with transaction(bind) as conn:
         sub = get_subscriber(conn, subscriber_id)
         handed = q.handed_ids(conn, subscriber_id)
+        # The report's stored days still count the reader: dropped, counted again without.
+        forget_days_of(conn, subscriber_id)
         q.delete_subscriber(conn, subscriber_id)
         # Provider events that matched nobody may still quote the address.
         q.scrub_unmatched_events(conn, sub["email"])

@@ -162,6 +162,59 @@ def test_forget_scrubs_the_raw_event_of_unmatched_provider_events(tmp_path: Path
     assert address == "zoe@example.org"
 
 
+def _done_days(h: History) -> set[date]:
+    with h.engine.connect() as conn:
+        return set(
+            conn.execute(
+                select(report_days.c.day).where(report_days.c.section == "_done")
+            ).scalars()
+        )
+
+
+def test_forget_drops_the_stored_days_that_counted_the_reader(tmp_path: Path) -> None:
+    """After `subscribers forget` the next report (no --rebuild) leaves the reader out."""
+    _forget_c_and_report(make_history(tmp_path / "studio"))
+
+
+@pytest.mark.postgres
+def test_forget_drops_the_stored_days_on_postgresql(tmp_path: Path) -> None:
+    import os
+
+    url = os.environ.get("DRIPMAIL_TEST_DATABASE_URL")
+    if not url:
+        pytest.skip("DRIPMAIL_TEST_DATABASE_URL is not set (CI sets it; see README)")
+    _forget_c_and_report(make_history(tmp_path / "studio", database_url=url))
+
+
+def _forget_c_and_report(h: History) -> None:
+    assert _figures(h, AFTER) == EXPECTED  # every day of the history stored now
+    with h.engine.connect() as conn:
+        items = " ".join(conn.execute(select(report_days.c.item)).scalars())
+    # Stored rows name links without their query (tracking, tokens), never a reader.
+    assert "@" not in items and "?" not in items and f"lesson|1|{SHOP}" in items
+    stored = _done_days(h)
+    h.app.state.ctx.app.forget("c@example.org")  # type: ignore[attr-defined]
+    # c signed up and confirmed on 1 June, got lessons 1 and 2 (2 and 3 June), clicked on 2
+    # June and unsubscribed on 3 June: those days go, the rest stay stored.
+    gone = {date(2026, 6, 1), date(2026, 6, 2), date(2026, 6, 3)}
+    assert _done_days(h) == stored - gone
+
+    after = _figures(h, AFTER)
+    funnel = after["funnel"]
+    assert (funnel["signups"], funnel["confirmed"], funnel["started"]) == (4, 3, 3)
+    lesson1, lesson2 = after["lessons"][:2]
+    assert (lesson1["sent"], lesson1["clicked"], lesson1["other_clicks"]) == (3, 1, 0)
+    assert lesson1["links"] == {VIDEO: 1}
+    assert (lesson2["sent"], lesson2["unsubscribed"]) == (2, 0)
+    assert after["zones"][0] == {
+        "key": "America/New_York", "sent": 8, "opened": 3, "clicked": 2, "open_rate": 0.375,
+        "click_rate": 0.25,
+    }  # fmt: skip
+    assert after["days"] == [{"day": "2026-06-01", "signups": 4, "unsubscribed": 0}]
+    q.forget_stored(h.engine)
+    assert _figures(h, AFTER) == after  # the same as counting everything again
+
+
 def test_local_send_hour_of_half_hour_zones() -> None:
     from zoneinfo import ZoneInfo
 

@@ -24,7 +24,8 @@ Opens are approximate: Apple Mail Privacy Protection loads every email when it a
 (counted as opened, read or not), and clients that block images never count. Clicks within
 30 seconds of delivery come from link scanners: they are left out of "clicked" and shown as
 "scanner clicks" unless --count-scanner-clicks. The counts of finished days are stored once
-(--rebuild counts them again, e.g. after `subscribers forget` or a simulated clock).
+(`subscribers forget` drops the days that counted the person; --rebuild counts every day
+again, e.g. after writing history with a simulated clock).
 """
 
 

@@ -6,7 +6,8 @@ copy handed over (`sent_at`), and the *first* provider event of a kind for a cop
 opened, clicked, bounced, complained, unsubscribed; first by event id, i.e. in the order they
 arrived). Because a fact belongs to one day and never moves, the counts of a finished day are
 computed once and kept in `report_days`; a report reads those rows plus the days not yet over.
-All reads go by the indexes on those times, one day at a time.
+Days missing from the store are counted a run of days at a time, one GROUP BY day pass per
+table; erasing a reader drops the stored days their facts fell on (`forget_days_of`).
 
 A fact is keyed ``(day, section, item, metric)``:
 
@@ -29,6 +30,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
+from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -83,6 +85,7 @@ class Copy:
     zone: str
 
 
+@lru_cache(maxsize=4096)
 def link_of(url: str) -> str:
     """A clicked URL as the report groups it: no query or fragment, no per-reader token.
 
@@ -183,18 +186,28 @@ def _local_hour(copy: Copy, zones: dict[str, ZoneInfo | None]) -> str | None:
 
 
 class _Sql:
-    """The few expressions that differ between SQLite and PostgreSQL (UTC stored naive)."""
+    """The few expressions that differ between SQLite and PostgreSQL (UTC stored naive).
 
-    def __init__(self, conn: Connection) -> None:
+    SQLite keeps a datetime as text, ``YYYY-MM-DD HH:MM:SS.ffffff`` (SQLAlchemy's format):
+    its day and minute are cut out of the text, several times cheaper than parsing it.
+    `scan` (a long span) reads whole tables in order rather than a time index row by row.
+    """
+
+    def __init__(self, conn: Connection, scan: bool = False) -> None:
         self.sqlite = conn.dialect.name == "sqlite"
+        self.scan = scan
 
     def day(self, col: Any) -> Any:
-        return func.date(col) if self.sqlite else cast(col, Date)
+        if self.sqlite:
+            return func.substr(col, literal_column("1"), literal_column("10"))
+        return cast(col, Date)
 
     def minute(self, col: Any) -> Any:
         """Minutes since midnight UTC (half-hour zones such as Asia/Kolkata need the minutes)."""
         if self.sqlite:
-            return func.strftime("%H", col) * literal_column("60") + func.strftime("%M", col)
+            return func.substr(col, literal_column("12"), literal_column("2")) * literal_column(
+                "60"
+            ) + func.substr(col, literal_column("15"), literal_column("2"))
         # Literals, not bound parameters: PostgreSQL must see the GROUP BY expression as the
         # very same text as the selected one.
         return func.extract("hour", col) * literal_column("60") + func.extract("minute", col)
@@ -203,6 +216,13 @@ class _Sql:
         if self.sqlite:
             return func.round((func.julianday(later) - func.julianday(earlier)) * 86400)
         return func.round(func.extract("epoch", later - earlier))
+
+    def within(self, col: Any, start: datetime, end: datetime) -> Any:
+        """start <= col < end; by the column's index unless scanning (SQLite's planner would
+        take the index even for a span that covers the whole table)."""
+        if self.sqlite and self.scan:
+            col = func.likely(col, type_=col.type)  # a function hides the index, same value
+        return (col >= start) & (col < end)
 
 
 def _as_date(value: Any) -> date:
@@ -226,15 +246,16 @@ COPY_TABLES = (
 )
 
 
-def span_facts(conn: Connection, start: datetime, end: datetime) -> Facts:
-    """Every fact recorded in [start, end), by day. Exact; reads by the time indexes.
+def span_facts(conn: Connection, start: datetime, end: datetime, scan: bool = False) -> Facts:
+    """Every fact recorded in [start, end), by day. Exact; reads by the time indexes, or
+    (`scan`, for a span covering much of the history) the tables in order.
 
     Counting is done by the database (GROUP BY day, item, UTC hour, zone) except for clicks
     (scanner or not, which link) and unsubscribes (which copy came last), done row by row.
     """
     facts: Facts = Counter()
     zones: dict[str, ZoneInfo | None] = {}
-    sql = _Sql(conn)
+    sql = _Sql(conn, scan)
 
     def add(day: date, section: str, item: str, metric: str, n: int, hour: Any, zone: str) -> None:
         facts[(day, section, item, metric)] += n
@@ -246,7 +267,7 @@ def span_facts(conn: Connection, start: datetime, end: datetime) -> Facts:
     created = subscribers.c.created_at
     for day, n in conn.execute(
         select(sql.day(created), func.count())
-        .where(created >= start, created < end)
+        .where(sql.within(created, start, end))
         .group_by(sql.day(created))
     ):
         facts[(_as_date(day), "funnel", "", "signups")] += n
@@ -259,7 +280,7 @@ def span_facts(conn: Connection, start: datetime, end: datetime) -> Facts:
             subscribers.c.confirm_count > literal_column("0"),
             func.count(),
         )
-        .where(confirmed >= start, confirmed < end)
+        .where(sql.within(confirmed, start, end))
         .group_by(sql.day(confirmed), took, subscribers.c.confirm_count > literal_column("0"))
     ):
         d = _as_date(day)
@@ -275,13 +296,13 @@ def span_facts(conn: Connection, start: datetime, end: datetime) -> Facts:
         for day, hour, zone, item, n in conn.execute(
             select(*by, func.count())
             .join(subscribers, subscribers.c.id == table.c.subscriber_id)
-            .where(sent >= start, sent < end, table.c.state.in_(SENT_STATES))
+            .where(sql.within(sent, start, end), table.c.state.in_(SENT_STATES))
             .group_by(*by)
         ):
             add(_as_date(day), section, str(item), "sent", n, hour, zone)
 
-    # First event of each kind per copy, lessons and newsletters in one pass over the day's
-    # events (a copy's key is in one of the two tables).
+    # First event of each kind per copy: one pass over the span's events per copy table (a
+    # key is a lesson's or a newsletter's; should both have it, the lesson's, as in webhooks).
     earlier = events.alias("earlier")
     not_first = (
         select(earlier.c.id)
@@ -292,38 +313,36 @@ def span_facts(conn: Connection, start: datetime, end: datetime) -> Facts:
         )
         .exists()
     )
-    lessons, issues = deliveries, broadcast_deliveries
     got = events.c.received_at
-    keys = (
-        sql.day(got),
-        events.c.type,
-        lessons.c.lesson_day,
-        issues.c.broadcast_id,
-        sql.minute(func.coalesce(lessons.c.sent_at, issues.c.sent_at)),
-        subscribers.c.timezone,
-    )
-    joined = (
-        events.outerjoin(lessons, lessons.c.key == events.c.delivery_key)
-        .outerjoin(issues, issues.c.key == events.c.delivery_key)
-        .join(
-            subscribers,
-            subscribers.c.id == func.coalesce(lessons.c.subscriber_id, issues.c.subscriber_id),
+    for table, item_col, section in COPY_TABLES:
+        if conn.execute(select(table.c.id).limit(1)).first() is None:
+            continue  # no newsletter sent yet: no pass over the events for none
+        keys = (
+            sql.day(got),
+            events.c.type,
+            item_col,
+            sql.minute(table.c.sent_at),
+            subscribers.c.timezone,
         )
-    )
-    for day, kind, lesson, issue, hour, zone, n in conn.execute(
-        select(*keys, func.count())
-        .select_from(joined)
-        .where(got >= start, got < end, events.c.type.in_(SQL_KINDS), ~not_first)
-        .group_by(*keys)
-    ):
-        when = _as_date(day)
-        section, item = (
-            ("lesson", str(lesson)) if lesson is not None else ("newsletter", str(issue))
+        query = (
+            select(*keys, func.count())
+            .select_from(
+                events.join(table, table.c.key == events.c.delivery_key).join(
+                    subscribers, subscribers.c.id == table.c.subscriber_id
+                )
+            )
+            .where(sql.within(got, start, end), events.c.type.in_(SQL_KINDS), ~not_first)
+            .group_by(*keys)
         )
-        if kind == "opened":
-            add(when, section, item, kind, n, hour, zone)
-        else:
-            facts[(when, section, item, kind)] += n
+        if table is not deliveries:
+            query = query.where(
+                ~select(deliveries.c.id).where(deliveries.c.key == events.c.delivery_key).exists()
+            )
+        for day, kind, item, hour, zone, n in conn.execute(query):
+            if kind == "opened":
+                add(_as_date(day), section, str(item), kind, n, hour, zone)
+            else:
+                facts[(_as_date(day), section, str(item), kind)] += n
 
     batch = list(
         conn.execute(
@@ -336,8 +355,7 @@ def span_facts(conn: Connection, start: datetime, end: datetime) -> Facts:
                 events.c.occurred_at,
                 events.c.received_at,
             ).where(
-                events.c.received_at >= start,
-                events.c.received_at < end,
+                sql.within(events.c.received_at, start, end),
                 events.c.type.in_(("clicked", "unsubscribed")),
             )
         )
@@ -379,55 +397,47 @@ def _event_facts(
                 events.c.occurred_at,
             ).where(events.c.delivery_key.in_(part), events.c.type.in_(("clicked", "delivered")))
         ):
-            known.setdefault(row.delivery_key, []).append(row)
+            known.setdefault(row[2], []).append(tuple(row))
 
     first: dict[tuple[str, str, str], int] = {}  # (key, kind, link) -> first event id
-    delivered_at: dict[str, datetime] = {}
     for key, rows in known.items():
-        for row in sorted(rows, key=lambda r: r.id):
-            if row.type == "delivered" and key not in delivered_at:
-                delivered_at[key] = row.occurred_at
-    for key, rows in known.items():
+        rows.sort(key=lambda r: r[0])  # by id: the order they arrived
         copy = copies.get(key)
-        for row in sorted(rows, key=lambda r: r.id):
-            first.setdefault((key, row.type, ""), row.id)
-            if row.type == "clicked":
-                human = not _scanner(row.occurred_at, delivered_at.get(key), copy)
-                link = link_of(row.detail or "")
-                first.setdefault((key, "clicked:link", link), row.id)
-                if human:
-                    first.setdefault((key, "clicked_human", ""), row.id)
-                    first.setdefault((key, "clicked_human:link", link), row.id)
+        delivered = next((r[4] for r in rows if r[1] == "delivered"), None)
+        for eid, kind, _key, detail, at in rows:
+            first.setdefault((key, kind, ""), eid)
+            if kind == "clicked":
+                link = link_of(detail or "")
+                first.setdefault((key, "clicked:link", link), eid)
+                if not _scanner(at, delivered, copy):
+                    first.setdefault((key, "clicked_human", ""), eid)
+                    first.setdefault((key, "clicked_human:link", link), eid)
 
     unsub_first = _first_unsubscribes(conn, batch)
-    for e in batch:
-        day = _day(e.received_at)
-        if (
-            e.type == "unsubscribed"
-            and e.subscriber_id
-            and unsub_first.get(e.subscriber_id) == e.id
-        ):
+    for eid, kind, _key, sid, detail, _at, received in batch:
+        day = _day(received)
+        # Once per reader (a provider and the link may both report it), after the copy.
+        counts_once = kind == "unsubscribed" and sid and unsub_first.get(sid) == eid
+        if counts_once:
             facts[(day, "funnel", "", "unsubscribed")] += 1
-        key = attributed[e.id]
+        key = attributed[eid]
         copy = copies.get(key) if key else None
         if key is None or copy is None:
             continue
         counted: list[str] = []
-        if e.type == "unsubscribed":
-            # Once per reader (a provider and the link may both report it), after the copy.
-            if e.subscriber_id and unsub_first.get(e.subscriber_id) == e.id:
-                counted.append(e.type)
-        elif first.get((key, e.type, "")) == e.id:
-            counted.append(e.type)
-        if e.type == "clicked":
-            link = link_of(e.detail or "")
-            human = first.get((key, "clicked_human", "")) == e.id
-            if human:
+        if kind == "unsubscribed":
+            if counts_once:
+                counted.append(kind)
+        elif first.get((key, kind, "")) == eid:
+            counted.append(kind)
+        if kind == "clicked":
+            link = link_of(detail or "")
+            if first.get((key, "clicked_human", "")) == eid:
                 counted.append("clicked_human")
             where = f"{copy.section}|{copy.item}|{link}"
-            if first.get((key, "clicked:link", link)) == e.id:
+            if first.get((key, "clicked:link", link)) == eid:
                 facts[(day, "link", where, "clicked")] += 1
-            if first.get((key, "clicked_human:link", link)) == e.id:
+            if first.get((key, "clicked_human:link", link)) == eid:
                 facts[(day, "link", where, "clicked_human")] += 1
         for metric in counted:
             facts[(day, copy.section, copy.item, metric)] += 1
@@ -508,7 +518,7 @@ def facts_between(engine: Engine, since: date | None, until: date | None, now: d
     stored_hi = min(cut, until + timedelta(days=1)) if until else cut
     facts: Facts = Counter()
     if lo < stored_hi:
-        facts.update(_stored(engine, lo, stored_hi))
+        facts.update(_stored(engine, lo, stored_hi, (stored_hi - start).days))
     tail_lo = max(lo, cut)
     tail_hi = until + timedelta(days=1) if until else None
     if tail_hi is None or tail_lo < tail_hi:
@@ -519,8 +529,34 @@ def facts_between(engine: Engine, since: date | None, until: date | None, now: d
     return facts
 
 
-def _stored(engine: Engine, lo: date, hi: date) -> Facts:
-    """The stored facts of days [lo, hi), computing and storing the days missing."""
+def _runs(lo: date, hi: date, done: set[date]) -> list[tuple[date, date]]:
+    """The days of [lo, hi) not in `done`, as half-open runs of consecutive days."""
+    runs: list[tuple[date, date]] = []
+    day = lo
+    while day < hi:
+        if day in done:
+            day += timedelta(days=1)
+            continue
+        first = day
+        while day < hi and day not in done:
+            day += timedelta(days=1)
+        runs.append((first, day))
+    return runs
+
+
+# A run of missing days longer than this share of the history is counted by reading the
+# tables in order: by a time index, each row is one random read of its table.
+SCAN_SHARE = 1 / 3
+
+
+def _stored(engine: Engine, lo: date, hi: date, history_days: int) -> Facts:
+    """The facts of the finished days [lo, hi): stored rows, and the days missing computed.
+
+    Each run of missing days is counted by one `span_facts` over the whole run (its GROUP BY
+    day splits the counts), not day by day: the first report over months of history reads each
+    table once. `history_days`: the finished days since the first fact.
+    """
+    facts: Facts = Counter()
     with engine.connect() as conn:
         done = set(
             conn.execute(
@@ -531,36 +567,99 @@ def _stored(engine: Engine, lo: date, hi: date) -> Facts:
                 )
             ).scalars()
         )
-    day = lo
-    while day < hi:
-        if day not in done:
-            _store_day(engine, day)
-        day += timedelta(days=1)
-    facts: Facts = Counter()
-    with engine.connect() as conn:
         for d, section, item, metric, value in conn.execute(
             select(report_days).where(
                 report_days.c.day >= lo, report_days.c.day < hi, report_days.c.section != "_done"
             )
         ):
-            facts[(d, section, item, metric)] += value
+            if d in done:  # a day being stored by another report right now is counted below
+                facts[(d, section, item, metric)] += value
+    for first, end in _runs(lo, hi, done):
+        with engine.connect() as conn:
+            scan = (end - first).days > history_days * SCAN_SHARE
+            counted = span_facts(conn, _start(first), _start(end), scan=scan)
+        _store_days(engine, first, end, counted)
+        facts.update(counted)
     return facts
 
 
-def _store_day(engine: Engine, day: date) -> None:
-    with engine.connect() as conn:
-        facts = span_facts(conn, _start(day), _start(day + timedelta(days=1)))
-    rows = [
-        {"day": d, "section": s, "item": i, "metric": m, "value": v}
-        for (d, s, i, m), v in facts.items()
-        if v
-    ]
-    rows.append({"day": day, "section": "_done", "item": "", "metric": "", "value": 0})
+def _store_days(engine: Engine, lo: date, hi: date, facts: Facts) -> None:
+    """Store the counts of the days [lo, hi), each with its "_done" row, in one transaction.
+
+    A day another report stored meanwhile is left as it is (same counts): the rows of the
+    days still missing are stored instead.
+    """
+    days = [lo + timedelta(days=n) for n in range((hi - lo).days)]
+
+    def rows(skip: set[date]) -> list[dict[str, Any]]:
+        out = [
+            {"day": d, "section": s, "item": i, "metric": m, "value": v}
+            for (d, s, i, m), v in facts.items()
+            if v and d not in skip
+        ]
+        out += [
+            {"day": d, "section": "_done", "item": "", "metric": "", "value": 0}
+            for d in days
+            if d not in skip
+        ]
+        return out
+
     try:
         with engine.begin() as conn:
-            conn.execute(insert(report_days), rows)
+            conn.execute(insert(report_days), rows(set()))
     except IntegrityError:
-        pass  # another report stored this day at the same moment: same counts
+        try:
+            with engine.begin() as conn:
+                stored = set(
+                    conn.execute(
+                        select(report_days.c.day)
+                        .where(report_days.c.day >= lo, report_days.c.day < hi)
+                        .distinct()
+                    ).scalars()
+                )
+                left = rows(stored)
+                if left:
+                    conn.execute(insert(report_days), left)
+        except IntegrityError:
+            pass  # raced again: the next report stores what is still missing
+
+
+def forget_days_of(conn: Connection, subscriber_id: int) -> int:
+    """Drop the stored days a subscriber's facts fall on, before the subscriber is erased.
+
+    Call it in the erasing transaction, before the rows go: the days of the sign-up, the
+    confirmation, every copy handed over and every event of the reader or of their copies.
+    The next report counts those days again without the reader. Returns rows dropped.
+    """
+    sql = _Sql(conn)
+    mine = [
+        select(table.c.key).where(table.c.subscriber_id == subscriber_id)
+        for table in (deliveries, broadcast_deliveries)
+    ]
+    days = [
+        select(sql.day(subscribers.c.created_at)).where(subscribers.c.id == subscriber_id),
+        select(sql.day(subscribers.c.confirmed_at)).where(
+            subscribers.c.id == subscriber_id, subscribers.c.confirmed_at.is_not(None)
+        ),
+        *(
+            select(sql.day(table.c.sent_at)).where(
+                table.c.subscriber_id == subscriber_id, table.c.sent_at.is_not(None)
+            )
+            for table in (deliveries, broadcast_deliveries)
+        ),
+        select(sql.day(events.c.received_at)).where(events.c.subscriber_id == subscriber_id),
+        *(
+            select(sql.day(events.c.received_at)).where(events.c.delivery_key.in_(keys))
+            for keys in mine
+        ),
+    ]
+    touched = {_as_date(d) for part in days for d in conn.execute(part).scalars()}
+    if not touched:
+        return 0
+    gone = 0
+    for part in _chunks(sorted(touched)):
+        gone += conn.execute(delete(report_days).where(report_days.c.day.in_(part))).rowcount or 0
+    return gone
 
 
 def forget_stored(engine: Engine) -> int:
