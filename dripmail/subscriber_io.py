@@ -25,6 +25,8 @@ import csv
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime, time
+from functools import lru_cache
+from itertools import repeat
 from pathlib import Path
 from typing import IO, Any
 from zoneinfo import ZoneInfo
@@ -34,8 +36,11 @@ from sqlalchemy import Engine, RowMapping
 from dripmail import schedule
 from dripmail import subscribers as subs
 from dripmail.errors import InputError
+from dripmail.states import SubscriberStatus
 from dripmail.store import confirmation_queries as cq
+from dripmail.store import import_queries as iq
 from dripmail.store import subscriber_queries as q
+from dripmail.store.import_queries import Lesson, Person
 from dripmail.validation import (
     clean_name,
     normalise_email,
@@ -183,22 +188,25 @@ def read_rows(
         raise InputError(f"{source}:1: the header row needs an `email` column (found: {found})")
     report.ignored_columns = [h for h in raw_header if h.strip() and _key(h) not in COLUMNS]
     where = {name: header.index(name) for name in COLUMNS if name in header}
+    width = len(header)
+    # Absent columns read from an always-empty cell past the row's end.
+    at = {name: where.get(name, width) for name in COLUMNS}
+    at_email, at_zone, at_start = at["email"], at["timezone"], at["start_date"]
+    at_tags, at_name = at["tags"], at["first_name"]
     seen: dict[str, int] = {}
     line = 1
     try:
         for record in reader:
             line = reader.line_num - _newlines(record)
-            if not any(cell.strip() for cell in record):
+            if len(record) > width:
+                if "".join(record).strip():
+                    report.rejected.append((line, "more cells than header columns"))
                 continue
-            if len(record) > len(header):
-                report.rejected.append((line, "more cells than header columns"))
+            if not "".join(record).strip():
                 continue
-
-            def cell(name: str, record: list[str] = record) -> str:
-                index = where.get(name)
-                return record[index] if index is not None and index < len(record) else ""
-
-            raw_email = cell("email").strip()
+            # Short rows (fewer cells than the header) read empty cells for the rest.
+            cells = record + [""] * (width + 1 - len(record))
+            raw_email = cells[at_email].strip()
             if not raw_email:
                 report.rejected.append((line, "email: empty"))
                 continue
@@ -206,21 +214,59 @@ def read_rows(
                 email = normalise_email(raw_email)
                 if email in seen:
                     raise InputError(f"{email} is already on line {seen[email]} of this file")
-                given_zone = cell("timezone").strip()
-                zone = validate_timezone(given_zone or default_timezone)
-                start = parse_start_date(cell("start_date").strip(), today)
-                tags = normalise_tags(cell("tags"))
-                first = clean_name(cell("first_name"))
+                zone, zone_warning = _checked(_zone_of(cells[at_zone].strip(), default_timezone))
+                start, start_warning = _checked(_start_of(cells[at_start].strip(), today, lessons))
+                tags, _ = _checked(_tags_of(cells[at_tags]))
+                first = clean_name(cells[at_name])
             except InputError as exc:
                 report.rejected.append((line, str(exc)))
                 continue
             seen[email] = line
-            for warning in (zone_note(given_zone, zone), start_date_warning(start, today, lessons)):
+            for warning in (zone_warning, start_warning):
                 if warning:
                     report.warnings.append((line, warning))
             yield ImportRow(line, email, first, zone, start, tags)
     except csv.Error as exc:
         raise InputError(f"{source}:{reader.line_num}: not valid CSV ({exc})") from None
+
+
+# The cells most files repeat on every row (a zone, a start date, a tag list) are checked once
+# per distinct value: (value as stored, warning or None, error or ""). Bounded, so a file of
+# all-distinct values keeps memory flat.
+_Checked = tuple[Any, str | None, str]
+
+
+def _checked(result: _Checked) -> tuple[Any, str | None]:
+    value, warning, error = result
+    if error:
+        raise InputError(error)
+    return value, warning
+
+
+@lru_cache(maxsize=1024)
+def _zone_of(given: str, default: str) -> _Checked:
+    try:
+        zone = validate_timezone(given or default)
+    except InputError as exc:
+        return None, None, str(exc)
+    return zone, zone_note(given, zone), ""
+
+
+@lru_cache(maxsize=1024)
+def _start_of(given: str, today: date, lessons: int) -> _Checked:
+    try:
+        start = parse_start_date(given, today)
+    except InputError as exc:
+        return None, None, str(exc)
+    return start, start_date_warning(start, today, lessons), ""
+
+
+@lru_cache(maxsize=1024)
+def _tags_of(given: str) -> _Checked:
+    try:
+        return normalise_tags(given), None, ""
+    except InputError as exc:
+        return None, None, str(exc)
 
 
 def _newlines(record: list[str]) -> int:
@@ -234,12 +280,15 @@ def _newlines(record: list[str]) -> int:
 class _Planner:
     """Start dates and due times per (zone, start date), computed once per import."""
 
-    def __init__(self, course: subs.CourseRules, now: datetime) -> None:
+    def __init__(
+        self, course: subs.CourseRules, now: datetime, store: Callable[[datetime], Any]
+    ) -> None:
         self.course = course
         self.now = now
         self.days = [lesson.day for lesson in course.lessons]
+        self.store = store  # due time -> its stored form (`import_queries.stored_due`)
         self._starts: dict[str, date] = {}
-        self._dues: dict[tuple[str, date], list[datetime]] = {}
+        self._dues: dict[tuple[str, date], list[Any]] = {}
 
     def first(self, zone: str, given: date | None) -> date:
         if given is not None:
@@ -254,13 +303,15 @@ class _Planner:
             )
         return self._starts[zone]
 
-    def dues(self, zone: str, first: date) -> list[datetime]:
+    def dues(self, zone: str, first: date) -> list[Any]:
+        """The due time of each lesson, in stored form, for a reader of `zone` from `first`."""
         key = (zone, first)
         if key not in self._dues:
-            self._dues[key] = schedule.due_times(
+            due_times = schedule.due_times(
                 first, len(self.days), self.course.send_time, ZoneInfo(zone),
                 self.course.skip_weekends,
             )  # fmt: skip
+            self._dues[key] = [self.store(due) for due in due_times]
         return self._dues[key]
 
 
@@ -294,49 +345,35 @@ def _write_batch(
         report.added += len(fresh)
         if dry_run or not fresh:
             return
-        status = "pending" if confirm else "active"
-        values: list[dict[str, Any]] = []
-        for row in fresh:
-            first = None if confirm else planner.first(row.timezone, row.start_date)
-            values.append(
-                {
-                    "email": row.email,
-                    "first_name": row.first_name,
-                    "timezone": row.timezone,
-                    "status": status,
-                    "consent_source": "import",
-                    "consent_at": now,
-                    "start_date": row.start_date if confirm else first,
-                    "newsletters": True,
-                    "tags": row.tags,
-                    "confirm_count": 0,
-                    "confirmed_at": None if confirm else now,
-                    "created_at": now,
-                    "updated_at": now,
-                }
+        people: list[Person] = [
+            (
+                row.email,
+                row.first_name,
+                row.timezone,
+                row.start_date if confirm else planner.first(row.timezone, row.start_date),
+                row.tags,
             )
-        ids = q.insert_subscribers(conn, values)
-        report.added_ids.extend(ids[v["email"]] for v in values)
+            for row in fresh
+        ]
+        ids = iq.add_imported(
+            conn,
+            people,
+            status=(SubscriberStatus.PENDING if confirm else SubscriberStatus.ACTIVE).value,
+            now=now,
+            confirmed=not confirm,
+        )
+        added = [ids[p[0]] for p in people]
+        report.added_ids.extend(added)
         if confirm:
-            report.to_confirm.extend(ids[v["email"]] for v in values)
+            report.to_confirm.extend(added)
             return
-        planned: list[dict[str, Any]] = []
-        for v in values:
-            sid = ids[v["email"]]
-            dues = planner.dues(v["timezone"], v["start_date"])
-            for day, due in zip(planner.days, dues, strict=True):
-                planned.append(
-                    {
-                        "subscriber_id": sid,
-                        "lesson_day": day,
-                        "key": subs.delivery_key(planner.course.id, sid, day),
-                        "due_at": due,
-                        "state": "planned",
-                        "attempts": 0,
-                        "updated_at": now,
-                    }
-                )
-        q.insert_deliveries(conn, planned)
+        course_id, days = planner.course.id, planner.days
+        lessons: list[Lesson] = []
+        for sid, (_, _, zone, first, _) in zip(added, people, strict=True):
+            assert first is not None  # active rows always have a start date
+            keys = subs.delivery_keys(course_id, sid, days)
+            lessons.extend(zip(repeat(sid), days, keys, planner.dues(zone, first), strict=False))
+        iq.plan_imported(conn, lessons, now)
 
 
 def import_csv(
@@ -358,7 +395,7 @@ def import_csv(
     """
     total = check_encoding(path)
     report = ImportReport()
-    planner = _Planner(course, now)
+    planner = _Planner(course, now, iq.stored_due(engine.dialect))
     today = now.astimezone(ZoneInfo(validate_timezone(default_timezone))).date()
     with path.open(newline="", encoding="utf-8-sig") as handle:
         batch: list[ImportRow] = []

@@ -10,6 +10,7 @@ tests and `--now` agree.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from datetime import date, datetime, time
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
@@ -152,6 +153,12 @@ def _send_time(sub: RowMapping, course: CourseRules) -> time:
 def delivery_key(course_id: str, subscriber_id: int, day: int) -> str:
     """The idempotency key of one lesson for one subscriber (``<course>-s<id>-d<day>``)."""
     return f"{course_id}-s{subscriber_id}-d{day}"
+
+
+def delivery_keys(course_id: str, subscriber_id: int, days: Iterable[int]) -> list[str]:
+    """`delivery_key` of each of `days` for one subscriber (an import plans thousands)."""
+    prefix = f"{course_id}-s{subscriber_id}-d"
+    return [prefix + str(day) for day in days]
 
 
 def plan_lessons(

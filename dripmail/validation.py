@@ -77,11 +77,16 @@ def clean_name(value: str, field: str = "first_name", limit: int = MAX_NAME) -> 
     break a ``To:`` header or a page, so they never reach the store. Longer than `limit`
     characters after cleaning is an InputError naming `field` (never silently cut).
     """
-    out = []
-    for ch in value:
-        category = unicodedata.category(ch)
-        out.append(" " if category[0] == "C" or category in ("Zl", "Zp") else ch)
-    text = " ".join("".join(out).split())
+    if value.isprintable():
+        # No Cc/Cf/Cs/Co/Cn/Zl/Zp character (nor any space but U+0020): nothing to replace,
+        # which is nearly every name; the loop below is the general case.
+        text = " ".join(value.split())
+    else:
+        out = []
+        for ch in value:
+            category = unicodedata.category(ch)
+            out.append(" " if category[0] == "C" or category in ("Zl", "Zp") else ch)
+        text = " ".join("".join(out).split())
     if len(text) > limit:
         raise InputError(f"{field}: longer than {limit} characters ({len(text)}); shorten it")
     return text

@@ -42,6 +42,20 @@ def test_names_lose_control_characters(raw: str, stored: str) -> None:
     assert clean_name(raw) == stored
 
 
+@settings(max_examples=300)
+@given(st.text(max_size=60))
+def test_the_printable_fast_path_cleans_names_as_the_character_loop_does(raw: str) -> None:
+    import unicodedata
+
+    spaced = "".join(
+        " "
+        if unicodedata.category(ch)[0] == "C" or unicodedata.category(ch) in ("Zl", "Zp")
+        else ch
+        for ch in raw
+    )
+    assert clean_name(raw) == " ".join(spaced.split())
+
+
 def test_too_long_name_names_the_field() -> None:
     with pytest.raises(InputError, match="first_name: longer than 100"):
         clean_name("x" * 101)

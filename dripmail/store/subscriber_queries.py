@@ -58,16 +58,6 @@ def insert_subscriber(conn: Connection, values: dict[str, Any]) -> int:
     return int(key[0])
 
 
-def insert_subscribers(conn: Connection, rows: list[dict[str, Any]]) -> dict[str, int]:
-    """Insert many subscriber rows in one statement; returns {email: id}."""
-    if not rows:
-        return {}
-    result = conn.execute(
-        insert(subscribers).returning(subscribers.c.email, subscribers.c.id), rows
-    )
-    return {email: int(sid) for email, sid in result}
-
-
 def set_status(
     conn: Connection, subscriber_id: int, status: str, now: datetime, **more: Any
 ) -> int:
