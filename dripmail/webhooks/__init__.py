@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from dripmail.errors import InputError
-from dripmail.webhooks.apply import Applied, apply_events, cancel_at_provider, ingest
+from dripmail.webhooks.apply import Applied, apply_events, ingest
 from dripmail.webhooks.common import EVENT_TYPES, KEY_FIELD, WebhookEvent
 
 PROVIDERS = ("postmark", "sendgrid", "mailgun", "resend")
@@ -25,7 +25,6 @@ __all__ = [
     "Applied",
     "WebhookEvent",
     "apply_events",
-    "cancel_at_provider",
     "ingest",
     "verify_and_parse",
 ]

@@ -227,10 +227,3 @@ def apply_events(engine: Engine, batch: Iterable[WebhookEvent], now: datetime) -
     Use `ingest` to also get the provider ids to cancel (`Applied.to_cancel`).
     """
     return ingest(engine, batch, now).new
-
-
-async def cancel_at_provider(provider, provider_ids: Sequence[str]) -> list[str]:
-    """Ask the provider to cancel lessons it holds for a stopped subscriber, if it can."""
-    if not provider_ids or not getattr(provider.capabilities, "can_cancel", False):
-        return []
-    return await provider.cancel(list(provider_ids))

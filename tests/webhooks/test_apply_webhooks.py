@@ -22,7 +22,7 @@ from dripmail import subscribers as subs
 from dripmail.errors import WebhookAuthError
 from dripmail.store.db import MIGRATIONS, open_store
 from dripmail.store.schema import deliveries, events, webhook_nonces
-from dripmail.webhooks import apply_events, cancel_at_provider, ingest, verify_and_parse
+from dripmail.webhooks import apply_events, ingest, verify_and_parse
 from tests.course_rules import Rules
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
@@ -242,7 +242,7 @@ def test_stop_happens_even_if_an_earlier_attempt_died_midway(
 
 
 class _CancellingProvider:
-    """Just enough of the Provider protocol for cancel_at_provider."""
+    """Just enough of the Provider protocol for `Runner.cancel_handed`."""
 
     @dataclass(frozen=True)
     class _Caps:
@@ -257,10 +257,17 @@ class _CancellingProvider:
         return list(ids)
 
 
-def test_cancel_at_provider_only_asks_providers_that_can_cancel() -> None:
+def test_cancelling_handed_lessons_only_asks_providers_that_can_cancel() -> None:
+    from types import SimpleNamespace
+
+    from dripmail.runner import Runner
+
     able, unable = _CancellingProvider(True), _CancellingProvider(False)
-    assert asyncio.run(cancel_at_provider(able, ["a", "b"])) == ["a", "b"]
-    assert asyncio.run(cancel_at_provider(unable, ["a"])) == [] and unable.asked == []
+    with_able = SimpleNamespace(provider=able)
+    with_unable = SimpleNamespace(provider=unable)
+    assert asyncio.run(Runner.cancel_handed(with_able, ["a", "b"])) == ["a", "b"]  # type: ignore[arg-type]
+    assert asyncio.run(Runner.cancel_handed(with_unable, ["a"])) == []  # type: ignore[arg-type]
+    assert unable.asked == []
 
 
 def test_database_at_revision_0001_gains_the_nonce_table(tmp_path: Path) -> None:
