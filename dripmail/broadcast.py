@@ -10,15 +10,18 @@ careful path (`dripmail.handover.deliver`: batches of the provider's size, each 
 moment and running the same command again continues where it stopped; rows that were in flight
 are reconciled with the provider, never resent blindly.
 
-Memory stays flat whatever the list size: at most one chunk of rows and messages is held.
+Memory stays flat whatever the list size: at most two chunks of rows and messages are held
+(the one at the provider and the next, claimed and rendered meanwhile in a worker thread).
 """
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import hashlib
 import socket
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import cast
@@ -29,10 +32,12 @@ from sqlalchemy.engine import RowMapping
 from dripmail.content import Newsletter
 from dripmail.errors import InputError, NotFoundError
 from dripmail.handover import (
+    Built,
     CallAsync,
     FailureStreak,
     RenderFn,
     Report,
+    build,
     claim,
     deliver,
     expire_dead_claims,
@@ -65,6 +70,16 @@ class BroadcastRow(HeldRow):
 
     status: str
     newsletters: bool
+
+
+@dataclass
+class _Chunk:
+    """One chunk of copies as `send` prepares it: claimed and rendered, not yet handed over."""
+
+    held: list[BroadcastRow]
+    skipped: int  # readers who left or stopped newsletters since planning (marked skipped)
+    read: list[BroadcastRow]  # every row read, held or not (the next chunk starts after it)
+    built: Built[BroadcastRow]
 
 
 @dataclass
@@ -405,34 +420,60 @@ def send(
     start(engine, broadcast["id"], now)
     expire_dead_claims(engine, bd, now, socket.gethostname())
 
+    def prepare(after: int) -> _Chunk:
+        """Claim the chunk after id `after` and render it (in a worker thread, see `run`)."""
+        held, skipped, read = _claim_chunk(engine, broadcast["id"], worker, now, chunk, after)
+        return _Chunk(held, skipped, read, build(held, render))
+
     async def run() -> None:
         # One event loop for the whole broadcast, so the provider's pooled connections are
         # reused from the first chunk to the last (the database calls in between are short).
-        after = 0
-        while True:
-            held, skipped, read = _claim_chunk(engine, broadcast["id"], worker, now, chunk, after)
-            report.skipped += skipped
-            if progress and skipped:
-                progress(skipped)
-            if not read:
-                return
-            after = read[-1]["id"]
-            if not held:
-                continue  # all skipped, or another worker won them: the next read moves on
+        loop = asyncio.get_running_loop()
+        with ThreadPoolExecutor(1, thread_name_prefix="dripmail-broadcast") as pool:
+            ahead: asyncio.Future[_Chunk] | None = loop.run_in_executor(pool, prepare, 0)
             try:
-                await deliver(engine, bd, provider, held, render, now, report, streak)
-            except BaseException:
-                release(engine, bd, [r["key"] for r in held], now)
-                raise
-            if progress:
-                progress(len(held))
-            if report.halted:
-                return
-            # httpx leaves each request (with its multi-megabyte JSON body) in a reference
-            # cycle; they reach the oldest GC generation before they die and would pile up
-            # there for many chunks. Collecting once per chunk keeps the peak flat (measured
-            # in bench_broadcast.py); with the start-up objects frozen it is cheap.
-            gc.collect()
+                while ahead is not None:
+                    part = await ahead
+                    ahead = None
+                    report.skipped += part.skipped
+                    if progress and part.skipped:
+                        progress(part.skipped)
+                    if not part.read:
+                        return
+                    # The next chunk is claimed and rendered while this one is at the
+                    # provider: the two sides' work overlaps instead of taking turns. It is
+                    # only claimed (never marked `sending`) until this one is recorded, so a
+                    # halt or an error below still hands nothing more over.
+                    ahead = loop.run_in_executor(pool, prepare, part.read[-1]["id"])
+                    if not part.held:
+                        continue  # all skipped, or another worker won them: read on
+                    try:
+                        await deliver(
+                            engine, bd, provider, part.held, render, now, report, streak, part.built
+                        )
+                    except BaseException:
+                        release(engine, bd, [r["key"] for r in part.held], now)
+                        raise
+                    if progress:
+                        progress(len(part.held))
+                    if report.halted:
+                        return
+                    # httpx leaves each request (with its multi-megabyte JSON body) in a
+                    # reference cycle; they reach the oldest GC generation before they die
+                    # and would pile up there for many chunks. Collecting once per chunk keeps
+                    # the peak flat (measured in bench_broadcast.py); with the start-up
+                    # objects frozen it is cheap.
+                    gc.collect()
+            finally:
+                if ahead is not None:
+                    # Stopped (halted, failed, interrupted) with the next chunk claimed: it
+                    # goes back to the queue unchanged.
+                    try:
+                        unsent = await ahead
+                    except Exception:
+                        pass  # its claim failed: it holds nothing
+                    else:
+                        release(engine, bd, [r["key"] for r in unsent.held], now)
 
     # Objects alive now (modules, templates, the engine) are never garbage: leave them out
     # of the per-chunk collections below.

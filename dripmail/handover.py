@@ -255,10 +255,16 @@ def _one_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-def _build(
-    held: Sequence[R], render: RenderFn[R]
-) -> tuple[dict[str, Message], list[tuple[R, str]]]:
-    """Render each held row; (messages by key, [(row, why it cannot be built)])."""
+# Rendered rows: (messages by delivery key, [(row, why its message cannot be built)]).
+Built = tuple[dict[str, Message], list[tuple[R, str]]]
+
+
+def build(held: Sequence[R], render: RenderFn[R]) -> Built[R]:
+    """Render each held row; (messages by key, [(row, why it cannot be built)]).
+
+    Pure rendering, no database: a caller may run it for the next chunk in a worker thread
+    while this chunk is at the provider (`broadcast.send`).
+    """
     messages: dict[str, Message] = {}
     unbuilt: list[tuple[R, str]] = []
     for row in held:
@@ -287,6 +293,7 @@ async def deliver(
     now: datetime,
     report: Report,
     streak: FailureStreak | None = None,
+    built: Built[R] | None = None,
 ) -> None:
     """Render the rows this worker holds and hand them to the provider in batches.
 
@@ -297,11 +304,12 @@ async def deliver(
     marked `sending` with its batch key before the call; outcomes land in one transaction per
     batch. A refused credential puts the batch back as it was and re-raises. When `streak`
     trips (too many permanent failures in a row for one reason), those deliveries go back to
-    the queue and `report.halted` says why; the caller stops.
+    the queue and `report.halted` says why; the caller stops. `built`: these rows already
+    rendered by `build` (else they are rendered here).
     """
     streak = streak if streak is not None else FailureStreak(0)
     by_key = {row["key"]: row for row in held}
-    messages, unbuilt = _build(held, render)
+    messages, unbuilt = built if built is not None else build(held, render)
     if unbuilt:
         _record_unbuilt(engine, table, unbuilt, now, report, streak)
     # Crash recovery first: anything left `sending` may already be at the provider.

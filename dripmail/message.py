@@ -22,6 +22,7 @@ from email.headerregistry import Address
 from email.message import EmailMessage
 from email.policy import EmailPolicy
 from email.utils import format_datetime
+from functools import lru_cache
 from typing import Any, Literal
 
 import idna
@@ -80,12 +81,15 @@ class Mailbox:
         A non-ASCII local part is kept only when `utf8` (the carrier offers SMTPUTF8);
         otherwise it raises `AddressError`, which fails that one message.
         """
-        if self.needs_smtputf8 and not utf8:
+        if self.address.isascii():
+            return self.address  # nothing to encode, nothing to refuse: the usual case
+        local, _, domain = self.address.rpartition("@")
+        if not utf8 and not local.isascii():
             raise AddressError(
                 f"{self.address}: the part before @ is not ASCII and this provider cannot "
                 "carry such addresses (no SMTPUTF8): ask the reader for another address"
             )
-        return f"{self.local}@{idna_domain(self.domain)}"
+        return f"{local}@{idna_domain(domain)}"
 
     def formatted(self, utf8: bool = False) -> str:
         """RFC 5322 form, e.g. ``"Studio" <hello@example.com>``, domain in IDNA form.
@@ -93,11 +97,28 @@ class Mailbox:
         The display name is quoted as needed and left in Unicode: the MIME policy (or the
         provider's API) encodes it. Raises `AddressError` like `ascii_address`.
         """
-        address = self.ascii_address(utf8)
-        if not self.name:
-            return address
-        local, _, domain = address.rpartition("@")
-        return str(Address(display_name=self.name, username=local, domain=domain))
+        return _formatted(self, utf8)
+
+
+# Every message of a send carries the same sender (and reply-to): formatted once, not per
+# message (issue 13). Readers' own mailboxes pass through and drop out of the small cache.
+@lru_cache(maxsize=256)
+def _formatted(mailbox: Mailbox, utf8: bool) -> str:
+    address = mailbox.ascii_address(utf8)
+    if not mailbox.name:
+        return address
+    local, _, domain = address.rpartition("@")
+    if local and domain and _PLAIN_NAME.isdisjoint(mailbox.name) and _PLAIN_LOCAL.isdisjoint(local):
+        # What `Address` writes when neither part needs quoting (a reader's first name):
+        # the same string without building the object (tested against `Address`).
+        return f"{mailbox.name} <{address}>"
+    return str(Address(display_name=mailbox.name, username=local, domain=domain))
+
+
+# Characters that make `email.headerregistry.Address` quote a display name (RFC 5322
+# specials) or a local part (those that end a dot-atom), plus line breaks, which it refuses.
+_PLAIN_NAME = frozenset('()<>[]:;@\\,."\r\n')
+_PLAIN_LOCAL = frozenset(' \t()<>[]:;@\\,"\r\n')
 
 
 class _OutboundPolicy(EmailPolicy):

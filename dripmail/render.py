@@ -270,7 +270,8 @@ class CompiledEmail:
             "confirm_url": recipient.confirm_url,
             "first_lesson": recipient.first_lesson or FIRST_LESSON_FALLBACK,
         }
-        html = {field: str(escape(value)) for field, value in text.items()}
+        # Only the fields the HTML shows are escaped (most emails use two or three of six).
+        html = {field: str(escape(text[field])) for field in self.html_fill.fields}
         headers: dict[str, str] = {}
         if recipient.unsubscribe_url:
             headers["List-Unsubscribe"] = f"<{recipient.unsubscribe_url}>"

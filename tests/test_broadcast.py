@@ -351,3 +351,60 @@ def test_resend_gets_an_interrupted_batch_again_as_it_was(
     accepted = fake_providers.accepted("resend")
     assert Counter(a.to for a in accepted) == Counter(dict.fromkeys(wanted, 1))
     assert bc.stats(engine, row["id"]).accepted == len(wanted)
+
+
+class _Refusing(OutboxProvider):
+    """The outbox, except that every message is refused for the same (sender) reason, or the
+    credential is refused for the whole call: what the pass does next is the point."""
+
+    def __init__(self, outbox: Path, auth: bool = False) -> None:
+        super().__init__(outbox)
+        self.auth = auth
+        self.given: list[str] = []
+
+    async def send_batch(self, messages, send_at=None, batch_key=None):
+        from dripmail.errors import ProviderAuthError
+        from dripmail.providers.base import Outcome, SendResult
+
+        self.given += [m.key for m in messages]
+        if self.auth:
+            raise ProviderAuthError("outbox", "OUTBOX_TOKEN", "HTTP 401")
+        return [SendResult(m.key, Outcome.PERMANENT, error="sender not verified") for m in messages]
+
+
+def _states(engine: Engine) -> Counter:
+    bd = broadcast_deliveries
+    with engine.connect() as conn:
+        rows = conn.execute(select(bd.c.state, bd.c.claimed_by)).all()
+    assert all(claimed_by is None for _, claimed_by in rows), "a claim was left behind"
+    return Counter(state for state, _ in rows)
+
+
+def test_a_halt_hands_over_nothing_of_the_chunk_prepared_meanwhile(
+    project: Project, engine: Engine
+) -> None:
+    """The next chunk is claimed and rendered while one is at the provider; when that one
+    trips the failure streak, the next goes back to the queue untouched, never sent."""
+    seed(engine, 100)
+    row = _start(project, engine)
+    planned = _states(engine)["planned"]
+    provider = _Refusing(project.root / "outbox")
+    report = _send(project, engine, provider, row, chunk=10, halt_after=10)
+    assert report.halted and "sender not verified" in report.halted
+    assert len(provider.given) == 10  # the first chunk only
+    assert _states(engine) == Counter({"planned": planned})  # all back, none claimed
+
+
+def test_a_refused_credential_gives_back_the_chunk_prepared_meanwhile(
+    project: Project, engine: Engine
+) -> None:
+    from dripmail.errors import ProviderAuthError
+
+    seed(engine, 100)
+    row = _start(project, engine)
+    planned = _states(engine)["planned"]
+    provider = _Refusing(project.root / "outbox", auth=True)
+    with pytest.raises(ProviderAuthError):
+        _send(project, engine, provider, row, chunk=10)
+    assert len(provider.given) == 10
+    assert _states(engine) == Counter({"planned": planned})

@@ -4,6 +4,8 @@ from email import message_from_bytes
 from email.policy import default
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from dripmail.markdown import to_text
 from dripmail.message import AddressError, Mailbox, Message
@@ -114,3 +116,35 @@ def test_the_text_part_never_splits_a_url() -> None:
     url = "https://studio.example.com/videos/day-1-meet-your-psoas?utm_source=newsletter&utm_medium=email"
     text = to_text(f"Before class, watch [the video]({url}) and breathe slowly for a minute.")
     assert f"({url})" in text.splitlines()
+
+
+_PARTS = "abcZë .,;:@<>()[]\\\"'\t-_+!#"
+
+
+@given(
+    name=st.text(alphabet=_PARTS, max_size=12),
+    local=st.text(alphabet=_PARTS.replace("@", ""), min_size=1, max_size=12),
+)
+def test_formatted_writes_what_email_headerregistry_writes(name: str, local: str) -> None:
+    """The shortcut for plain names (and the cache) give `Address`'s exact string."""
+    from email.headerregistry import Address
+
+    box = Mailbox(f"{local}@example.org", name)
+    try:
+        want = str(Address(display_name=name, username=local, domain="example.org"))
+        want = want if name else box.ascii_address(True)
+    except ValueError:
+        return
+    assert box.formatted(utf8=True) == want
+    assert box.formatted(utf8=True) == want  # cached: the same again
+
+
+def test_formatted_is_computed_once_for_a_sender() -> None:
+    from dripmail.message import _formatted
+
+    sender = Mailbox("hello@studio.example.com", "Studio, Yoga")
+    before = _formatted.cache_info()
+    for _ in range(3):
+        assert sender.formatted() == '"Studio, Yoga" <hello@studio.example.com>'
+    after = _formatted.cache_info()
+    assert after.misses - before.misses <= 1 and after.hits - before.hits >= 2

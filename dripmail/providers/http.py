@@ -31,8 +31,19 @@ from enum import StrEnum
 from typing import Any
 
 import httpx
+import orjson
 
 from dripmail.errors import ProviderAuthError
+
+
+def json_body(value: Any) -> bytes:
+    """`value` as a JSON request body: compact UTF-8, the very bytes httpx's ``json=`` writes
+    (``json.dumps(ensure_ascii=False, separators=(",", ":"))``), encoded by orjson.
+
+    A batch of 500 personalised messages is a body of megabytes; the standard library's
+    encoder spent a sixth of a broadcast's CPU on it (issue 13), orjson a small fraction.
+    """
+    return orjson.dumps(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,6 +281,10 @@ class HttpClient:
         ambiguous attempt ends the call at once. `retry_if` marks provider-specific answers
         that mean "not done yet, ask again" (Resend's 409 for a key still in progress).
         """
+        if "json" in kwargs:
+            # Encoded once here for every attempt (see `json_body`), not by httpx per attempt.
+            kwargs["content"] = json_body(kwargs.pop("json"))
+            kwargs["headers"] = {"Content-Type": "application/json", **kwargs.get("headers", {})}
         ambiguous = False
         last_error = ""
         attempt = 0

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -41,7 +40,7 @@ from dripmail.providers.common import (
     tag_value,
     utc_now,
 )
-from dripmail.providers.http import Answer, Limits, RetryPolicy, Sent
+from dripmail.providers.http import Answer, Limits, RetryPolicy, Sent, json_body
 
 NAME = "resend"
 VARIABLE = "RESEND_API_KEY"
@@ -166,7 +165,7 @@ class ResendProvider(HttpProvider):
         self, path: str, body: object, key: str, extra: dict[str, str] | None = None
     ) -> Answer:
         # Serialised once: every retry carries the identical bytes with the same key.
-        content = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+        content = json_body(body)
         headers = {"Content-Type": "application/json", "Idempotency-Key": key, **(extra or {})}
         return await self.http.call(
             "POST",

@@ -8,6 +8,8 @@ import time
 
 import httpx
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from dripmail.config import Project, Settings
 from dripmail.errors import ConfigError
@@ -181,3 +183,20 @@ def test_the_key_travels_under_the_name_the_webhooks_read() -> None:
     from dripmail.webhooks.common import KEY_FIELD as WEBHOOK_KEY_FIELD
 
     assert KEY_FIELD == WEBHOOK_KEY_FIELD == "dripmail_key"
+
+
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(),
+        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+        max_leaves=12,
+    )
+)
+def test_json_body_is_the_bytes_httpx_would_send(value) -> None:
+    """orjson writes what httpx's own ``json=`` writes (Resend's idempotent resends compare
+    bodies byte for byte, so an upgrade must not change them)."""
+    import json
+
+    from dripmail.providers.http import json_body
+
+    assert json_body(value) == json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
