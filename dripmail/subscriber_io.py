@@ -197,12 +197,13 @@ def read_rows(
     line = 1
     try:
         for record in reader:
-            line = reader.line_num - _newlines(record)
-            if len(record) > width:
-                if "".join(record).strip():
-                    report.rejected.append((line, "more cells than header columns"))
+            joined = "".join(record)
+            # A quoted cell may span lines: the row starts that many lines before its end.
+            line = reader.line_num - joined.count("\n")
+            if not joined.strip():
                 continue
-            if not "".join(record).strip():
+            if len(record) > width:
+                report.rejected.append((line, "more cells than header columns"))
                 continue
             # Short rows (fewer cells than the header) read empty cells for the rest.
             cells = record + [""] * (width + 1 - len(record))
@@ -269,11 +270,6 @@ def _tags_of(given: str) -> _Checked:
         return None, None, str(exc)
 
 
-def _newlines(record: list[str]) -> int:
-    # A quoted cell may span lines: the row starts that many lines before where it ended.
-    return sum(cell.count("\n") for cell in record)
-
-
 # -- writing --------------------------------------------------------------------------------
 
 
@@ -327,9 +323,9 @@ def _write_batch(
     """Add, activate (or leave pending) and plan one batch of rows in one transaction."""
     now = planner.now
     with engine.connect() if dry_run else engine.begin() as conn:
-        known = q.ids_by_email(conn, (r.email for r in batch))
+        known = iq.ids_by_email(conn, [r.email for r in batch])
         hashes = {r.email: subs.email_hash(r.email, True) for r in batch if r.email not in known}
-        blocked = q.suppressed_among(conn, hashes.values())
+        blocked = iq.suppressed_among(conn, list(hashes.values()))
         fresh: list[ImportRow] = []
         for row in batch:
             if row.email in known:

@@ -60,6 +60,32 @@ def test_import_reports_bad_rows_by_line_and_is_idempotent(engine: Engine, tmp_p
     assert _count(engine, subscribers) == 2 and _count(engine, deliveries) == 14
 
 
+def test_suppressed_long_and_multi_line_rows_are_refused_by_their_own_line(
+    engine: Engine, tmp_path: Path
+) -> None:
+    seed = _csv(tmp_path, "email\ngone@example.org\n")
+    import_csv(engine, seed, Rules(), "UTC", NOW)
+    subs.forget(engine, subs.get_subscriber(engine, "gone@example.org")["id"], NOW)
+    path = _csv(
+        tmp_path,
+        "email,first_name,tags\n"
+        'ana@example.org,"Ana\nMaria",desk\n'  # lines 2-3: one row
+        "GONE@example.org,Gone,\n"  # line 4: forgotten, so suppressed
+        "bo@example.org,Bo,desk,extra\n"  # line 5: a cell more than the header
+        ",,\n"  # line 6: blank, skipped
+        "cy@example.org,Cy,Desk Runners\n"  # line 7
+        "di@example.org,Di,no!\n",  # line 8: a bad tag
+    )
+    report = import_csv(engine, path, Rules(), "UTC", NOW)
+    assert report.added == 2
+    assert [line for line, _ in report.rejected] == [4, 5, 8]
+    assert "suppressed" in report.rejected[0][1]
+    assert "more cells" in report.rejected[1][1]
+    assert "tags: 'no!'" in report.rejected[2][1]
+    assert subs.get_subscriber(engine, "ana@example.org")["first_name"] == "Ana Maria"
+    assert subs.get_subscriber(engine, "cy@example.org")["tags"] == "desk,runners"
+
+
 def test_import_dry_run_and_confirm_mode(engine: Engine, tmp_path: Path) -> None:
     path = _csv(tmp_path, "email\nana@example.org\nbo@example.org\n")
     dry = import_csv(engine, path, Rules(), "UTC", NOW, dry_run=True)

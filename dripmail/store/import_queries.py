@@ -16,9 +16,9 @@ from typing import Any
 from sqlalchemy import Connection, Date, DateTime, String, bindparam, insert
 from sqlalchemy.engine import Dialect
 
+from dripmail.store import subscriber_queries as q
 from dripmail.store.bulk import Bulk
 from dripmail.store.schema import UTCDateTime, deliveries, subscribers
-from dripmail.store.subscriber_queries import ids_by_email
 
 # (email, first_name, timezone, start_date, tags): one imported subscriber.
 Person = tuple[str, str, str, date | None, str]
@@ -83,7 +83,32 @@ def add_imported(
         return {}
     constants = {"status": status, "now": now, "confirmed": now if confirmed else None}
     _ADD.run(conn, people, constants)
-    return ids_by_email(conn, (p[0] for p in people))
+    return ids_by_email(conn, [p[0] for p in people])
+
+
+def ids_by_email(conn: Connection, emails: list[str]) -> dict[str, int]:
+    """{address: id} for those of `emails` (at most `subscriber_queries.CHUNK`) that are
+    subscribers; `subscriber_queries.ids_by_email` for any number."""
+    if conn.dialect.name != "sqlite" or len(emails) > q.CHUNK:
+        return q.ids_by_email(conn, emails)
+    rows = _in(conn, "SELECT email, id FROM subscribers WHERE email", emails)
+    return {email: int(sid) for email, sid in rows}
+
+
+def suppressed_among(conn: Connection, hashes: list[str]) -> set[str]:
+    """The hashes of `hashes` (at most `subscriber_queries.CHUNK`) that are suppressed."""
+    if conn.dialect.name != "sqlite" or len(hashes) > q.CHUNK:
+        return q.suppressed_among(conn, hashes)
+    return {h for (h,) in _in(conn, "SELECT email_hash FROM suppressions WHERE email_hash", hashes)}
+
+
+def _in(conn: Connection, head: str, values: list[str]) -> list[Any]:
+    """`head IN (values)` on SQLite, as plain driver SQL: rendering 500 expanding parameters
+    through SQLAlchemy cost more per import row than SQLite's own lookup."""
+    if not values:
+        return []
+    marks = ",".join("?" * len(values))
+    return list(conn.exec_driver_sql(f"{head} IN ({marks})", tuple(values)))
 
 
 def plan_imported(conn: Connection, lessons: Sequence[Lesson], now: datetime) -> None:
