@@ -125,7 +125,9 @@ deliveries = Table(
     Column("sent_at", UTCDateTime, index=True),  # the report reads one day's sends at a time
     Column("updated_at", UTCDateTime, nullable=False),
     UniqueConstraint("subscriber_id", "lesson_day"),
-    Index("ix_deliveries_state_due", "state", "due_at"),
+    # The engine's due pages, in (due_at, id) order: with the id in the index, PostgreSQL
+    # seeks to the keyset and stops after a page (SQLite's indexes end with the rowid anyway).
+    Index("ix_deliveries_state_due", "state", "due_at", "id"),
     # Only rows held by a worker (usually none): finding expired or dead claims reads this
     # tiny index whatever ANALYZE recorded. Queries must spell the states as literals
     # (`in_flight`) for the planner to match the index's condition.
