@@ -20,7 +20,7 @@ depends_on = None
 NAME = "ix_deliveries_state_due"
 
 
-def _columns() -> list[str] | None:
+def _columns() -> list[str | None] | None:
     found = [i for i in sa.inspect(op.get_bind()).get_indexes("deliveries") if i["name"] == NAME]
     return list(found[0]["column_names"]) if found else None
 
