@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, date, datetime
+from collections import Counter
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -160,6 +161,68 @@ def test_forget_scrubs_the_raw_event_of_unmatched_provider_events(tmp_path: Path
         left = conn.execute(select(events.c.raw).order_by(events.c.id)).scalars().all()
     assert left == [None, '{"email":"other@example.org"}']
     assert address == "zoe@example.org"
+
+
+def _sum_of_days(conn, first: date, last: date) -> Counter:
+    total: Counter = Counter()
+    day = first
+    while day <= last:
+        total.update(q.span_facts(conn, q._start(day), q._start(day + timedelta(days=1))))
+        day += timedelta(days=1)
+    return total
+
+
+def test_a_run_of_days_counts_what_each_day_counts_alone(history: History) -> None:
+    """One pass over many days (by index or reading the tables) splits the days exactly."""
+    first, last = date(2026, 5, 31), date(2026, 6, 11)
+    with history.engine.connect() as conn:
+        by_day = _sum_of_days(conn, first, last)
+        start, end = q._start(first), q._start(last + timedelta(days=1))
+        assert q.span_facts(conn, start, end) == by_day
+        assert q.span_facts(conn, start, end, scan=True) == by_day
+    assert by_day[(date(2026, 6, 1), "funnel", "", "signups")] == 5
+
+
+def test_facts_a_microsecond_either_side_of_midnight_utc(tmp_path: Path) -> None:
+    """A day is the UTC day of the stored time, whatever the reader's zone."""
+    from dripmail.store.db import open_store
+    from dripmail.store.schema import deliveries
+    from dripmail.subscribers import add_subscriber
+
+    engine = open_store("sqlite:///b.db", tmp_path)
+    late = datetime(2026, 6, 1, 23, 59, 59, 999999, tzinfo=UTC)
+    midnight = datetime(2026, 6, 2, tzinfo=UTC)
+    sid, _ = add_subscriber(
+        engine, "kiri@example.org", timezone="Pacific/Auckland", status="active",
+        consent_source="t", now=late,
+    )  # fmt: skip
+    with engine.begin() as conn:
+        conn.execute(
+            deliveries.insert().values(
+                subscriber_id=sid, lesson_day=1, key="k1", due_at=midnight, state="sent",
+                attempts=1, sent_at=midnight, updated_at=midnight,
+            )
+        )  # fmt: skip
+        for i, (kind, at) in enumerate([("delivered", midnight), ("opened", late.replace(day=2))]):
+            conn.execute(
+                events.insert().values(
+                    subscriber_id=sid, delivery_key="k1", provider="sendgrid", dedupe_key=str(i),
+                    type=kind, detail="", occurred_at=at, received_at=at,
+                )
+            )  # fmt: skip
+    june1, june2 = date(2026, 6, 1), date(2026, 6, 2)
+    with engine.connect() as conn:
+        start, end = q._start(june1), q._start(date(2026, 6, 4))
+        facts = {k: v for k, v in q.span_facts(conn, start, end, scan=True).items() if v}
+        assert (
+            facts == _sum_of_days(conn, june1, date(2026, 6, 3)) == q.span_facts(conn, start, end)
+        )
+    assert facts[(june1, "funnel", "", "signups")] == 1
+    assert facts[(june2, "lesson", "1", "sent")] == 1
+    assert facts[(june2, "lesson", "1", "delivered")] == 1
+    assert facts[(june2, "lesson", "1", "opened")] == 1
+    assert facts[(june2, "hour", "12", "sent")] == 1  # 00:00 UTC is noon in Auckland (winter)
+    assert not any(day == date(2026, 6, 3) for day, *_ in facts)
 
 
 def _done_days(h: History) -> set[date]:
