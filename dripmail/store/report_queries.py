@@ -39,6 +39,7 @@ from sqlalchemy import (
     Connection,
     Date,
     Engine,
+    Select,
     case,
     cast,
     delete,
@@ -133,10 +134,14 @@ def _zone(name: str, cache: dict[str, ZoneInfo | None]) -> ZoneInfo | None:
     return cache[name]
 
 
-def _copies(conn: Connection, keys: list[str]) -> dict[str, Copy]:
-    """Lesson and newsletter copies by delivery key (lessons win a clash, as in webhooks)."""
+def _copies(conn: Connection, keys: list[str] | Select) -> dict[str, Copy]:
+    """Lesson and newsletter copies by delivery key (lessons win a clash, as in webhooks).
+
+    `keys`: a few keys, or a query of keys (one pass, however many).
+    """
     out: dict[str, Copy] = {}
-    for part in _chunks(keys):
+    parts = _chunks(keys) if isinstance(keys, list) else [keys]
+    for part in parts:
         for key, bid, sent_at, zone in conn.execute(
             select(
                 broadcast_deliveries.c.key,
@@ -361,14 +366,25 @@ def span_facts(conn: Connection, start: datetime, end: datetime, scan: bool = Fa
         )
     )
     if batch:
-        _event_facts(conn, batch, facts, zones)
+        clicked = select(events.c.delivery_key).where(
+            sql.within(events.c.received_at, start, end), events.c.type == "clicked"
+        )
+        _event_facts(conn, batch, clicked, facts, zones)
     return facts
 
 
 def _event_facts(
-    conn: Connection, batch: list[Any], facts: Facts, zones: dict[str, ZoneInfo | None]
+    conn: Connection,
+    batch: list[Any],
+    clicked: Select,
+    facts: Facts,
+    zones: dict[str, ZoneInfo | None],
 ) -> None:
-    """Count the events of `batch` that are the first of their kind for their copy."""
+    """Count the events of `batch` that are the first of their kind for their copy.
+
+    `clicked`: the keys of the batch's clicks, as a query (its copies and their earlier
+    deliveries and clicks are read in one pass each, not key by key).
+    """
     # Unsubscribes without a delivery key (the link in the email, the preferences page) go to
     # the last copy the reader was sent before it: "unsubscribed after this lesson".
     loose = sorted(
@@ -383,21 +399,20 @@ def _event_facts(
             key = max(before)[1] if before else None
         attributed[e.id] = key
 
-    keys = sorted({k for k in attributed.values() if k})
-    copies = _copies(conn, keys)
-    # Every tracked event of these copies, ever (few per copy), to find each kind's first.
+    copies = _copies(conn, clicked)
+    copies.update(_copies(conn, sorted({k for k in attributed.values() if k} - set(copies))))
+    # Every delivery and click of the clicked copies, ever (few per copy): each kind's first.
     known: dict[str, list[Any]] = {}
-    for part in _chunks(keys):
-        for row in conn.execute(
-            select(
-                events.c.id,
-                events.c.type,
-                events.c.delivery_key,
-                events.c.detail,
-                events.c.occurred_at,
-            ).where(events.c.delivery_key.in_(part), events.c.type.in_(("clicked", "delivered")))
-        ):
-            known.setdefault(row[2], []).append(tuple(row))
+    for row in conn.execute(
+        select(
+            events.c.id,
+            events.c.type,
+            events.c.delivery_key,
+            events.c.detail,
+            events.c.occurred_at,
+        ).where(events.c.delivery_key.in_(clicked), events.c.type.in_(("clicked", "delivered")))
+    ):
+        known.setdefault(row[2], []).append(tuple(row))
 
     first: dict[tuple[str, str, str], int] = {}  # (key, kind, link) -> first event id
     for key, rows in known.items():
