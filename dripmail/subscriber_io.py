@@ -41,6 +41,7 @@ from dripmail.store import confirmation_queries as cq
 from dripmail.store import import_queries as iq
 from dripmail.store import subscriber_queries as q
 from dripmail.store.import_queries import Lesson, Person
+from dripmail.subscriber_columns import COLUMNS
 from dripmail.validation import (
     clean_name,
     normalise_email,
@@ -51,14 +52,6 @@ from dripmail.validation import (
     zone_note,
 )
 
-# column -> what it holds (shown by `subscribers import --help`).
-COLUMNS: dict[str, str] = {
-    "email": "the address (required)",
-    "first_name": "used in greetings; control characters become spaces, at most 100 characters",
-    "timezone": "IANA zone, e.g. Europe/Berlin (default: the course's)",
-    "start_date": "local date of lesson 1, YYYY-MM-DD, a year back to a year ahead",
-    "tags": 'segments for newsletters, e.g. "desk, runners" (tag:desk)',
-}
 EXPORT_COLUMNS = (
     "email",
     "first_name",

@@ -183,7 +183,7 @@ def forget(
 
 
 def _import_help() -> str:
-    from dripmail.subscriber_io import COLUMNS
+    from dripmail.subscriber_columns import COLUMNS
 
     return (
         "CSV with a header row; columns (any case, spaces, hyphens or underscores; comma, "

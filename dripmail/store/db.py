@@ -115,7 +115,43 @@ def open_store(url: str, root: Path, migrate: bool = True) -> Engine:
     return engine
 
 
+# `revision = "0009"` and `down_revision = "0008"` (or None) as every migration file states them.
+_REVISION = re.compile(r'^(down_revision|revision)\s*=\s*(?:None|"([^"]+)")\s*$', re.M)
+
+
+def shipped_head() -> str | None:
+    """The newest migration shipped in the package, read from the files without Alembic.
+
+    Every process that opens the store asks whether the schema is current; loading Alembic's
+    script directory for that (Alembic, Mako and Pygments, every migration module) cost most
+    of a short command's start-up. None when the files do not form one plain chain (a merge,
+    a branch, an unreadable file): the caller then asks Alembic itself.
+    """
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for path in (MIGRATIONS / "versions").glob("*.py"):
+        found = dict((m.group(1), m.group(2)) for m in _REVISION.finditer(path.read_text()))
+        if not found.get("revision") or "down_revision" not in found:
+            return None
+        revisions.add(found["revision"])
+        if found["down_revision"]:
+            parents.add(found["down_revision"])
+    heads = revisions - parents
+    return heads.pop() if len(heads) == 1 and parents <= revisions else None
+
+
 def _is_current(engine: Engine) -> bool:
+    head = shipped_head()
+    if head is None:
+        return _is_current_by_alembic(engine)
+    with engine.connect() as conn:
+        if not inspect(conn).has_table("alembic_version"):
+            return False
+        stored = conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
+    return stored == [head]
+
+
+def _is_current_by_alembic(engine: Engine) -> bool:
     from alembic.config import Config
     from alembic.runtime.migration import MigrationContext
     from alembic.script import ScriptDirectory

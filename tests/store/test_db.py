@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -7,7 +9,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, text
 
 from dripmail.errors import StoreError
-from dripmail.store.db import open_store
+from dripmail.store.db import MIGRATIONS, open_store, shipped_head
 from dripmail.store.schema import metadata
 
 
@@ -20,6 +22,41 @@ def test_sqlite_created_in_project_root_with_wal(tmp_path: Path) -> None:
         # The migrated schema matches the tables the code uses.
         assert compare_metadata(MigrationContext.configure(conn), metadata) == []
     open_store("sqlite:///dripmail.db", tmp_path)  # second open: already current
+
+
+def test_the_head_read_from_the_files_is_alembics_and_a_current_store_opens_without_it(
+    tmp_path: Path,
+) -> None:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    assert shipped_head() == ScriptDirectory.from_config(cfg).get_current_head()
+    open_store("sqlite:///dripmail.db", tmp_path)
+    # A second process finds the schema current without loading Alembic (its start-up cost).
+    probe = (
+        "import sys; from pathlib import Path; from dripmail.store.db import open_store; "
+        f"open_store('sqlite:///dripmail.db', Path({str(tmp_path)!r})); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('alembic', 'mako')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, check=True
+    )
+    assert out.stdout.strip() == "[]"
+
+
+def test_the_fast_check_finds_an_older_or_missing_version_stale(tmp_path: Path) -> None:
+    from dripmail.store.db import _is_current
+
+    engine = open_store("sqlite:///dripmail.db", tmp_path)
+    assert _is_current(engine)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '0001'"))
+    assert not _is_current(engine)  # open_store would run Alembic's upgrade
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE alembic_version"))
+    assert not _is_current(engine)
 
 
 def test_unreachable_database_is_one_line_error(tmp_path: Path) -> None:
