@@ -1,4 +1,5 @@
-"""`broadcast` and `broadcasts ...` as real subprocesses, including a SIGKILL midway."""
+"""`broadcast` and `broadcasts ...` through the entry point (in process), and as real
+subprocesses where the process matters: a SIGKILL midway, a prompt on a terminal."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from sqlalchemy import func, select
 from dripmail.store.db import open_store
 from dripmail.store.schema import broadcast_deliveries, broadcasts
 from tests.broadcast_fixture import eligible_emails, seed
+from tests.cli_in_process import run_cli
 from tests.course_fixture import make_project
 
 REPO = Path(__file__).resolve().parents[2]
@@ -55,6 +57,13 @@ def _argv(root: Path, *args: str) -> list[str]:
 
 
 def _cli(root: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess[str]:
+    """The command in process (no terminal on stdin; settings from `env` alone)."""
+    return run_cli(root, *args, env=env or _env())
+
+
+def _subprocess(
+    root: Path, *args: str, env: dict | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         _argv(root, *args),
         capture_output=True,
@@ -137,7 +146,7 @@ def test_killed_broadcast_resumes_and_each_reader_gets_one_copy(root: Path, fake
     assert 0 < before < len(wanted)
     # Run it again at once: the dead process's claims are taken over (same host, pid gone),
     # batches it had in flight are looked up at the provider, the rest is sent.
-    again = _cli(root, "broadcast", "newsletters/hips.md", "--yes", "-q", env=env)
+    again = _subprocess(root, "broadcast", "newsletters/hips.md", "--yes", "-q", env=env)
     assert again.returncode == 0, again.stderr
     accepted = fake_providers.accepted("postmark")
     assert Counter(a.to for a in accepted) == Counter(dict.fromkeys(wanted, 1))

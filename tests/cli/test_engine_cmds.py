@@ -1,4 +1,5 @@
-"""`run`, `status`, `demo`, `db upgrade` and the subscriber commands, as real subprocesses."""
+"""`run`, `status`, `db upgrade` and the subscriber commands through the entry point; `run`
+as a real process where the process is the point (SIGKILL mid-run, Ctrl-C in --loop)."""
 
 import json
 import os
@@ -14,6 +15,7 @@ from sqlalchemy import func, select
 
 from dripmail.store.db import open_store
 from dripmail.store.schema import deliveries
+from tests.cli_in_process import run_cli
 from tests.course_fixture import make_project
 
 REPO = Path(__file__).resolve().parents[2]
@@ -22,14 +24,9 @@ JOINED = "2026-06-01T12:00:00+00:00"
 
 
 def _cli(root: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, str(REPO / "send.py"), "--root", str(root), *args],
-        capture_output=True,
-        text=True,
-        cwd=root,
-        env={**os.environ, **(env or {})},
-        timeout=300,
-    )
+    """The command through the entry point, in process (the kill and loop trials below run
+    `send.py` as real processes)."""
+    return run_cli(root, *args, env={**os.environ, **(env or {})})
 
 
 @pytest.fixture
@@ -144,6 +141,17 @@ def test_db_upgrade_reports_the_database(tmp_path: Path) -> None:
     assert (tmp_path / "dripmail.db").exists()
 
 
+def _stop(proc: subprocess.Popen[str]) -> tuple[str, str]:
+    """Wait for `proc` to end (generously: a loaded machine is slow, never wrong); if it does
+    not, its threads' stacks (faulthandler, on SIGABRT) are returned in stderr."""
+    try:
+        return proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+        out, err = proc.communicate()
+        return out, "still running 300 s after SIGINT:\n" + err
+
+
 def test_run_loop_sends_what_is_due_then_sleeps_until_stopped(project: Path) -> None:
     from datetime import UTC, datetime, timedelta
 
@@ -158,14 +166,17 @@ def test_run_loop_sends_what_is_due_then_sleeps_until_stopped(project: Path) -> 
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # A stuck process prints every thread's stack on SIGABRT (see `_stop`).
+        env={**os.environ, "PYTHONFAULTHANDLER": "1", "PYTHONUNBUFFERED": "1"},
     )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not _index(project):
-        time.sleep(0.1)
-    time.sleep(1.0)  # now asleep until the next lesson is due
+    # Readiness, not a clock: the first pass has printed its report line, so it is over and
+    # the loop goes on (sleeping, or checking again) until it is stopped.
+    first = proc.stdout.readline() if proc.stdout else ""
+    assert "1 sent" in first, first + _stop(proc)[1]
     assert proc.poll() is None, "the loop should keep running"
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=30)
+    out, err = _stop(proc)
+    out = first + out
     assert proc.returncode == 0, err
     assert "stopped" in out and "1 sent" in out
     assert [x["ref"] for x in _index(project)] == ["1"]

@@ -1,14 +1,14 @@
-"""`send.py providers check|list` as subprocesses against the loopback fake provider."""
+"""`send.py providers check|list` (in process) against the loopback fake provider."""
 
 from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.cli_in_process import run_cli
 from tests.course_fixture import make_project
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -16,15 +16,9 @@ PREFIXES = ("DRIPMAIL_", "POSTMARK_", "SENDGRID_", "MAILGUN_", "RESEND_")
 
 
 def _run(tmp_path: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """The command in process (its settings come from `env` alone, as in a clean shell)."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith(PREFIXES)}
-    return subprocess.run(
-        [sys.executable, str(ROOT / "send.py"), "--root", str(tmp_path), *args],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env={**clean, **env},
-        timeout=60,
-    )
+    return run_cli(tmp_path, *args, env={**clean, **env})
 
 
 def test_check_makes_an_authenticated_call(tmp_path: Path, fake_providers) -> None:

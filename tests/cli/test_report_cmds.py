@@ -1,4 +1,5 @@
-"""`send.py report` as a real subprocess on the known history: terminal, JSON and CSV."""
+"""`send.py report` through the entry point (in process) on the known history: terminal,
+JSON and CSV."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.cli_in_process import run_cli
 from tests.report_fixture import EXPECTED, History, make_history
 
 REPO = Path(__file__).resolve().parents[2]
@@ -26,13 +28,7 @@ def history(tmp_path_factory: pytest.TempPathFactory) -> History:
 def _report(h: History, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DRIPMAIL_")}
     env.update(h.env())
-    return subprocess.run(
-        [sys.executable, str(REPO / "send.py"), "--root", str(h.root), "report", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
+    return run_cli(h.root, "report", *args, env=env)
 
 
 def _cell(value: object) -> str:

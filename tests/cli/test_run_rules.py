@@ -1,18 +1,19 @@
-"""`run` as a real subprocess: a simulated clock never mails readers by surprise, one bad
-stored name fails alone (exit 3, named by `status`), and the progress bar ends at the truth."""
+"""`run` through the entry point (in process): a simulated clock never mails readers by
+surprise, one bad stored name fails alone (exit 3, named by `status`), and the progress bar
+ends at the truth."""
 
 from __future__ import annotations
 
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 from sqlalchemy import update
 
 from dripmail.store.db import open_store
 from dripmail.store.schema import subscribers
+from tests.cli_in_process import run_cli
 from tests.course_fixture import make_project
 
 REPO = Path(__file__).resolve().parents[2]
@@ -21,14 +22,7 @@ DUE = "2026-06-02T05:30:00+00:00"  # 07:30 in Berlin on Tuesday
 
 
 def _cli(root: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, str(REPO / "send.py"), "--root", str(root), *args],
-        capture_output=True,
-        text=True,
-        cwd=root,
-        env={**os.environ, "COLUMNS": "120", **env},
-        timeout=600,
-    )
+    return run_cli(root, *args, env={**os.environ, "COLUMNS": "120", **env})
 
 
 def _import(root: Path, count: int) -> None:
