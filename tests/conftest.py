@@ -3,9 +3,26 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+if sys.dont_write_bytecode and sys.pycache_prefix is None:
+    # PYTHONDONTWRITEBYTECODE (set on some shared machines) would make every xdist worker
+    # re-run pytest's assertion rewriting of every test module and recompile dripmail on
+    # every run: over half of each worker's collection CPU. Cached in one folder beside the
+    # test cache instead, never next to the sources (which is what the setting guards).
+    sys.pycache_prefix = str(Path(__file__).resolve().parents[1] / ".pytest_cache" / "pycache")
+    sys.dont_write_bytecode = False
+
+# Property tests never race the clock: a loaded machine can stall any draw or example for
+# seconds, which says nothing about the code (Hypothesis' default is a 200 ms deadline and a
+# health check on slow generation).
+settings.register_profile("suite", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("suite")
 
 
 def _worker_schema(url: str, worker: str) -> str:

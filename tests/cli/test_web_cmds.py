@@ -68,27 +68,27 @@ def test_serve_answers_sign_ups_until_stopped(root: Path) -> None:
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 300  # generous: a loaded machine starts slowly
         while True:
             try:
-                if httpx.get(f"{base}/healthz", timeout=1).text == "ok":
+                if httpx.get(f"{base}/healthz", timeout=60).text == "ok":
                     break
             except httpx.TransportError:
                 pass
             assert proc.poll() is None, proc.communicate()[1]
             assert time.monotonic() < deadline, "serve did not come up"
             time.sleep(0.2)
-        answer = httpx.post(f"{base}/subscribe", data={"email": "cli@example.com"}, timeout=10)
+        answer = httpx.post(f"{base}/subscribe", data={"email": "cli@example.com"}, timeout=60)
         assert answer.status_code == 200
-        deadline = time.monotonic() + 10  # the confirmation goes out after the answer
+        deadline = time.monotonic() + 300  # the confirmation goes out after the answer
         while not list((root / "outbox").glob("confirm-*.eml")):
             assert time.monotonic() < deadline, "no confirmation email"
             time.sleep(0.1)
-        assert httpx.get(f"{base}/preview", timeout=5).status_code == 404  # not without --preview
-        assert httpx.get(f"{base}/confirm/secret-token-123", timeout=5).status_code == 400
+        assert httpx.get(f"{base}/preview", timeout=60).status_code == 404  # not without --preview
+        assert httpx.get(f"{base}/confirm/secret-token-123", timeout=60).status_code == 400
     finally:
         proc.terminate()
-        _out, err = proc.communicate(timeout=20)
+        _out, err = proc.communicate(timeout=300)
     assert "Traceback" not in err
     assert "POST /subscribe 200" in err  # one access line per request
     assert "GET /confirm/… 400" in err and "secret-token-123" not in err  # tokens redacted

@@ -10,12 +10,12 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
-import sys
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from cli_in_process import run_cli
 from course_fixture import make_project
 from fakes.mail import FAST_RETRY
 from sqlalchemy import select
@@ -27,7 +27,6 @@ from dripmail.errors import ProviderAuthError
 from dripmail.runner import Runner, handover_window
 from dripmail.store.schema import deliveries
 
-REPO = Path(__file__).resolve().parents[2]
 SECRET = "test-secret-key-for-links-0123456789abcdef"
 READERS = {
     "ny@example.org": "America/New_York",
@@ -144,16 +143,11 @@ def test_refused_token_stops_the_run_and_returns_every_claim(tmp_path, fake_prov
 
 
 def _cli(tmp_path: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """`send.py ARGS` through the entry point, in process, with settings from `env` alone (the
+    CLI kill trials in tests/cli run real processes against the fake)."""
     prefixes = ("DRIPMAIL_", "POSTMARK_", "SENDGRID_", "MAILGUN_", "RESEND_")
     clean = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
-    return subprocess.run(
-        [sys.executable, str(REPO / "send.py"), "--root", str(tmp_path), *args],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env={**clean, **env},
-        timeout=120,
-    )
+    return run_cli(tmp_path, *args, env={**clean, **env})
 
 
 @pytest.mark.parametrize("provider", ["postmark", "resend"])

@@ -23,7 +23,9 @@ from dripmail.providers.http import (
     retry_after_seconds,
 )
 
-FAST = RetryPolicy(max_attempts=3, base_delay=0.001, max_delay=0.01, timeout=0.4)
+# Short back-off; a patient timeout: none of these tests waits for one to fire, and a loaded
+# machine can be slow to answer on loopback.
+FAST = RetryPolicy(max_attempts=3, base_delay=0.001, max_delay=0.01, timeout=30.0)
 
 
 def _closed_port() -> int:

@@ -84,6 +84,7 @@ def _open(chromium, html: str, width: int, mode: str = "light", images: bool = T
     context = browser.new_context(
         viewport={"width": width, "height": 900}, color_scheme="dark" if mode == "dark" else "light"
     )
+    context.set_default_timeout(300_000)  # a loaded machine: slow, never wrong
 
     def route(request_route) -> None:
         if request_route.request.resource_type == "image" and images:

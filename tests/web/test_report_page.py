@@ -147,6 +147,7 @@ def test_charts_render_and_figures_equal_the_json(server: Server) -> None:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         for width in (375, 1280):
             context = browser.new_context(viewport={"width": width, "height": 900})
+            context.set_default_timeout(300_000)  # a loaded machine: slow, never wrong
             context.route(
                 "**/*",
                 lambda route: (
