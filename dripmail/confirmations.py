@@ -153,35 +153,40 @@ def _hand_over(
     """Build and hand over one chunk's emails, then record which the provider took."""
     from dripmail.render import recipient_for
 
-    compiled = runner.renderer.confirm()
-    messages: list[Message] = []
-    for slot in slots:
-        recipient = recipient_for(
-            {"id": slot.subscriber_id, "email": slot.email, "first_name": slot.first_name},
-            runner.settings.public_url,
-            runner.signer,
-            links=compiled.links,
-        )
-        messages.append(
-            compiled.personalise(recipient, key=confirm_key(slot), kind="confirm", ref="confirm")
-        )
-    keys = sorted(m.key for m in messages)
-    # The same slots offered again make the same batch key: a provider that keeps
-    # idempotency keys answers with the batch it already has.
-    batch_key = "confirm-" + sha256("|".join(keys).encode()).hexdigest()[:24]
-
-    async def send() -> Any:
-        return await runner.provider.send_batch(messages, batch_key=batch_key)
+    def build() -> list[Message]:
+        compiled = runner.renderer.confirm()
+        messages = []
+        for slot in slots:
+            recipient = recipient_for(
+                {"id": slot.subscriber_id, "email": slot.email, "first_name": slot.first_name},
+                runner.settings.public_url,
+                runner.signer,
+                links=compiled.links,
+            )
+            key = confirm_key(slot)
+            messages.append(compiled.personalise(recipient, key=key, kind="confirm", ref="confirm"))
+        return messages
 
     try:
+        messages = build()
+        keys = sorted(m.key for m in messages)
+        # The same slots offered again make the same batch key: a provider that keeps
+        # idempotency keys answers with the batch it already has.
+        batch_key = "confirm-" + sha256("|".join(keys).encode()).hexdigest()[:24]
+
+        async def send() -> Any:
+            return await runner.provider.send_batch(messages, batch_key=batch_key)
+
         results = call(send) if call is not None else asyncio.run(send())
     except BaseException:
+        # Not handed over (or not known to be): released, still owed, offered again.
         with runner.engine.begin() as conn:
             cq.settle(conn, slots, worker, now, accepted=False)
         raise
     outcome = {r.key: r for r in results}
     taken = [s for s in slots if _handed(outcome.get(confirm_key(s)))]
-    refused = [s for s in slots if s not in taken]
+    handed = {s.subscriber_id for s in taken}
+    refused = [s for s in slots if s.subscriber_id not in handed]
     with runner.engine.begin() as conn:
         cq.settle(conn, taken, worker, now, accepted=True)
         cq.settle(conn, refused, worker, now, accepted=False)

@@ -149,7 +149,7 @@ def test_a_kill_inside_the_hand_over_and_a_rerun_send_exactly_one_email_each(
     # Same instant, so the quiet period forbids a new slot: only the owed one can go.
     assert core.send_confirmations(ids) == 3
     mailed = _mailed(tmp_path)
-    assert [name.split("-")[1] for name in mailed] == [f"s{i}" for i in ids]
+    assert sorted(name.split("-")[1] for name in mailed) == sorted(f"s{i}" for i in ids)
     for count, handed, holder in _slots(core).values():
         assert (count, handed, holder) == (1, NOW, None)
     # Handed over now: asking again within the quiet period sends nothing more.
