@@ -273,6 +273,12 @@ def run(quick: bool) -> list[dict]:
         ),
         value(f"broadcast to {big:,}: total time", "s", ours["seconds"]),
         value(
+            "the ceiling client's own CPU per second of its run (well below 1: the fake, not"
+            " the minimal client, sets the ceiling)",
+            "s/s",
+            ceiling["cpu"] / ceiling["seconds"],
+        ),
+        value(
             f"broadcast peak memory (max RSS), {small:,} subscribers", "MB", small_run["peak_mb"]
         ),
         value(f"broadcast peak memory (max RSS), {big:,} subscribers", "MB", ours["peak_mb"]),
