@@ -313,7 +313,10 @@ def _claim_chunk(
     query = (
         select(*_HELD_COLUMNS)
         .join(subscribers, subscribers.c.id == bd.c.subscriber_id)
-        .where(bd.c.broadcast_id == broadcast_id, bd.c.id > after, or_(free, expired))
+        # `broadcast_id + 0`: walk the primary key from `after` and stop after a chunk. On
+        # the (broadcast, subscriber) index the planner read every row of the broadcast and
+        # sorted them by id for each chunk: quadratic in the list (63 ms a chunk at 16,000).
+        .where((bd.c.broadcast_id + 0) == broadcast_id, bd.c.id > after, or_(free, expired))
         .order_by(bd.c.id)
         .limit(chunk)
     )
