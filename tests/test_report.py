@@ -163,6 +163,45 @@ def test_forget_scrubs_the_raw_event_of_unmatched_provider_events(tmp_path: Path
     assert address == "zoe@example.org"
 
 
+def test_a_reader_erased_while_a_report_counts_is_not_stored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """forget between the counting and the storing of days: those counts are not kept."""
+    _forget_b_while_counting(make_history(tmp_path / "studio"), monkeypatch)
+
+
+@pytest.mark.postgres
+def test_a_reader_erased_while_a_report_counts_on_postgresql(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    url = os.environ.get("DRIPMAIL_TEST_DATABASE_URL")
+    if not url:
+        pytest.skip("DRIPMAIL_TEST_DATABASE_URL is not set (CI sets it; see README)")
+    _forget_b_while_counting(make_history(tmp_path / "studio", database_url=url), monkeypatch)
+
+
+def _forget_b_while_counting(h: History, monkeypatch: pytest.MonkeyPatch) -> None:
+    counting = q.span_facts
+
+    def count_then_forget(conn, start, end, scan=False):
+        facts = counting(conn, start, end, scan)
+        if start < q._start(date(2026, 6, 10)):  # the stored run, not the days not over
+            h.app.state.ctx.app.forget("b@example.org")  # type: ignore[attr-defined]
+        return facts
+
+    monkeypatch.setattr(q, "span_facts", count_then_forget)
+    assert _figures(h, AFTER) == EXPECTED  # counted with b: this report still shows b
+    monkeypatch.setattr(q, "span_facts", counting)
+    assert _done_days(h) == set()  # but kept none of it
+    without_b = _figures(h, AFTER)
+    assert without_b["funnel"]["signups"] == 4
+    assert without_b["lessons"][2]["complained"] == 0  # b's complaint about lesson 3
+    q.forget_stored(h.engine)
+    assert _figures(h, AFTER) == without_b
+
+
 def _sum_of_days(conn, first: date, last: date) -> Counter:
     total: Counter = Counter()
     day = first

@@ -47,6 +47,7 @@ from sqlalchemy import (
     insert,
     literal_column,
     select,
+    update,
 )
 from sqlalchemy.exc import IntegrityError
 
@@ -589,20 +590,54 @@ def _stored(engine: Engine, lo: date, hi: date, history_days: int) -> Facts:
         ):
             if d in done:  # a day being stored by another report right now is counted below
                 facts[(d, section, item, metric)] += value
-    for first, end in _runs(lo, hi, done):
+    runs = _runs(lo, hi, done)
+    erased = _erasure_mark(engine) if runs else 0
+    for first, end in runs:
         with engine.connect() as conn:
             scan = (end - first).days > history_days * SCAN_SHARE
             counted = span_facts(conn, _start(first), _start(end), scan=scan)
-        _store_days(engine, first, end, counted)
+        _store_days(engine, first, end, counted, erased)
         facts.update(counted)
     return facts
 
 
-def _store_days(engine: Engine, lo: date, hi: date, facts: Facts) -> None:
+# How many erasures (`forget_days_of`) there have been, in a row of its own: a report stores
+# the days it counted only if no reader was erased while it counted (they could be in them).
+ERASED_DAY = date(1, 1, 1)
+ERASED = (report_days.c.day == ERASED_DAY) & (report_days.c.section == "_erased")
+
+
+class _ErasedMeanwhile(Exception):
+    """A reader was erased while the days were counted: store nothing (rolls back)."""
+
+
+def _erasure_mark(engine: Engine) -> int:
+    """The erasure count now, its row made if missing (erasures only ever add to it)."""
+    with engine.begin() as conn:
+        found = conn.execute(select(report_days.c.value).where(ERASED)).scalar()
+    if found is not None:
+        return int(found)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                insert(report_days).values(
+                    day=ERASED_DAY, section="_erased", item="", metric="", value=0
+                )
+            )
+    except IntegrityError:  # another report made it at the same moment
+        pass
+    with engine.begin() as conn:
+        return int(conn.execute(select(report_days.c.value).where(ERASED)).scalar() or 0)
+
+
+def _store_days(engine: Engine, lo: date, hi: date, facts: Facts, erased: int) -> None:
     """Store the counts of the days [lo, hi), each with its "_done" row, in one transaction.
 
     A day another report stored meanwhile is left as it is (same counts): the rows of the
-    days still missing are stored instead.
+    days still missing are stored instead. Nothing is stored if a reader was erased since
+    the erasure count was `erased`: the rows are written first, then the count is read
+    (locked on PostgreSQL), so an erasure either came before and is seen, or waits and then
+    drops these very rows.
     """
     days = [lo + timedelta(days=n) for n in range((hi - lo).days)]
 
@@ -619,24 +654,31 @@ def _store_days(engine: Engine, lo: date, hi: date, facts: Facts) -> None:
         ]
         return out
 
-    try:
+    def store(skip_stored: bool) -> None:
         with engine.begin() as conn:
-            conn.execute(insert(report_days), rows(set()))
-    except IntegrityError:
-        try:
-            with engine.begin() as conn:
-                stored = set(
+            skip: set[date] = set()
+            if skip_stored:
+                skip = set(
                     conn.execute(
                         select(report_days.c.day)
                         .where(report_days.c.day >= lo, report_days.c.day < hi)
                         .distinct()
                     ).scalars()
                 )
-                left = rows(stored)
-                if left:
-                    conn.execute(insert(report_days), left)
+            left = rows(skip)
+            if left:
+                conn.execute(insert(report_days), left)
+            now = conn.execute(select(report_days.c.value).where(ERASED).with_for_update())
+            if now.scalar() != erased:
+                raise _ErasedMeanwhile
+
+    try:
+        try:
+            store(skip_stored=False)
         except IntegrityError:
-            pass  # raced again: the next report stores what is still missing
+            store(skip_stored=True)
+    except (IntegrityError, _ErasedMeanwhile):
+        pass  # raced again, or counted an erased reader: the next report counts these days
 
 
 def forget_days_of(conn: Connection, subscriber_id: int) -> int:
@@ -671,6 +713,9 @@ def forget_days_of(conn: Connection, subscriber_id: int) -> int:
     touched = {_as_date(d) for part in days for d in conn.execute(part).scalars()}
     if not touched:
         return 0
+    # First the erasure count (on PostgreSQL this waits for a report storing days right now,
+    # so the delete below sees its rows); a report counting now will not store its days.
+    conn.execute(update(report_days).where(ERASED).values(value=report_days.c.value + 1))
     gone = 0
     for part in _chunks(sorted(touched)):
         gone += conn.execute(delete(report_days).where(report_days.c.day.in_(part))).rowcount or 0
