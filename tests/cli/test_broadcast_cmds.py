@@ -112,11 +112,11 @@ def test_answering_no_at_the_prompt_sends_nothing(root: Path) -> None:
     )
     os.close(follower)
     seen = b""
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 300  # generous: a loaded machine is slow, never wrong
     while b"Send it to 160 subscribers?" not in seen and time.monotonic() < deadline:
         seen += os.read(leader, 1024)
     os.write(leader, b"n\n")
-    assert proc.wait(timeout=60) == 1
+    assert proc.wait(timeout=300) == 1
     os.close(leader)
     assert not _outbox(root) and _count(root, broadcast_deliveries) == 0
 

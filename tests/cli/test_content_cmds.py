@@ -83,7 +83,7 @@ def _send(root: Path, *args: str, **kwargs) -> subprocess.CompletedProcess:
         [sys.executable, str(REPO / "send.py"), "--root", str(root), *args],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=600,
         **kwargs,
     )
 
@@ -165,7 +165,7 @@ def test_init_from_the_built_wheel_gives_a_project_that_passes_check(tmp_path: P
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=600,
     )
     assert built.returncode == 0, built.stderr
     (wheel,) = (tmp_path / "dist").glob("dripmail-*.whl")
@@ -177,7 +177,7 @@ def test_init_from_the_built_wheel_gives_a_project_that_passes_check(tmp_path: P
     def run(*args: str) -> subprocess.CompletedProcess:
         # cwd is tmp_path, so the checkout's dripmail/ is not on the path: only the wheel's.
         return subprocess.run(
-            [*cli, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+            [*cli, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
         )
 
     where = subprocess.run(

@@ -1,7 +1,8 @@
 """Operator-facing CLI behaviour: --version, usage errors, test-send days, overdue status.
 
-Through the real entry point (`send.py` as a subprocess: that is where `main()` turns errors
-into exit codes) and through typer's CliRunner where the exit code alone matters.
+Through the real entry point (`main()`, where errors become one line and an exit code: in
+process, and as `send.py` subprocesses for the help's terminal width) and through typer's
+CliRunner where the exit code alone matters.
 """
 
 from __future__ import annotations
@@ -18,20 +19,14 @@ from typer.testing import CliRunner
 
 import dripmail
 from dripmail.cli import app
+from tests.cli_in_process import run_cli
 from tests.course_fixture import make_project
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def _cli(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, str(REPO / "send.py"), "--root", str(root), *args],
-        capture_output=True,
-        text=True,
-        cwd=root,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        timeout=300,
-    )
+    return run_cli(root, *args)
 
 
 @pytest.fixture

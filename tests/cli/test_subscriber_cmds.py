@@ -1,21 +1,15 @@
 import subprocess
-import sys
 from datetime import UTC, date, datetime
 from pathlib import Path
 
 from dripmail import subscribers as subs
 from dripmail.store.db import open_store
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.cli_in_process import run_cli
 
 
 def _run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, str(ROOT / "send.py"), "--root", str(tmp_path), *args],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-    )
+    """`send.py ARGS` through its entry point `main()`, in process."""
+    return run_cli(tmp_path, *args)
 
 
 def test_list_and_unsubscribe_through_the_real_cli(tmp_path: Path) -> None:

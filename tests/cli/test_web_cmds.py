@@ -34,7 +34,7 @@ def _send(root: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
         capture_output=True,
         text=True,
         env=_env(**env),
-        timeout=60,
+        timeout=600,
     )
 
 

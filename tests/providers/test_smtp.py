@@ -67,7 +67,7 @@ def smtp_server():
 
 
 def _provider(port: int, **kwargs) -> SmtpProvider:
-    return SmtpProvider("127.0.0.1", port, timeout=5, limits=Limits(None, None, 1), **kwargs)
+    return SmtpProvider("127.0.0.1", port, timeout=60, limits=Limits(None, None, 1), **kwargs)
 
 
 def test_messages_arrive_as_multipart_with_headers(smtp_server) -> None:
