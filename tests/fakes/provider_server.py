@@ -226,6 +226,12 @@ class FakeProviders:
         with self.lock:
             return [r for r in self.records[provider] if status is None or r.status == status]
 
+    def count(self, provider: str) -> int:
+        """How many messages are recorded: `len(accepted(provider))` without copying them (a
+        test polling for progress would otherwise spend its CPU on the copies)."""
+        with self.lock:
+            return len(self.records[provider])
+
     def keys(self, provider: str) -> list[str | None]:
         """Delivery keys of every accepted message (duplicates show up twice)."""
         return [r.key for r in self.accepted(provider)]
