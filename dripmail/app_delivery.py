@@ -206,16 +206,23 @@ class DeliveryUseCases:
         return RunResult(now, report, done, confirmations)
 
     def seconds_to_next(self, at: datetime | None = None) -> float:
-        """How long `run --loop` may sleep: until the next lesson may be handed over, at most a
-        minute (new sign-ups and retries appear meanwhile), at least a second."""
-        from dripmail.engine import next_due
+        """How long `run --loop` may sleep: until a pass would find a lesson to hand over
+        (`engine.next_send_time`: a lesson held back by the one-per-local-day rule counts from
+        when the rule lets it go), at most a minute (new sign-ups and retries appear
+        meanwhile), at least a second."""
+        from dripmail.engine import next_send_time
 
         now = at or self.clock()
         wait = LOOP_RECHECK.total_seconds()
-        upcoming = next_due(self.engine)
+        upcoming = next_send_time(
+            self.engine,
+            now,
+            default_send_time=self.course.send_time,
+            skip_weekends=self.course.skip_weekends,
+            handover=self.handover(),
+        )
         if upcoming is not None:
-            ahead = (upcoming - self.handover() - now).total_seconds()
-            wait = min(wait, max(1.0, ahead))
+            wait = min(wait, max(1.0, (upcoming - now).total_seconds()))
         return wait
 
     # -- broadcasts --

@@ -263,6 +263,65 @@ def next_due(engine: Engine) -> datetime | None:
         ).scalar()
 
 
+def next_send_time(
+    engine: Engine,
+    now: datetime,
+    *,
+    default_send_time: time,
+    skip_weekends: bool = False,
+    handover: timedelta = timedelta(0),
+    chunk: int = 1000,
+) -> datetime | None:
+    """The earliest time (UTC) at which a pass (`run_once` with the same `handover`) would find
+    a planned lesson to hand over, or None when nothing is planned. For `run --loop`'s sleep.
+
+    A lesson planned in the past may be held back by `schedule.next_send_at` (one lesson per
+    local day, weekends): its time is when that rule lets it go, not its plan, so a loop does
+    not wake every second for the rest of the day. Lessons waiting for the one before them
+    count from that one. Held lessons are walked in pages like a pass walks them (the same
+    rows, the same cost); of later ones, only the earliest plan is read.
+    """
+    horizon = now + handover
+    times: list[datetime] = []
+    cursor: tuple[datetime, int] | None = None
+    while True:
+        page = _due_candidates(engine, now, horizon, chunk, cursor)
+        if not page:
+            break
+        cursor = (page[-1]["due_at"], page[-1]["id"])
+        planned = [r for r in page if r["state"] == "planned"]
+        prev = _previous_done(engine, planned)
+        for row in planned:
+            key = (row["subscriber_id"], row["lesson_day"])
+            if row["lesson_day"] > 1 and key not in prev:
+                continue  # waits for the lesson before it, whose own time is counted
+            zone = ZoneInfo(row["timezone"])
+            send = time.fromisoformat(row["send_time"]) if row["send_time"] else default_send_time
+            times.append(
+                schedule.next_send_at(row["due_at"], prev.get(key), send, zone, skip_weekends)
+            )
+        if times:
+            times = [min(times)]
+        if len(page) < chunk:
+            break
+    with engine.connect() as conn:
+        later = conn.execute(
+            select(deliveries.c.due_at)
+            .join(subscribers, subscribers.c.id == deliveries.c.subscriber_id)
+            .where(
+                deliveries.c.state == "planned",
+                subscribers.c.status == "active",
+                deliveries.c.due_at > horizon,
+            )
+            .order_by(deliveries.c.due_at)
+            .limit(1)
+        ).scalar()
+    if later is not None:
+        # Its plan is the earliest it can go (the rule may hold it later: the loop looks again).
+        times.append(later)
+    return min(times) - handover if times else None
+
+
 def pending_keys(engine: Engine, states: Sequence[str] = ("planned",)) -> list[str]:
     """Keys of deliveries in the given states (for status and tests)."""
     with engine.connect() as conn:

@@ -144,3 +144,22 @@ def test_the_same_name_is_cleaned_at_every_door(course_root: Path, tmp_path: Pat
     assert set(names.values()) == {"Dan Bcc: eve@example.com"}
     b = core.subscriber("b@example.com")
     assert b["timezone"] == core.course.timezone and b["status"] == "pending"
+
+
+def test_run_loop_sleeps_until_a_held_lesson_can_go(course_root: Path, tmp_path: Path) -> None:
+    # A reader who started long ago: every lesson is overdue, one goes out per local day.
+    path = tmp_path / "people.csv"
+    path.write_text("email,first_name,start_date\nlate@example.org,Late,2026-05-20\n")
+    core = _core(course_root, tmp_path)
+    assert core.import_subscribers(path).added == 1
+    assert core.run(NOW).lessons.sent == 1
+    assert _lessons_sent(tmp_path) == [("late@example.org", "1")]
+    # Lesson 2 is due by its plan but held to tomorrow 07:00 New York (11:00 UTC): the loop
+    # sleeps its longest, not a second at a time printing "0 sent" until then ...
+    assert core.seconds_to_next(NOW) == 60.0
+    # ... and wakes for it on time.
+    tomorrow = datetime(2026, 6, 2, 11, 0, tzinfo=UTC)
+    assert core.seconds_to_next(tomorrow - timedelta(seconds=30)) == 30.0
+    assert core.run(tomorrow - timedelta(seconds=30)).lessons.sent == 0
+    assert core.run(tomorrow).lessons.sent == 1
+    core.close()

@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import Engine, select, update
 
 from dripmail import subscribers as subs
-from dripmail.engine import run_once
+from dripmail.engine import next_send_time, run_once
 from dripmail.message import Mailbox, Message
 from dripmail.providers.outbox import OutboxProvider
 from dripmail.store.db import open_store
@@ -85,6 +85,43 @@ def test_downtime_catch_up_one_lesson_per_local_day(engine: Engine, tmp_path: Pa
         for x in lines
     )
     assert len(lines) == 21 and max(per_day.values()) == 1
+
+
+def test_a_lesson_held_back_by_the_one_per_day_rule_wakes_the_loop_when_it_can_go(
+    engine: Engine, tmp_path: Path
+) -> None:
+    outbox = OutboxProvider(tmp_path / "outbox")
+    # Off for ten days: every lesson is overdue. One pass sends each reader lesson 1; lesson 2
+    # is due by its plan but held back to the next local morning (no later lesson is planned
+    # in the future, so only the held ones can give the time).
+    now = START + timedelta(days=10)  # 15 March, 12:00 UTC: past 07:00 in all three zones
+    _simulate(engine, outbox, [now])
+    assert len((tmp_path / "outbox/index.jsonl").read_text().splitlines()) == 3
+    # Kolkata's morning comes first: 16 March 07:00 IST is 01:30 UTC.
+    wake = next_send_time(engine, now, default_send_time=time(7))
+    assert wake == datetime(2026, 3, 16, 1, 30, tzinfo=UTC)
+    # The same answer for a provider that takes messages an hour ahead of their time.
+    ahead = next_send_time(engine, now, default_send_time=time(7), handover=timedelta(hours=1))
+    assert ahead == wake - timedelta(hours=1)
+    # It is the time the engine really sends by: nothing a minute before, Kolkata's lesson 2 then.
+    report = run_once(
+        engine, outbox, _render, wake - timedelta(minutes=1), default_send_time=time(7)
+    )
+    assert report.sent == 0
+    outbox._clock = lambda: wake
+    assert run_once(engine, outbox, _render, wake, default_send_time=time(7)).sent == 1
+    last = json.loads((tmp_path / "outbox/index.jsonl").read_text().splitlines()[-1])
+    assert (last["to"], last["ref"]) == ("kolkata@example.org", "2")
+    # Next: Berlin's 07:00 CET, 06:00 UTC.
+    after = next_send_time(engine, wake, default_send_time=time(7))
+    assert after == datetime(2026, 3, 16, 6, 0, tzinfo=UTC)
+
+
+def test_nothing_planned_has_no_next_send_time(engine: Engine, tmp_path: Path) -> None:
+    outbox = OutboxProvider(tmp_path / "outbox")
+    _simulate(engine, outbox, [START + timedelta(days=30 + d) for d in range(8)])
+    assert len((tmp_path / "outbox/index.jsonl").read_text().splitlines()) == 21
+    assert next_send_time(engine, START + timedelta(days=40), default_send_time=time(7)) is None
 
 
 def test_crashed_sending_claim_is_reconciled_not_resent(engine: Engine, tmp_path: Path) -> None:
