@@ -19,15 +19,20 @@ from unittest import mock
 
 
 def run_cli(
-    root: Path, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+    root: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    program: str = "send.py",
 ) -> subprocess.CompletedProcess[str]:
     """`send.py --root ROOT ARGS` in process, as `subprocess.run(..., capture_output=True,
     text=True)` would report it. `env` replaces the whole environment (default: unchanged);
-    the working folder is `cwd` (default: `root`) for the call.
+    the working folder is `cwd` (default: `root`) for the call; `program` is `sys.argv[0]`
+    (hints name the command from it: a path to send.py, as `python /path/send.py` gives).
     """
     from dripmail.cli import main
 
-    argv = ["send.py", "--root", str(root), *args]
+    argv = [program, "--root", str(root), *args]
     out, err = io.StringIO(), io.StringIO()
     code = 0
     here = Path.cwd()

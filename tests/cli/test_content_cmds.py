@@ -1,4 +1,6 @@
-"""check / render / test-send / init through typer's runner and as real subprocesses."""
+"""check / render / test-send / init through typer's runner or the entry point in process; real
+subprocesses where the process is the point (byte-identical renders across processes, the
+built wheel, the preview server)."""
 
 import json
 import os
@@ -10,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from dripmail.cli import app
+from tests.cli_in_process import run_cli
 from tests.course_fixture import lesson_text, make_project
 
 REPO = Path(__file__).resolve().parents[2]
@@ -34,11 +37,7 @@ def test_check_passes_on_a_valid_project(root: Path) -> None:
 def test_check_reports_one_line_per_problem_and_exits_1(root: Path) -> None:
     (root / "course" / "day-3-stretch-3.md").write_text(lesson_text(3, video_url="htp://x"))
     (root / "course" / "day-5-stretch-5.md").unlink()
-    out = subprocess.run(
-        [sys.executable, str(REPO / "send.py"), "--root", str(root), "check"],
-        capture_output=True,
-        text=True,
-    )
+    out = run_cli(root, "check")
     assert out.returncode == 1
     assert 'error: course/day-3-stretch-3.md:8: video_url: not a URL ("htp://x")' in out.stderr
     assert "Traceback" not in out.stderr
@@ -133,7 +132,7 @@ def test_check_warns_near_gmails_clipping_limit_and_fails_above(root: Path) -> N
 def test_broken_mjml_fails_check_at_template_line_without_traceback(root: Path) -> None:
     button = root / "emails" / "partials" / "button.mjml.j2"
     button.write_text(button.read_text().replace("</mj-column>", "</mj-colum>"))
-    result = _send(root, "check")
+    result = run_cli(root, "check")
     assert result.returncode == 1
     assert "error: emails/partials/button.mjml.j2:5: MJML: </mj-colum>" in result.stderr
     assert "Traceback" not in result.stderr

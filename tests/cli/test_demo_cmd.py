@@ -1,11 +1,11 @@
-"""`demo` never touches a real project's data; its counts are exact (real SQLite, subprocess)."""
+"""`demo` never touches a real project's data; its counts are exact (real SQLite, through the
+entry point in process)."""
 
 from __future__ import annotations
 
 import hashlib
 import os
 import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -15,21 +15,17 @@ from typer.testing import CliRunner
 
 from dripmail.cli import app
 from dripmail.store.schema import deliveries, events, subscribers
+from tests.cli_in_process import run_cli
 from tests.course_fixture import make_project
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def _cli(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`python REPO/send.py --root ROOT ARGS` in process, without the environment's DRIPMAIL_
+    settings (as a studio's shell would have none)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DRIPMAIL_")}
-    return subprocess.run(
-        [sys.executable, str(REPO / "send.py"), *args],
-        capture_output=True,
-        text=True,
-        cwd=root,
-        env={**env, "PYTHONPATH": str(REPO)},
-        timeout=600,
-    )
+    return run_cli(root, *args, env=env, program=str(REPO / "send.py"))
 
 
 def _files(folder: Path) -> dict[str, str]:

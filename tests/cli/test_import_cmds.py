@@ -1,4 +1,5 @@
-"""`subscribers import` and `subscribers add` with the inputs of issue 11, as real subprocesses."""
+"""`subscribers import` and `subscribers add` with the inputs of issue 11, through the entry
+point in process; the kill trials run `send.py` as real processes (SIGKILL is their point)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from sqlalchemy import func, select
 
 from dripmail.store.db import open_store
 from dripmail.store.schema import deliveries, subscribers
+from tests.cli_in_process import run_cli
 from tests.course_fixture import make_project
 
 REPO = Path(__file__).resolve().parents[2]
@@ -25,14 +27,8 @@ AFTER_LESSON_1 = "2026-06-02T23:00:00+00:00"
 
 
 def _cli(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, str(REPO / "send.py"), "--root", str(root), *args],
-        capture_output=True,
-        text=True,
-        cwd=root,
-        env={**os.environ, "COLUMNS": "200"},
-        timeout=600,
-    )
+    """`send.py --root ROOT ARGS` in process (`tests.cli_in_process.run_cli`), 200 columns wide."""
+    return run_cli(root, *args, env={**os.environ, "COLUMNS": "200"})
 
 
 @pytest.fixture
