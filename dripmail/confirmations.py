@@ -11,7 +11,8 @@ killed in between leaves the slot *owed*: the next import of that reader, sign-u
 address or `run` pass offers the same slot again, under the same key and Message-ID
 (`confirm-s<id>-<slot time>-n<number>`), so a provider that deduplicates (the outbox, or an
 idempotency key) never holds two different emails for one slot. A slot is offered again only
-when its holder is gone (a dead pid on this host, or its lease ran out), never while another
+when its holder is gone (on this host: a dead pid, a zombie, or a pid reused by a process that
+started later, see `dripmail.holders`; elsewhere: its lease ran out), never while another
 process may still be handing it over.
 """
 
@@ -19,13 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import socket
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from hashlib import sha256
 from typing import TYPE_CHECKING, Any
 
+from dripmail import holders
 from dripmail.providers.base import Outcome, SendResult
 from dripmail.store import confirmation_queries as cq
 
@@ -45,26 +46,15 @@ LEASE = timedelta(minutes=10)
 
 
 def worker_id() -> str:
-    """This process as a slot holder: `host:pid` (the form the engine's claims use)."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """This process as a slot holder: `host:pid:start` (see `dripmail.holders`)."""
+    return holders.this_process()
 
 
 def holder_gone(holder: str, host: str) -> bool:
-    """Whether a `host:pid` holder names a process of this host that no longer runs.
-
-    Holders on other hosts (or ids of another form) are never judged gone: only their lease
-    can free their slots.
-    """
-    name, _, pid = holder.rpartition(":")
-    if name != host or not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False  # a process of another user holds that pid: alive
-    return False
+    """Whether a holder id names a process of this host that no longer runs (or a zombie,
+    or a new process under a reused pid). Holders on other hosts are never judged gone:
+    only their lease can free their slots."""
+    return not holders.holder_alive(holder, host)
 
 
 def confirm_key(slot: cq.Slot) -> str:

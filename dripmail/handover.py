@@ -17,6 +17,7 @@ from uuid import uuid4
 
 from sqlalchemy import Connection, Engine, Table, and_, bindparam, null, select, update
 
+from dripmail import holders
 from dripmail.errors import ProviderAuthError
 from dripmail.message import Message
 from dripmail.providers.base import Lookup, Outcome, Provider
@@ -633,17 +634,9 @@ def claim(
 
 
 def _alive_here(worker: str, host: str) -> bool:
-    """Whether a `host:pid` worker id names a process still running on this host."""
-    name, _, pid = worker.rpartition(":")
-    if name != host or not pid.isdigit():
-        return True  # another host (or an id we did not make): only its lease can tell
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # a process of another user holds that pid: treat it as alive
-    return True
+    """Whether a worker id names a process still running on this host (a zombie does not:
+    see `dripmail.holders`); ids of other hosts are alive, only their lease can tell."""
+    return holders.holder_alive(worker, host)
 
 
 def expire_dead_claims(engine: Engine, table: Table, now: datetime, host: str) -> int:

@@ -158,6 +158,47 @@ def test_a_kill_inside_the_hand_over_and_a_rerun_send_exactly_one_email_each(
     core.close()
 
 
+@pytest.mark.skipif(not hasattr(os, "waitid"), reason="needs os.waitid(WNOWAIT) (POSIX)")
+def test_a_killed_holder_not_yet_reaped_is_gone_and_its_slots_are_offered_again(
+    root: Path, tmp_path: Path
+) -> None:
+    """`timeout -s KILL ... import --confirm` then a re-run at once: the killed process is a
+    zombie (its parent has not reaped it) yet `os.kill(pid, 0)` still succeeds on it."""
+    core = _core(root, tmp_path)
+    ids = _pending(core, 3)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(root), str(tmp_path), _url(tmp_path)]
+        + [NOW.isoformat(), "before"] + [str(i) for i in ids],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    try:
+        # Wait for the child to die but leave it unreaped (WNOWAIT): a zombie.
+        os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
+        holders = {holder for _, _, holder in _slots(core).values()}
+        assert len(holders) == 1 and f":{proc.pid}" in holders.pop()
+        assert core.send_confirmations(ids) == 3
+        assert len(_mailed(tmp_path)) == 3
+    finally:
+        assert proc.wait(timeout=300) == -signal.SIGKILL
+
+
+def test_a_holder_id_names_the_process_start_so_a_reused_pid_is_not_the_holder() -> None:
+    import socket
+
+    from dripmail import holders
+
+    host = socket.gethostname()
+    me = holders.this_process()
+    assert holders.holder_alive(me, host)
+    assert holders.holder_alive(f"{host}:{os.getpid()}", host)  # ids written before
+    assert holders.holder_alive(f"elsewhere:{os.getpid()}:1", host)  # only a lease tells
+    if Path("/proc/self/stat").exists():
+        name, pid, start = me.split(":")
+        # Same pid, another start time: the holder died and the OS gave its pid away.
+        assert not holders.holder_alive(f"{name}:{pid}:{int(start) + 1}", host)
+
+
 def test_the_run_pass_sends_what_a_killed_sign_up_left(root: Path, tmp_path: Path) -> None:
     core = _core(root, tmp_path)
     ids = _pending(core, 2)
