@@ -16,7 +16,6 @@ import re
 import shutil
 import socket
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -40,6 +39,7 @@ from dripmail.confirmations import send_confirmations
 from dripmail.engine import run_once
 from dripmail.runner import Runner
 from dripmail.scaffold import init_project
+from tests.cli_in_process import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 PUBLIC = "https://subscriptions.hollow-tree-yoga-studio.example.org/d"
@@ -119,14 +119,7 @@ def _env(root: Path, port: int) -> dict[str, str]:
 
 def _cli(root: Path, env: dict[str, str], *args: str) -> str:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(PREFIXES)}
-    out = subprocess.run(
-        [sys.executable, str(REPO / "send.py"), "--root", str(root), *args],
-        capture_output=True,
-        text=True,
-        cwd=root,
-        env={**clean, **env},
-        timeout=300,
-    )
+    out = run_cli(root, *args, env={**clean, **env})  # the entry point, in process
     assert out.returncode == 0, out.stderr
     return out.stdout
 

@@ -92,18 +92,11 @@ def test_since_in_the_future_is_refused(history: History) -> None:
 
 def test_empty_database_report_says_so_with_a_hint(tmp_path: Path) -> None:
     import os
-    import subprocess
-    import sys
 
-    root = Path(__file__).resolve().parents[1]
-    out = subprocess.run(
-        [sys.executable, str(root / "send.py"), "--root", str(tmp_path), "report"],
-        cwd=tmp_path,
-        env={k: v for k, v in os.environ.items() if not k.startswith("DRIPMAIL_")}
-        | {"PYTHONPATH": str(root)},
-        capture_output=True,
-        text=True,
-    )
+    from tests.cli_in_process import run_cli
+
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("DRIPMAIL_")}
+    out = run_cli(tmp_path, "report", env=clean)
     assert out.returncode == 0, out.stderr
     assert "Nothing recorded in this span yet" in out.stdout
     assert "`report --demo`" in out.stdout

@@ -1,22 +1,19 @@
 """`check` says what is wrong in words a marketer can act on, at file:line, once.
 
-Through typer's CliRunner on a real project (the real templates) and once as a subprocess.
+Through typer's CliRunner on a real project (the real templates) and once through the
+entry point (`main()`, in process).
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from dripmail.cli import app
+from tests.cli_in_process import run_cli
 from tests.course_fixture import make_project
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -155,13 +152,7 @@ def test_an_http_video_url_is_warned_once_at_its_line(root: Path) -> None:
 
 def test_check_messages_through_the_entry_point(root: Path) -> None:
     line = _append_to_template(root, "lesson.txt.j2", "{{ course.titel }}")
-    out = subprocess.run(
-        [sys.executable, str(REPO / "send.py"), "--root", str(root), "check"],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        timeout=300,
-    )
+    out = run_cli(root, "check")  # main(), as send.py calls it, in process
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert (
         f"error: emails/lesson.txt.j2:{line}: course has no field 'titel' (did you mean 'title'?)"

@@ -9,7 +9,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -140,10 +139,7 @@ def test_terminal_tables_show_every_row(history: History) -> None:
 
 
 def test_help_says_opens_are_approximate() -> None:
-    done = subprocess.run(
-        [sys.executable, str(REPO / "send.py"), "report", "--help"],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+    done = run_cli(REPO, "report", "--help")
     assert done.returncode == 0
     assert "Apple Mail Privacy Protection" in done.stdout and "approximate" in done.stdout
 

@@ -1,7 +1,7 @@
 """`deliveries review` / `deliveries settle` after real ambiguous hand-overs.
 
 The CLI's real entry point (`main()`, in process with its argv, environment and working folder
-set; once as a subprocess) against the loopback fake Mailgun, which drops the connection after
+set) against the loopback fake Mailgun, which drops the connection after
 accepting a request: Mailgun cannot be asked afterwards, so the lesson and the newsletter copy
 land in review. Settling them is checked in the real SQLite database.
 """
@@ -9,7 +9,6 @@ land in review. Settling them is checked in the real SQLite database.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -125,15 +124,7 @@ def _settle_events(root: Path) -> list[tuple[str, str, str]]:
 
 def test_review_lists_lessons_and_newsletters_with_what_is_known(studio, cli) -> None:
     root, env = studio
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("DRIPMAIL_", "MAILGUN_"))}
-    out = subprocess.run(
-        [sys.executable, str(REPO / "send.py"), "deliveries", "review"],
-        capture_output=True,
-        text=True,
-        cwd=root,
-        env={**clean, **env, "PYTHONPATH": str(REPO)},
-        timeout=300,
-    )
+    out = cli(root, env, "deliveries", "review")
     assert out.returncode == 0, out.stderr
     text = out.stdout
     assert text.startswith("2 deliveries wait for review")

@@ -1,4 +1,4 @@
-"""`form` and `serve` as real subprocesses (loopback only)."""
+"""`form` through the entry point in process; `serve` as a real subprocess (loopback only)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.cli_in_process import run_cli
 from tests.course_fixture import make_project
 
 REPO = Path(__file__).resolve().parents[2]
@@ -45,7 +46,8 @@ def _free_port() -> int:
 
 
 def test_form_prints_an_embeddable_form_posting_to_the_public_url(root: Path) -> None:
-    out = _send(root, "form", DRIPMAIL_PUBLIC_URL="https://join.studio.example.com/")
+    # The entry point in process: printing a form is not about the process.
+    out = run_cli(root, "form", env=_env(DRIPMAIL_PUBLIC_URL="https://join.studio.example.com/"))
     assert out.returncode == 0, out.stderr
     html = out.stdout
     assert 'action="https://join.studio.example.com/subscribe"' in html

@@ -54,6 +54,27 @@ def test_dropped_connection_is_ambiguous_and_not_retried_without_a_key(fake_prov
     assert answer.sent is Sent.AMBIGUOUS and client.requests == 1
 
 
+def test_a_request_held_past_the_timeout_is_ambiguous_and_not_retried_without_a_key(
+    fake_providers,
+) -> None:
+    # The fake holds the request far longer than the client waits (it never answers: it
+    # closes only once the client has hung up), so the client's own timeout is what ends it,
+    # however slow the machine: no race between two clocks.
+    fake_providers.slow_seconds = 600
+    fake_providers.script("postmark", ["slow"])
+    client = HttpClient(
+        "postmark",
+        "X",
+        fake_providers.base("postmark"),
+        headers={"X-Postmark-Server-Token": fake_providers.POSTMARK_TOKEN},
+        retry=RetryPolicy(max_attempts=3, base_delay=0.001, max_delay=0.01, timeout=0.5),
+    )
+    answer = asyncio.run(client.call("POST", "/email/batch", json=[]))
+    assert answer.sent is Sent.AMBIGUOUS and client.requests == 1
+    assert "timed out" in answer.error.lower() or "timeout" in answer.error.lower(), answer.error
+    assert [kind for _, kind in fake_providers.faults_done] == ["slow"]
+
+
 def test_retry_after_is_honoured(fake_providers) -> None:
     from fakes.provider_server import Fault
 
