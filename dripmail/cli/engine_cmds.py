@@ -79,6 +79,12 @@ def _print_report(report, now: datetime, dry_run: bool) -> None:
         typer.echo(report.halted, err=True)
 
 
+def _did_something(report) -> bool:
+    """Whether a pass handled any lesson (sent, scheduled, retried, failed...) or halted."""
+    counts = (report.sent, report.handed, report.retry, report.failed, report.review)
+    return any(counts) or bool(report.recovered or report.suppressed or report.halted)
+
+
 def run(
     now: str | None = typer.Option(
         None,
@@ -115,11 +121,16 @@ def run(
     core = _core((lambda: clock_at) if clock_at else None)
     core.check_simulated_clock(clock_at, dry_run=dry_run, yes=yes)
     attention = False
+    passes = 0
     try:
         while True:
             current = clock_at or datetime.now(UTC)
             result = _one_pass(core, current, limit, dry_run, quiet)
-            _print_report(result.lessons, current, dry_run)
+            if not passes or _did_something(result.lessons):
+                # A loop reports its first pass, then only passes that did something: a
+                # minute-by-minute "0 sent" all day would bury the lines that matter.
+                _print_report(result.lessons, current, dry_run)
+            passes += 1
             if result.confirmations:
                 typer.echo(f"{result.confirmations} confirmation email(s) sent after a crash")
             for line in _broadcast_lines(result.broadcasts):

@@ -183,3 +183,37 @@ def test_run_loop_sends_what_is_due_then_sleeps_until_stopped(project: Path) -> 
     assert proc.returncode == 0, err
     assert "stopped" in out and "1 sent" in out
     assert [x["ref"] for x in _index(project)] == ["1"]
+
+
+def test_run_loop_with_a_held_lesson_sleeps_a_full_minute_and_prints_no_empty_passes(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    import dripmail.cli.engine_cmds as engine_cmds
+
+    # Started eight days ago: every lesson is overdue. The first pass sends lesson 1; lesson 2
+    # is held to tomorrow 07:00 UTC by the one-lesson-per-local-day rule, at least 7 h away.
+    start = (datetime.now(UTC) - timedelta(days=8)).date().isoformat()
+    added = _cli(
+        project, "subscribers", "add", "held@example.org", "--timezone", "UTC", "--start", start
+    )
+    assert added.returncode == 0, added.stderr
+    naps: list[float] = []
+
+    class Clock:
+        """The loop's sleep, recorded; Ctrl-C on the fourth (the loop's own way out)."""
+
+        @staticmethod
+        def sleep(seconds: float) -> None:
+            naps.append(seconds)
+            if len(naps) == 4:
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine_cmds, "wallclock", Clock)
+    out = _cli(project, "run", "--loop", "-q")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert len(lines) == 2 and "1 sent" in lines[0] and lines[1] == "stopped", lines
+    assert naps == [60.0] * 4  # the longest nap, not 1 s at a time until tomorrow
+    assert [x["ref"] for x in _index(project)] == ["1"]
