@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime, time
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import RowMapping
@@ -41,6 +41,9 @@ from dripmail.validation import (
     validate_timezone,
     zone_note,
 )
+
+if TYPE_CHECKING:
+    from dripmail.confirmations import ConfirmReport
 
 T = TypeVar("T")
 log = logging.getLogger("dripmail")
@@ -435,6 +438,14 @@ class Dripmail(DeliveryUseCases, Runner):
         from dripmail.confirmations import send_confirmations
 
         return send_confirmations(self, subscriber_ids, self.now(), call=self.call_provider)
+
+    def confirm_subscribers(self, subscriber_ids: Iterable[int]) -> ConfirmReport:
+        """Like `send_confirmations`, told apart for the operator: new emails sent, emails a
+        crash interrupted offered again (same key), owed emails another live process still
+        holds (`dripmail.confirmations.ConfirmReport`)."""
+        from dripmail.confirmations import confirm
+
+        return confirm(self, subscriber_ids, self.now(), call=self.call_provider)
 
     def resend_interrupted_confirmations(self) -> int:
         """Offer again the confirmation emails whose hand-over a crash interrupted.

@@ -22,6 +22,7 @@ import asyncio
 import logging
 import socket
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from hashlib import sha256
 from typing import TYPE_CHECKING, Any
@@ -66,6 +67,27 @@ def confirm_key(slot: cq.Slot) -> str:
     return f"confirm-s{slot.subscriber_id}-{slot.taken_at:%Y%m%d%H%M%S}-n{slot.number}"
 
 
+@dataclass
+class ConfirmReport:
+    """What one call to send confirmation emails did.
+
+    `sent`: new emails the provider accepted. `offered_again`: emails a crash had interrupted,
+    handed over again under their first key (a provider that deduplicates, like the outbox or
+    one with idempotency keys, may already have held them: they are not counted as new).
+    `held_elsewhere`: owed emails another live process is still handing over, by holder id:
+    (how many, when its hold runs out); they are left to it.
+    """
+
+    sent: int = 0
+    offered_again: int = 0
+    held_elsewhere: dict[str, tuple[int, datetime]] = field(default_factory=dict)
+
+    @property
+    def accepted(self) -> int:
+        """Every email the provider accepted in this call (new or offered again)."""
+        return self.sent + self.offered_again
+
+
 def send_confirmations(
     runner: Runner,
     subscriber_ids: Iterable[int],
@@ -74,8 +96,21 @@ def send_confirmations(
     call: Callable[[Callable[[], Any]], Any] | None = None,
     worker: str | None = None,
 ) -> int:
-    """Send the confirm email to pending subscribers that may be mailed; returns how many the
-    provider accepted.
+    """Like `confirm` (see there); returns how many emails the provider accepted in all."""
+    return confirm(runner, subscriber_ids, now, call=call, worker=worker).accepted
+
+
+def confirm(
+    runner: Runner,
+    subscriber_ids: Iterable[int],
+    now: datetime,
+    *,
+    call: Callable[[Callable[[], Any]], Any] | None = None,
+    worker: str | None = None,
+) -> ConfirmReport:
+    """Send the confirm email to pending subscribers that may be mailed; returns a
+    `ConfirmReport` (new emails accepted, interrupted ones offered again, owed ones another
+    live process holds).
 
     For each id: an owed slot whose holder is gone is offered again as it was; otherwise a new
     slot is taken if the reader is pending, was not mailed in the last QUIET and had fewer
@@ -88,18 +123,22 @@ def send_confirmations(
     host = socket.gethostname()
     ids = list(dict.fromkeys(subscriber_ids))
     size = max(1, min(runner.provider.capabilities.max_batch, cq.CHUNK))
-    sent = 0
+    report = ConfirmReport()
     for start in range(0, len(ids), size):
         chunk = ids[start : start + size]
         with runner.engine.begin() as conn:
             dead = {h for h in cq.owed_holders(conn, chunk, now) if holder_gone(h, host)}
-            slots = cq.take_over(conn, chunk, worker, now, lease=LEASE, dead=dead)
-            slots += cq.take_new(
-                conn, chunk, worker, now, quiet=QUIET, most=MAX_CONFIRMS, lease=LEASE
-            )
-        if slots:
-            sent += _hand_over(runner, slots, worker, now, call)
-    return sent
+            again = cq.take_over(conn, chunk, worker, now, lease=LEASE, dead=dead)
+            new = cq.take_new(conn, chunk, worker, now, quiet=QUIET, most=MAX_CONFIRMS, lease=LEASE)
+            for holder, (count, until) in cq.held_elsewhere(conn, chunk, worker, now).items():
+                before, last = report.held_elsewhere.get(holder, (0, until))
+                report.held_elsewhere[holder] = (before + count, max(last, until))
+        if again or new:
+            accepted = _hand_over(runner, [*again, *new], worker, now, call)
+            offered = {s.subscriber_id for s in again}
+            report.offered_again += sum(1 for sid in accepted if sid in offered)
+            report.sent += sum(1 for sid in accepted if sid not in offered)
+    return report
 
 
 def resend_interrupted(
@@ -130,7 +169,7 @@ def resend_interrupted(
             dead = {h for h in cq.owed_holders(conn, found, now) if holder_gone(h, host)}
             slots = cq.take_over(conn, found, worker, now, lease=LEASE, dead=dead, released=False)
         if slots:
-            sent += _hand_over(runner, slots, worker, now, call)
+            sent += len(_hand_over(runner, slots, worker, now, call))
 
 
 def _hand_over(
@@ -139,8 +178,9 @@ def _hand_over(
     worker: str,
     now: datetime,
     call: Callable[[Callable[[], Any]], Any] | None,
-) -> int:
-    """Build and hand over one chunk's emails, then record which the provider took."""
+) -> list[int]:
+    """Build and hand over one chunk's emails, then record which the provider took; returns
+    the subscriber ids whose email it accepted."""
     from dripmail.render import recipient_for
 
     def build() -> list[Message]:
@@ -187,7 +227,7 @@ def _hand_over(
             slot.subscriber_id,
             result.error if result is not None else "no answer from the provider",
         )
-    return sum(1 for s in taken if outcome[confirm_key(s)].outcome is Outcome.ACCEPTED)
+    return [s.subscriber_id for s in taken if outcome[confirm_key(s)].outcome is Outcome.ACCEPTED]
 
 
 def _handed(result: SendResult | None) -> bool:

@@ -199,6 +199,35 @@ def test_a_holder_id_names_the_process_start_so_a_reused_pid_is_not_the_holder()
         assert not holders.holder_alive(f"{name}:{pid}:{int(start) + 1}", host)
 
 
+def test_the_rerun_tells_emails_offered_again_and_slots_a_live_process_holds(
+    root: Path, tmp_path: Path
+) -> None:
+    import socket
+
+    core = _core(root, tmp_path)
+    ids = _pending(core, 4)
+    other = f"{socket.gethostname()}:{os.getppid()}"  # the parent: alive, not this process
+    _killed_child(root, tmp_path, "after", ids[:3])  # accepted, never recorded
+    # The fourth reader's slot is held by another live process, its lease running.
+    with core.engine.begin() as conn:
+        conn.execute(
+            update(subscribers)
+            .where(subscribers.c.id == ids[3])
+            .values(
+                confirm_count=1,
+                confirm_sent_at=NOW,
+                confirm_claimed_by=other,
+                confirm_lease_expires_at=NOW + LEASE,
+            )
+        )
+    report = core.confirm_subscribers(ids)
+    # The three the outbox already held are not counted as new emails.
+    assert (report.sent, report.offered_again) == (0, 3)
+    assert report.held_elsewhere == {other: (1, NOW + LEASE)}
+    assert len(_mailed(tmp_path)) == 3
+    core.close()
+
+
 def test_the_run_pass_sends_what_a_killed_sign_up_left(root: Path, tmp_path: Path) -> None:
     core = _core(root, tmp_path)
     ids = _pending(core, 2)

@@ -232,8 +232,22 @@ def import_(
         f"{verb} {report.added}, already there {report.existing}, rejected {len(report.rejected)}"
     )
     if confirm and report.to_confirm and not dry_run:
-        sent = app.send_confirmations(report.to_confirm)
-        typer.echo(f"sent {sent} confirmation email(s)")
+        mailed = app.confirm_subscribers(report.to_confirm)
+        typer.echo(f"sent {mailed.sent} confirmation email(s)")
+        if mailed.offered_again:
+            typer.echo(
+                f"offered again {mailed.offered_again} confirmation email(s) a killed run had"
+                " not recorded as handed over (same key: a provider that deduplicates, like the"
+                " outbox, keeps one copy)"
+            )
+        for holder, (count, until) in sorted(mailed.held_elsewhere.items()):
+            host, _, pid = holder.partition(":")
+            typer.echo(
+                f"{count} confirmation email(s) still being sent by another process"
+                f" (pid {pid.partition(':')[0]} on {host}); run again after it ends, or after"
+                f" {until:%Y-%m-%d %H:%M:%S} UTC when its hold runs out",
+                err=True,
+            )
     if report.rejected:
         raise typer.Exit(3)
 

@@ -109,6 +109,29 @@ def owed_holders(conn: Connection, ids: Sequence[int], now: datetime) -> set[str
     return {w for w in found if w}
 
 
+def held_elsewhere(
+    conn: Connection, ids: Sequence[int], worker: str, now: datetime
+) -> dict[str, tuple[int, datetime]]:
+    """Owed slots among `ids` that another holder than `worker` holds, its lease running:
+    holder -> (how many, when its last lease runs out)."""
+    if not ids:
+        return {}
+    rows = conn.execute(
+        select(_s.confirm_claimed_by, _s.confirm_lease_expires_at).where(
+            _s.id.in_(list(ids)),
+            _owed(),
+            _s.confirm_claimed_by.is_not(None),
+            _s.confirm_claimed_by != worker,
+            _s.confirm_lease_expires_at >= now,
+        )
+    )
+    found: dict[str, tuple[int, datetime]] = {}
+    for holder, until in rows:
+        count, last = found.get(holder, (0, until))
+        found[holder] = (count + 1, max(last, until))
+    return found
+
+
 def take_over(
     conn: Connection,
     ids: Sequence[int],
