@@ -182,12 +182,13 @@ def run_once(
 
     First every delivery a dead worker left in flight (however many), then the free queue,
     both in chunks of `chunk` rows: claim, render, hand over, record, next chunk; memory stays
-    bounded by the chunk whatever the queue length. `limit` caps how many deliveries this pass
-    takes. `halt_after` consecutive permanent failures with one reason stop the pass (0:
-    never; see `handover.FailureStreak`), with `report.halted` saying why. `progress` is
-    called with the number handled after each chunk. `call` runs one provider coroutine to
-    completion (the core's `Dripmail.call_provider`, one event loop per process; default: a
-    new loop each time, for library use and tests).
+    bounded by the chunk whatever the queue length. `limit` caps how many new deliveries
+    this pass takes (what a crash left in flight is always finished, however many).
+    `halt_after` consecutive permanent failures with one reason stop the pass (0: never; see
+    `handover.FailureStreak`), with `report.halted` saying why. `progress` is called with the
+    number handled after each chunk. `call` runs one provider coroutine to completion (the
+    core's `Dripmail.call_provider`, one event loop per process; default: a new loop each
+    time, for library use and tests).
     """
     report = RunReport()
     call = call or run_in_new_loop
@@ -228,12 +229,14 @@ def run_once(
         # waiting out the lease (rows left `sending` are reconciled, never resent blindly).
         expire_dead_claims(engine, deliveries, now, socket.gethostname())
         # Everything a crash left in flight is finished before new work, page by page.
+        # Not bounded by `limit` (it caps new sends): a row left in flight is owed already.
         after: int | None = 0
-        while after is not None and (limit is None or taken < limit) and not report.halted:
-            page, after = _expired_claims(engine, now, size(), after)
+        while after is not None and not report.halted:
+            page, after = _expired_claims(engine, now, chunk, after)
             if page:
                 hand_over(page)
                 recovered.update(r["subscriber_id"] for r in page)
+        taken = 0
     cursor: tuple[datetime, int] | None = None
     while (limit is None or taken < limit) and not report.halted:
         want = size()

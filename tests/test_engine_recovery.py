@@ -111,3 +111,29 @@ def test_catch_up_skips_the_weekend(tmp_path: Path) -> None:
         6: "Tue 10 07:00",
         7: "Wed 11 07:00",
     }
+
+
+def test_limit_caps_new_sends_not_the_recovery_of_what_a_crash_left(tmp_path: Path) -> None:
+    """`run --limit 1` after a crash: every in-flight row is finished, then one new lesson."""
+    engine = open_store("sqlite:///dripmail.db", tmp_path)
+    seed(engine, 40, status="active")
+    rows = [
+        {
+            "subscriber_id": sid,
+            "lesson_day": 1,
+            "key": f"lesson-t-s{sid}-d1",
+            "due_at": NOW - timedelta(hours=2),
+            "state": "claimed" if sid <= 25 else "planned",
+            "claimed_by": "elsewhere:1" if sid <= 25 else None,
+            "lease_expires_at": NOW - timedelta(minutes=1) if sid <= 25 else None,
+            "updated_at": NOW - timedelta(hours=1),
+        }
+        for sid in range(1, 41)
+    ]
+    with engine.begin() as conn:
+        conn.execute(insert(deliveries), rows)
+    outbox = OutboxProvider(tmp_path / "outbox", clock=lambda: NOW)
+    run_once(
+        engine, outbox, _render, NOW, default_send_time=time(7), worker_id="t", chunk=10, limit=1
+    )
+    assert _states(engine) == {"sent": 26, "planned": 14}

@@ -96,7 +96,10 @@ def run(
         False, "--dry-run", help="Show what would go out; write and send nothing."
     ),
     limit: int | None = typer.Option(
-        None, "--limit", min=1, help="Hand over at most N lessons in this run."
+        None,
+        "--limit",
+        min=1,
+        help="Hand over at most N new lessons (what a crash left in flight is always finished).",
     ),
     loop: bool = typer.Option(
         False, "--loop", help="Keep running: sleep until the next lesson is due, then send it."
