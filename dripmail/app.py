@@ -27,7 +27,7 @@ from sqlalchemy import RowMapping
 from dripmail import schedule
 from dripmail import subscribers as subs
 from dripmail.app_delivery import DeliveryUseCases
-from dripmail.errors import InputError
+from dripmail.errors import ConfigError, InputError, NotFoundError, StoreError
 from dripmail.runner import Runner
 from dripmail.states import SubscriberStatus
 from dripmail.store import delivery_queries
@@ -135,6 +135,8 @@ class Forgotten:
     lessons: int
     events: int
     recall: Recall = field(default_factory=Recall)
+    # Messages erased from what the provider keeps on this machine (the outbox's files).
+    provider_messages: int = 0
 
 
 @dataclass(frozen=True)
@@ -597,13 +599,44 @@ class Dripmail(DeliveryUseCases, Runner):
     def forget(self, ref: int | str) -> Forgotten:
         """Erase a subscriber: rows and events deleted, a hashed suppression kept."""
         now = self.now()
+        try:
+            with self.engine.connect() as conn:
+                subs.get_subscriber(conn, ref)
+        except NotFoundError:
+            # Erased already, but a failure may have left the outbox's files: erase those.
+            erased = self.forget_at_provider(ref) if isinstance(ref, str) else 0
+            if erased:
+                return Forgotten(str(ref), 0, 0, provider_messages=erased)
+            raise
         with self.engine.begin() as conn:
             sub = subs.get_subscriber(conn, ref)
             sid = int(sub["id"])
             lessons = len(q.lessons_of(conn, sid))
             events = len(q.events_of(conn, sid))
             handed = subs.forget(conn, sid, now)
-        return Forgotten(sub["email"], lessons, events, self._recall(handed, now))
+        recall = self._recall(handed, now)
+        # After the rows are gone (a failure here: `forget ADDRESS` again erases the files).
+        return Forgotten(
+            sub["email"], lessons, events, recall, self.forget_at_provider(sub["email"])
+        )
+
+    def forget_at_provider(self, *addresses: str) -> int:
+        """Erase what the provider keeps on this machine for `addresses` (the outbox's files
+        and index lines); returns messages erased. HTTP providers keep nothing here."""
+        try:
+            provider = self.provider
+        except ConfigError:
+            return 0  # no usable provider configured: it holds nothing here either
+        hook = getattr(provider, "forget", None)
+        if hook is None:
+            return 0
+        try:
+            return int(hook(list(addresses)))
+        except OSError as exc:
+            raise StoreError(
+                f"could not erase {', '.join(addresses)} from the {provider.name} "
+                f"provider's files: {exc}; fix that and run `subscribers forget` again"
+            ) from exc
 
     # -- provider events --
 

@@ -180,6 +180,8 @@ def forget(
         f"forgot {result.email}: 1 subscriber, {result.lessons} lesson(s), {result.events} "
         "event(s) deleted; a hashed suppression kept" + _recalled(result.recall)
     )
+    if result.provider_messages:
+        typer.echo(f"erased {result.provider_messages} message(s) to them from the outbox")
 
 
 def _import_help() -> str:

@@ -168,5 +168,12 @@ class BaseProvider:
         """A harmless authenticated call; returns a one-line description of the account."""
         raise NotImplementedError
 
+    def forget(self, addresses: Sequence[str]) -> int:
+        """Erase what this provider keeps *on this machine* for `addresses` (an erasure
+        request); returns how many messages were erased. Default: nothing is kept here (an
+        HTTP provider's own logs and suppression lists are erased in its dashboard or API,
+        see README "Erasure")."""
+        return 0
+
     async def aclose(self) -> None:
         """Default: nothing to release."""

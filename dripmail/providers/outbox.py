@@ -118,6 +118,51 @@ class OutboxProvider(BaseProvider):
         if message.key not in self._index_keys():
             self._append_index(message, send_at)
 
+    def forget(self, addresses: Sequence[str]) -> int:
+        """Erase every message to `addresses` (any case): its `.eml` file and its index line.
+
+        Messages are found by the index's `to`; a file a crash left without its index line
+        is found by its `To` header. The index is rewritten to a temporary file and renamed
+        into place, so a crash leaves the old index or the new one. Returns files erased.
+        """
+        wanted = {a.casefold() for a in addresses}
+        index = self.folder / "index.jsonl"
+        if not wanted or not self.folder.is_dir():
+            return 0
+        keep: list[str] = []
+        doomed: set[str] = set()
+        indexed: set[str] = set()
+        dropped = False
+        if index.exists():
+            for line in index.read_text(encoding="utf-8").splitlines(keepends=True):
+                try:
+                    record = json.loads(line)
+                    key, to = record["key"], str(record.get("to", ""))
+                except (ValueError, KeyError, TypeError):
+                    keep.append(line)  # a torn line: no address to match
+                    continue
+                indexed.add(outbox_filename(key))
+                if to.casefold() in wanted:
+                    doomed.add(outbox_filename(key))
+                    dropped = True
+                else:
+                    keep.append(line)
+        for path in self.folder.glob("*.eml"):
+            if path.name not in indexed and _addressed_to(path) & wanted:
+                doomed.add(path.name)
+        if dropped:
+            tmp = self.folder / f".index.jsonl.{os.getpid()}.tmp"
+            tmp.write_text("".join(keep), encoding="utf-8")
+            os.replace(tmp, index)
+            self._indexed = None
+        erased = 0
+        for name in doomed:
+            target = self.folder / name
+            if target.exists():
+                target.unlink()
+                erased += 1
+        return erased
+
     async def _send(
         self,
         messages: Sequence[Message],
@@ -145,3 +190,14 @@ class OutboxProvider(BaseProvider):
     async def check(self) -> str:
         """Report where messages go."""
         return f"outbox: writing .eml files to {self.folder}"
+
+
+def _addressed_to(path: Path) -> set[str]:
+    """The casefolded addresses in a message file's `To` header (headers only are read)."""
+    from email.parser import BytesHeaderParser
+    from email.policy import default
+    from email.utils import getaddresses
+
+    with open(path, "rb") as fh:
+        headers = BytesHeaderParser(policy=default).parse(fh)
+    return {addr.casefold() for _, addr in getaddresses([str(headers.get("To", ""))])}
