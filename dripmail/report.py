@@ -90,6 +90,9 @@ class MailRow:
     complaint_rate: float | None = None
     drop: int | None = None  # lessons: sent of the previous lesson minus this one's
     drop_rate: float | None = None
+    # lessons: sent to nobody yet while the previous lesson's readers are still on the course
+    # (e.g. lesson 3 when everyone is on day 2): no drop figure, it would read "lost everyone".
+    not_yet_due: bool = False
     links: dict[str, int] = field(default_factory=dict)  # link -> unique clicks
 
     def fill_rates(self) -> None:
@@ -295,6 +298,7 @@ def assemble(
             row.drop = before - row.sent
             row.drop_rate = rate(row.drop, before)
         lesson_rows.append(row)
+    _mark_not_yet_due(lesson_rows)
 
     newsletter_rows = []
     for key in sorted({item for section, item in by if section == "newsletter"}, key=int):
@@ -353,6 +357,22 @@ def assemble(
         days=day_rows,
         notes=notes,
     )
+
+
+def _mark_not_yet_due(rows: list[MailRow]) -> None:
+    """Lessons after the last one anybody got, while readers of the one before are still on the
+    course (it reached them and they did not leave, bounce or complain), are not yet due: they
+    get no drop. When every reader left before them the drop is real and stays."""
+    sent_at = [i for i, row in enumerate(rows) if row.sent and row.key != WELCOME_DAY]
+    if not sent_at:
+        return
+    last = rows[sent_at[-1]]
+    staying = last.sent - last.unsubscribed - last.bounced - last.complained
+    if staying <= 0:
+        return
+    for row in rows[sent_at[-1] + 1 :]:
+        row.not_yet_due = True
+        row.drop = row.drop_rate = None
 
 
 def _every_day(days: dict[date, DayRow]) -> list[DayRow]:

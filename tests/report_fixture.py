@@ -268,7 +268,8 @@ def _lesson(day, sent, delivered=0, opened=0, clicked=0, scanner=0, video=0, oth
         "complained": complained, "delivered_rate": r(delivered), "open_rate": r(opened),
         "click_rate": r(clicked), "unsubscribe_rate": r(unsub), "bounce_rate": r(bounced),
         "complaint_rate": r(complained), "drop": None if drop is None else drop[0],
-        "drop_rate": None if drop is None else drop[1], "links": links or {},
+        "drop_rate": None if drop is None else drop[1], "not_yet_due": False,
+        "links": links or {},
     }  # fmt: skip
 
 
@@ -296,7 +297,8 @@ EXPECTED = {
             "clicked": 1, "scanner_clicks": 0, "video_clicks": 0, "other_clicks": 1,
             "unsubscribed": 0, "bounced": 0, "complained": 0, "delivered_rate": 1.0,
             "open_rate": 1.0, "click_rate": 1.0, "unsubscribe_rate": 0.0, "bounce_rate": 0.0,
-            "complaint_rate": 0.0, "drop": None, "drop_rate": None, "links": {BLOG: 1},
+            "complaint_rate": 0.0, "drop": None, "drop_rate": None, "not_yet_due": False,
+            "links": {BLOG: 1},
         }
     ],
     "hours": [

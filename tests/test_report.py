@@ -405,3 +405,52 @@ def test_help_is_wrapped_once_at_80_columns(command: str) -> None:
         lines = [line.strip() for line in paragraph.strip("\n").splitlines()]
         # Wrapped twice, a paragraph has short lines in its middle ("... by time\nzone.").
         assert all(len(line) >= 60 for line in lines[:-1]), lines
+
+
+def _mid_course(unsubscribed_after_day_2: int = 0):
+    from dripmail.report import LessonInfo, assemble
+
+    day = date(2026, 6, 2)
+    facts = {
+        (day, "funnel", "", "signups"): 3,
+        (day, "funnel", "", "confirmed"): 3,
+        (day, "lesson", "1", "sent"): 3,
+        (day, "lesson", "2", "sent"): 3,
+    }
+    if unsubscribed_after_day_2:
+        facts[(day, "lesson", "2", "unsubscribed")] = unsubscribed_after_day_2
+    lessons = [LessonInfo(n, f"{n}. Stretch") for n in (1, 2, 3, 4)]
+    return assemble(
+        facts, AFTER, since=None, until=None, lessons=lessons, titles={}, count_scanner_clicks=False
+    )
+
+
+def test_a_lesson_nobody_has_reached_yet_is_not_yet_due_not_a_drop(capsys) -> None:
+    import csv
+    import io
+
+    from dripmail.cli.report_cmds import print_report
+
+    out = _mid_course()  # readers are on day 2: lessons 3 and 4 lie ahead of everyone
+    assert [(r.key, r.drop, r.drop_rate, r.not_yet_due) for r in out.lessons] == [
+        ("1", None, None, False),
+        ("2", 0, 0.0, False),
+        ("3", None, None, True),
+        ("4", None, None, True),
+    ]
+    assert out.to_dict()["lessons"][2]["not_yet_due"] is True
+    rows = list(csv.reader(io.StringIO("\n".join(",".join(r) for r in out.csv_rows()))))
+    lesson3 = {r[3]: r[4] for r in rows if r[0] == "lesson" and r[1] == "3"}
+    assert (lesson3["drop"], lesson3["drop_rate"], lesson3["not_yet_due"]) == ("", "", "True")
+    print_report(out, width=80)
+    text = capsys.readouterr().out
+    assert "100.0%" not in text.split("Lessons: rates", 1)[1].split("Newsletter", 1)[0]
+    assert text.count("not due") == 4  # lessons 3 and 4, in the losses and the rates table
+
+
+def test_a_lesson_everyone_left_before_keeps_its_drop() -> None:
+    out = _mid_course(unsubscribed_after_day_2=3)  # all three left after day 2
+    assert [(r.key, r.drop, r.not_yet_due) for r in out.lessons][2:] == [
+        ("3", 3, False),
+        ("4", 0, False),
+    ]

@@ -65,6 +65,13 @@ def _table(title: str, first: str, columns: list[str]):  # -> rich.table.Table
     return table
 
 
+def _drop(row, figure: str) -> str:  # row: dripmail.report.MailRow
+    """The drop cell: "not due" for a lesson nobody has reached yet, "-" where none applies."""
+    if row.not_yet_due:
+        return "not due"
+    return "-" if row.drop is None else figure
+
+
 def mail_tables(title: str, rows, lessons: bool) -> list:  # rows: list[dripmail.report.MailRow]
     """Lessons or newsletter issues as three tables that each fit 80 columns: who was
     reached, what was clicked and lost (counts), then every rate."""
@@ -94,11 +101,14 @@ def mail_tables(title: str, rows, lessons: bool) -> list:  # rows: list[dripmail
         cells = [str(r.video_clicks), str(r.other_clicks)] if lessons else []
         cells += [str(r.scanner_clicks), str(r.unsubscribed), str(r.bounced), str(r.complained)]
         if lessons:
-            cells.append("-" if r.drop is None else str(r.drop))
+            cells.append(_drop(r, str(r.drop)))
         losses.add_row(label(r, True), *cells)
         pcts = [r.delivered_rate, r.open_rate, r.click_rate, r.unsubscribe_rate]
         pcts += [r.bounce_rate, r.complaint_rate] + ([r.drop_rate] if lessons else [])
-        rates.add_row(label(r, True), *(_pct(v) for v in pcts))
+        cells = [_pct(v) for v in pcts]
+        if lessons:
+            cells[-1] = _drop(r, cells[-1])
+        rates.add_row(label(r, True), *cells)
     return [reach, losses, rates]
 
 
