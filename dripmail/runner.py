@@ -79,6 +79,24 @@ class Runner:
 
         return open_store(self.settings.database_url, self.project.root)
 
+    def upgrade_database(self) -> str:
+        """Create or upgrade the database schema to this version (opening the store runs the
+        migrations); returns the database URL with its password hidden, for the operator."""
+        from sqlalchemy.engine import make_url
+
+        from dripmail.store.db import resolve_url
+
+        self.engine  # noqa: B018 - opening it is the upgrade
+        url = make_url(resolve_url(self.settings.database_url, self.project.root))
+        return url.render_as_string(hide_password=True)
+
+    def forget_stored_report(self) -> int:
+        """Drop the report's stored days (`report --rebuild` counts every day again from the
+        history); returns how many were dropped (`store.report_queries.forget_stored`)."""
+        from dripmail.store.report_queries import forget_stored
+
+        return forget_stored(self.engine)
+
     @cached_property
     def course(self):  # -> dripmail.content.Course
         from dripmail.content import load_course

@@ -259,13 +259,10 @@ def demo(
 @db.command("upgrade")
 def upgrade() -> None:
     """Create or upgrade the database schema to this version (also done on first use)."""
-    from dripmail.store.db import open_store, resolve_url
+    from dripmail.runner import Runner
 
-    open_store(state.settings.database_url, state.root)
-    from sqlalchemy.engine import make_url
-
-    url = make_url(resolve_url(state.settings.database_url, state.root))
-    typer.echo(f"database is up to date: {url.render_as_string(hide_password=True)}")
+    url = Runner(state.project, state.settings).upgrade_database()
+    typer.echo(f"database is up to date: {url}")
 
 
 def register(app: typer.Typer) -> None:

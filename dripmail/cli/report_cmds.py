@@ -193,7 +193,6 @@ def report(
         raise InputError("--json and --csv: choose one")
     from dripmail.report import build, lessons_of
     from dripmail.runner import Runner
-    from dripmail.store.report_queries import forget_stored
 
     runner = _demo_runner() if demo else Runner(state.project, state.settings)
     if serve:
@@ -212,7 +211,7 @@ def report(
             f"the course files did not load ({str(exc).splitlines()[0]}): lessons by day number"
         )
     if rebuild:
-        forget_stored(runner.engine)
+        runner.forget_stored_report()
     result = build(
         runner.engine,
         datetime.now(UTC),
