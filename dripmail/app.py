@@ -31,6 +31,7 @@ from dripmail.errors import ConfigError, InputError, NotFoundError, StoreError
 from dripmail.runner import Runner
 from dripmail.states import SubscriberStatus
 from dripmail.store import delivery_queries
+from dripmail.store.erasure import flush_erased
 from dripmail.store import subscriber_queries as q
 from dripmail.subscriber_io import ImportReport
 from dripmail.validation import (
@@ -137,6 +138,9 @@ class Forgotten:
     recall: Recall = field(default_factory=Recall)
     # Messages erased from what the provider keeps on this machine (the outbox's files).
     provider_messages: int = 0
+    # False when another process kept reading through every checkpoint try: the old pages
+    # stay in SQLite's write-ahead log until the next complete checkpoint (README, erasure).
+    flushed: bool = True
 
 
 @dataclass(frozen=True)
@@ -615,9 +619,16 @@ class Dripmail(DeliveryUseCases, Runner):
             events = len(q.events_of(conn, sid))
             handed = subs.forget(conn, sid, now)
         recall = self._recall(handed, now)
+        # After the commit: the WAL still holds the pages as they were, address included.
+        flushed = flush_erased(self.engine)
         # After the rows are gone (a failure here: `forget ADDRESS` again erases the files).
         return Forgotten(
-            sub["email"], lessons, events, recall, self.forget_at_provider(sub["email"])
+            sub["email"],
+            lessons,
+            events,
+            recall,
+            self.forget_at_provider(sub["email"]),
+            flushed,
         )
 
     def forget_at_provider(self, *addresses: str) -> int:

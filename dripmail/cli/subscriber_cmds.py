@@ -182,6 +182,12 @@ def forget(
     )
     if result.provider_messages:
         typer.echo(f"erased {result.provider_messages} message(s) to them from the outbox")
+    if not result.flushed:
+        typer.echo(
+            "note: another process kept reading the database, so SQLite's write-ahead log "
+            "(the database file ending in -wal) still holds the old pages; the next forget, or stopping the "
+            "other process, clears them"
+        )
 
 
 def _import_help() -> str:

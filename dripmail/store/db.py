@@ -45,8 +45,11 @@ def resolve_url(url: str, root: Path) -> str:
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
     # WAL lets readers and one writer work at once; the busy timeout makes concurrent
-    # `run` processes wait for the write lock instead of failing.
+    # `run` processes wait for the write lock instead of failing. secure_delete zeroes deleted
+    # rows so `subscribers forget` leaves no address in free pages or free space of a page;
+    # it is set here because builds differ in their default (Debian's is ON, upstream OFF).
     cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA secure_delete=ON")
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA busy_timeout=30000")
     cur.execute("PRAGMA foreign_keys=ON")
