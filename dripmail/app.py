@@ -31,8 +31,8 @@ from dripmail.errors import ConfigError, InputError, NotFoundError, StoreError
 from dripmail.runner import Runner
 from dripmail.states import SubscriberStatus
 from dripmail.store import delivery_queries
-from dripmail.store.erasure import flush_erased
 from dripmail.store import subscriber_queries as q
+from dripmail.store.erasure import flush_erased
 from dripmail.subscriber_io import ImportReport
 from dripmail.validation import (
     clean_name,

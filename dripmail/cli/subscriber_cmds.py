@@ -185,8 +185,8 @@ def forget(
     if not result.flushed:
         typer.echo(
             "note: another process kept reading the database, so SQLite's write-ahead log "
-            "(the database file ending in -wal) still holds the old pages; the next forget, or stopping the "
-            "other process, clears them"
+            "(the database file ending in -wal) still holds the old pages; the next forget, "
+            "or stopping the other process, clears them"
         )
 
 
