@@ -59,7 +59,11 @@ class Funnel:
     signups: int = 0
     confirmed: int = 0
     confirm_rate: float | None = None
-    median_confirm_seconds: int | None = None
+    median_confirm_seconds: int | None = None  # of those who confirmed by the emailed link
+    # confirmed by the link / without it (imported or added as active, or a reader who came
+    # back already confirmed): only the first have a time to confirm.
+    confirmed_by_link: int = 0
+    confirmed_without_link: int = 0
     started: int = 0
     completed: int = 0
     start_rate: float | None = None
@@ -333,6 +337,8 @@ def assemble(
         confirmed=confirmed,
         confirm_rate=rate(confirmed, signups),
         median_confirm_seconds=_median(confirm_bins),
+        confirmed_by_link=min(confirmed, sum(confirm_bins.values())),
+        confirmed_without_link=max(0, confirmed - sum(confirm_bins.values())),
         started=first,
         completed=last,
         start_rate=rate(first, confirmed),
@@ -373,6 +379,18 @@ def _mark_not_yet_due(rows: list[MailRow]) -> None:
     for row in rows[sent_at[-1] + 1 :]:
         row.not_yet_due = True
         row.drop = row.drop_rate = None
+
+
+def confirm_note(funnel: Funnel) -> str:
+    """How the confirmed readers confirmed, so a 100% confirmation rate next to "no median
+    time" does not read as a contradiction: "Of the 3 confirmed: 0 by the emailed link, 3
+    without a link (imported or added as active)." """
+    if not funnel.confirmed:
+        return "Nobody confirmed in this span."
+    return (
+        f"Of the {funnel.confirmed} confirmed: {funnel.confirmed_by_link} by the emailed link, "
+        f"{funnel.confirmed_without_link} without a link (imported or added as active)."
+    )
 
 
 def _every_day(days: dict[date, DayRow]) -> list[DayRow]:

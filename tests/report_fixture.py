@@ -279,6 +279,7 @@ EXPECTED = {
     "scanner_clicks_counted": False,
     "funnel": {
         "signups": 5, "confirmed": 4, "confirm_rate": 0.8, "median_confirm_seconds": 1800,
+        "confirmed_by_link": 4, "confirmed_without_link": 0,
         "started": 4, "completed": 1, "start_rate": 1.0, "completion_rate": 0.25,
     },
     "lessons": [

@@ -100,7 +100,7 @@ def test_empty_database_report_says_so_with_a_hint(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     assert "Nothing recorded in this span yet" in out.stdout
     assert "`report --demo`" in out.stdout
-    assert "no confirmations by link in this span" in out.stdout
+    assert "Nobody confirmed in this span." in out.stdout
 
 
 def test_the_provider_event_is_kept_raw(history: History) -> None:
@@ -454,3 +454,16 @@ def test_a_lesson_everyone_left_before_keeps_its_drop() -> None:
         ("3", 3, False),
         ("4", 0, False),
     ]
+
+
+def test_readers_confirmed_without_a_link_are_named_next_to_the_missing_median(capsys) -> None:
+    from dripmail.cli.report_cmds import print_report
+
+    out = _mid_course()  # three imported readers, active without a confirmation email
+    f = out.funnel
+    assert (f.confirmed, f.confirmed_by_link, f.confirmed_without_link) == (3, 0, 3)
+    print_report(out, width=80)
+    text = capsys.readouterr().out
+    assert "Sign-up funnel, all history" in text
+    assert "Median time to confirm by the emailed link: - (nobody confirmed by link)" in text
+    assert "Of the 3 confirmed: 0 by the emailed link, 3 without a link (imported" in text

@@ -117,10 +117,14 @@ def print_report(report, width: int | None = None) -> None:  # report: dripmail.
     from rich.console import Console
     from rich.table import Table
 
+    from dripmail.report import confirm_note
+
     console = Console()
     if width or not console.is_terminal:  # piped into a file or a pager: wide, unwrapped
         console = Console(width=width or 170)
-    span = f"{report.since or 'the start'} to {report.until or 'now'} (UTC days)"
+    span = "all history"
+    if report.since or report.until:
+        span = f"{report.since or 'the start'} to {report.until or 'now'} (UTC days)"
     f = report.funnel
     funnel = Table(title=f"Sign-up funnel, {span}", title_justify="left")
     for col in ("step", "people", "rate", "note"):
@@ -134,12 +138,11 @@ def print_report(report, width: int | None = None) -> None:  # report: dripmail.
     console.print(funnel)
     median = f.median_confirm_seconds
     console.print(
-        "Median time to confirm: "
-        + (
-            _duration(median) if median is not None else "- (no confirmations by link in this span)"
-        ),
+        "Median time to confirm by the emailed link: "
+        + (_duration(median) if median is not None else "- (nobody confirmed by link)"),
         highlight=False,
     )
+    console.print(confirm_note(f), highlight=False)
 
     for table in mail_tables("Lessons", report.lessons, lessons=True):
         console.print(table)

@@ -88,6 +88,7 @@ def _charts(c: WebContext, report) -> dict:
 async def report_page(request: Request) -> Response:
     """``GET /report``: funnel, lessons, newsletters, over time, send hour and time zone."""
     from dripmail.demo import is_demo_database
+    from dripmail.report import confirm_note
 
     c = ctx(request)
     report = await _report(request)
@@ -98,6 +99,7 @@ async def report_page(request: Request) -> Response:
         headers={"Cache-Control": "no-store"},
         title="Report",
         report=report,
+        confirm_note=confirm_note(report.funnel),
         simulated=is_demo_database(c.settings.database_url),
         json_url="/report.json" + (f"?{query}" if query else ""),
         **_charts(c, report),

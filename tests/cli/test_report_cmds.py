@@ -99,7 +99,8 @@ def test_terminal_tables_show_every_row(history: History) -> None:
         ["started (lesson 1 sent)", "4", "100.0%", "of confirmed"],
         ["completed (last lesson sent)", "1", "25.0%", "of started"],
     ]
-    assert "Median time to confirm: 30 min" in done.stdout
+    assert "Median time to confirm by the emailed link: 30 min" in done.stdout
+    assert "Of the 4 confirmed: 4 by the emailed link, 0 without a link" in done.stdout
 
     def pct(n: int, sent: int) -> str:
         return f"{n / sent * 100:.1f}%"
