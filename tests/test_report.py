@@ -85,9 +85,30 @@ def test_since_after_until_is_one_line_error(history: History) -> None:
         build(history.engine, AFTER, since=date(2026, 6, 5), until=date(2026, 6, 1))
 
 
-def test_since_in_the_future_is_refused(history: History) -> None:
-    with pytest.raises(InputError, match="in the future"):
+def test_since_after_today_with_nothing_from_it_on_is_refused(history: History) -> None:
+    with pytest.raises(InputError, match="nothing is recorded from that day on"):
         build(history.engine, AFTER, since=date(2030, 1, 1))
+
+
+def test_since_after_today_is_accepted_when_there_is_data_from_it_on(history: History) -> None:
+    # The machine's clock says 20 May; the history (like the demo's week) lies after it.
+    before = datetime(2026, 5, 20, 12, 0, tzinfo=UTC)
+    out = build(history.engine, before, since=date(2026, 6, 1))
+    assert out.funnel.signups == EXPECTED["funnel"]["signups"]
+    assert out.since == "2026-06-01"
+
+
+def test_an_empty_since_is_a_one_line_error(tmp_path: Path) -> None:
+    from tests.cli_in_process import run_cli
+
+    out = run_cli(tmp_path, "report", "--since", "")
+    assert out.returncode != 0
+    assert (
+        out.stderr.strip()
+        .splitlines()[-1]
+        .endswith("--since is empty: give a day as YYYY-MM-DD, or leave --since out")
+    ), out.stderr
+    assert "Traceback" not in out.stderr
 
 
 def test_empty_database_report_says_so_with_a_hint(tmp_path: Path) -> None:

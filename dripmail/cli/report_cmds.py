@@ -30,8 +30,10 @@ again, e.g. after writing history with a simulated clock).
 
 
 def _date(value: str | None, option: str) -> date | None:
-    if not value:
+    if value is None:
         return None
+    if not value.strip():
+        raise InputError(f"{option} is empty: give a day as YYYY-MM-DD, or leave {option} out")
     try:
         return date.fromisoformat(value)
     except ValueError:
