@@ -173,6 +173,10 @@ class Report:
         for d in self.days:
             yield ("day", d.day, "", "signups", str(d.signups))
             yield ("day", d.day, "", "unsubscribed", str(d.unsubscribed))
+        # The notes say which figures are approximate (opens) and how scanner clicks were
+        # counted: a CSV read on its own must carry them too.
+        for number, note in enumerate(self.notes, 1):
+            yield ("note", str(number), "", "text", note)
 
 
 def _cell(value: object) -> str:
