@@ -426,6 +426,8 @@ def test_help_is_wrapped_once_at_80_columns(command: str) -> None:
         lines = [line.strip() for line in paragraph.strip("\n").splitlines()]
         # Wrapped twice, a paragraph has short lines in its middle ("... by time\nzone.").
         assert all(len(line) >= 60 for line in lines[:-1]), lines
+    # Every option's help reads whole: nothing cut off with an ellipsis.
+    assert "…" not in out.stdout, out.stdout
 
 
 def _mid_course(unsubscribed_after_day_2: int = 0):

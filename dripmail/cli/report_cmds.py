@@ -26,6 +26,9 @@ Opens are approximate: Apple Mail Privacy Protection loads every email when it a
 "scanner clicks" unless --count-scanner-clicks. The counts of finished days are stored once
 (`subscribers forget` drops the days that counted the person; --rebuild counts every day
 again, e.g. after writing history with a simulated clock).
+
+--csv prints one row per figure: section,key,title,metric,value. --serve shows the page at
+http://127.0.0.1:PORT/report.
 """
 
 
@@ -178,7 +181,7 @@ def report(
     until: str | None = typer.Option(None, "--until", help="Last UTC day, YYYY-MM-DD."),
     as_json: bool = typer.Option(False, "--json", help="Print the figures as JSON."),
     as_csv: bool = typer.Option(
-        False, "--csv", help="Print every figure as CSV rows: section,key,title,metric,value."
+        False, "--csv", help="Print every figure as one CSV row (see above)."
     ),
     count_scanner_clicks: bool = typer.Option(
         False, "--count-scanner-clicks", help="Count clicks within 30 s of delivery as clicks."
@@ -190,7 +193,7 @@ def report(
         False, "--demo", help="The figures of the last `demo` (its own database in demo/)."
     ),
     serve: bool = typer.Option(
-        False, "--serve", help="Show the report page with charts on http://127.0.0.1:PORT/report."
+        False, "--serve", help="Show the report page with charts, on 127.0.0.1 only."
     ),
     port: int = typer.Option(8001, "--port", min=1, max=65535, help="Port for --serve."),
 ) -> None:
