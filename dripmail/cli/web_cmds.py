@@ -34,6 +34,8 @@ def serve(
     logger.setLevel(logging.INFO)
     logger.addHandler(handler)
     app = create_app(state.project, state.settings, preview=preview)
+    if preview and not is_loopback(host):
+        typer.echo(exposed_warning(host), err=True)
     typer.echo(
         f"serving on http://{host}:{port}/ (links in emails use {state.settings.public_url})"
         + (
@@ -46,6 +48,28 @@ def serve(
     # (FORWARDED_ALLOW_IPS, default 127.0.0.1); the sign-up rate limit keys on it.
     uvicorn.run(
         app, host=host, port=port, log_level="warning", access_log=False, proxy_headers=True
+    )
+
+
+def is_loopback(host: str) -> bool:
+    """True for an address only this machine reaches ("127.0.0.1", "::1", "localhost"); a
+    name or any other address (0.0.0.0 listens on every interface) counts as reachable."""
+    import ipaddress
+
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def exposed_warning(host: str) -> str:
+    """The one line `serve --preview` prints when the preview and the report are reachable
+    from other machines (they need no login)."""
+    return (
+        f"warning: --preview on {host} lets anyone who reaches this address read /preview and "
+        "/report (no login); use --host 127.0.0.1 unless that is meant"
     )
 
 

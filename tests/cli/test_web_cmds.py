@@ -102,3 +102,26 @@ def test_serve_refuses_to_start_on_a_broken_course_in_one_line(root: Path) -> No
     assert out.returncode == 1
     assert out.stderr.startswith("error: ") and "course/course.toml" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [("127.0.0.1", True), ("127.0.0.2", True), ("::1", True), ("[::1]", True),
+     ("localhost", True), ("0.0.0.0", False), ("::", False), ("192.0.2.1", False),
+     ("studio.example.com", False)],
+)  # fmt: skip
+def test_which_hosts_only_this_machine_reaches(host: str, loopback: bool) -> None:
+    from dripmail.cli.web_cmds import is_loopback
+
+    assert is_loopback(host) is loopback
+
+
+def test_serve_preview_on_a_reachable_host_warns_in_one_line(root: Path) -> None:
+    # 192.0.2.1 (TEST-NET-1) is no address of this machine: the warning comes before the
+    # server tries to listen, the listen fails, nothing leaves loopback.
+    out = _send(root, "serve", "--preview", "--host", "192.0.2.1", "--port", str(_free_port()))
+    warnings = [line for line in out.stderr.splitlines() if line.startswith("warning:")]
+    assert warnings == [
+        "warning: --preview on 192.0.2.1 lets anyone who reaches this address read /preview "
+        "and /report (no login); use --host 127.0.0.1 unless that is meant"
+    ], out.stderr
