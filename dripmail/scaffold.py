@@ -33,6 +33,7 @@ GITIGNORE = """\
 *.db-journal
 *.db-wal
 *.db-shm
+*.db.lock
 outbox/
 build/
 .venv/

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import re
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from filelock import FileLock, Timeout
 
 from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 
 from dripmail.errors import StoreError
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -50,8 +57,10 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     # it is set here because builds differ in their default (Debian's is ON, upstream OFF).
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA secure_delete=ON")
-    cur.execute("PRAGMA journal_mode=WAL")
+    # The busy timeout comes first: switching a new file to WAL takes a lock that another
+    # process creating the same database may hold for a moment.
     cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.close()
@@ -60,6 +69,8 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
 # Any constant shared by every dripmail process: the key of the PostgreSQL advisory lock
 # that serialises schema upgrades ("dripmail" in ASCII, as a signed 64-bit number).
 MIGRATION_LOCK = 0x64726970_6D61696C
+# How long a process waits for another one's SQLite upgrade (a long one rebuilds tables).
+UPGRADE_LOCK_WAIT_S = 600
 
 
 def upgrade(engine: Engine) -> None:
@@ -68,14 +79,34 @@ def upgrade(engine: Engine) -> None:
     Several workers may start at once against a new or older database. On PostgreSQL the
     upgrade runs under a transaction-scoped advisory lock: the first one upgrades, the others
     wait for it and then find the schema current (Alembic reads the version inside the same
-    locked transaction). On SQLite the write lock of the first DDL statement does the same.
+    locked transaction). On SQLite a lock file beside the database (`NAME.lock`, filelock)
+    does the same across processes.
     """
-    from alembic import command
     from alembic.config import Config
 
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     sqlite = engine.dialect.name == "sqlite"
+    with _sqlite_upgrade_lock(engine):
+        _upgrade_locked(engine, cfg, sqlite)
+
+
+def _sqlite_upgrade_lock(engine: Engine) -> AbstractContextManager[object]:
+    """A lock file beside a SQLite database, held by one process while it upgrades.
+
+    Python's sqlite3 commits before each DDL statement, so two processes creating a new
+    database both saw no tables and the second failed with "table ... already exists". Alembic
+    reads the version again once the lock is held, so the waiting ones find it current.
+    """
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or database in (None, "", ":memory:"):
+        return nullcontext()
+    return FileLock(f"{database}.lock", timeout=UPGRADE_LOCK_WAIT_S)
+
+
+def _upgrade_locked(engine: Engine, cfg: Config, sqlite: bool) -> None:
+    from alembic import command
+
     with engine.connect() as conn:
         if sqlite:
             # A table rebuild (Alembic batch mode) drops the old table: with foreign keys on,
@@ -115,6 +146,12 @@ def open_store(url: str, root: Path, migrate: bool = True) -> Engine:
         reason = redact(str(exc.orig).splitlines()[0] if exc.orig else str(exc))
         safe = make_url(resolved).render_as_string(hide_password=True)
         raise StoreError(f"cannot reach the database at {safe}: {reason}") from None
+    except Timeout as exc:
+        raise StoreError(
+            f"another dripmail process has held {exc.lock_file} for over "
+            f"{UPGRADE_LOCK_WAIT_S} s while upgrading the database; wait for it, or delete "
+            "that file if no dripmail process is running"
+        ) from None
     return engine
 
 
