@@ -191,6 +191,9 @@ def _hand_over(
                 {"id": slot.subscriber_id, "email": slot.email, "first_name": slot.first_name},
                 runner.settings.public_url,
                 runner.signer,
+                # Stamped with the slot's time: offered again, the email is the same bytes
+                # (and its link's age runs on the clock that took the slot, not the wall).
+                issued_at=slot.taken_at,
                 links=compiled.links,
             )
             key = confirm_key(slot)

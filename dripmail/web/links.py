@@ -28,7 +28,9 @@ def _token_id(request: Request, purpose: Purpose) -> int:
     token = request.path_params["token"]
     if len(token) > 200:  # real tokens are ~40 characters: do not even try to verify more
         raise TokenError(f"this {purpose} link is not valid")
-    return ctx(request).runner.signer.read(token, purpose)
+    c = ctx(request)
+    # Aged by the app's clock (as its links are stamped), not the wall clock.
+    return c.runner.signer.read(token, purpose, now=c.now())
 
 
 def mask(address: str) -> str:
@@ -120,7 +122,7 @@ async def _confirmed(request: Request, sid: int) -> Response:
     sentence = _sentence(c, found, zone, first=confirmed_now)
     if not sentence and status == "completed":
         sentence = "You have had every lesson of the course."
-    prefs = c.app.signer.make(sid, "preferences")
+    prefs = c.app.signer.make(sid, "preferences", issued_at=c.now())
     return c.render(
         request,
         "confirmed.html",
@@ -145,7 +147,7 @@ async def unsubscribe_page(request: Request) -> Response:
             request, "unsubscribed.html", headers=NO_STORE, masked=mask(sub["email"]),
             still_arriving="", title="Unsubscribed",
         )  # fmt: skip
-    prefs = c.app.signer.make(sid, "preferences")
+    prefs = c.app.signer.make(sid, "preferences", issued_at=c.now())
     return c.render(
         request,
         "unsubscribe.html",
@@ -249,7 +251,8 @@ def _preferences(
         timezone=sub["timezone"],
         zones=canonical_zones(),
         action=request.url.path,
-        unsubscribe_url="/unsubscribe/" + c.runner.signer.make(sid, "unsubscribe"),
+        unsubscribe_url="/unsubscribe/"
+        + c.runner.signer.make(sid, "unsubscribe", issued_at=c.now()),
     )
 
 

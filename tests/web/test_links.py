@@ -61,8 +61,8 @@ async def hand_over_week(web) -> None:
 
 
 def expired_token(web, sid: int, purpose: str, age: timedelta) -> str:
-    """A token signed `age` ago (expiry is checked against the real clock by itsdangerous)."""
-    return web.signer.make(sid, purpose, issued_at=datetime.now(UTC) - age)  # type: ignore[arg-type]
+    """A token signed `age` before the app's clock (the clock its expiry is checked by)."""
+    return web.signer.make(sid, purpose, issued_at=web.clock.now - age)  # type: ignore[arg-type]
 
 
 # -- confirm -----------------------------------------------------------------------------
@@ -159,6 +159,18 @@ async def test_confirm_link_expires_after_a_week_but_works_before(web):
     assert (await web.client().post(f"/confirm/{stale}")).status_code == 400
     assert web.subscriber("ann@example.com")["status"] == "pending"
     assert (await web.client().post(f"/confirm/{fresh}")).status_code == 200
+
+
+async def test_a_links_age_runs_on_the_apps_clock_not_the_wall_clock(web):
+    """The app's clock is far from today (a simulated week): a confirm link made at its now
+    works six days on and has expired eight days on, by that clock."""
+    assert abs(web.clock.now - datetime.now(UTC)) > timedelta(days=30)
+    sid = pending(web)
+    token = web.signer.make(sid, "confirm", issued_at=web.clock.now)  # type: ignore[arg-type]
+    web.clock.now += timedelta(days=8)
+    assert (await web.client().post(f"/confirm/{token}")).status_code == 400
+    web.clock.now -= timedelta(days=2)
+    assert (await web.client().post(f"/confirm/{token}")).status_code == 200
 
 
 async def test_token_of_a_forgotten_subscriber_is_404(web):
