@@ -61,6 +61,7 @@ class DemoResult:
     """
 
     notes: list[str] = field(default_factory=list)
+    events: list[str] = field(default_factory=list)  # about the simulated events: after the week
     rows: list[tuple[str, str, str, str, str]] = field(default_factory=list)
     folder: Path = Path(DEMO_DIR)
     outbox: Path = Path(DEMO_DIR) / "outbox"
@@ -176,9 +177,9 @@ def timeline(runner: Runner, ids: list[int]) -> list[tuple[str, str, str, str, s
             (
                 email,
                 zone,
-                f"day {day}: {runner.course.lesson(day).stretch}",
+                f"day {day}",  # the stretch names are in `preview`: the table fits 80 columns
                 f"{local:%a %d %b %H:%M}",
-                f"{sent_at:%a %d %b %H:%M}",
+                f"{sent_at:%d %b %H:%M}",
             )
         )
     return out
@@ -199,7 +200,7 @@ def run_demo(root: Path, settings: Settings, now: datetime, count: int = 3) -> D
         result.written = simulate_week(runner, clock)
         # Providers report deliveries, opens and clicks back: simulated here, through the
         # real webhook route, so the report has something to show (labelled as simulated).
-        result.notes.extend(simulate_provider_events(runner, clock))
+        result.events.extend(simulate_provider_events(runner, clock))
         result.rows = timeline(runner, ids)
     finally:
         runner.engine.dispose()

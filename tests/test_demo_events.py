@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import select
@@ -46,8 +46,18 @@ def test_simulated_events_are_stored_through_the_webhook_route(tmp_path: Path) -
 
     lines = simulate_provider_events(runner, clock)
 
-    assert lines[0].startswith("simulated provider events (not from a real provider): ")
-    assert "21 delivered, 14 opened, 8 clicked, 1 unsubscribed; 44 stored" in lines[0]
+    assert lines[0].startswith("Simulated provider events (not from a real provider)")
+    assert lines[1] == "happened: 21 delivered, 14 opened, 8 clicked, 1 unsubscribed;"
+    assert lines[2].startswith("44 stored through POST /webhooks/mailgun")
+    assert all(len(line) <= 80 for line in lines), lines
+    # Each event is received just after it happened, not all at the end of the week: a
+    # report up to the second lesson's day shows its deliveries.
+    with runner.engine.connect() as conn:
+        got = conn.execute(select(events.c.occurred_at, events.c.received_at)).all()
+    assert all(r - o < timedelta(seconds=10) for o, r in got), got[:3]
+    day2 = (NOW + timedelta(days=2)).date()
+    partial = build(runner.engine, clock["now"], until=day2, lessons=lessons_of(runner.course))
+    assert [(r.sent, r.delivered) for r in partial.lessons[:2]] == [(3, 3), (3, 3)]
     with runner.engine.connect() as conn:
         raws = conn.execute(select(events.c.raw).where(events.c.provider == "mailgun")).scalars()
         assert all(TAG in json.loads(r)["tags"] for r in raws)

@@ -229,15 +229,23 @@ def demo(
     result = run_demo(state.root, state.settings, datetime.now(UTC), count=subscribers)
     for line in result.notes:
         typer.echo(line)
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="A simulated week (each lesson once, at 07:00 local time)")
+    table = Table(
+        title="A simulated week (each lesson once, at 07:00 local time)",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        padding=(0, 1, 0, 0),
+    )
     for col in ("subscriber", "zone", "lesson", "local send time", "UTC"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=True)
     for row in result.rows:
         table.add_row(*row)
-    Console(width=110).print(table)
+    Console(width=80).print(table)
+    for line in result.events:  # they describe the week above: printed after it
+        typer.echo(line)
     typer.echo(f"{result.written} emails written to {state.project.display(result.outbox)}")
     cmd = command_name()
     here = state.root == Path.cwd().resolve()

@@ -128,6 +128,12 @@ def test_demo_in_an_empty_folder_uses_the_sample_and_writes_only_demo(tmp_path: 
     assert "21 emails written to demo/outbox" in result.output
     assert "Asia/Kolkata" in result.output and "07:00" in result.output
     assert "the demo used the sample course" in result.output
+    # Every line reads whole at 80 columns; the simulated events follow the week they describe.
+    out = result.output
+    week = out[out.index("A simulated week") - 20 : out.index(" emails written")]
+    assert all(len(line) <= 80 for line in week.splitlines()), week
+    assert "…" not in week  # nothing cut off (the UTC times end with their minutes)
+    assert out.index("A simulated week") < out.index("Simulated provider events")
     # Run as the console script (not send.py): the hint names `dripmail`.
     assert f"`dripmail init {tmp_path}`, then `dripmail --root {tmp_path} preview`" in result.output
 
