@@ -401,10 +401,11 @@ class Dripmail(DeliveryUseCases, Runner):
         try:
             address = normalise_email(raw)
         except InputError as exc:
-            detail = str(exc).rpartition(": ")[2]
-            raise InputError(
-                f"email: that does not look like an email address ({detail})"
-            ) from None
+            # The validator's own sentence, without the address echoed back before it.
+            text = str(exc)
+            detail = text.partition("is not a valid email address: ")[2] or text
+            detail = detail.removeprefix("email: ").rstrip(".")
+            raise InputError(f"email: that does not look like an email address. {detail}") from None
         fallback = False
         try:
             zone = validate_timezone(timezone.strip()) if timezone.strip() else self.course.timezone

@@ -167,9 +167,19 @@ def forget(
 
     The hash stops the address from being added again by an import or a sign-up.
     """
+    import sys
+
+    from dripmail.errors import InputError
+
     app = _app()
     if not yes:
         found = app.timeline(email)
+        if not sys.stdin.isatty():
+            # No one to answer the question: say how to erase without it.
+            raise InputError(
+                f"erasing {found.subscriber['email']} needs a yes: run it in a terminal, or "
+                "pass --yes to erase without asking"
+            )
         typer.confirm(
             f"Erase {found.subscriber['email']} with {len(found.lessons)} lesson(s) and "
             f"{len(found.events)} event(s)?",

@@ -201,7 +201,9 @@ def _handlers() -> dict:
 
     async def input_error(request: Request, exc: Exception) -> Response:
         hint = "Go back, correct it and try again." if request.method == "POST" else ""
-        return _answer(request, 400, "Please check what you sent", f"{exc}.", hint)
+        text = str(exc)
+        sentence = text if text.endswith((".", "!", "?")) else f"{text}."
+        return _answer(request, 400, "Please check what you sent", sentence, hint)
 
     async def not_found(request: Request, exc: Exception) -> Response:
         return _answer(

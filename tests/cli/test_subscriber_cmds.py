@@ -73,3 +73,17 @@ def test_list_show_and_export_through_typers_runner(tmp_path: Path) -> None:
     assert record["newsletters"] == "yes"
     assert datetime.fromisoformat(record["consent_at"]).tzinfo is not None
     assert record["start_date"] == date.fromisoformat(record["start_date"]).isoformat()
+
+
+def test_forget_without_a_terminal_says_to_pass_yes_and_erases_nothing(tmp_path: Path) -> None:
+    engine = open_store("sqlite:///dripmail.db", tmp_path)
+    subs.add_subscriber(
+        engine, "quinn@example.com", timezone="UTC", status="active", consent_source="import",
+        now=datetime(2026, 6, 1, tzinfo=UTC),
+    )  # fmt: skip
+    out = _run(tmp_path, "subscribers", "forget", "quinn@example.com")
+    assert out.returncode != 0
+    assert "pass --yes" in out.stderr and "Aborted" not in out.stderr + out.stdout
+    assert subs.get_subscriber(engine, "quinn@example.com")["status"] == "active"
+    done = _run(tmp_path, "subscribers", "forget", "quinn@example.com", "--yes")
+    assert done.returncode == 0, done.stderr

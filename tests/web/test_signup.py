@@ -145,6 +145,15 @@ async def test_json_clients_get_json_errors(web):
     assert answer.json()["ok"] is False and "email" in answer.json()["error"]
 
 
+async def test_a_bad_address_is_explained_in_a_plain_sentence(web):
+    answer = await web.client().post("/subscribe", json={"email": "ann@@example.com"})
+    assert answer.status_code == 400
+    assert answer.json()["error"] == (
+        "email: that does not look like an email address. The part after the @-sign "
+        "contains invalid characters: '@'."
+    )
+
+
 async def test_rate_limit_per_client_address(web):
     client = web.client(ip="198.51.100.1")
     answers = [
