@@ -8,7 +8,6 @@ a reconcile with the provider instead of a blind resend.
 
 from __future__ import annotations
 
-import os
 import socket
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
@@ -46,8 +45,11 @@ class RunReport(Report):
 
 
 def default_worker_id() -> str:
-    """host:pid, so an operator can tell whose claims these are."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """host:pid:start, so an operator can tell whose claims these are and a reused pid is
+    not taken for their holder (`dripmail.holders`)."""
+    from dripmail.holders import this_process
+
+    return this_process()
 
 
 def _expired_claims(

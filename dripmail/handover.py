@@ -656,7 +656,8 @@ def expire_dead_claims(engine: Engine, table: Table, now: datetime, host: str) -
             for w in conn.execute(select(table.c.claimed_by).where(held).distinct()).scalars()
             if w and w.startswith(host + ":")
         ]
-    dead = [w for w in workers if w != f"{host}:{os.getpid()}" and not _alive_here(w, host)]
+    me = {f"{host}:{os.getpid()}", holders.this_process()}
+    dead = [w for w in workers if w not in me and not _alive_here(w, host)]
     if not dead:
         return 0
     with engine.begin() as conn:
