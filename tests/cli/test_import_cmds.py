@@ -230,3 +230,40 @@ def test_every_column_matches_with_spaces_hyphens_or_underscores(
         "Asia/Tokyo",
         "2026-06-04",
     )
+
+
+def test_a_rerun_says_what_it_offered_again_and_what_another_process_still_holds(
+    project: Path,
+) -> None:
+    import socket
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import update
+
+    (project / "k.csv").write_text("email\na@example.org\nb@example.org\n", encoding="utf-8")
+    first = _cli(project, "subscribers", "import", "k.csv", "--confirm")
+    assert "sent 2 confirmation email(s)" in first.stdout, first.stderr
+    host, far = socket.gethostname(), datetime.now(UTC) + timedelta(hours=1)
+    engine = open_store("sqlite:///dripmail.db", project)
+    with engine.begin() as conn:
+        # a: its holder was killed before recording the hand-over (no such process now);
+        # b: another live process (this test's parent) is handing it over, its lease running.
+        for email, holder in (("a@example.org", f"{host}:4194399:1"), ("b@example.org", None)):
+            conn.execute(
+                update(subscribers)
+                .where(subscribers.c.email == email)
+                .values(
+                    confirm_handed_at=None,
+                    confirm_claimed_by=holder or f"{host}:{os.getppid()}",
+                    confirm_lease_expires_at=far,
+                )
+            )
+    engine.dispose()
+    again = _cli(project, "subscribers", "import", "k.csv", "--confirm")
+    assert again.returncode == 0, again.stderr
+    assert "sent 0 confirmation email(s)" in again.stdout
+    assert "offered again 1 confirmation email(s)" in again.stdout
+    assert (
+        f"1 confirmation email(s) still being sent by another process (pid {os.getppid()}"
+        in again.stderr
+    )
