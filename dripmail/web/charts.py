@@ -3,8 +3,9 @@
 Each chart is an inline ``<svg role="img">`` with a <title> and a <desc> that says in words
 what it shows (screen readers read those; the page puts a table of the same figures beside
 each chart). Colours keep at least 3:1 contrast on white (WCAG 1.4.11 for graphics) and series
-differ by more than colour (position, dashes, labels). Sizes are in viewBox units: the SVG
-scales to the page width, so fonts are sized for a phone (viewBox 440 wide shown at ~330 px).
+differ by more than colour (bar fills solid, striped, dotted; lines solid or dashed; labels).
+Sizes are in viewBox units: the SVG scales to the page width, so fonts are sized for a phone
+(viewBox 440 wide shown at ~330 px).
 """
 
 from __future__ import annotations
@@ -31,6 +32,30 @@ def _svg(height: int, title: str, desc: str, body: list[str], ident: str) -> Mar
         f'<title id="{ident}-title">{escape(title)}</title>'
         f'<desc id="{ident}-desc">{escape(desc)}</desc>' + "".join(body) + "</svg>"
     )
+
+
+def _patterns(ident: str, count: int) -> str:
+    """<defs> with a fill for each series after the first: white diagonal stripes, then white
+    dots, over the series colour, so bars differ by more than colour (also in greyscale)."""
+    out = []
+    for s in range(1, count):
+        colour = SERIES[s % len(SERIES)]
+        mark = (
+            '<line x1="0" y1="0" x2="0" y2="6" stroke="#ffffff" stroke-width="2"/>'
+            if s % 2
+            else '<circle cx="3" cy="3" r="1.4" fill="#ffffff"/>'
+        )
+        transform = ' patternTransform="rotate(45)"' if s % 2 else ""
+        out.append(
+            f'<pattern id="{ident}-p{s}" width="6" height="6" patternUnits="userSpaceOnUse"'
+            f'{transform}><rect width="6" height="6" fill="{colour}"/>{mark}</pattern>'
+        )
+    return f"<defs>{''.join(out)}</defs>" if out else ""
+
+
+def _fill(ident: str, s: int) -> str:
+    """The first series solid, the others patterned (see _patterns)."""
+    return SERIES[0] if s == 0 else f"url(#{ident}-p{s})"
 
 
 def _pct(part: int, whole: int) -> str:
@@ -79,7 +104,7 @@ def grouped_rates(
     top_rate = max((r or 0 for _, rates in groups for r in rates), default=0)
     # The axis ends at the next 10% above the highest rate, so small rates stay visible.
     ceiling = min(1.0, max(0.1, (int(top_rate * 10) + 1) / 10))
-    body: list[str] = []
+    body: list[str] = [_patterns(ident, len(series))]
     for k in range(5):
         tick = ceiling * k / 4
         y = top + plot_h - tick / ceiling * plot_h
@@ -98,15 +123,16 @@ def grouped_rates(
             h = v / ceiling * plot_h
             body.append(
                 f'<rect class="bar" x="{x0 + s * bar:.1f}" y="{top + plot_h - h:.1f}" '
-                f'width="{bar - 2:.1f}" height="{h:.1f}" fill="{SERIES[s % len(SERIES)]}" '
-                f'data-value="{v}"><title>{escape(label)}, {escape(series[s])}: '
+                f'width="{bar - 2:.1f}" height="{h:.1f}" fill="{_fill(ident, s)}" '
+                f'stroke="{SERIES[s % len(SERIES)]}" data-value="{v}">'
+                f"<title>{escape(label)}, {escape(series[s])}: "
                 f"{'-' if value is None else f'{v * 100:.1f}%'}</title></rect>"
             )
         body.append(
             f'<text x="{left + g * slot + slot / 2:.1f}" y="{top + plot_h + 20}" font-size="15" '
             f'text-anchor="middle" fill="{TEXT}">{escape(label)}</text>'
         )
-    body.append(_legend(series, height - 12, lines=False))
+    body.append(_legend(series, height - 12, lines=False, ident=ident))
     desc = "; ".join(
         f"{label}: "
         + ", ".join(
@@ -118,8 +144,9 @@ def grouped_rates(
     return _svg(height, "Lessons: " + ", ".join(series), desc, body, ident)
 
 
-def _legend(series: Sequence[str], y: int, lines: bool) -> str:
-    """Swatches (bars) or line samples (lines: the first solid, the others dashed)."""
+def _legend(series: Sequence[str], y: int, lines: bool, ident: str = "") -> str:
+    """Swatches (bars: the fills of the bars, solid or patterned) or line samples (lines: the
+    first solid, the others dashed)."""
     out, x = [], 52
     for s, name in enumerate(series):
         colour = SERIES[s % len(SERIES)]
@@ -130,7 +157,10 @@ def _legend(series: Sequence[str], y: int, lines: bool) -> str:
                 f'stroke-width="3"{dash}/>'
             )
         else:
-            out.append(f'<rect x="{x}" y="{y - 12}" width="14" height="14" fill="{colour}"/>')
+            out.append(
+                f'<rect x="{x}" y="{y - 12}" width="14" height="14" fill="{_fill(ident, s)}" '
+                f'stroke="{colour}"/>'
+            )
         out.append(f'<text x="{x + 28}" y="{y}" font-size="15" fill="{TEXT}">{escape(name)}</text>')
         x += 44 + int(len(name) * 8.5)
     return "".join(out)
@@ -193,5 +223,5 @@ def over_time(
     # "name: count" reads right for any count ("unsubscribes: 1", not "1 unsubscribes").
     totals = ", ".join(f"{name}: {sum(values)}" for name, values in series)
     span = f"{days[0].isoformat()} to {days[-1].isoformat()}" if days else "no days"
-    desc = f"Daily counts from {span}, in all {totals}; the table below lists every day."
+    desc = f"Daily counts from {span}, in total {totals}; the table below lists every day."
     return _svg(height, "Sign-ups and unsubscribes per day", desc, body, ident)

@@ -203,6 +203,27 @@ def test_charts_render_and_figures_equal_the_json(server: Server) -> None:
             assert unmarked == [], f"tables scroll sideways without a hint at {width}px"
             if width == 375:
                 assert page.locator(".scroll-hint:visible").count() >= 1
+            # The lessons table reads on a phone: a short row name ("Day 1", title below it)
+            # leaves the first numbers on screen; at 1280 px it fits whole (nothing clipped).
+            lessons_box = page.locator("#lessons-table").evaluate(
+                "t => [t.parentElement.scrollWidth, t.parentElement.clientWidth]"
+            )
+            first_row = page.locator("#lessons-table tbody tr").nth(0)
+            assert (first_row.locator("th").text_content() or "").startswith("Day 11. ")
+            sent = first_row.locator("td").nth(1).bounding_box()  # delivered, 2nd number
+            assert sent and sent["x"] + sent["width"] <= width, (width, sent)
+            if width == 1280:
+                assert lessons_box[0] <= lessons_box[1], f"lessons table clipped: {lessons_box}"
+                news = page.locator("#newsletters-table").evaluate(
+                    "t => t.parentElement.scrollWidth - t.parentElement.clientWidth"
+                )
+                assert news <= 0, f"newsletters table clipped by {news}px"
+            # The lesson bars differ by more than colour: solid, striped, dotted fills.
+            fills = page.evaluate(
+                """() => [...new Set([...document.querySelectorAll('#lessons-chart rect.bar')]
+                    .map(r => r.getAttribute('fill')))]"""
+            )
+            assert len(fills) == 3 and sum(f.startswith("url(#") for f in fills) == 2, fills
             # Each <details> shows it can open: a triangle before its summary.
             marks = page.evaluate(
                 """() => [...document.querySelectorAll('summary')].map(
