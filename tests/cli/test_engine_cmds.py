@@ -177,6 +177,10 @@ def test_run_loop_sends_what_is_due_then_sleeps_until_stopped(project: Path) -> 
         text=True,
         # A stuck process prints every thread's stack on SIGABRT (see `_stop`).
         env={**os.environ, "PYTHONFAULTHANDLER": "1", "PYTHONUNBUFFERED": "1"},
+        # Ctrl-C as a terminal delivers it: a suite started in the background (`cmd &` in a
+        # script, as CI runners do) inherits SIGINT ignored, and Python then never raises
+        # KeyboardInterrupt, so the loop would sleep on forever.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     # Readiness, not a clock: the first pass has printed its report line, so it is over and
     # the loop goes on (sleeping, or checking again) until it is stopped.
