@@ -3,9 +3,6 @@ schema, the others wait for its lock file and find it current; none fails."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 from alembic.autogenerate import compare_metadata
@@ -14,6 +11,7 @@ from sqlalchemy import text
 
 from dripmail.store.db import open_store, shipped_head
 from dripmail.store.schema import metadata
+from tests.store.start_together import run_together
 
 REPO = Path(__file__).resolve().parents[2]
 WORKERS = 6
@@ -45,22 +43,10 @@ print(len(ran))
 
 def test_processes_creating_a_new_sqlite_database_at_once_all_succeed(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'dripmail.db'}"
-    go = tmp_path / "go"
-    workers = [
-        subprocess.Popen(
-            [sys.executable, "-c", SCRIPT, url, str(go)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=tmp_path,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
-        )
-        for _ in range(WORKERS)
-    ]
-    go.touch()
-    results = [w.communicate(timeout=600) for w in workers]
-    codes = [w.returncode for w in workers]
-    assert codes == [0] * WORKERS, [err[-600:] for _, err in results]
+    done = run_together(SCRIPT, [url], WORKERS, tmp_path)
+    codes = [code for code, _, _ in done]
+    assert codes == [0] * WORKERS, [err[-600:] for _, _, err in done]
+    results = [(out, err) for _, out, err in done]
     applied = sorted(int(out.strip()) for out, _ in results)
     migrations = len(list((REPO / "dripmail/store/migrations/versions").glob("0*.py")))
     # Exactly one process ran the migrations, each once; the others found the schema current.

@@ -4,8 +4,6 @@ wait for its advisory lock and find the schema current; none fails."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -17,6 +15,7 @@ from sqlalchemy.engine import make_url
 
 from dripmail.store.db import open_store
 from dripmail.store.schema import metadata
+from tests.store.start_together import run_together
 
 REPO = Path(__file__).resolve().parents[2]
 WORKERS = 4
@@ -47,22 +46,10 @@ def test_workers_starting_at_once_upgrade_once(tmp_path: Path) -> None:
         .update_query_dict({"options": f"-csearch_path={schema}"})
         .render_as_string(hide_password=False)
     )
-    go = tmp_path / "go"
     try:
-        workers = [
-            subprocess.Popen(
-                [sys.executable, "-c", SCRIPT, scoped, str(go)],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-                env={**os.environ, "PYTHONPATH": str(REPO)},
-            )
-            for _ in range(WORKERS)
-        ]
-        go.touch()
-        results = [w.communicate(timeout=600) for w in workers]
-        codes = [w.returncode for w in workers]
-        assert codes == [0] * WORKERS, [err[-600:] for _, err in results]
+        done = run_together(SCRIPT, [scoped], WORKERS, tmp_path)
+        codes = [code for code, _, _ in done]
+        assert codes == [0] * WORKERS, [err[-600:] for _, _, err in done]
         engine = open_store(scoped, tmp_path)
         with engine.connect() as conn:
             assert compare_metadata(MigrationContext.configure(conn), metadata) == []
