@@ -10,7 +10,7 @@ tests and `--now` agree.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from datetime import date, datetime, time
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
@@ -167,26 +167,37 @@ def plan_lessons(
     """Create the planned deliveries of every lesson not yet planned; returns how many."""
     with transaction(bind) as conn:
         sub = get_subscriber(conn, subscriber_id)
-        zone = ZoneInfo(sub["timezone"])
-        days = [lesson.day for lesson in course.lessons]
-        dues = schedule.due_times(
-            first, len(days), _send_time(sub, course), zone, course.skip_weekends
-        )
-        have = q.planned_days(conn, subscriber_id)
-        rows = [
-            {
-                "subscriber_id": subscriber_id,
-                "lesson_day": day,
-                "key": delivery_key(course.id, subscriber_id, day),
-                "due_at": due,
-                "state": "planned",
-                "attempts": 0,
-                "updated_at": now,
-            }
-            for day, due in zip(days, dues, strict=True)
-            if day not in have
-        ]
-        q.insert_deliveries(conn, rows)
+        return _plan_missing(conn, sub, course, first, now, q.planned_days(conn, subscriber_id))
+
+
+def _plan_missing(
+    conn: Connection,
+    sub: RowMapping,
+    course: CourseRules,
+    first: date,
+    now: datetime,
+    have: Collection[int],
+) -> int:
+    """Insert the planned deliveries of the course's lessons whose day is not in `have`."""
+    subscriber_id = int(sub["id"])
+    days = [lesson.day for lesson in course.lessons]
+    dues = schedule.due_times(
+        first, len(days), _send_time(sub, course), ZoneInfo(sub["timezone"]), course.skip_weekends
+    )
+    rows = [
+        {
+            "subscriber_id": subscriber_id,
+            "lesson_day": day,
+            "key": delivery_key(course.id, subscriber_id, day),
+            "due_at": due,
+            "state": "planned",
+            "attempts": 0,
+            "updated_at": now,
+        }
+        for day, due in zip(days, dues, strict=True)
+        if day not in have
+    ]
+    q.insert_deliveries(conn, rows)
     return len(rows)
 
 
@@ -246,9 +257,13 @@ def activate(bind: Bind, subscriber_id: int, course: CourseRules, now: datetime)
             confirmed_at=func.coalesce(subscribers.c.confirmed_at, now),
         )
         # Someone who left and came back (see `rejoin`): the lessons they never got are
-        # planned again; those they had stay done.
-        revived = q.revive_cancelled(conn, subscriber_id, now)
-        plan_lessons(conn, subscriber_id, course, first, now)
+        # planned again; those they had stay done. One read answers both "any to revive?"
+        # and "which are planned?" (a first confirmation has no rows at all).
+        states = q.lesson_states(conn, subscriber_id)
+        revived = (
+            q.revive_cancelled(conn, subscriber_id, now) if "cancelled" in states.values() else 0
+        )
+        _plan_missing(conn, sub, course, first, now, states.keys())
         if revived:
             return reschedule(conn, subscriber_id, course, now) or first
     return first

@@ -193,6 +193,18 @@ def planned_days(conn: Connection, subscriber_id: int) -> set[int]:
     )
 
 
+def lesson_states(conn: Connection, subscriber_id: int) -> dict[int, str]:
+    """{lesson day: delivery state} of every delivery row this subscriber has."""
+    return {
+        int(day): str(state)
+        for day, state in conn.execute(
+            select(deliveries.c.lesson_day, deliveries.c.state).where(
+                deliveries.c.subscriber_id == subscriber_id
+            )
+        )
+    }
+
+
 def insert_deliveries(conn: Connection, rows: list[dict[str, Any]]) -> None:
     """Insert planned delivery rows (one statement).
 

@@ -150,6 +150,9 @@ class FakeProviders:
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self.url = ""
+        # (method, path with query, headers, body) of every request, when a benchmark asks
+        # (set to a list): it replays them on a bare client to measure the fake's ceiling.
+        self.raw_requests: list[tuple[str, str, dict[str, str], bytes]] | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> FakeProviders:
@@ -285,6 +288,8 @@ class FakeProviders:
         query = parse_qs(parts.query, keep_blank_values=True)
         with self.lock:
             self.requests.append((provider, h.command, path))
+            if self.raw_requests is not None:
+                self.raw_requests.append((h.command, h.path, headers, body))
         if provider not in SEND_PATHS:
             return h.reply(Reply(404, b"no such provider"))
         auth = getattr(self, f"_auth_{provider}")(headers)
