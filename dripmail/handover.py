@@ -573,7 +573,7 @@ def release(engine: Engine, table: Table, keys: Sequence[str], now: datetime) ->
 
 
 def claim(
-    engine: Engine,
+    bind: Engine | Connection,
     table: Table,
     rows: Sequence[R],
     worker: str,
@@ -586,10 +586,11 @@ def claim(
     chunk, so another worker that read the same rows wins none of them twice. Rows whose
     lease expired (their worker died) are taken over one by one, only if still expired.
     On PostgreSQL, rows another worker is locking right now are skipped, not waited for.
+    Given a Connection, it joins that transaction (the engine claims a page it locked).
     """
     held: list[R] = []
-    with engine.begin() as conn:
-        if engine.dialect.name == "postgresql" and rows:
+    with transaction(bind) as conn:
+        if conn.dialect.name == "postgresql" and rows:
             lockable = set(
                 conn.execute(
                     select(table.c.id)

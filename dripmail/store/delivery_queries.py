@@ -195,20 +195,32 @@ def expired_claims(
     return rows, ids[-1]
 
 
+# PostgreSQL: the page's delivery rows are locked as they are read, skipping rows another
+# worker has locked, so concurrent workers read different pages instead of the same one.
+_DUE_FIRST_LOCKED = _DUE_FIRST.with_for_update(of=deliveries, skip_locked=True)
+_DUE_AFTER_LOCKED = _DUE_AFTER.with_for_update(of=deliveries, skip_locked=True)
+
+
 def due_page(
     conn: Connection,
     now: datetime,
     horizon: datetime,
     limit: int,
     after: tuple[datetime, int] | None = None,
+    skip_locked: bool = False,
 ) -> list[DueRow]:
     """Free deliveries of active subscribers due by `horizon`, in (due_at, id) order after
     `after`, at most `limit`: an index range scan on (state, due_at) with a row-value keyset,
-    so a long queue is walked in pages, never scanned whole."""
+    so a long queue is walked in pages, never scanned whole.
+
+    `skip_locked` (PostgreSQL only): lock the page's delivery rows (``FOR UPDATE OF
+    deliveries SKIP LOCKED``) until the caller's transaction ends, leaving out rows another
+    worker holds; the caller claims them in the same transaction.
+    """
     params: dict = {"now": now, "horizon": horizon, "limit": limit}
-    query = _DUE_FIRST
+    query = _DUE_FIRST_LOCKED if skip_locked else _DUE_FIRST
     if after is not None:
-        query = _DUE_AFTER
+        query = _DUE_AFTER_LOCKED if skip_locked else _DUE_AFTER
         params |= {"after_due": after[0], "after_id": after[1]}
     return _dicts(conn.execute(query, params))
 
