@@ -12,6 +12,7 @@ too small to tap, a light strip in dark mode, a page wider than the phone.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Iterator
@@ -39,8 +40,19 @@ STILL = (
 SPACER = {"\u034f", "\u200c", "\u00a0", " "}
 
 
+def _names() -> list[str]:
+    """The name of every email of the shipped course, as ``_emails`` keys them (cheap: no
+    rendering, so collecting this module in every test worker costs next to nothing)."""
+    course = load_course(Project(REPO))
+    names = [f"lesson-{x.day}" for x in course.lessons] + ["welcome", "confirm"]
+    names += [f"newsletter-{path.stem}" for path in sorted((REPO / "newsletters").glob("*.md"))]
+    return sorted(names)
+
+
+@functools.cache
 def _emails() -> dict[str, tuple[CompiledEmail, str]]:
-    """Every email of the shipped course: name -> (compiled email, rendered HTML)."""
+    """Every email of the shipped course: name -> (compiled email, rendered HTML); rendered
+    once per worker, the first time a test here runs."""
     project = Project(REPO)
     course = load_course(project)
     renderer = Renderer(project, course)
@@ -52,17 +64,42 @@ def _emails() -> dict[str, tuple[CompiledEmail, str]]:
     for path in sorted((REPO / "newsletters").glob("*.md")):
         found[f"newsletter-{path.stem}"] = renderer.newsletter(load_newsletter(project, path))
     reader = sample_recipient()
-    return {
+    emails = {
         name: (email, email.personalise(reader, key=name, kind="test", ref=name).html)
         for name, email in found.items()
     }
+    assert sorted(emails) == NAMES
+    return emails
 
 
-EMAILS = _emails()
+NAMES = _names()
+
+
+class _View:
+    """One page, kept for the module, that shows each email afresh (a new document each time).
+
+    A browser context per check cost about 1 s of CPU in chromium (a renderer process started
+    and torn down): over 70 of them were most of this module's cost. A view's settings that a
+    reader's client fixes for good (forced dark, images loaded or not) belong to its context,
+    so each combination is a view of its own; width and colour scheme are set per email.
+    """
+
+    def __init__(self, browser, images: bool) -> None:
+        self.context = browser.new_context(viewport={"width": 375, "height": 900})
+        self.context.set_default_timeout(300_000)  # a loaded machine: slow, never wrong
+
+        def route(request_route) -> None:
+            if request_route.request.resource_type == "image" and images:
+                request_route.fulfill(status=200, content_type="image/svg+xml", body=STILL)
+            else:
+                request_route.abort()  # nothing leaves the machine; images off when asked
+
+        self.context.route("**/*", route)
+        self.page = self.context.new_page()
 
 
 @pytest.fixture(scope="module")
-def chromium() -> Iterator:
+def chromium() -> Iterator[dict[str, _View]]:
     if not Path(CHROMIUM).exists():
         pytest.skip(f"no chromium at {CHROMIUM} (set DRIPMAIL_CHROMIUM)")
     from playwright.sync_api import sync_playwright
@@ -73,29 +110,28 @@ def chromium() -> Iterator:
             executable_path=CHROMIUM,
             args=["--no-sandbox", "--blink-settings=forceDarkModeEnabled=true"],
         )
-        yield {"plain": browser, "forced": forced}
+        yield {
+            "images": _View(browser, images=True),
+            "images-off": _View(browser, images=False),
+            "forced": _View(forced, images=True),
+        }
         forced.close()
         browser.close()
 
 
-def _open(chromium, html: str, width: int, mode: str = "light", images: bool = True):
-    """A page showing `html` at `width` px; mode light, dark or forced; images stubbed or off."""
-    browser = chromium["forced" if mode == "forced" else "plain"]
-    context = browser.new_context(
-        viewport={"width": width, "height": 900}, color_scheme="dark" if mode == "dark" else "light"
-    )
-    context.set_default_timeout(300_000)  # a loaded machine: slow, never wrong
+def _open(chromium: dict[str, _View], html: str, width: int, mode: str = "light", images=True):
+    """The page showing `html` at `width` px; mode light, dark or forced; images stubbed or off.
 
-    def route(request_route) -> None:
-        if request_route.request.resource_type == "image" and images:
-            request_route.fulfill(status=200, content_type="image/svg+xml", body=STILL)
-        else:
-            request_route.abort()  # nothing leaves the machine; images off when asked
-
-    context.route("**/*", route)
-    page = context.new_page()
+    A new document in a new window each time: the page first goes to about:blank, so nothing
+    (a script global such as axe, a scroll position) carries over from the previous email.
+    """
+    view = chromium["forced" if mode == "forced" else "images" if images else "images-off"]
+    page = view.page
+    page.goto("about:blank")
+    page.set_viewport_size({"width": width, "height": 900})
+    page.emulate_media(color_scheme="dark" if mode == "dark" else "light")
     page.set_content(html, wait_until="load")
-    return context, page
+    return page
 
 
 def _rgb(css: str) -> tuple[float, float, float, float]:
@@ -141,136 +177,121 @@ LINKS_JS = """() => [...document.querySelectorAll('a[href]')].map(a => {
 })"""
 
 
-@pytest.mark.parametrize("name", sorted(EMAILS))
+@pytest.mark.parametrize("name", NAMES)
 def test_title_preheader_images_links_and_contrast(chromium, name: str) -> None:
-    email, html = EMAILS[name]
-    context, page = _open(chromium, html, 375)
-    try:
-        title = page.title()
-        assert title == email.subject or name == "confirm", title
-        # Said once: "Day 1: Day 1: ..." is what a screen reader used to announce.
-        assert not re.search(r"\b(.{6,}?)\1", title), title
-        label = page.evaluate("document.querySelector('[aria-label]')?.getAttribute('aria-label')")
-        assert label in (None, title)
+    email, html = _emails()[name]
+    page = _open(chromium, html, 375)
+    title = page.title()
+    assert title == email.subject or name == "confirm", title
+    # Said once: "Day 1: Day 1: ..." is what a screen reader used to announce.
+    assert not re.search(r"\b(.{6,}?)\1", title), title
+    label = page.evaluate("document.querySelector('[aria-label]')?.getAttribute('aria-label')")
+    assert label in (None, title)
 
-        # The hidden preheader block (layout.mjml.j2: a display:none div, not mj-preview, whose
-        # white 1px text SpamAssassin scores as low-contrast).
-        hidden = page.evaluate("document.querySelector('.preheader').textContent")
-        assert page.evaluate("getComputedStyle(document.querySelector('.preheader')).display") == (
-            "none"
-        )
-        assert hidden.startswith(email.preheader), hidden[:80]
-        spacer = hidden[len(email.preheader) :]
-        assert len(spacer) >= 60 and set(spacer) <= SPACER, "no spacer after the preheader"
+    # The hidden preheader block (layout.mjml.j2: a display:none div, not mj-preview, whose
+    # white 1px text SpamAssassin scores as low-contrast).
+    hidden = page.evaluate("document.querySelector('.preheader').textContent")
+    assert page.evaluate("getComputedStyle(document.querySelector('.preheader')).display") == (
+        "none"
+    )
+    assert hidden.startswith(email.preheader), hidden[:80]
+    spacer = hidden[len(email.preheader) :]
+    assert len(spacer) >= 60 and set(spacer) <= SPACER, "no spacer after the preheader"
 
-        alts = page.evaluate("[...document.images].map(i => i.getAttribute('alt'))")
-        assert all(a and a.strip() for a in alts), alts
+    alts = page.evaluate("[...document.images].map(i => i.getAttribute('alt'))")
+    assert all(a and a.strip() for a in alts), alts
 
-        assert page.evaluate("document.documentElement.scrollWidth") <= 375
+    assert page.evaluate("document.documentElement.scrollWidth") <= 375
 
-        for link in page.evaluate(LINKS_JS):
-            standalone = not link["inline"] and not link["image"]
-            footer = link["href"].startswith("https://preview.invalid/")
-            if standalone or footer:
-                assert link["height"] >= 24, f"{link['text']!r} is {link['height']} px tall"
-        for item in page.evaluate(COLOURS_JS, "a"):
-            assert contrast(item["fg"], item["bg"]) >= 4.5, item
-    finally:
-        context.close()
+    for link in page.evaluate(LINKS_JS):
+        standalone = not link["inline"] and not link["image"]
+        footer = link["href"].startswith("https://preview.invalid/")
+        if standalone or footer:
+            assert link["height"] >= 24, f"{link['text']!r} is {link['height']} px tall"
+    for item in page.evaluate(COLOURS_JS, "a"):
+        assert contrast(item["fg"], item["bg"]) >= 4.5, item
     # Link colours are also inline: some Gmail setups drop the <style> block.
     for tag in re.findall(r"<a [^>]*>", html):
         assert "color" in tag or "<img" in html[html.index(tag) : html.index(tag) + 400], tag
 
 
-@pytest.mark.parametrize("name", sorted(EMAILS))
+@pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("mode", ["light", "dark"])
 def test_buttons_read_at_4_5_to_1_and_dark_mode_has_no_light_strip(
     chromium, name: str, mode: str
 ) -> None:
-    _, html = EMAILS[name]
-    context, page = _open(chromium, html, 375, mode)
-    try:
-        buttons = page.evaluate(COLOURS_JS, ".dm-btn a, a.dm-bar")
-        if name.startswith(("lesson", "confirm")):
-            assert buttons, "no button"
-        for item in buttons:
-            ratio = contrast(item["fg"], item["bg"])
-            assert ratio >= 4.5, f"{item['text']!r}: {ratio:.1f}:1 in {mode} mode"
-        body = page.evaluate("getComputedStyle(document.body).backgroundColor")
-        if mode == "dark":
-            assert _luminance(body) < 0.05, f"the page behind the email stays {body}"
-            texts = page.evaluate(COLOURS_JS, ".dm-text p, .dm-text li, .dm-text h1")
-            for item in texts:
-                assert contrast(item["fg"], item["bg"]) >= 4.5, item
-    finally:
-        context.close()
+    _, html = _emails()[name]
+    page = _open(chromium, html, 375, mode)
+    buttons = page.evaluate(COLOURS_JS, ".dm-btn a, a.dm-bar")
+    if name.startswith(("lesson", "confirm")):
+        assert buttons, "no button"
+    for item in buttons:
+        ratio = contrast(item["fg"], item["bg"])
+        assert ratio >= 4.5, f"{item['text']!r}: {ratio:.1f}:1 in {mode} mode"
+    body = page.evaluate("getComputedStyle(document.body).backgroundColor")
+    if mode == "dark":
+        assert _luminance(body) < 0.05, f"the page behind the email stays {body}"
+        texts = page.evaluate(COLOURS_JS, ".dm-text p, .dm-text li, .dm-text h1")
+        for item in texts:
+            assert contrast(item["fg"], item["bg"]) >= 4.5, item
 
 
 @pytest.mark.parametrize("name", SHOWN)
 def test_screenshots_at_375_and_600_light_dark_forced_and_images_off(chromium, name: str) -> None:
-    _, html = EMAILS[name]
+    _, html = _emails()[name]
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     for width in (375, 600):
         for mode, images in (("light", True), ("dark", True), ("forced", True), ("light", False)):
             shown = mode if images else "images-off"
-            context, page = _open(chromium, html, width, mode, images)
-            try:
-                path = ARTIFACTS / f"{name}-{width}-{shown}.png"
-                page.screenshot(path=str(path), full_page=True)
-                assert path.stat().st_size > 10_000
-                if not images:
-                    # With images off the video still has its play bar and its button.
-                    for text in ("Play the video", "Watch today's video"):
-                        if name.startswith("lesson"):
-                            box = page.get_by_text(text).first.bounding_box()
-                            assert box and box["height"] >= 24, text
-            finally:
-                context.close()
+            page = _open(chromium, html, width, mode, images)
+            path = ARTIFACTS / f"{name}-{width}-{shown}.png"
+            page.screenshot(path=str(path), full_page=True)
+            assert path.stat().st_size > 10_000
+            if not images:
+                # With images off the video still has its play bar and its button.
+                for text in ("Play the video", "Watch today's video"):
+                    if name.startswith("lesson"):
+                        box = page.get_by_text(text).first.bounding_box()
+                        assert box and box["height"] >= 24, text
 
 
 def test_lesson_1_at_a_glance_progress_teaser_signoff_and_drawing_in_place(chromium) -> None:
-    _, html = EMAILS["lesson-1"]
-    context, page = _open(chromium, html, 375)
-    try:
-        text = page.inner_text("body")
-        assert "DAY 1 OF 7" in text.upper() and "Today at a glance" in text
-        for label in ("Time", "Props", "Where", "Skip or adapt today if:"):
-            assert label in text
-        assert "Skip or adapt today if…" in text and "Pregnancy:" in text
-        assert "Tomorrow, day 2:" in text and "Maya Okafor" in text and "reply" in text
-        # The drawing sits after "Why this stretch", before "How to do it".
-        order = page.evaluate(
-            """() => {
-                const h = [...document.querySelectorAll('h2')];
-                const why = h.find(x => x.textContent.includes('Why this stretch'));
-                const how = h.find(x => x.textContent.includes('How to do it'));
-                const img = [...document.images].find(i => i.alt.startsWith('Drawing'));
-                const after = (a, b) => !!(a.compareDocumentPosition(b) & 4);
-                return [after(why, img), after(img, how)];
-            }"""
-        )
-        assert order == [True, True]
-        # The video's main button is right under the thumbnail and its play bar.
-        gap = page.evaluate(
-            """() => {
-                const bar = document.querySelector('a.dm-bar').getBoundingClientRect();
-                const btn = document.querySelector('.dm-btn a').getBoundingClientRect();
-                return btn.top - bar.bottom;
-            }"""
-        )
-        assert 0 <= gap <= 40
-        footer = page.inner_text("body").split("Unsubscribe")[-1]
-        assert footer.count("Hollow Tree Yoga") == 1
-    finally:
-        context.close()
+    _, html = _emails()["lesson-1"]
+    page = _open(chromium, html, 375)
+    text = page.inner_text("body")
+    assert "DAY 1 OF 7" in text.upper() and "Today at a glance" in text
+    for label in ("Time", "Props", "Where", "Skip or adapt today if:"):
+        assert label in text
+    assert "Skip or adapt today if…" in text and "Pregnancy:" in text
+    assert "Tomorrow, day 2:" in text and "Maya Okafor" in text and "reply" in text
+    # The drawing sits after "Why this stretch", before "How to do it".
+    order = page.evaluate(
+        """() => {
+            const h = [...document.querySelectorAll('h2')];
+            const why = h.find(x => x.textContent.includes('Why this stretch'));
+            const how = h.find(x => x.textContent.includes('How to do it'));
+            const img = [...document.images].find(i => i.alt.startsWith('Drawing'));
+            const after = (a, b) => !!(a.compareDocumentPosition(b) & 4);
+            return [after(why, img), after(img, how)];
+        }"""
+    )
+    assert order == [True, True]
+    # The video's main button is right under the thumbnail and its play bar.
+    gap = page.evaluate(
+        """() => {
+            const bar = document.querySelector('a.dm-bar').getBoundingClientRect();
+            const btn = document.querySelector('.dm-btn a').getBoundingClientRect();
+            return btn.top - bar.bottom;
+        }"""
+    )
+    assert 0 <= gap <= 40
+    footer = page.inner_text("body").split("Unsubscribe")[-1]
+    assert footer.count("Hollow Tree Yoga") == 1
 
 
-@pytest.mark.parametrize("name", sorted(EMAILS))
+@pytest.mark.parametrize("name", NAMES)
 def test_axe_finds_nothing_serious_in_the_email(chromium, name: str) -> None:
     source = axe_source()
     for mode in ("light", "dark"):
-        context, page = _open(chromium, EMAILS[name][1], 375, mode)
-        try:
-            assert serious_findings(page, source) == [], mode
-        finally:
-            context.close()
+        page = _open(chromium, _emails()[name][1], 375, mode)
+        assert serious_findings(page, source) == [], mode
