@@ -461,12 +461,6 @@ def send(
                         progress(len(part.held))
                     if report.halted:
                         return
-                    # httpx leaves each request (with its multi-megabyte JSON body) in a
-                    # reference cycle; they reach the oldest GC generation before they die
-                    # and would pile up there for many chunks. Collecting once per chunk keeps
-                    # the peak flat (measured in bench_broadcast.py); with the start-up
-                    # objects frozen it is cheap.
-                    gc.collect()
             finally:
                 if ahead is not None:
                     # Stopped (halted, failed, interrupted) with the next chunk claimed: it
@@ -479,7 +473,9 @@ def send(
                         release(engine, bd, [r["key"] for r in unsent.held], now)
 
     # Objects alive now (modules, templates, the engine) are never garbage: leave them out
-    # of the per-chunk collections below.
+    # of the collector's full passes while chunks come and go. (Request bodies need no
+    # collection: `providers.http` frees each with its response, flat memory in
+    # bench_broadcast.py.)
     gc.freeze()
     try:
         (call or run_in_new_loop)(run)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
 import time
+import weakref
 
 import httpx
 import pytest
@@ -223,3 +225,30 @@ def test_json_body_is_the_bytes_httpx_would_send(value) -> None:
     from dripmail.providers.http import json_body
 
     assert json_body(value) == json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def test_an_answered_request_and_its_body_are_freed_without_the_cycle_collector(
+    fake_providers,
+) -> None:
+    # A batch's body is megabytes: it must go when the answer goes, not when the collector's
+    # oldest generation next runs (a broadcast's memory stays flat without collecting).
+    client = HttpClient(
+        "postmark",
+        "X",
+        fake_providers.base("postmark"),
+        headers={"X-Postmark-Server-Token": fake_providers.POSTMARK_TOKEN},
+        retry=FAST,
+    )
+
+    async def one_call() -> weakref.ref[httpx.Request]:
+        answer = await client.call("POST", "/email/batch", json=[])
+        assert answer.sent is Sent.ANSWERED and answer.json() == []
+        assert answer.response is not None
+        return weakref.ref(answer.response.request)
+
+    gc.disable()
+    try:
+        request = asyncio.run(one_call())
+        assert request() is None
+    finally:
+        gc.enable()
