@@ -135,6 +135,10 @@ class FakeProviders:
         self.slow_seconds = slow_seconds
         self.lock = threading.RLock()
         self.records: dict[str, list[Accepted]] = {p: [] for p in SEND_PATHS}
+        # Postmark's messages search by one metadata value: (key, value) -> records in order.
+        # A resumed broadcast looks up each copy it had in flight (a thousand searches), and
+        # scanning every record for each made the fake the test's main cost.
+        self._postmark_metadata: dict[tuple[str, str], list[Accepted]] = {}
         self.validation_errors: list[str] = []
         self.requests: list[tuple[str, str, str]] = []  # (provider, method, path)
         self.send_requests: dict[str, int] = {p: 0 for p in SEND_PATHS}
@@ -257,7 +261,14 @@ class FakeProviders:
 
     def _record(self, items: list[Accepted]) -> None:
         with self.lock:
-            self.records[items[0].provider].extend(items) if items else None
+            if not items:
+                return
+            self.records[items[0].provider].extend(items)
+            if items[0].provider == "postmark":
+                for item in items:
+                    for key, value in item.extra["metadata"].items():
+                        if isinstance(value, str):
+                            self._postmark_metadata.setdefault((key, value), []).append(item)
 
     def _rate_headers(self, provider: str) -> dict[str, str]:
         remaining = self.rate_limit_remaining
@@ -464,12 +475,13 @@ class FakeProviders:
         if len(filters) > 1:
             return _json(422, {"ErrorCode": 300, "Message": "one metadata filter per search"})
         recipient = query.get("recipient", [None])[0]
-        found = [
-            r
-            for r in self.accepted("postmark")
-            if all(r.extra["metadata"].get(k) == v for k, v in filters.items())
-            and (recipient is None or r.to.lower() == recipient.lower())
-        ]
+        with self.lock:
+            if filters:
+                ((key, value),) = filters.items()
+                candidates = list(self._postmark_metadata.get((key, value), ()))
+            else:
+                candidates = list(self.records["postmark"])
+        found = [r for r in candidates if recipient is None or r.to.lower() == recipient.lower()]
         page = found[offset : offset + count]
         return _json(
             200,

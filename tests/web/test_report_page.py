@@ -167,21 +167,25 @@ def test_charts_render_and_figures_equal_the_json(server: Server) -> None:
                 chart = page.locator(f"#{ident}")
                 box = chart.bounding_box()
                 assert box and box["width"] > 250 and box["height"] > 100, (ident, box)
-                shapes = chart.locator(shape)
-                assert shapes.count() > 0
-                sizes = [shapes.nth(i).bounding_box() for i in range(shapes.count())]
-                assert any(s and s["width"] > 1 and s["height"] > 1 for s in sizes), ident
+                # One round trip for every shape's box (one call per shape cost more CPU in
+                # Playwright's driver than drawing the page).
+                sizes = chart.locator(shape).evaluate_all(
+                    "els => els.map(e => e.getBoundingClientRect())"
+                    ".map(r => ({width: r.width, height: r.height}))"
+                )
+                assert sizes, ident
+                assert any(s["width"] > 1 and s["height"] > 1 for s in sizes), ident
             assert page.locator("#funnel-chart rect.bar").count() == 4
             assert page.locator("#lessons-chart rect.bar").count() == 3 * len(figures["lessons"])
             # Every figure on the page is the JSON's.
-            cells = page.locator("[data-key]")
-            assert cells.count() > 150  # counts and rates
-            for i in range(cells.count()):
-                cell = cells.nth(i)
-                key = cell.get_attribute("data-key")
-                shown = cell.get_attribute("data-value")
+            cells = page.locator("[data-key]").evaluate_all(
+                "els => els.map(e => [e.getAttribute('data-key'), e.getAttribute('data-value'),"
+                " e.textContent])"
+            )
+            assert len(cells) > 150  # counts and rates
+            for key, shown, text in cells:
                 if shown is None:
-                    shown = (cell.text_content() or "").strip()  # also inside closed <details>
+                    shown = (text or "").strip()  # also inside closed <details>
                 want = _value(figures, key)
                 assert shown == ("None" if want is None else str(want)), key
             # The page itself never scrolls sideways on a phone: wide tables scroll inside.
