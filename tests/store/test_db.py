@@ -24,6 +24,19 @@ def test_sqlite_created_in_project_root_with_wal(tmp_path: Path) -> None:
     open_store("sqlite:///dripmail.db", tmp_path)  # second open: already current
 
 
+def test_every_sqlite_connection_gets_the_cache_and_checkpoint_sizes(tmp_path: Path) -> None:
+    # The engine's pass at 1M subscribers depends on these (see SQLITE_CACHE_PRAGMAS): a
+    # connection opened by the pool later must have them too, not only the first one.
+    engine = open_store("sqlite:///dripmail.db", tmp_path)
+    with engine.connect() as first, engine.connect() as second:
+        for conn in (first, second):
+            assert conn.exec_driver_sql("PRAGMA cache_size").scalar_one() == -65536
+            assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar_one() == 16384
+            assert conn.exec_driver_sql("PRAGMA journal_size_limit").scalar_one() == 67108864
+            assert conn.exec_driver_sql("PRAGMA secure_delete").scalar_one() == 1
+    engine.dispose()
+
+
 def test_the_head_read_from_the_files_is_alembics_and_a_current_store_opens_without_it(
     tmp_path: Path,
 ) -> None:
