@@ -200,14 +200,18 @@ def run_once(
         return chunk if limit is None else min(chunk, limit - taken)
 
     def take(page: list[DueRow], bind: Engine | Connection) -> list[DueRow]:
-        """The eligible rows of `page` this worker now holds (a dry run only lists them)."""
+        """The eligible rows of `page` this worker now holds (a dry run only lists them).
+
+        `bind`: a Connection when the page was read with its rows locked in its transaction.
+        """
         nonlocal taken
         rows = _eligible(engine, page, horizon, default_send_time, skip_weekends)
         if dry_run:
             report.due.extend(rows)
             taken += len(rows)
             return []
-        return claim(bind, deliveries, rows, worker, now, LEASE)
+        locked = isinstance(bind, Connection)
+        return claim(bind, deliveries, rows, worker, now, LEASE, locked=locked)
 
     def send(held: list[DueRow]) -> None:
         nonlocal taken

@@ -579,6 +579,7 @@ def claim(
     worker: str,
     now: datetime,
     lease: timedelta,
+    locked: bool = False,
 ) -> list[R]:
     """Take `rows` of `table` that are still free (conditional update); returns those held.
 
@@ -586,11 +587,12 @@ def claim(
     chunk, so another worker that read the same rows wins none of them twice. Rows whose
     lease expired (their worker died) are taken over one by one, only if still expired.
     On PostgreSQL, rows another worker is locking right now are skipped, not waited for.
-    Given a Connection, it joins that transaction (the engine claims a page it locked).
+    Given a Connection, it joins that transaction; `locked`: the caller's transaction already
+    holds these rows' locks (the engine's page read), so they are not locked again.
     """
     held: list[R] = []
     with transaction(bind) as conn:
-        if conn.dialect.name == "postgresql" and rows:
+        if conn.dialect.name == "postgresql" and rows and not locked:
             lockable = set(
                 conn.execute(
                     select(table.c.id)
