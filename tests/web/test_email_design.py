@@ -17,6 +17,7 @@ import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from axe import axe_source, serious_findings
@@ -98,28 +99,50 @@ class _View:
         self.page = self.context.new_page()
 
 
+class _Views:
+    """The views a worker needs, each made on first use: the test workers share this module's
+    checks, and one that runs no screenshot starts neither the forced-dark browser nor the
+    images-off context."""
+
+    def __init__(self, playwright) -> None:
+        self._playwright = playwright
+        self._browsers: dict[bool, Any] = {}
+        self._views: dict[str, _View] = {}
+
+    def _browser(self, forced: bool):
+        if forced not in self._browsers:
+            args = ["--no-sandbox"]
+            if forced:
+                args.append("--blink-settings=forceDarkModeEnabled=true")
+            self._browsers[forced] = self._playwright.chromium.launch(
+                executable_path=CHROMIUM, args=args
+            )
+        return self._browsers[forced]
+
+    def __getitem__(self, name: str) -> _View:
+        if name not in self._views:
+            browser = self._browser(forced=name == "forced")
+            self._views[name] = _View(browser, images=name != "images-off")
+        return self._views[name]
+
+    def close(self) -> None:
+        for browser in self._browsers.values():
+            browser.close()
+
+
 @pytest.fixture(scope="module")
-def chromium() -> Iterator[dict[str, _View]]:
+def chromium() -> Iterator[_Views]:
     if not Path(CHROMIUM).exists():
         pytest.skip(f"no chromium at {CHROMIUM} (set DRIPMAIL_CHROMIUM)")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        forced = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--blink-settings=forceDarkModeEnabled=true"],
-        )
-        yield {
-            "images": _View(browser, images=True),
-            "images-off": _View(browser, images=False),
-            "forced": _View(forced, images=True),
-        }
-        forced.close()
-        browser.close()
+        views = _Views(p)
+        yield views
+        views.close()
 
 
-def _open(chromium: dict[str, _View], html: str, width: int, mode: str = "light", images=True):
+def _open(chromium: _Views, html: str, width: int, mode: str = "light", images=True):
     """The page showing `html` at `width` px; mode light, dark or forced; images stubbed or off.
 
     A new document in a new window each time: the page first goes to about:blank, so nothing
