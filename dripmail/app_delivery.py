@@ -314,22 +314,26 @@ class DeliveryUseCases:
         `planned` and `sent` are progress callbacks (readers planned, copies handled).
         """
         from dripmail import broadcast as bc
+        from dripmail.store.db import small_page_cache
 
         now = at or self.clock()
         compiled = self.renderer.newsletter(newsletter)
         started = bc.start(self.engine, row["id"], now)
         render = bc.render_fn(compiled, self.settings.public_url, self.signer, row["id"], started)
-        bc.plan(self.engine, row["id"], row["segment"], now, progress=planned)
-        return bc.send(
-            self.engine,
-            self.provider,
-            row,
-            render,
-            now,
-            halt_after=self.settings.halt_after_failures,
-            progress=sent,
-            call=self.call_provider,
-        )
+        # Planning and sending walk the list in id order: each page is read once, and a
+        # large page cache would only make memory grow with the list (store.db).
+        with small_page_cache(self.engine):
+            bc.plan(self.engine, row["id"], row["segment"], now, progress=planned)
+            return bc.send(
+                self.engine,
+                self.provider,
+                row,
+                render,
+                now,
+                halt_after=self.settings.halt_after_failures,
+                progress=sent,
+                call=self.call_provider,
+            )
 
     def send_due_broadcasts(self, at: datetime | None = None) -> list[ScheduledBroadcast]:
         """Send the scheduled broadcasts whose time has come (`run` calls this).

@@ -47,6 +47,7 @@ from dripmail.handover import (
 from dripmail.message import Message
 from dripmail.providers.base import Provider
 from dripmail.store.bulk import Bulk
+from dripmail.store.db import small_page_cache
 from dripmail.store.handover_rows import HeldRow
 from dripmail.store.schema import (
     broadcast_deliveries,
@@ -120,7 +121,8 @@ def eligible(segment: str):
 
 def count_eligible(engine: Engine, segment: str) -> int:
     """How many subscribers a broadcast to `segment` would reach now."""
-    with engine.connect() as conn:
+    # One pass over the list, each page read once: no reason to keep it cached (store.db).
+    with small_page_cache(engine), engine.connect() as conn:
         return conn.execute(
             select(func.count()).select_from(subscribers).where(eligible(segment))
         ).scalar_one()

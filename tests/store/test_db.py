@@ -9,7 +9,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, text
 
 from dripmail.errors import StoreError
-from dripmail.store.db import MIGRATIONS, open_store, shipped_head
+from dripmail.store.db import MIGRATIONS, open_store, shipped_head, small_page_cache
 from dripmail.store.schema import metadata
 
 
@@ -154,3 +154,16 @@ def test_a_database_error_never_prints_the_password(tmp_path, url: str) -> None:
         open_store(url, tmp_path)
     assert "s3cret-pw" not in str(caught.value)
     assert len(str(caught.value).splitlines()) == 1
+
+
+def test_a_small_page_cache_holds_only_while_asked_for(tmp_path: Path) -> None:
+    # A broadcast walks the list in id order (store.db.small_page_cache): its connections use
+    # SQLite's default cache, and give the large one back for whatever runs after it.
+    engine = open_store("sqlite:///dripmail.db", tmp_path)
+    with small_page_cache(engine), engine.connect() as first, engine.connect() as second:
+        for conn in (first, second):
+            assert conn.exec_driver_sql("PRAGMA cache_size").scalar_one() == -2000
+    with engine.connect() as first, engine.connect() as second, engine.connect() as third:
+        for conn in (first, second, third):
+            assert conn.exec_driver_sql("PRAGMA cache_size").scalar_one() == -65536
+    engine.dispose()
