@@ -70,3 +70,18 @@ def fake_providers() -> Iterator:
     with FakeProviders() as fake:
         yield fake
         assert fake.validation_errors == [], "requests broke the providers' API contracts"
+
+
+# Modules whose module-scoped fixture starts a browser: each test worker that takes any of
+# their tests pays that start (chromium, Playwright's driver, the rendered emails: ~8 s of
+# CPU). xdist's worksteal hands each worker a contiguous share and an idle worker steals
+# from the end of another's share, so these run first, where nothing is stolen: one worker
+# starts the browser once instead of two or three workers each starting it for a few tests.
+FIRST = ("tests/web/test_email_design.py",)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    first = [item for item in items if item.nodeid.startswith(FIRST)]
+    if first:
+        rest = [item for item in items if not item.nodeid.startswith(FIRST)]
+        items[:] = first + rest
