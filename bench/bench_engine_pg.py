@@ -5,6 +5,11 @@ Runs when DRIPMAIL_BENCH_DATABASE_URL (or DRIPMAIL_TEST_DATABASE_URL) names a Po
 database; the figures go into a schema of their own, dropped afterwards. Seven cohorts start on
 seven consecutive days, so one cohort (1/7) has its first lesson due at the measured moment.
 The provider accepts instantly (the engine's own cost). Checked: every due lesson was sent once.
+
+The limit is the same protocol written the cheapest way: raw psycopg (no SQLAlchemy, no
+dripmail), 4 processes started together, each running per page the statements the engine runs
+(read + lock + claim the page, mark it `sending`, record it `sent`: a transaction each), then
+the engine's completed-subscriber update, on a fresh copy of the same seeded rows.
 """
 
 from __future__ import annotations
@@ -129,12 +134,106 @@ def _child(url: str, at: str, worker: str) -> None:
     )
 
 
-def _workers(url: str, at: datetime, count: int) -> tuple[float, float, int]:
+# The limit's statements: what dripmail's PostgreSQL path sends (see `delivery_queries.due_page`,
+# `handover.claim`, `handover._sending_statement`, `handover.record_many`,
+# `engine.complete_finished`), written out by hand.
+_PAGE = (
+    "SELECT d.id, d.key, d.subscriber_id, d.lesson_day, d.due_at, d.state, d.batch_key,"
+    " d.handed_at, s.email, s.first_name, s.timezone, s.send_time"
+    " FROM deliveries d JOIN subscribers s ON s.id = d.subscriber_id"
+    " WHERE s.status = 'active' AND d.state = 'planned' AND d.due_at <= %(now)s"
+    " AND (d.next_attempt_at IS NULL OR d.next_attempt_at <= %(now)s){after}"
+    " ORDER BY d.due_at, d.id LIMIT %(limit)s FOR UPDATE OF d SKIP LOCKED"
+)
+_PAGE_FIRST = _PAGE.format(after="")
+_PAGE_AFTER = _PAGE.format(after=" AND (d.due_at, d.id) > (%(after_due)s, %(after_id)s)")
+_EXPIRED = (
+    "SELECT id FROM deliveries WHERE state IN ('claimed', 'sending')"
+    " AND lease_expires_at < %s AND id + 0 > 0 ORDER BY id + 0 LIMIT 1000"
+)
+_CLAIM = (
+    "UPDATE deliveries SET state = 'claimed', claimed_by = %s, lease_expires_at = %s,"
+    " updated_at = %s WHERE id = ANY(%s) AND state = 'planned' RETURNING id"
+)
+_SENDING = (
+    "UPDATE deliveries SET state = 'sending', provider = 'instant', attempts = attempts + 1,"
+    " batch_key = %s, handed_at = %s, updated_at = %s WHERE id = %s"
+)
+_SENT = (
+    "UPDATE deliveries SET state = 'sent', provider_message_id = %s, claimed_by = NULL,"
+    " lease_expires_at = NULL, sent_at = %s, updated_at = %s WHERE id = %s"
+)
+_COMPLETE = (
+    "UPDATE subscribers SET status = 'completed', updated_at = %s"
+    " WHERE subscribers.status = 'active'"
+    " AND EXISTS (SELECT d.id FROM deliveries d WHERE d.subscriber_id = subscribers.id)"
+    " AND NOT EXISTS (SELECT d.id FROM deliveries d WHERE d.subscriber_id = subscribers.id"
+    " AND d.state IN ('planned', 'claimed', 'sending', 'handed'))"
+    " AND subscribers.id = ANY(%s)"
+)
+
+
+def _limit_child(url: str, at: str, worker: str) -> None:
+    """One raw-psycopg worker: the engine's statements per page, nothing else."""
+    import hashlib
+
+    import psycopg
+
+    now = datetime.fromisoformat(at).replace(tzinfo=None)  # stored as naive UTC
+    lease = now + timedelta(minutes=15)
+    conn = psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://", 1))
+    print("ready", flush=True)
+    sys.stdin.readline()
+    started, cpu = clock.perf_counter(), clock.process_time()
+    with conn.transaction():
+        conn.execute(_EXPIRED, (now,)).fetchall()
+    after: tuple[datetime, int] | None = None
+    sent = 0
+    touched: set[int] = set()
+    while True:
+        with conn.transaction():
+            if after is None:
+                page = conn.execute(_PAGE_FIRST, {"now": now, "limit": 1000}).fetchall()
+            else:
+                params = {"now": now, "limit": 1000, "after_due": after[0], "after_id": after[1]}
+                page = conn.execute(_PAGE_AFTER, params).fetchall()
+            if not page:
+                break
+            ids = [r[0] for r in page]
+            won = {r[0] for r in conn.execute(_CLAIM, (worker, lease, now, ids))}
+        after = (page[-1][4], page[-1][0])
+        held = sorted((r for r in page if r[0] in won), key=lambda r: r[1])
+        marks, outcomes = [], []
+        for start in range(0, len(held), 500):  # the provider's batch size
+            batch = held[start : start + 500]
+            key = hashlib.sha256("|".join(r[1] for r in batch).encode()).hexdigest()[:24]
+            marks.extend((f"b-{key}", now, now, r[0]) for r in batch)
+            outcomes.extend((r[1], now, now, r[0]) for r in batch)
+        with conn.transaction(), conn.cursor() as cur:
+            cur.executemany(_SENDING, marks)
+        with conn.transaction(), conn.cursor() as cur:
+            cur.executemany(_SENT, outcomes)
+        sent += len(held)
+        touched.update(r[2] for r in held)
+        if len(page) < 1000:
+            break
+    ids = sorted(touched)
+    with conn.transaction():
+        for start in range(0, len(ids), 1000):
+            conn.execute(_COMPLETE, (now, ids[start : start + 1000]))
+    seconds, used = clock.perf_counter() - started, clock.process_time() - cpu
+    conn.close()
+    print(json.dumps({"seconds": seconds, "cpu": used, "sent": sent}), flush=True)
+
+
+def _workers(url: str, at: datetime, count: int, mode: str = "--child") -> tuple[float, float, int]:
     """(wall seconds from the common start to the last worker's end, their summed CPU
-    seconds, lessons sent), `count` workers started together once each is ready."""
+    seconds, lessons sent), `count` workers started together once each is ready.
+
+    `mode`: "--child" runs dripmail's `run_once`, "--limit-child" the raw-psycopg limit."""
     procs = [
         subprocess.Popen(
-            [sys.executable, __file__, "--child", url, at.isoformat(), f"bench:{i}"],
+            [sys.executable, __file__, mode, url, at.isoformat(), f"bench:{i}"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -169,7 +268,7 @@ def _workers(url: str, at: datetime, count: int) -> tuple[float, float, int]:
     return seconds, cpu, sent
 
 
-def _sent_once(url: str) -> tuple[int, int]:
+def _sent_once(url: str) -> tuple[int, int, int]:
     from sqlalchemy import create_engine, text
 
     engine = create_engine(url)
@@ -178,8 +277,11 @@ def _sent_once(url: str) -> tuple[int, int]:
         keys = conn.execute(
             text("SELECT count(DISTINCT key) FROM deliveries WHERE state = 'sent'")
         ).scalar()
+        done = conn.execute(
+            text("SELECT count(*) FROM subscribers WHERE status = 'completed'")
+        ).scalar()
     engine.dispose()
-    return int(sent or 0), int(keys or 0)
+    return int(sent or 0), int(keys or 0), int(done or 0)
 
 
 def run(quick: bool) -> list[dict]:
@@ -192,23 +294,30 @@ def run(quick: bool) -> list[dict]:
     n = 10_000 if quick else 100_000
     admin = create_engine(url)
     figures: list[dict] = []
-    rates: dict[int, float] = {}
+    rates: dict[str, float] = {}
+    ways = (
+        ("1", 1, "--child", "1 dripmail worker"),
+        ("4", WORKERS, "--child", f"{WORKERS} dripmail workers"),
+        ("limit", WORKERS, "--limit-child", f"{WORKERS} raw-psycopg workers (the limit)"),
+    )
+    ended: set[tuple[int, int, int]] = set()
     try:
-        for count in (1, WORKERS):
+        for way, count, mode, who in ways:
             schema = f"bench_{uuid.uuid4().hex[:8]}"
             with admin.begin() as conn:
                 conn.execute(text(f'CREATE SCHEMA "{schema}"'))
             scoped = _scoped(url, schema)
             try:
                 _build(scoped, n)
-                seconds, cpu, sent = _workers(scoped, DAY0 + timedelta(hours=8), count)
-                stored, distinct = _sent_once(scoped)
+                seconds, cpu, sent = _workers(scoped, DAY0 + timedelta(hours=8), count, mode)
+                stored, distinct, done = _sent_once(scoped)
                 if not (sent == stored == distinct == n // 7):  # ids 7, 14, ... start today
-                    raise RuntimeError(f"not exactly once: {sent} {stored} {distinct}")
-                rates[count] = sent / seconds
+                    raise RuntimeError(f"{who}, not exactly once: {sent} {stored} {distinct}")
+                ended.add((stored, distinct, done))
+                rates[way] = sent / seconds
                 figures.append(
                     value(
-                        f"PostgreSQL, {n:,} subscribers: {count} worker(s) claim+record one day "
+                        f"PostgreSQL, {n:,} subscribers: {who} claim+record one day "
                         f"({sent:,} lessons, each sent once; wall from a common start, "
                         "Python start-up excluded)",
                         "s",
@@ -217,7 +326,7 @@ def run(quick: bool) -> list[dict]:
                 )
                 figures.append(
                     value(
-                        f"PostgreSQL, {n:,} subscribers: {count} worker(s), their CPU time "
+                        f"PostgreSQL, {n:,} subscribers: {who}, their CPU time "
                         "(summed; the database server's not counted)",
                         "s",
                         cpu,
@@ -228,13 +337,21 @@ def run(quick: bool) -> list[dict]:
                     conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
     finally:
         admin.dispose()
+    if len(ended) != 1:  # every way leaves the same rows in the same states
+        raise RuntimeError(f"the ways ended differently: {sorted(ended)}")
     figures.append(
         compare(
             f"PostgreSQL, {n:,} subscribers: {WORKERS} workers claim+record one day",
             "deliveries/s",
-            rates[WORKERS],
-            peer=rates[1],
+            rates["4"],
+            peer=rates["1"],
             peer_is="one `run` process doing the same day alone (what a single cron job does)",
+            limit=rates["limit"],
+            limit_is=(
+                f"{WORKERS} raw-psycopg processes started together, the same statements per page"
+                " (read+lock+claim, mark sending, record sent: a transaction each; then the"
+                " completed-subscriber update) on a fresh copy of the same rows"
+            ),
         )
     )
     return figures
@@ -243,6 +360,8 @@ def run(quick: bool) -> list[dict]:
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         _child(sys.argv[2], sys.argv[3], sys.argv[4])
+    elif len(sys.argv) > 1 and sys.argv[1] == "--limit-child":
+        _limit_child(sys.argv[2], sys.argv[3], sys.argv[4])
     else:
         for fig in run("--quick" in sys.argv):
             print(fig)
