@@ -22,6 +22,7 @@ import time as clock
 import uuid
 from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
+from typing import Any, cast
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
@@ -103,7 +104,7 @@ def _child(url: str, at: str, worker: str) -> None:
         async def reconcile(self, messages):
             return {}
 
-    def render(row: dict) -> Message:
+    def render(row: Any) -> Message:
         return Message(
             key=row["key"], kind="lesson", ref=str(row["lesson_day"]),
             sender=Mailbox("hello@studio.example.com"), to=Mailbox(row["email"]),
@@ -119,7 +120,7 @@ def _child(url: str, at: str, worker: str) -> None:
     sys.stdin.readline()
     started, cpu = clock.perf_counter(), clock.process_time()
     report = run_once(
-        engine, Instant(), render, datetime.fromisoformat(at), default_send_time=SEND,
+        engine, cast(Any, Instant()), render, datetime.fromisoformat(at), default_send_time=SEND,
         worker_id=worker,
     )  # fmt: skip
     print(
@@ -203,7 +204,8 @@ def _limit_child(url: str, at: str, worker: str) -> None:
             won = {r[0] for r in conn.execute(_CLAIM, (worker, lease, now, ids))}
         after = (page[-1][4], page[-1][0])
         held = sorted((r for r in page if r[0] in won), key=lambda r: r[1])
-        marks, outcomes = [], []
+        marks: list[tuple[str, datetime, datetime, int]] = []
+        outcomes: list[tuple[str, datetime, datetime, int]] = []
         for start in range(0, len(held), 500):  # the provider's batch size
             batch = held[start : start + 500]
             key = hashlib.sha256("|".join(r[1] for r in batch).encode()).hexdigest()[:24]
