@@ -90,6 +90,7 @@ class CourseWatcher:
         self._step_ms = step_ms
         self._token = secrets.token_hex(4)
         self._count = 0
+        self._waiting = 0  # long polls blocked in `wait_for_change` now
         self._changed = threading.Condition()
         self._stop = threading.Event()
         self._ready = threading.Event()
@@ -121,6 +122,17 @@ class CourseWatcher:
         with self._changed:
             self._changed.notify_all()
 
+    @property
+    def waiting(self) -> int:
+        """How many long polls are waiting for a change now."""
+        with self._changed:
+            return self._waiting
+
+    @property
+    def stopped(self) -> bool:
+        """True once `stop` was called (the server is shutting down)."""
+        return self._stop.is_set()
+
     def wait_for_change(self, seen: str, timeout: float) -> str:
         """Block until `version` differs from `seen` or `timeout` seconds pass; the version.
 
@@ -128,10 +140,14 @@ class CourseWatcher:
         answer as soon as a file changes (or after `timeout`, and then asks again).
         """
         with self._changed:
-            self._changed.wait_for(
-                lambda: f"{self._token}-{self._count}" != seen or self._stop.is_set(),
-                timeout=timeout,
-            )
+            self._waiting += 1
+            try:
+                self._changed.wait_for(
+                    lambda: f"{self._token}-{self._count}" != seen or self._stop.is_set(),
+                    timeout=timeout,
+                )
+            finally:
+                self._waiting -= 1
             return f"{self._token}-{self._count}"
 
     def _run(self) -> None:

@@ -66,7 +66,7 @@ def preview(
             "the preview server is not part of this install: use `render` and open "
             "build/preview/index.html"
         ) from None
-    import uvicorn
+    from dripmail.web import serving
 
     # Say so plainly instead of uvicorn's bind traceback-ish log line.
     with socket.socket() as probe:
@@ -81,7 +81,7 @@ def preview(
         f"preview on http://127.0.0.1:{port}/preview, report on http://127.0.0.1:{port}/report"
         "  (Ctrl-C to stop)"
     )
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+    serving.run(app, "127.0.0.1", port)
 
 
 preview.__doc__ = paragraphs(preview.__doc__)

@@ -281,8 +281,7 @@ def _demo_runner():  # -> dripmail.runner.Runner
 
 def _serve(runner, port: int) -> None:
     """The report page (and the preview) on 127.0.0.1 only, until Ctrl-C."""
-    import uvicorn
-
+    from dripmail.web import serving
     from dripmail.web.app import create_app
 
     app = create_app(runner.project, runner.settings, preview=True)
@@ -290,7 +289,7 @@ def _serve(runner, port: int) -> None:
         f"report on http://127.0.0.1:{port}/report, preview on http://127.0.0.1:{port}/preview"
         " (Ctrl-C stops)"
     )
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    serving.run(app, "127.0.0.1", port, access_log=False)
 
 
 def register(app: typer.Typer) -> None:

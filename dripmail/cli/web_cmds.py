@@ -22,8 +22,7 @@ def serve(
     """
     import logging
 
-    import uvicorn
-
+    from dripmail.web import serving
     from dripmail.web.app import create_app
 
     # One line per request and per refused webhook from dripmail itself (tokens redacted);
@@ -46,9 +45,7 @@ def serve(
     )
     # proxy_headers: the client address comes from X-Forwarded-For when the proxy is trusted
     # (FORWARDED_ALLOW_IPS, default 127.0.0.1); the sign-up rate limit keys on it.
-    uvicorn.run(
-        app, host=host, port=port, log_level="warning", access_log=False, proxy_headers=True
-    )
+    serving.run(app, host, port, access_log=False, proxy_headers=True)
 
 
 def is_loopback(host: str) -> bool:

@@ -252,15 +252,27 @@ async def version(request: Request) -> Response:
 
     With ``seen`` equal to the current version the answer waits until a file changes (or
     `LONG_POLL_SECONDS` pass); the pages reload when the answer differs from what they show.
+    Without ``seen`` the answer also says how many long polls are ``waiting``. While the
+    server is stopping the answer is 503 ``{"version": V, "stopping": true}`` at
+    once, so the server's graceful shutdown does not wait out the poll (see `web.serving`).
     """
     c = ctx(request)
     state = _state(request)
     seen = request.query_params.get("seen")
     if seen and state.watcher is not None:
         value = await run_in_threadpool(state.watcher.wait_for_change, seen, LONG_POLL_SECONDS)
+        if state.watcher.stopped:
+            return JSONResponse(
+                {"version": value, "stopping": True},
+                status_code=503,
+                headers={"Cache-Control": "no-store", "Retry-After": "3"},
+            )
     else:
         value = await c.db(state.version)
-    return JSONResponse({"version": value}, headers={"Cache-Control": "no-store"})
+    body: dict[str, object] = {"version": value}
+    if not seen and state.watcher is not None:
+        body["waiting"] = state.watcher.waiting  # open pages' long polls (what a stop wakes)
+    return JSONResponse(body, headers={"Cache-Control": "no-store"})
 
 
 async def email_page(request: Request) -> Response:

@@ -4,8 +4,10 @@ built wheel, the preview server)."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -227,6 +229,9 @@ def test_preview_serves_every_email_and_follows_edits(root: Path) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # Ctrl-C reaches it as from a terminal, even when the suite runs in the background
+        # (which starts children with SIGINT ignored).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
     def page_until(text: str) -> str:
@@ -247,9 +252,36 @@ def test_preview_serves_every_email_and_follows_edits(root: Path) -> None:
         lesson = root / "course" / "day-3-stretch-3.md"
         lesson.write_text(lesson_text(3, subject="Day 3: rotate, do not force"))
         page_until("Day 3: rotate, do not force")
+        # Ctrl-C with a page open: its long poll (which would wait for the next save) is
+        # answered "stopping" at once instead of holding the shutdown, and the server ends.
+        shown = httpx.get(f"http://127.0.0.1:{port}/preview/version", timeout=60).json()
+        answers: list[httpx.Response] = []
+        poll = threading.Thread(
+            target=lambda: answers.append(
+                httpx.get(
+                    f"http://127.0.0.1:{port}/preview/version",
+                    params={"seen": shown["version"]},
+                    timeout=300,
+                )
+            )
+        )
+        poll.start()
+        while (
+            httpx.get(f"http://127.0.0.1:{port}/preview/version", timeout=60).json()["waiting"] < 1
+        ):
+            assert poll.is_alive(), answers
+            time.sleep(0.05)
+        server.send_signal(signal.SIGINT)
+        poll.join(timeout=300)
+        assert answers and answers[0].status_code == 503, answers
+        assert answers[0].json() == {"version": shown["version"], "stopping": True}
+        # 130: stopped by Ctrl-C (the README's exit codes), cleanly, with no traceback.
+        assert server.wait(timeout=300) == 130
+        assert "Traceback" not in (server.stderr.read() if server.stderr else "")
     finally:
-        server.terminate()
-        server.wait(timeout=300)
+        if server.poll() is None:
+            server.terminate()
+            server.wait(timeout=300)
         server.stdout.close()
         server.stderr.close()
     busy = socket.socket()

@@ -66,6 +66,10 @@ class Server:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        from dripmail.web.serving import wake_long_polls
+
+        # As a stop signal does under `dripmail serve`: an open page's long poll answers at once.
+        wake_long_polls(self.app)
         self.server.should_exit = True
         self.thread.join(timeout=300)
 

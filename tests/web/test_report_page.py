@@ -107,6 +107,7 @@ class Server:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         self.base = f"http://127.0.0.1:{self.port}"
+        self.app = app
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
@@ -119,6 +120,9 @@ class Server:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        from dripmail.web.serving import wake_long_polls
+
+        wake_long_polls(self.app)  # as a stop signal does under `dripmail serve`
         self.server.should_exit = True
         self.thread.join()
 
