@@ -21,7 +21,7 @@ from dripmail import holders
 from dripmail.errors import ProviderAuthError
 from dripmail.message import Message
 from dripmail.providers.base import Lookup, Outcome, Provider
-from dripmail.store.bulk import Bulk
+from dripmail.store.bulk import Bulk, UnnestUpdate
 from dripmail.store.handover_rows import HeldRow
 from dripmail.store.schema import in_flight
 from dripmail.store.transactions import transaction
@@ -144,6 +144,10 @@ def record_many(
             shared = tuple(c for c in columns if all(v[c] == first[c] for _, v in members))
             per_row = tuple(c for c in columns if c not in shared)
             rows = [(row_id, *(v[c] for c in per_row)) for row_id, v in members]
+            if conn.dialect.name == "postgresql":
+                values = {"updated_at": now, **{c: first[c] for c in shared}}
+                _outcome_unnest(table, per_row, shared).run(conn, rows, values)
+                continue
             constants = {"now": now, **{f"v_{c}": first[c] for c in shared}}
             _outcome_statement(table, per_row, shared).run(conn, rows, constants)
 
@@ -165,6 +169,32 @@ def _outcome_statement(table: Table, per_row: tuple[str, ...], shared: tuple[str
         statement = update(table).where(table.c.id == bindparam("row_id")).values(**values)
         bulk = _OUTCOMES[key] = Bulk(statement, ("row_id", *(f"v_{c}" for c in per_row)))
     return bulk
+
+
+_UNNESTS: dict[tuple[str, tuple[str, ...], tuple[str, ...]], UnnestUpdate] = {}
+
+
+def _outcome_unnest(
+    table: Table, per_row: tuple[str, ...], shared: tuple[str, ...]
+) -> UnnestUpdate:
+    """PostgreSQL's `_outcome_statement`: the whole group in one ``UPDATE ... FROM unnest``."""
+    key = (table.name, per_row, shared)
+    found = _UNNESTS.get(key)
+    if found is None:
+        released = {"claimed_by": "NULL", "lease_expires_at": "NULL"}
+        found = _UNNESTS[key] = UnnestUpdate(table, per_row, ("updated_at", *shared), released)
+    return found
+
+
+def _sending_unnest(table: Table, first_use: bool) -> UnnestUpdate:
+    """PostgreSQL's `_sending_statement`: a whole chunk's mark in one ``UPDATE ... FROM unnest``."""
+    key = (table.name, ("sending",), (str(first_use),))
+    found = _UNNESTS.get(key)
+    if found is None:
+        shared = ("state", "provider", "updated_at", *(("handed_at",) if first_use else ()))
+        attempts = {"attempts": f"{table.name}.attempts + 1"}
+        found = _UNNESTS[key] = UnnestUpdate(table, ("batch_key",), shared, attempts)
+    return found
 
 
 def _sending_statement(table: Table, first_use: bool) -> Bulk:
@@ -363,6 +393,13 @@ async def deliver(
         marks[first_use].extend((by_key[m.key]["id"], batch_key) for m in batch)
     with engine.begin() as conn:
         for first_use, params in marks.items():
+            if conn.dialect.name == "postgresql":
+                # One UPDATE ... FROM unnest per chunk (see `store.bulk.UnnestUpdate`).
+                mark = {"state": "sending", "provider": provider.name, "updated_at": now}
+                if first_use:
+                    mark["handed_at"] = now
+                _sending_unnest(table, first_use).run(conn, params, mark)
+                continue
             _sending_statement(table, first_use).run(
                 conn, params, {"now": now, "provider": provider.name}
             )

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, Table
 from sqlalchemy.engine import Dialect
 from sqlalchemy.sql.expression import Executable
 
@@ -114,3 +114,76 @@ class Bulk:
         else:
             params = [{**fixed, **dict(zip(self.row_names, row, strict=True))} for row in rows]
         conn.exec_driver_sql(c.sql, params)
+
+
+class UnnestUpdate:
+    """PostgreSQL: one ``UPDATE table SET ... FROM unnest(ids, col...) AS v WHERE id = v.id``
+    for a whole chunk, instead of an executemany of single-row updates (one statement the
+    server plans and runs once, not a thousand; same transaction, so crash safety is the same).
+
+    `per_row`: columns whose value differs by row (each row's tuple is ``(id, *values)`` in
+    this order); `shared`: columns set to one value given to `run`; `raw`: columns set by a
+    fixed SQL expression (``{"attempts": "deliveries.attempts + 1", "claimed_by": "NULL"}``).
+    Values go through their column type's conversion, as `Connection.execute` would do.
+    """
+
+    def __init__(
+        self,
+        table: Table,
+        per_row: Sequence[str],
+        shared: Sequence[str] = (),
+        raw: Mapping[str, str] | None = None,
+    ) -> None:
+        self.table = table
+        self.per_row = tuple(per_row)
+        self.shared = tuple(shared)
+        self.raw = dict(raw or {})
+        self._sql: dict[str, tuple[str, list[Callable[[Any], Any] | None]]] = {}
+
+    def _compiled(self, dialect: Dialect) -> tuple[str, list[Callable[[Any], Any] | None]]:
+        key = f"{dialect.name}+{dialect.driver}"
+        if key not in self._sql:
+            t, name = self.table, self.table.name
+
+            def sql_type(column: str) -> str:
+                return t.c[column].type.compile(dialect=dialect)
+
+            sets = [f"{c} = v.c{i}" for i, c in enumerate(self.per_row)]
+            sets += [f"{c} = %(s_{c})s::{sql_type(c)}" for c in self.shared]
+            sets += [f"{c} = {expr}" for c, expr in self.raw.items()]
+            arrays = [f"%(ids)s::{sql_type('id')}[]"]
+            arrays += [f"%(a{i})s::{sql_type(c)}[]" for i, c in enumerate(self.per_row)]
+            names = ", ".join(["id", *(f"c{i}" for i in range(len(self.per_row)))])
+            sql = (
+                f"UPDATE {name} SET {', '.join(sets)} FROM unnest({', '.join(arrays)})"
+                f" AS v({names}) WHERE {name}.id = v.id"
+            )
+            processors: list[Callable[[Any], Any] | None] = [
+                t.c[c].type.dialect_impl(dialect).bind_processor(dialect) for c in self.per_row
+            ]
+            self._sql[key] = (sql, processors)
+        return self._sql[key]
+
+    def run(
+        self,
+        conn: Connection,
+        rows: Sequence[tuple[Any, ...]],
+        shared: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Update every row of `rows` (``(id, *per_row values)``) in one statement."""
+        if not rows:
+            return
+        sql, processors = self._compiled(conn.dialect)
+        columns = list(zip(*rows, strict=True))
+        params: dict[str, Any] = {"ids": list(columns[0])}
+        for i, process in enumerate(processors):
+            values = columns[i + 1]
+            params[f"a{i}"] = (
+                list(values)
+                if process is None
+                else [None if v is None else process(v) for v in values]
+            )
+        for c, value in (shared or {}).items():
+            process = self.table.c[c].type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
+            params[f"s_{c}"] = value if process is None or value is None else process(value)
+        conn.exec_driver_sql(sql, params)
