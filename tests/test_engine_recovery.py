@@ -154,3 +154,67 @@ def test_limit_caps_new_sends_not_the_recovery_of_what_a_crash_left(tmp_path: Pa
         engine, outbox, _render, NOW, default_send_time=time(7), worker_id="t", chunk=10, limit=1
     )
     assert _states(engine) == {"sent": 26, "planned": 14}
+
+
+def test_outcomes_of_every_kind_are_stored_alike_on_both_stores(store: Engine) -> None:
+    """`record_many` (one ``UPDATE ... FROM unnest`` per group on PostgreSQL, an executemany
+    on SQLite): each row gets its own values, shared ones once, and its claim released."""
+    from dripmail.handover import record_many
+
+    seed(store, 5, status="active")
+    with store.begin() as conn:
+        conn.execute(
+            insert(deliveries),
+            [
+                {
+                    "subscriber_id": sid,
+                    "lesson_day": 1,
+                    "key": f"k{sid}",
+                    "due_at": NOW,
+                    "state": "sending",
+                    "claimed_by": "me:1",
+                    "lease_expires_at": NOW + timedelta(minutes=5),
+                    "updated_at": NOW - timedelta(hours=1),
+                }
+                for sid in range(1, 6)
+            ],
+        )
+        ids = {k: i for k, i in conn.execute(select(deliveries.c.key, deliveries.c.id))}
+    later = NOW + timedelta(hours=3)
+    record_many(
+        store,
+        deliveries,
+        NOW,
+        [
+            (ids["k1"], {"state": "sent", "provider_message_id": "p1", "sent_at": NOW}),
+            (ids["k2"], {"state": "handed", "provider_message_id": None, "sent_at": later}),
+            (ids["k3"], {"state": "planned", "last_error": "busy", "next_attempt_at": later}),
+            (ids["k4"], {"state": "failed", "last_error": "gone (to p4@example.org)"}),
+            (ids["k5"], {"state": "failed", "last_error": "gone (to p5@example.org)"}),
+        ],
+    )
+    c = deliveries.c
+    with store.connect() as conn:
+        got = {
+            r.key: tuple(r)[1:]
+            for r in conn.execute(
+                select(
+                    c.key,
+                    c.state,
+                    c.provider_message_id,
+                    c.sent_at,
+                    c.last_error,
+                    c.next_attempt_at,
+                    c.claimed_by,
+                    c.lease_expires_at,
+                    c.updated_at,
+                )
+            )
+        }
+    assert got == {
+        "k1": ("sent", "p1", NOW, None, None, None, None, NOW),
+        "k2": ("handed", None, later, None, None, None, None, NOW),
+        "k3": ("planned", None, None, "busy", later, None, None, NOW),
+        "k4": ("failed", None, None, "gone (to p4@example.org)", None, None, None, NOW),
+        "k5": ("failed", None, None, "gone (to p5@example.org)", None, None, None, NOW),
+    }
