@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import signal
+import threading
 import time as wallclock
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -126,24 +130,25 @@ def run(
     attention = False
     passes = 0
     try:
-        while True:
-            current = clock_at or datetime.now(UTC)
-            result = _one_pass(core, current, limit, dry_run, quiet)
-            if not passes or _did_something(result.lessons):
-                # A loop reports its first pass, then only passes that did something: a
-                # minute-by-minute "0 sent" all day would bury the lines that matter.
-                _print_report(result.lessons, current, dry_run)
-            passes += 1
-            if result.confirmations:
-                typer.echo(f"{result.confirmations} confirmation email(s) sent after a crash")
-            for line in _broadcast_lines(result.broadcasts):
-                typer.echo(line)
-            attention = attention or result.attention
-            if result.halted:
-                raise typer.Exit(1)
-            if not loop or dry_run:
-                break
-            wallclock.sleep(core.seconds_to_next())
+        with _sigterm_as_ctrl_c():
+            while True:
+                current = clock_at or datetime.now(UTC)
+                result = _one_pass(core, current, limit, dry_run, quiet)
+                if not passes or _did_something(result.lessons):
+                    # A loop reports its first pass, then only passes that did something: a
+                    # minute-by-minute "0 sent" all day would bury the lines that matter.
+                    _print_report(result.lessons, current, dry_run)
+                passes += 1
+                if result.confirmations:
+                    typer.echo(f"{result.confirmations} confirmation email(s) sent after a crash")
+                for line in _broadcast_lines(result.broadcasts):
+                    typer.echo(line)
+                attention = attention or result.attention
+                if result.halted:
+                    raise typer.Exit(1)
+                if not loop or dry_run:
+                    break
+                wallclock.sleep(core.seconds_to_next())
     except KeyboardInterrupt:
         # Ctrl-C mid-pass is safe: claims not yet handed over went back to the queue, and
         # anything in flight is reconciled by the next run.
@@ -154,6 +159,25 @@ def run(
         core.close()
     if attention:
         raise typer.Exit(EXIT_ATTENTION)
+
+
+@contextmanager
+def _sigterm_as_ctrl_c() -> Iterator[None]:
+    """Within: SIGTERM (systemd, `docker stop`, `kill`) stops the run as Ctrl-C does.
+
+    Killed outright, a run is still safe (its claims wait out their lease, anything in flight
+    is reconciled next time), but a stop the service manager asks for should end as cleanly
+    as Ctrl-C: claims not yet handed over go back to the queue at once. The previous handler
+    comes back afterwards (tests run the CLI inside their own process).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _broadcast_lines(done) -> list[str]:

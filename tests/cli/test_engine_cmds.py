@@ -157,11 +157,15 @@ def _stop(proc: subprocess.Popen[str]) -> tuple[str, str]:
     except subprocess.TimeoutExpired:
         proc.send_signal(signal.SIGABRT)
         out, err = proc.communicate()
-        return out, f"still running {STOP_WAIT} s after SIGINT:\n" + err
+        return out, f"still running {STOP_WAIT} s after the stop signal:\n" + err
 
 
 @pytest.mark.timeout(900)
-def test_run_loop_sends_what_is_due_then_sleeps_until_stopped(project: Path) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_run_loop_sends_what_is_due_then_sleeps_until_stopped(
+    project: Path, stop: signal.Signals
+) -> None:
+    """Ctrl-C, or SIGTERM as a service manager sends it, ends the loop cleanly (exit 0)."""
     from datetime import UTC, datetime, timedelta
 
     yesterday = (datetime.now(UTC) - timedelta(days=1)).date().isoformat()
@@ -187,7 +191,7 @@ def test_run_loop_sends_what_is_due_then_sleeps_until_stopped(project: Path) -> 
     first = proc.stdout.readline() if proc.stdout else ""
     assert "1 sent" in first, first + _stop(proc)[1]
     assert proc.poll() is None, "the loop should keep running"
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(stop)
     out, err = _stop(proc)
     out = first + out
     assert proc.returncode == 0, err
