@@ -15,7 +15,19 @@ from hashlib import sha256
 from typing import Any, TypeVar
 from uuid import uuid4
 
-from sqlalchemy import Connection, Engine, Table, and_, bindparam, null, select, update
+from sqlalchemy import (
+    ARRAY,
+    Connection,
+    Engine,
+    Integer,
+    Table,
+    and_,
+    any_,
+    bindparam,
+    null,
+    select,
+    update,
+)
 
 from dripmail import holders
 from dripmail.errors import ProviderAuthError
@@ -643,9 +655,15 @@ def claim(
         if free:
             # Built with an expanding parameter, so the statement is compiled once and cached
             # (a literal list would coerce every id into its own parameter on each call).
+            if conn.dialect.name == "postgresql":
+                # One array parameter: an IN list of a thousand ids is rendered, sent and
+                # parsed as a thousand parameters on every call (most of a worker's CPU).
+                ids = table.c.id == any_(bindparam("ids", type_=ARRAY(Integer)))
+            else:
+                ids = table.c.id.in_(bindparam("ids", expanding=True))
             won = conn.execute(
                 update(table)
-                .where(table.c.id.in_(bindparam("ids", expanding=True)), table.c.state == "planned")
+                .where(ids, table.c.state == "planned")
                 .values(
                     state="claimed",
                     claimed_by=bindparam("worker"),
