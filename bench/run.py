@@ -1,10 +1,12 @@
-"""Run every benchmark: `python bench/run.py [--quick] [--only NAME ...]`.
+"""Run every benchmark: `python bench/run.py [--quick] [--only NAME ... [--update]]`.
 
 Each `bench/bench_*.py` exposes `run(quick: bool) -> list[dict]`; a figure is either a plain
 value ``{"name", "value", "unit"}`` (`figure.value`) or a comparison built by
 `figure.compare`: dripmail, the peer a user would write and the limit (the cheapest way),
 measured in the same run (the machines are shared and noisy: only same-run ratios are
-quoted). Results go to bench/results.json and bench/RESULTS.md.
+quoted). Results go to bench/results.json and bench/RESULTS.md. `--only NAME ... --update`
+runs those benches again and replaces just their figures in the files (each bench's figures
+keep the time of the run that measured them), so one changed bench need not cost a full run.
 """
 
 from __future__ import annotations
@@ -47,10 +49,17 @@ def _markdown(results: dict) -> str:
         "",
         f"{results['when']} on {results['machine']}, "
         f"{'quick' if results['quick'] else 'full'} run of {', '.join(results['benches'])}"
-        f" ({results['seconds']:.0f} s). Each comparison is dripmail beside the peer a user"
+        f" ({results['seconds']:.0f} s)"
+        + (
+            f"; measured again later on their own: {', '.join(results['updated'])}"
+            if results.get("updated")
+            else ""
+        )
+        + ". Each comparison is dripmail beside the peer a user"
         " would write and the limit (the cheapest way to do the same work in Python on the"
-        " same inputs), measured in the same run; `vs peer` is how many times better than"
-        " the peer, `of limit` the share of the limit's speed reached (1.0 = at the limit).",
+        " same inputs), measured in the same run of its bench; `vs peer` is how many times"
+        " better than the peer, `of limit` the share of the limit's speed reached"
+        " (1.0 = at the limit).",
         "",
         "| figure | dripmail | peer | vs peer | limit | of limit |",
         "|---|---|---|---|---|---|",
@@ -91,8 +100,22 @@ def main() -> int:
     parser.add_argument(
         "--only", nargs="+", metavar="NAME", help="run only these, print, write nothing"
     )
+    parser.add_argument(
+        "--update",
+        action="store_true",
+        help="with --only: replace those benches' figures in results.json and RESULTS.md",
+    )
     args = parser.parse_args()
+    if args.update and not args.only:
+        parser.error("--update needs --only NAME ...")
+    kept: list[dict] = []
+    if args.update:
+        previous = json.loads((HERE / "results.json").read_text())
+        if previous.get("quick") != args.quick:
+            parser.error("--update must match the stored run's --quick")
     wanted = {n if n.startswith("bench_") else f"bench_{n}" for n in args.only or []}
+    if args.update:
+        kept = [f for f in previous["figures"] if f.get("bench") not in wanted]
     figures: list[dict] = []
     failed: dict[str, str] = {}
     benches = [p for p in sorted(HERE.glob("bench_*.py")) if not wanted or p.stem in wanted]
@@ -101,8 +124,11 @@ def main() -> int:
     for done, path in enumerate(benches, 1):
         started = time.perf_counter()
         print(f"running {path.stem} ...", flush=True)
+        when = datetime.now(UTC).isoformat(timespec="seconds")
         try:
-            figures.extend(_load(path).run(args.quick))
+            figures.extend(
+                {**fig, "bench": path.stem, "measured": when} for fig in _load(path).run(args.quick)
+            )
         except Exception as exc:  # one broken bench must not lose the others' figures
             traceback.print_exc()
             failed[path.stem] = f"{type(exc).__name__}: {str(exc).splitlines()[-1:]}"
@@ -117,7 +143,16 @@ def main() -> int:
             "figures": figures,
             "failed": failed,
         }
-        if not wanted:  # after each bench: a run cut short still leaves what it measured
+        if args.update:
+            results |= {
+                "when": previous["when"],
+                "benches": sorted(set(previous["benches"]) | set(results["benches"])),
+                "seconds": previous["seconds"],
+                "updated": sorted(set(previous.get("updated", [])) | set(results["benches"])),
+                # A full run's order (benches by name); stable, so each keeps its own order.
+                "figures": sorted(kept + figures, key=lambda f: f.get("bench", "")),
+            }
+        if not wanted or args.update:  # after each bench: a run cut short keeps its figures
             (HERE / "results.json").write_text(json.dumps(results, indent=2) + "\n")
             (HERE / "RESULTS.md").write_text(_markdown(results))
     print(_markdown(results))
