@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
 import socket
 from collections import Counter
 from dataclasses import replace
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from fakes.mail import FAST_LIMITS, FAST_RETRY
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine, func, select, text, update
 
 from dripmail import broadcast as bc
 from dripmail import subscribers as subs
@@ -43,8 +44,23 @@ def project(tmp_path: Path) -> Project:
 
 
 @pytest.fixture
-def engine(project: Project) -> Engine:
-    return open_store("sqlite:///dripmail.db", project.root)
+def engine(project: Project, request: pytest.FixtureRequest) -> Engine:
+    """SQLite; or, for tests parametrized with `ON_BOTH_STORES`, PostgreSQL too (its own
+    path: outcomes and sending marks written with one ``UPDATE ... FROM unnest`` per chunk)."""
+    if getattr(request, "param", "sqlite") == "sqlite":
+        return open_store("sqlite:///dripmail.db", project.root)
+    url = os.environ.get("DRIPMAIL_TEST_DATABASE_URL")
+    if not url:
+        pytest.skip("DRIPMAIL_TEST_DATABASE_URL is not set (CI sets it; see README)")
+    store = open_store(url, project.root)
+    with store.begin() as conn:
+        conn.execute(text("TRUNCATE subscribers, broadcasts, events RESTART IDENTITY CASCADE"))
+    return store
+
+
+ON_BOTH_STORES = pytest.mark.parametrize(
+    "engine", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True
+)
 
 
 def _postmark(fake) -> PostmarkProvider:
@@ -83,6 +99,7 @@ def _outbox_index(project: Project) -> list[dict]:
     return [json.loads(x) for x in lines]
 
 
+@ON_BOTH_STORES
 def test_ten_thousand_each_eligible_accepted_once_ineligible_never(
     project: Project, engine: Engine, fake_providers
 ) -> None:
@@ -240,6 +257,7 @@ def test_claims_of_a_dead_local_worker_are_taken_over_at_once(
     assert bc.stats(engine, row["id"]).pending == 5
 
 
+@ON_BOTH_STORES
 def test_in_flight_batch_is_reconciled_not_resent(
     project: Project, engine: Engine, fake_providers
 ) -> None:
@@ -316,6 +334,7 @@ class DiesAfterTheCall:
         raise Killed
 
 
+@ON_BOTH_STORES
 def test_resend_gets_an_interrupted_batch_again_as_it_was(
     project: Project, engine: Engine, fake_providers
 ) -> None:
