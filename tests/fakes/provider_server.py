@@ -163,7 +163,7 @@ class FakeProviders:
         """Listen on 127.0.0.1:<free port> in a daemon thread."""
         if self.validate:
             contracts.preload()
-        server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        server = _Server(("127.0.0.1", 0), _Handler)
         server.daemon_threads = True
         server.fake = self  # type: ignore[attr-defined]
         self._server = server
@@ -869,6 +869,13 @@ def _multipart(headers: dict[str, str], body: bytes) -> dict[str, list[str]]:
         payload = part.get_payload(decode=True) or b""
         out.setdefault(str(name), []).append(payload.decode(part.get_content_charset() or "utf-8"))
     return out
+
+
+class _Server(ThreadingHTTPServer):
+    # socketserver's default listen backlog is 5: eight pooled connections opened at once
+    # overflowed it, the kernel dropped the extra SYNs and the client resent them a second
+    # later (a bimodal 1 s stall in benchmarks and tests). A real provider's backlog is large.
+    request_queue_size = 128
 
 
 class _Handler(BaseHTTPRequestHandler):
