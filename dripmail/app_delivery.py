@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from dripmail.content import Newsletter
     from dripmail.engine import RunReport
     from dripmail.providers.base import Provider
+    from dripmail.stats import Status
     from dripmail.store.delivery_queries import DueRow
 
 # How long `run --loop` sleeps at most before looking again (new sign-ups, retries).
@@ -204,6 +205,25 @@ class DeliveryUseCases:
         if broadcasts and not dry_run:
             done = self.send_due_broadcasts(now)
         return RunResult(now, report, done, confirmations)
+
+    def status(self, recent: int = 10) -> Status:
+        """The counts `status` prints (`stats.collect`), with "next due" as the engine sends:
+        a lesson planned in the past but held by the one-lesson-per-local-day rule counts from
+        when the rule lets it go. With a course that does not load, the plan time is shown."""
+        from dripmail.errors import ContentError
+        from dripmail.stats import collect
+
+        try:
+            course = self.course
+        except ContentError:
+            return collect(self.engine, recent, self.clock())
+        return collect(
+            self.engine,
+            recent,
+            self.clock(),
+            send_time=course.send_time,
+            skip_weekends=course.skip_weekends,
+        )
 
     def seconds_to_next(self, at: datetime | None = None) -> float:
         """How long `run --loop` may sleep: until a pass would find a lesson to hand over

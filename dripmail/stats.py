@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 
 from sqlalchemy import Engine, func, select
 
-from dripmail.engine import next_due
+from dripmail.engine import next_due, next_send_time
 from dripmail.store.schema import deliveries, subscribers
 
 
@@ -21,8 +21,9 @@ class Status:
     next_due: datetime | None = None
     failures: list[dict] = field(default_factory=list)
     now: datetime = field(default_factory=lambda: datetime.now(UTC))
-    # Planned lessons of active subscribers whose due time is already past (`run` has not
-    # caught up: cron stopped, or a simulated `--now` ran ahead of the real clock).
+    # Planned lessons of active subscribers whose planned time is already past (`run` has not
+    # caught up: cron stopped, or a simulated `--now` ran ahead of the real clock; or the
+    # one-lesson-per-local-day rule holds them, which is no fault).
     overdue: int = 0
 
     def next_due_line(self) -> str:
@@ -31,6 +32,11 @@ class Status:
             return "Next due: nothing planned"
         line = f"Next due: {self.next_due:%Y-%m-%d %H:%M} UTC"
         if self.next_due > self.now:
+            if self.overdue:
+                return (
+                    f"{line} ({self.overdue} lesson(s) planned earlier wait for it: at most one "
+                    "lesson per reader per local day)"
+                )
             return line
         # Past its planned time; `run` sends late lessons at most one per reader per local day
         # (the catch-up rule), so a lesson can stay late a day without anything being wrong.
@@ -50,10 +56,20 @@ def _age(delta: timedelta) -> str:
     return f"{minutes // (24 * 60)} days"
 
 
-def collect(engine: Engine, recent: int = 10, now: datetime | None = None) -> Status:
+def collect(
+    engine: Engine,
+    recent: int = 10,
+    now: datetime | None = None,
+    *,
+    send_time: time | None = None,
+    skip_weekends: bool = False,
+) -> Status:
     """Aggregate counts with a handful of GROUP BY queries (fast on a million rows).
 
-    `now` (aware UTC, default the real clock) decides what counts as overdue.
+    `now` (aware UTC, default the real clock) decides what counts as overdue. With the
+    course's `send_time` (and `skip_weekends`), "next due" is when the engine will really send
+    the next lesson (`engine.next_send_time`: the one-lesson-per-local-day rule applied);
+    without, the earliest planned time.
     """
     out = Status(now=now or datetime.now(UTC))
     with engine.connect() as conn:
@@ -88,8 +104,14 @@ def collect(engine: Engine, recent: int = 10, now: datetime | None = None) -> St
                 .limit(recent)
             ).mappings()
         ]
-    out.next_due = next_due(engine)
-    if out.next_due is not None and out.next_due <= out.now:
+    out.next_due = (
+        next_due(engine)
+        if send_time is None
+        else next_send_time(
+            engine, out.now, default_send_time=send_time, skip_weekends=skip_weekends
+        )
+    )
+    if out.next_due is not None and (send_time is not None or out.next_due <= out.now):
         with engine.connect() as conn:
             out.overdue = conn.execute(
                 select(func.count())

@@ -202,10 +202,7 @@ def _broadcast_lines(done) -> list[str]:
 
 def status() -> None:
     """Subscribers by status and lesson, deliveries by state, next due time, recent failures."""
-    from dripmail.stats import collect
-
-    runner = _runner()
-    report = collect(runner.engine)
+    report = _core().status()
     if not report.subscribers:
         # Bare headings with nothing under them read like a fault; say what to do instead.
         typer.echo("no subscribers yet (add one with `subscribers add` or `subscribers import`)")

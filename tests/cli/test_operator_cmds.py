@@ -13,6 +13,7 @@ import sys
 from datetime import UTC, date, datetime, timedelta
 from itertools import pairwise
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 from typer.testing import CliRunner
@@ -98,6 +99,27 @@ def test_status_next_due_in_the_future_is_plain(project: Path) -> None:
     _add(project, "early@example.org", start)
     out = CliRunner().invoke(app, ["--root", str(project), "status"])
     assert f"Next due: {start} 01:30 UTC\n" in out.output and "OVERDUE" not in out.output
+
+
+def test_status_next_due_counts_the_one_lesson_per_day_rule(project: Path) -> None:
+    """A reader 8 days in gets lesson 1 now; lesson 2, planned a week ago, is held to their
+    next local morning: that is when it is due, not OVERDUE (as `run --loop` sleeps to it)."""
+    _add(project, "held@example.org", datetime.now(UTC).date() - timedelta(days=8))
+
+    def kolkata_tomorrow() -> str:
+        return str((datetime.now(ZoneInfo("Asia/Kolkata")) + timedelta(days=1)).date())
+
+    before = kolkata_tomorrow()  # a run just before local midnight may send on either side
+    sent = CliRunner().invoke(app, ["--root", str(project), "run", "-q"])
+    assert sent.exit_code == 0 and "1 sent" in sent.output, sent.output
+    out = CliRunner().invoke(app, ["--root", str(project), "status"])
+    assert out.exit_code == 0, out.output
+    line = next(x for x in out.output.splitlines() if x.startswith("Next due:"))
+    assert line in {
+        f"Next due: {day} 01:30 UTC (6 lesson(s) planned earlier wait for it: at most one "
+        "lesson per reader per local day)"
+        for day in (before, kolkata_tomorrow())
+    }, line
 
 
 def test_status_of_an_empty_project_says_how_to_add_subscribers(project: Path) -> None:
