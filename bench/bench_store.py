@@ -14,12 +14,12 @@ Three ways over the same pending subscribers, each in a fresh SQLite database, o
 from __future__ import annotations
 
 import sqlite3
-import statistics
 import sys
 import tempfile
 import time as clock
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 
 from sqlalchemy import Engine, insert, select, update
@@ -30,7 +30,7 @@ from dripmail.store.schema import deliveries, subscribers
 from tests.course_rules import Rules
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from figure import compare
+from figure import compare, medians
 
 NOW = datetime(2026, 6, 1, 12, tzinfo=UTC)
 DAYS = range(1, 8)
@@ -125,19 +125,17 @@ def _rate(way: Callable[[Engine, Path, list[int]], None], n: int) -> float:
 def run(quick: bool) -> list[dict]:
     """Subscribers activated (7 lessons planned each) per CPU second: ours, peer, limit."""
     n, repeats = (50, 3) if quick else (500, 5)
-    seen: dict[str, list[float]] = {"ours": [], "peer": [], "limit": []}
-    for _ in range(repeats):  # interleaved, so a neighbour's burst hits every way alike
-        for name, way in (("ours", _ours), ("peer", _peer), ("limit", _limit)):
-            seen[name].append(_rate(way, n))
+    ways = {"ours": _ours, "peer": _peer, "limit": _limit}
+    seen = medians({name: partial(_rate, way, n) for name, way in ways.items()}, repeats)
     return [
         compare(
             f"activate subscribers and plan 7 lessons (SQLite, {n} subscribers), per CPU second",
             "subscribers/s",
-            statistics.median(seen["ours"]),
-            peer=statistics.median(seen["peer"]),
+            seen["ours"],
+            peer=seen["peer"],
             peer_is="read the subscriber and set its status, then insert each lesson in its own "
             "transaction: the loop over the course's days a first version writes",
-            limit=statistics.median(seen["limit"]),
+            limit=seen["limit"],
             limit_is="the bare sqlite3 driver running the same statements in one transaction, "
             "values converted beforehand, no checks",
         )

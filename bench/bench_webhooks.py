@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time as clock
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 from dripmail import subscribers as subs
@@ -25,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from fakes.webhook_signing import WebhookKeys, sendgrid_event
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from figure import compare
+from figure import compare, medians
 
 NOW = datetime(2026, 6, 1, 12, tzinfo=UTC)
 
@@ -144,20 +145,17 @@ def run(quick: bool) -> list[dict]:
     """Figures for bench/run.py."""
     n = 300 if quick else 2000
     repeats = 3 if quick else 5
-    seen: dict[str, list[float]] = {"ours": [], "peer": [], "limit": []}
-    for _ in range(repeats):  # interleaved, so a neighbour's burst hits every way alike
-        for way in seen:
-            seen[way].append(_store(n, way))
+    seen = medians({way: partial(_store, n, way) for way in ("ours", "peer", "limit")}, repeats)
     verify = _verify(n, repeats * 3)
     return [
         compare(
             f"store a {n}-event SendGrid batch (batched ingest)",
             "s",
-            statistics.median(seen["ours"]),
-            peer=statistics.median(seen["peer"]),
+            seen["ours"],
+            peer=seen["peer"],
             peer_is="each event looked up, checked and stored in its own transactions through "
             "the library's one-event calls: the loop a webhook handler first writes",
-            limit=statistics.median(seen["limit"]),
+            limit=seen["limit"],
             limit_is="the bare sqlite3 driver: one query for the subscriber ids, one INSERT OR "
             "IGNORE executemany, one transaction, no replay or stop checks",
             better="lower",

@@ -70,15 +70,29 @@ def value(name: str, unit: str, amount: float, note: str = "") -> dict:
     return figure
 
 
-def rates(ways: dict[str, Callable[[], int]], rounds: int) -> dict[str, float]:
-    """Items per second of each way: median over `rounds` interleaved rounds.
-
-    Each way is a callable doing one round of work and returning how many items it did.
-    """
+def medians(ways: dict[str, Callable[[], float]], rounds: int) -> dict[str, float]:
+    """Each way's own measurement (a callable doing one round and returning, say, its
+    seconds or its rate): median over `rounds` interleaved rounds, so a burst of load from a
+    neighbour hits every way alike."""
     seen: dict[str, list[float]] = {name: [] for name in ways}
     for _ in range(rounds):
         for name, way in ways.items():
+            seen[name].append(way())
+    return {name: statistics.median(values) for name, values in seen.items()}
+
+
+def rates(ways: dict[str, Callable[[], int]], rounds: int) -> dict[str, float]:
+    """Items per second of each way (wall time): median over `rounds` interleaved rounds.
+
+    Each way is a callable doing one round of work and returning how many items it did.
+    """
+
+    def timed(way: Callable[[], int]) -> Callable[[], float]:
+        def rate() -> float:
             started = time.perf_counter()
             done = way()
-            seen[name].append(done / (time.perf_counter() - started))
-    return {name: statistics.median(values) for name, values in seen.items()}
+            return done / (time.perf_counter() - started)
+
+        return rate
+
+    return medians({name: timed(way) for name, way in ways.items()}, rounds)

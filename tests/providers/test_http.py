@@ -36,6 +36,17 @@ def _closed_port() -> int:
         return s.getsockname()[1]
 
 
+def _postmark_client(fake, retry: RetryPolicy = FAST) -> HttpClient:
+    """A bare client of the fake Postmark, with its server token."""
+    return HttpClient(
+        "postmark",
+        "X",
+        fake.base("postmark"),
+        headers={"X-Postmark-Server-Token": fake.POSTMARK_TOKEN},
+        retry=retry,
+    )
+
+
 def test_refused_connection_is_surely_not_sent_after_bounded_attempts() -> None:
     client = HttpClient("postmark", "X", f"http://127.0.0.1:{_closed_port()}", retry=FAST)
     answer = asyncio.run(client.call("POST", "/email/batch", json=[]))
@@ -45,13 +56,7 @@ def test_refused_connection_is_surely_not_sent_after_bounded_attempts() -> None:
 
 def test_dropped_connection_is_ambiguous_and_not_retried_without_a_key(fake_providers) -> None:
     fake_providers.script("postmark", ["drop"])
-    client = HttpClient(
-        "postmark",
-        "X",
-        fake_providers.base("postmark"),
-        headers={"X-Postmark-Server-Token": fake_providers.POSTMARK_TOKEN},
-        retry=FAST,
-    )
+    client = _postmark_client(fake_providers)
     answer = asyncio.run(client.call("POST", "/email/batch", json=[]))
     assert answer.sent is Sent.AMBIGUOUS and client.requests == 1
 
@@ -64,12 +69,9 @@ def test_a_request_held_past_the_timeout_is_ambiguous_and_not_retried_without_a_
     # however slow the machine: no race between two clocks.
     fake_providers.slow_seconds = 600
     fake_providers.script("postmark", ["slow"])
-    client = HttpClient(
-        "postmark",
-        "X",
-        fake_providers.base("postmark"),
-        headers={"X-Postmark-Server-Token": fake_providers.POSTMARK_TOKEN},
-        retry=RetryPolicy(max_attempts=3, base_delay=0.001, max_delay=0.01, timeout=0.5),
+    client = _postmark_client(
+        fake_providers,
+        RetryPolicy(max_attempts=3, base_delay=0.001, max_delay=0.01, timeout=0.5),
     )
     answer = asyncio.run(client.call("POST", "/email/batch", json=[]))
     assert answer.sent is Sent.AMBIGUOUS and client.requests == 1
@@ -81,13 +83,7 @@ def test_retry_after_is_honoured(fake_providers) -> None:
     from fakes.provider_server import Fault
 
     fake_providers.script("postmark", [Fault("429", retry_after=1)])
-    client = HttpClient(
-        "postmark",
-        "X",
-        fake_providers.base("postmark"),
-        headers={"X-Postmark-Server-Token": fake_providers.POSTMARK_TOKEN},
-        retry=FAST,
-    )
+    client = _postmark_client(fake_providers)
     began = time.monotonic()
     answer = asyncio.run(client.call("POST", "/email/batch", json=[]))
     assert answer.sent is Sent.ANSWERED and answer.status == 200
@@ -232,13 +228,7 @@ def test_an_answered_request_and_its_body_are_freed_without_the_cycle_collector(
 ) -> None:
     # A batch's body is megabytes: it must go when the answer goes, not when the collector's
     # oldest generation next runs (a broadcast's memory stays flat without collecting).
-    client = HttpClient(
-        "postmark",
-        "X",
-        fake_providers.base("postmark"),
-        headers={"X-Postmark-Server-Token": fake_providers.POSTMARK_TOKEN},
-        retry=FAST,
-    )
+    client = _postmark_client(fake_providers)
 
     async def one_call() -> weakref.ref[httpx.Request]:
         answer = await client.call("POST", "/email/batch", json=[])
