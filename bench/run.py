@@ -108,14 +108,21 @@ def main() -> int:
     args = parser.parse_args()
     if args.update and not args.only:
         parser.error("--update needs --only NAME ...")
-    kept: list[dict] = []
+    known = sorted(p.stem for p in HERE.glob("bench_*.py"))
+    wanted = {n if n.startswith("bench_") else f"bench_{n}" for n in args.only or []}
+    if wanted - set(known):
+        parser.error(
+            f"no benchmark {', '.join(sorted(wanted - set(known)))}; there are: "
+            + ", ".join(name.removeprefix("bench_") for name in known)
+        )
     if args.update:
         previous = json.loads((HERE / "results.json").read_text())
         if previous.get("quick") != args.quick:
-            parser.error("--update must match the stored run's --quick")
-    wanted = {n if n.startswith("bench_") else f"bench_{n}" for n in args.only or []}
-    if args.update:
-        kept = [f for f in previous["figures"] if f.get("bench") not in wanted]
+            stored = "quick" if previous.get("quick") else "full"
+            parser.error(
+                f"the stored results are a {stored} run: update them with a {stored} run "
+                f"({'add' if stored == 'quick' else 'drop'} --quick), or run every bench"
+            )
     figures: list[dict] = []
     failed: dict[str, str] = {}
     benches = [p for p in sorted(HERE.glob("bench_*.py")) if not wanted or p.stem in wanted]
@@ -131,7 +138,8 @@ def main() -> int:
             )
         except Exception as exc:  # one broken bench must not lose the others' figures
             traceback.print_exc()
-            failed[path.stem] = f"{type(exc).__name__}: {str(exc).splitlines()[-1:]}"
+            last = str(exc).splitlines()[-1:] or [""]
+            failed[path.stem] = f"{type(exc).__name__}: {last[0]}"
         print(f"  done in {time.perf_counter() - started:.1f}s", flush=True)
         results = {
             "when": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -144,11 +152,14 @@ def main() -> int:
             "failed": failed,
         }
         if args.update:
+            # A bench that failed again keeps the figures it had; the others are replaced.
+            measured = {p.stem for p in benches[:done]} - set(failed)
+            kept = [f for f in previous["figures"] if f.get("bench") not in measured]
             results |= {
                 "when": previous["when"],
                 "benches": sorted(set(previous["benches"]) | set(results["benches"])),
                 "seconds": previous["seconds"],
-                "updated": sorted(set(previous.get("updated", [])) | set(results["benches"])),
+                "updated": sorted(set(previous.get("updated", [])) | measured),
                 # A full run's order (benches by name); stable, so each keeps its own order.
                 "figures": sorted(kept + figures, key=lambda f: f.get("bench", "")),
             }
