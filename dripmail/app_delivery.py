@@ -155,9 +155,9 @@ class DeliveryUseCases:
         return handover_window(self.provider, self.settings)
 
     def count_due(self, at: datetime) -> int:
-        """Planned lessons of active subscribers due by `at` (plus the handover window).
-
-        An estimate for a progress bar: some of them wait for their previous lesson.
+        """How many lessons a pass at `at` would hand over, at most (plus the handover window):
+        active readers with a lesson due, each counted once since a pass sends a reader one
+        lesson at most. An estimate for a progress bar: some wait for their previous lesson.
         """
         from dripmail.store.delivery_queries import count_due
 

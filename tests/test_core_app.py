@@ -152,6 +152,8 @@ def test_run_loop_sleeps_until_a_held_lesson_can_go(course_root: Path, tmp_path:
     path.write_text("email,first_name,start_date\nlate@example.org,Late,2026-05-20\n")
     core = _core(course_root, tmp_path)
     assert core.import_subscribers(path).added == 1
+    # The progress bar's total: one lesson this pass, not the seven that are overdue.
+    assert core.count_due(NOW) == 1
     assert core.run(NOW).lessons.sent == 1
     assert _lessons_sent(tmp_path) == [("late@example.org", "1")]
     # Lesson 2 is due by its plan but held to tomorrow 07:00 New York (11:00 UTC): the loop

@@ -50,8 +50,8 @@ def _one_pass(core, now: datetime, limit: int | None, dry_run: bool, quiet: bool
         TimeRemainingColumn(),
         transient=False,
     ) as bar:
-        # `total` counts what is planned and due; some of it waits for its previous lesson
-        # (one per local day), so the bar ends at what was really handled, not the estimate.
+        # `total` counts readers with a lesson due; some wait for their previous lesson (one
+        # per local day), so the bar ends at what was really handled, not the estimate.
         task = bar.add_task("sending lessons", total=total)
         result = core.run(now, limit=limit, progress=lambda n: bar.advance(task, n))
         done = bar.tasks[0].completed

@@ -88,9 +88,13 @@ def next_lesson(conn: Connection, subscriber_id: int) -> NextLesson | None:
 
 
 def count_due(conn: Connection, by: datetime) -> int:
-    """Planned lessons of active subscribers due by `by` (UTC): a progress bar's estimate."""
+    """Active subscribers with a planned lesson due by `by` (UTC): a progress bar's estimate.
+
+    Readers, not lessons: a pass sends a reader at most one lesson (one per local day), so a
+    reader days behind with six lessons overdue counts once, not six times.
+    """
     return conn.execute(
-        select(func.count())
+        select(func.count(deliveries.c.subscriber_id.distinct()))
         .select_from(deliveries.join(subscribers, subscribers.c.id == deliveries.c.subscriber_id))
         .where(
             subscribers.c.status == "active",
