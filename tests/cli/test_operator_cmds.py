@@ -150,3 +150,19 @@ def test_help_paragraphs_wrap_at_the_terminal_not_mid_sentence(
     for line, following in pairwise(prose):
         if line.strip() and following.strip() and not line.lstrip().startswith("Usage:"):
             assert len(line.rstrip()) > width - 20, out.stdout
+
+
+def test_help_shows_flags_as_flags(tmp_path: Path) -> None:
+    """`--dry-run` takes no value: help that showed `--dry-run <bool>` had operators typing
+    `run --dry-run true`, which is refused."""
+    out = subprocess.run(
+        [sys.executable, str(REPO / "send.py"), "run", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "100"},
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    flags = [line for line in out.stdout.splitlines() if "--dry-run" in line or "--loop" in line]
+    assert flags and not any("<bool>" in line for line in flags), out.stdout
