@@ -324,6 +324,11 @@ def next_send_time(
             )
         if times:
             times = [min(times)]
+            # Pages come in plan order and nothing goes out before its plan: once a page ends
+            # at or after the earliest time found, no later row can be earlier. (At 1M
+            # subscribers with a day overdue, `status` walked 143 pages for this: 7 s.)
+            if page[-1]["due_at"] >= times[0]:
+                break
         if len(page) < chunk:
             break
     with engine.connect() as conn:
