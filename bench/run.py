@@ -116,6 +116,8 @@ def main() -> int:
             + ", ".join(name.removeprefix("bench_") for name in known)
         )
     if args.update:
+        if not (HERE / "results.json").exists():
+            parser.error("no bench/results.json to update yet: run every bench first")
         previous = json.loads((HERE / "results.json").read_text())
         if previous.get("quick") != args.quick:
             stored = "quick" if previous.get("quick") else "full"
