@@ -10,8 +10,15 @@ careful path (`dripmail.handover.deliver`: batches of the provider's size, each 
 moment and running the same command again continues where it stopped; rows that were in flight
 are reconciled with the provider, never resent blindly.
 
-Memory stays flat whatever the list size: at most two chunks of rows and messages are held
-(the one at the provider and the next, claimed and rendered meanwhile in a worker thread).
+Sending is a pipeline over one worker thread, which makes every database call: while chunk
+N is at the provider, the worker stores what the provider said about chunk N-1 and claims and
+renders chunk N+1. Chunk N+1 is marked `sending` only once N's answers are read (so a halt or
+a refused credential in N hands nothing more over), and goes out as soon as that mark is
+committed, before N's outcomes are written: a kill leaves at most two chunks `sending`.
+
+Memory stays flat whatever the list size: at most two chunks of messages are held (the one at
+the provider and the next, claimed and rendered meanwhile), plus the answers about the one
+before (row ids and provider ids).
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import cast
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import Engine, and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.engine import RowMapping
@@ -35,14 +42,23 @@ from dripmail.handover import (
     Built,
     CallAsync,
     FailureStreak,
+    Outgoing,
     RenderFn,
     Report,
+    Told,
     build,
     claim,
     deliver,
     expire_dead_claims,
+    hand_over,
+    mark_sending,
+    outgoing,
+    read_answers,
+    record_unbuilt,
     release,
     run_in_new_loop,
+    store_answers,
+    unmark,
 )
 from dripmail.message import Message
 from dripmail.providers.base import Provider
@@ -63,6 +79,7 @@ CHUNK = 1000
 # pending (unconfirmed) or paused subscribers are left alone. Forgotten ones no longer exist.
 SEGMENTS = {"all": ("active", "completed"), "in-course": ("active",), "graduates": ("completed",)}
 OPEN_STATES = ("planned", "claimed", "sending")
+T = TypeVar("T")
 
 
 class BroadcastRow(HeldRow):
@@ -81,6 +98,9 @@ class _Chunk:
     skipped: int  # readers who left or stopped newsletters since planning (marked skipped)
     read: list[BroadcastRow]  # every row read, held or not (the next chunk starts after it)
     built: Built[BroadcastRow]
+    # Its batches, planned (not yet marked `sending`); None when a crash left rows of it
+    # `sending`: those take the careful path (`handover.deliver`).
+    out: Outgoing[BroadcastRow] | None
 
 
 @dataclass
@@ -425,17 +445,50 @@ def send(
     start(engine, broadcast["id"], now)
     expire_dead_claims(engine, bd, now, socket.gethostname())
 
+    size = provider.capabilities.max_batch
+
     def prepare(after: int) -> _Chunk:
-        """Claim the chunk after id `after` and render it (in a worker thread, see `run`)."""
+        """Claim the chunk after id `after`, render it and plan its batches (in the worker
+        thread, see `run`): no provider call, and nothing marked `sending` yet."""
         held, skipped, read = _claim_chunk(engine, broadcast["id"], worker, now, chunk, after)
-        return _Chunk(held, skipped, read, build(held, render))
+        built = build(held, render)
+        # A row left `sending` by a crash takes the careful path (`deliver`: reconciled with
+        # the provider first); a chunk without one goes out as planned here.
+        fresh = all(r["state"] != "sending" for r in held)
+        out = outgoing(held, built[0], size) if fresh else None
+        return _Chunk(held, skipped, read, built, out)
+
+    def mark(part: _Chunk) -> None:
+        """Fail the rows whose message cannot be built; mark the rest `sending` (worker)."""
+        assert part.out is not None
+        if part.built[1]:
+            record_unbuilt(engine, bd, part.built[1], now, report, streak)
+        if part.out.batches:
+            mark_sending(engine, bd, provider.name, part.out, now)
+
+    def store(told: Told, part: _Chunk) -> None:
+        """Store a chunk's answers; a chunk whose credential was refused goes back (worker)."""
+        store_answers(engine, bd, told, now, report, streak)
+        if told.failure is not None:
+            release(engine, bd, [r["key"] for r in part.held], now)
 
     async def run() -> None:
         # One event loop for the whole broadcast, so the provider's pooled connections are
-        # reused from the first chunk to the last (the database calls in between are short).
+        # reused from the first chunk to the last. Every database call runs in one worker
+        # thread, in the order given: while chunk N is at the provider, the worker stores
+        # the answers about chunk N-1 and claims and renders chunk N+1, so the provider is
+        # not left waiting for our bookkeeping nor we for its answers.
         loop = asyncio.get_running_loop()
         with ThreadPoolExecutor(1, thread_name_prefix="dripmail-broadcast") as pool:
-            ahead: asyncio.Future[_Chunk] | None = loop.run_in_executor(pool, prepare, 0)
+
+            def in_worker(fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+                return loop.run_in_executor(pool, fn, *args)
+
+            ahead: asyncio.Future[_Chunk] | None = in_worker(prepare, 0)
+            # The chunk handed over last, once answered: its outcomes are stored after the
+            # next chunk's `sending` mark, so the next goes out while they are written.
+            answered: tuple[Told, _Chunk] | None = None
+            storing: asyncio.Future[None] | None = None
             try:
                 while ahead is not None:
                     part = await ahead
@@ -445,34 +498,79 @@ def send(
                         progress(part.skipped)
                     if not part.read:
                         return
+                    marked = in_worker(mark, part) if part.out is not None else None
+                    if answered is not None:
+                        storing = in_worker(store, *answered)
+                        answered = None
                     # The next chunk is claimed and rendered while this one is at the
-                    # provider: the two sides' work overlaps instead of taking turns. It is
-                    # only claimed (never marked `sending`) until this one is recorded, so a
-                    # halt or an error below still hands nothing more over.
-                    ahead = loop.run_in_executor(pool, prepare, part.read[-1]["id"])
-                    if not part.held:
-                        continue  # all skipped, or another worker won them: read on
-                    try:
-                        await deliver(
-                            engine, bd, provider, part.held, render, now, report, streak, part.built
-                        )
-                    except BaseException:
-                        release(engine, bd, [r["key"] for r in part.held], now)
-                        raise
-                    if progress:
+                    # provider. It is only claimed (never marked `sending`) until this one's
+                    # answers are read, so a halt or an error below hands nothing more over.
+                    ahead = in_worker(prepare, part.read[-1]["id"])
+                    if part.out is None:
+                        # Rows a crash left `sending`: everything before is stored first,
+                        # then the careful path reconciles them with the provider.
+                        if storing is not None:
+                            await storing
+                            storing = None
+                        await _deliver_carefully(part)
+                    elif marked is not None:
+                        answered = await _hand_over(part, marked)
+                        if storing is not None:
+                            await storing  # chunk N-1 stored: its errors surface here
+                            storing = None
+                        told = answered[0]
+                        if told.failure is not None or streak.tripped:
+                            answered = None
+                            await in_worker(store, told, part)
+                            if told.failure is not None:
+                                raise told.failure
+                    if progress and part.held:
                         progress(len(part.held))
                     if report.halted:
                         return
             finally:
-                if ahead is not None:
-                    # Stopped (halted, failed, interrupted) with the next chunk claimed: it
-                    # goes back to the queue unchanged.
-                    try:
-                        unsent = await ahead
-                    except Exception:
-                        pass  # its claim failed: it holds nothing
-                    else:
-                        release(engine, bd, [r["key"] for r in unsent.held], now)
+                # Whatever stopped the loop: answers already read are stored (never left
+                # `sending` for a lookup), and the chunk claimed meanwhile goes back.
+                try:
+                    if storing is not None:
+                        await asyncio.wait([storing])
+                    if answered is not None:
+                        await in_worker(store, *answered)
+                finally:
+                    if ahead is not None:
+                        try:
+                            unsent = await ahead
+                        except Exception:
+                            pass  # its claim failed: it holds nothing
+                        else:
+                            release(engine, bd, [r["key"] for r in unsent.held], now)
+
+    async def _hand_over(part: _Chunk, marked: asyncio.Future[None]) -> tuple[Told, _Chunk]:
+        """Hand a fresh chunk over once its `sending` mark is committed; its answers read."""
+        assert part.out is not None
+        try:
+            await marked
+        except BaseException:
+            # Nothing of it went out: the marked rows (if the mark landed) and the claims
+            # go back as they were.
+            await asyncio.wait([marked])
+            unmark(engine, bd, part.out, now)
+            release(engine, bd, [r["key"] for r in part.held], now)
+            raise
+        answers = await hand_over(provider, part.out) if part.out.batches else []
+        told = read_answers(part.out, answers, now, report, streak)
+        part.out.batches = [(key, []) for key, _ in part.out.batches]  # messages sent: free them
+        part.built = ({}, [])
+        return told, part
+
+    async def _deliver_carefully(part: _Chunk) -> None:
+        if not part.held:
+            return  # all skipped, or another worker won them: read on
+        try:
+            await deliver(engine, bd, provider, part.held, render, now, report, streak, part.built)
+        except BaseException:
+            release(engine, bd, [r["key"] for r in part.held], now)
+            raise
 
     # Objects alive now (modules, templates, the engine) are never garbage: leave them out
     # of the collector's full passes while chunks come and go. (Request bodies need no

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from hashlib import sha256
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 from uuid import uuid4
 
 from sqlalchemy import (
@@ -327,6 +327,139 @@ def _address(row: HeldRow) -> str:
     return row["email"] or f"subscriber {row['subscriber_id']}"
 
 
+@dataclass
+class Outgoing(Generic[R]):
+    """One chunk's batches on their way to the provider: planned, marked, answered, stored.
+
+    `batches` are (batch key, messages sorted by key); `recovered` names the batches sent
+    again as they were under the key of an interrupted hand-over (`_resendable`).
+    """
+
+    by_key: dict[str, R]
+    batches: list[tuple[str, list[Message]]]
+    recovered: set[str] = field(default_factory=set)
+
+
+def outgoing(held: Sequence[R], messages: Mapping[str, Message], size: int) -> Outgoing[R]:
+    """New batches of at most `size` for `messages` (rows of `held` never handed over).
+
+    Pure computation, no database: a caller may plan the next chunk's batches in a worker
+    thread while this one is at the provider (`broadcast.send`).
+    """
+    keys = list(messages)
+    batches = []
+    for start in range(0, len(keys), size):
+        # Sorted within the batch, so the recorded key is enough to rebuild it after a crash.
+        batch = sorted((messages[k] for k in keys[start : start + size]), key=lambda m: m.key)
+        batches.append((batch_key_for([m.key for m in batch]), batch))
+    return Outgoing({row["key"]: row for row in held}, batches)
+
+
+def mark_sending(engine: Engine, table: Table, provider: str, out: Outgoing, now: datetime) -> None:
+    """Record every batch of `out` as `sending` under its key, in one transaction.
+
+    Committed before any of them goes to the provider: a crash after this leaves rows that
+    the next run reconciles, never resends blindly. One executemany by row id (a statement
+    compiled once); on PostgreSQL one ``UPDATE ... FROM unnest``.
+    """
+    marks: dict[bool, list[tuple[int, str]]] = {True: [], False: []}
+    for batch_key, batch in out.batches:
+        first_use = batch_key not in out.recovered
+        marks[first_use].extend((out.by_key[m.key]["id"], batch_key) for m in batch)
+    with engine.begin() as conn:
+        for first_use, params in marks.items():
+            if not params:
+                continue
+            if conn.dialect.name == "postgresql":
+                mark = {"state": "sending", "provider": provider, "updated_at": now}
+                if first_use:
+                    mark["handed_at"] = now
+                _sending_unnest(table, first_use).run(conn, params, mark)
+                continue
+            _sending_statement(table, first_use).run(
+                conn, params, {"now": now, "provider": provider}
+            )
+
+
+def unmark(engine: Engine, table: Table, out: Outgoing, now: datetime) -> None:
+    """Give back a chunk marked `sending` that never reached the provider (a stop came
+    between the mark and the hand-over): its rows return to the queue as they were."""
+    ids = [out.by_key[m.key]["id"] for key, batch in out.batches for m in batch]
+    if not ids:
+        return
+    with engine.begin() as conn:
+        for start in range(0, len(ids), 500):
+            conn.execute(
+                update(table)
+                .where(table.c.id.in_(ids[start : start + 500]), table.c.state == "sending")
+                .values(
+                    state="planned",
+                    batch_key=None,
+                    attempts=table.c.attempts - 1,
+                    claimed_by=None,
+                    lease_expires_at=None,
+                    updated_at=now,
+                )
+            )
+
+
+async def hand_over(provider: Provider, out: Outgoing) -> list[Any]:
+    """Send every batch of `out` concurrently (the provider's own limiter paces requests and
+    connections); each answer is the provider's results or the exception the call raised."""
+    return await asyncio.gather(
+        *(provider.send_batch(batch, batch_key=key) for key, batch in out.batches),
+        return_exceptions=True,
+    )
+
+
+def read_answers(
+    out: Outgoing, answers: Sequence[Any], now: datetime, report: Report, streak: FailureStreak
+) -> Told:
+    """What the provider said about a chunk, as row updates still to store (`store_answers`).
+
+    No database: the failure streak and the report are up to date when this returns, so the
+    caller knows whether to stop before anything more goes out. `Told.failure` is the first
+    exception of a call (a refused credential, or an unknown fate), to raise once stored.
+    """
+    told = Told()
+    for (batch_key, batch), answer in zip(out.batches, answers, strict=True):
+        recovered = batch_key in out.recovered
+        if isinstance(answer, ProviderAuthError):
+            # The credential was refused for the whole call: nothing was sent by it. The rows
+            # go back to the queue exactly as they were; a recovered batch may be at the
+            # provider from before the crash, so it stays `sending` under its key (recovered
+            # again once the credential is fixed).
+            told.refused.append(([m.key for m in batch], recovered))
+            told.failure = told.failure or answer
+        elif isinstance(answer, BaseException):
+            # Unknown fate: the rows stay `sending` and the next run reconciles them.
+            told.failure = told.failure or answer
+        else:
+            _outcomes(told, batch, answer, out.by_key, now, report, streak, recovered)
+    return told
+
+
+def store_answers(
+    engine: Engine, table: Table, told: Told, now: datetime, report: Report, streak: FailureStreak
+) -> None:
+    """Store what `read_answers` made of a chunk: batches whose credential was refused back
+    to the queue, outcomes in one transaction, addresses suppressed; and when the failure
+    streak tripped, its deliveries back to the queue with `report.halted` saying why."""
+    for keys, recovered in told.refused:
+        undo: dict = {"attempts": table.c.attempts - 1}
+        if not recovered:
+            undo.update(state="claimed", batch_key=None)
+        with engine.begin() as conn:
+            conn.execute(
+                update(table)
+                .where(table.c.key.in_(keys), table.c.state == "sending")
+                .values(**undo)
+            )
+    _store_told(engine, table, told, now, report)
+    if streak.tripped:
+        _halt(engine, table, streak, now, report)
+
+
 async def deliver(
     engine: Engine,
     table: Table,
@@ -351,10 +484,9 @@ async def deliver(
     rendered by `build` (else they are rendered here).
     """
     streak = streak if streak is not None else FailureStreak(0)
-    by_key = {row["key"]: row for row in held}
     messages, unbuilt = built if built is not None else build(held, render)
     if unbuilt:
-        _record_unbuilt(engine, table, unbuilt, now, report, streak)
+        record_unbuilt(engine, table, unbuilt, now, report, streak)
     # Crash recovery first: anything left `sending` may already be at the provider.
     in_flight = [row for row in held if row["state"] == "sending" and row["key"] in messages]
     recovered: dict[str, list[Message]] = {}
@@ -381,80 +513,24 @@ async def deliver(
         record_many(engine, table, now, settled)
     # Rows whose earlier hand-over the provider surely did not keep go again as the very
     # same batch under the same batch key (Resend's Idempotency-Key needs key + identical body).
-    batches: list[tuple[str, list[Message]]] = []
     again: dict[str, list[Message]] = {}
     for row in in_flight:
         earlier = row["batch_key"]
         if row["key"] in messages and earlier:
             again.setdefault(earlier, []).append(messages.pop(row["key"]))
-    batches.extend(again.items())
-    batches.extend(recovered.items())
-    keys = list(messages)
-    size = provider.capabilities.max_batch
-    for start in range(0, len(keys), size):
-        # Sorted within the batch, so the recorded key is enough to rebuild it after a crash.
-        batch = sorted((messages[k] for k in keys[start : start + size]), key=lambda m: m.key)
-        batches.append((batch_key_for([m.key for m in batch]), batch))
-    if not batches:
+    out = outgoing(held, messages, provider.capabilities.max_batch)
+    out.batches[:0] = [*again.items(), *recovered.items()]
+    out.recovered = set(recovered)
+    if not out.batches:
         return
-    # Every batch is recorded as `sending` with its key before any is sent: one executemany
-    # by row id (a statement compiled once), in one transaction.
-    marks: dict[bool, list[tuple[int, str]]] = {True: [], False: []}
-    for batch_key, batch in batches:
-        first_use = batch_key not in recovered
-        marks[first_use].extend((by_key[m.key]["id"], batch_key) for m in batch)
-    with engine.begin() as conn:
-        for first_use, params in marks.items():
-            if conn.dialect.name == "postgresql":
-                # One UPDATE ... FROM unnest per chunk (see `store.bulk.UnnestUpdate`).
-                mark = {"state": "sending", "provider": provider.name, "updated_at": now}
-                if first_use:
-                    mark["handed_at"] = now
-                _sending_unnest(table, first_use).run(conn, params, mark)
-                continue
-            _sending_statement(table, first_use).run(
-                conn, params, {"now": now, "provider": provider.name}
-            )
-    # Batches go out concurrently; the provider's own limiter paces requests and connections.
-    answers = await asyncio.gather(
-        *(provider.send_batch(batch, batch_key=key) for key, batch in batches),
-        return_exceptions=True,
-    )
-    failure: BaseException | None = None
-    told = _Told()
-    for (batch_key, batch), answer in zip(batches, answers, strict=True):
-        if isinstance(answer, ProviderAuthError):
-            # The credential was refused for the whole call: nothing was sent by it. Undo the
-            # `sending` mark so the rows go back to the queue exactly as they were; a recovered
-            # batch may be at the provider from before the crash, so it stays `sending` under
-            # its key (recovered again once the credential is fixed).
-            undo: dict = {"attempts": table.c.attempts - 1}
-            if batch_key not in recovered:
-                undo.update(state="claimed", batch_key=None)
-            with engine.begin() as conn:
-                conn.execute(
-                    update(table)
-                    .where(
-                        table.c.key.in_([m.key for m in batch]),
-                        table.c.state == "sending",
-                    )
-                    .values(**undo)
-                )
-            failure = failure or answer
-        elif isinstance(answer, BaseException):
-            # Unknown fate: the rows stay `sending` and the next run reconciles them.
-            failure = failure or answer
-        else:
-            _outcomes(told, batch, answer, by_key, now, report, streak, batch_key in recovered)
-    # What the provider said about every batch of this chunk lands in one transaction.
-    _store_told(engine, table, told, now, report)
-    if streak.tripped:
-        _halt(engine, table, streak, now, report)
-    if failure is not None:
-        raise failure
+    mark_sending(engine, table, provider.name, out, now)
+    told = read_answers(out, await hand_over(provider, out), now, report, streak)
+    store_answers(engine, table, told, now, report, streak)
+    if told.failure is not None:
+        raise told.failure
 
 
-def _record_unbuilt(
+def record_unbuilt(
     engine: Engine,
     table: Table,
     unbuilt: Sequence[tuple[HeldRow, str]],
@@ -511,16 +587,19 @@ def _halt(
 
 
 @dataclass
-class _Told:
+class Told:
     """What the provider said about the batches of one chunk, to be stored together."""
 
     outcomes: list[tuple[int, dict]] = field(default_factory=list)  # (row id, new values)
     again: list[int] = field(default_factory=list)  # recovered rows left `sending`
     suppress: list[int] = field(default_factory=list)  # subscriber ids
+    # Batches whose credential was refused: (their delivery keys, whether recovered).
+    refused: list[tuple[list[str], bool]] = field(default_factory=list)
+    failure: BaseException | None = None  # raised once the rest is stored
 
 
 def _outcomes(
-    told: _Told,
+    told: Told,
     batch: list[Message],
     results: list,
     by_key: Mapping[str, HeldRow],
@@ -584,7 +663,7 @@ def _outcomes(
             report.review += 1
 
 
-def _store_told(engine: Engine, table: Table, told: _Told, now: datetime, report: Report) -> None:
+def _store_told(engine: Engine, table: Table, told: Told, now: datetime, report: Report) -> None:
     """Store the outcomes of a chunk's batches in one transaction; then suppress addresses."""
     if told.outcomes or told.again:
         with engine.begin() as conn:

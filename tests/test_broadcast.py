@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from fakes.mail import FAST_LIMITS, FAST_RETRY
-from sqlalchemy import Engine, func, select, text, update
+from sqlalchemy import Engine, event, func, select, text, update
 
 from dripmail import broadcast as bc
 from dripmail import subscribers as subs
@@ -368,6 +368,55 @@ def test_resend_gets_an_interrupted_batch_again_as_it_was(
     report = send(NOW + timedelta(minutes=11), provider)  # after the lease
     assert report.recovered == len(wanted) and report.review == 0
     accepted = fake_providers.accepted("resend")
+    assert Counter(a.to for a in accepted) == Counter(dict.fromkeys(wanted, 1))
+    assert bc.stats(engine, row["id"]).accepted == len(wanted)
+
+
+class _DiesWhileStoring:
+    """The database of a process killed while it stores the answers about its first chunk:
+    that statement and every one after it fail with `Killed`, as if nothing ran any more."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine, self.dead = engine, False
+
+    def __enter__(self) -> _DiesWhileStoring:
+        event.listen(self.engine, "before_cursor_execute", self.check)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        event.remove(self.engine, "before_cursor_execute", self.check)
+
+    def check(self, conn, cursor, statement: str, *args: object) -> None:
+        if not self.dead and "provider_message_id" in statement:
+            self.dead = True  # the first outcomes written: the chunk the provider answered
+        if self.dead:
+            raise Killed
+
+
+@ON_BOTH_STORES
+def test_killed_while_a_chunk_is_stored_and_the_next_is_out_each_reader_gets_one_copy(
+    project: Project, engine: Engine, fake_providers
+) -> None:
+    """The next chunk goes to the provider as soon as its `sending` mark is committed, while
+    the answers about the one before are stored: a kill then leaves two chunks `sending`,
+    one answered and one at the provider. The next run looks both up, sends nothing twice."""
+    seed(engine, 50)
+    wanted = eligible_emails(50)
+    row = _start(project, engine)
+    provider = _postmark(fake_providers)
+    with _DiesWhileStoring(engine), pytest.raises(Killed):
+        _send(project, engine, provider, row, chunk=10, worker="w")
+    bd = broadcast_deliveries
+    with engine.connect() as conn:
+        states = Counter(conn.execute(select(bd.c.state).order_by(bd.c.id).limit(20)).scalars())
+    # The first chunk was answered but its outcomes never stored; the second was handed over
+    # (its mark committed first) and the process died before it heard back.
+    assert states == Counter({"sending": 20})
+    assert len(fake_providers.accepted("postmark")) == 20
+    later = NOW + timedelta(minutes=11)  # after the dead worker's lease
+    report = bc.send(engine, provider, row, _render(project, row["id"]), later, chunk=10)
+    assert report.recovered == 20 and report.review == 0
+    accepted = fake_providers.accepted("postmark")
     assert Counter(a.to for a in accepted) == Counter(dict.fromkeys(wanted, 1))
     assert bc.stats(engine, row["id"]).accepted == len(wanted)
 
