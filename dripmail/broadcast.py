@@ -61,7 +61,7 @@ from dripmail.handover import (
     unmark,
 )
 from dripmail.message import Message
-from dripmail.providers.base import Provider
+from dripmail.providers.base import BaseProvider, Provider
 from dripmail.store.bulk import Bulk
 from dripmail.store.db import small_page_cache
 from dripmail.store.handover_rows import HeldRow
@@ -456,6 +456,9 @@ def send(
         # the provider first); a chunk without one goes out as planned here.
         fresh = all(r["state"] != "sending" for r in held)
         out = outgoing(held, built[0], size) if fresh else None
+        if out is not None and isinstance(provider, BaseProvider):
+            for batch_key, batch in out.batches:
+                provider.prepare_batch(batch, batch_key)  # its request encoded here, not later
         return _Chunk(held, skipped, read, built, out)
 
     def mark(part: _Chunk) -> None:

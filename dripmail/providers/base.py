@@ -156,6 +156,12 @@ class BaseProvider:
         """The hook: hand over messages whose addresses are known to be carriable."""
         raise NotImplementedError
 
+    def prepare_batch(self, messages: Sequence[Message], batch_key: str) -> None:
+        """Optional: do the CPU work of the request for this batch now, ahead of its
+        `send_batch(messages, batch_key=batch_key)`, which then only sends it. Called from a
+        worker thread while another batch is at the provider (`broadcast.send`); a batch
+        prepared and never sent is forgotten after a few others. Default: nothing."""
+
     async def reconcile(self, messages: Sequence[Message]) -> dict[str, Lookup]:
         """Default: the provider cannot be asked, so UNKNOWN (reported for review)."""
         return {m.key: Lookup.UNKNOWN for m in messages}

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -24,7 +25,7 @@ from dripmail.message import Message
 from dripmail.providers.api import HttpProvider
 from dripmail.providers.base import Capabilities, Lookup, Outcome, SendResult
 from dripmail.providers.common import KEY_FIELD, base_url, category, limits_for, require
-from dripmail.providers.http import Answer, Limits, RetryPolicy, Sent
+from dripmail.providers.http import Answer, Limits, RetryPolicy, Sent, json_body
 
 NAME = "postmark"
 VARIABLE = "POSTMARK_SERVER_TOKEN"
@@ -38,6 +39,10 @@ DEFAULT_LIMITS = Limits(messages_per_second=1000, requests_per_second=10, max_co
 ACCOUNT_CODES = frozenset({400, 401, 405, 412, 413, 429})
 INACTIVE_RECIPIENT = 406
 
+
+# Request bodies encoded ahead by `prepare_batch` and not sent yet (a halted broadcast leaves
+# its next chunk's): kept for this many batches at most, a few megabytes each.
+PREPARED_MAX = 8
 
 CAPABILITIES = Capabilities(
     max_batch=500, schedule_ahead=None, can_cancel=False, idempotency_key=False
@@ -78,6 +83,28 @@ class PostmarkProvider(HttpProvider):
         # Postmark records an accepted message for search a moment after accepting it; wait
         # this long before trusting "absent" after an ambiguous answer.
         self.settle_seconds = settle_seconds
+        # batch key -> (the batch's delivery keys, its encoded request body): `prepare_batch`
+        self._prepared: dict[str, tuple[tuple[str, ...], bytes]] = {}
+        self._prepared_lock = threading.Lock()
+
+    def prepare_batch(self, messages: Sequence[Message], batch_key: str) -> None:
+        """Encode the batch's request body now (payloads and JSON: most of the CPU a hand-over
+        costs here), so `send_batch` with the same messages and key only sends it."""
+        body = json_body([self.payload(m) for m in messages])
+        with self._prepared_lock:
+            self._prepared[batch_key] = (tuple(m.key for m in messages), body)
+            while len(self._prepared) > PREPARED_MAX:
+                del self._prepared[next(iter(self._prepared))]
+
+    def _take_prepared(self, messages: Sequence[Message], batch_key: str | None) -> bytes | None:
+        """The body `prepare_batch` encoded for exactly these messages under `batch_key`."""
+        if batch_key is None:
+            return None
+        with self._prepared_lock:
+            found = self._prepared.pop(batch_key, None)
+        if found is None or found[0] != tuple(m.key for m in messages):
+            return None  # not prepared, or some were left out since (an uncarriable address)
+        return found[1]
 
     def payload(self, message: Message) -> dict[str, Any]:
         """The JSON object for one message in ``POST /email/batch``.
@@ -108,11 +135,17 @@ class PostmarkProvider(HttpProvider):
         """Send now (Postmark cannot schedule); see the module docstring for ambiguity."""
         results: dict[int, SendResult] = {}
         pending = list(range(len(messages)))
+        prepared = self._take_prepared(messages, batch_key)
         for round_ in range(self.rounds):
+            if round_ == 0 and prepared is not None:
+                body = prepared  # the same bytes `json=` would send, encoded ahead
+            else:
+                body = json_body([self.payload(messages[i]) for i in pending])
             answer = await self.http.call(
                 "POST",
                 "/email/batch",
-                json=[self.payload(messages[i]) for i in pending],
+                content=body,
+                headers={"Content-Type": "application/json"},
                 messages=len(pending),
             )
             if answer.sent is Sent.ANSWERED:

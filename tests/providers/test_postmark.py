@@ -124,3 +124,27 @@ def test_a_refused_request_fails_each_message_with_postmarks_reason(fake_provide
     assert {r.outcome for r in results} == {Outcome.PERMANENT}
     assert "ErrorCode 410" in (results[0].error or "")
     assert fake_providers.accepted("postmark") == []
+
+
+def test_a_prepared_batch_goes_out_as_the_same_bytes_and_only_for_its_own_messages(
+    fake_providers,
+) -> None:
+    """`prepare_batch` encodes a batch ahead (broadcasts do it in their worker thread): the
+    request is byte for byte the one built at send time, and a body prepared for other
+    messages (or another key) is never sent in their place."""
+    fake_providers.raw_requests = []
+    plain, ahead = _provider(fake_providers), _provider(fake_providers)
+    batch = lessons(3)
+    asyncio.run(plain.send_batch(batch, batch_key="b-plain"))
+    ahead.prepare_batch(batch, "b-ahead")
+    asyncio.run(ahead.send_batch(batch, batch_key="b-ahead"))
+    (_, _, _, built_then), (_, _, headers, built_ahead) = fake_providers.raw_requests
+    assert built_ahead == built_then
+    assert {k.lower(): v for k, v in headers.items()}["content-type"] == "application/json"
+    # Prepared for three, sent with two (one left out since): encoded again, for those two.
+    ahead.prepare_batch(batch, "b-other")
+    results = asyncio.run(ahead.send_batch(batch[:2], batch_key="b-other"))
+    assert [r.outcome for r in results] == [Outcome.ACCEPTED] * 2
+    assert len(fake_providers.accepted("postmark")) == 3 + 3 + 2
+    assert fake_providers.keys("postmark")[-2:] == [m.key for m in batch[:2]]
+    assert fake_providers.validation_errors == []
