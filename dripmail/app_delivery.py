@@ -343,7 +343,8 @@ class DeliveryUseCases:
         # Planning and sending walk the list in id order: each page is read once, and a
         # large page cache would only make memory grow with the list (store.db).
         with small_page_cache(self.engine):
-            bc.plan(self.engine, row["id"], row["segment"], now, progress=planned)
+            # Planned as it goes, a page ahead of the claims: the first copies leave while
+            # the rest of the list is planned.
             return bc.send(
                 self.engine,
                 self.provider,
@@ -353,6 +354,8 @@ class DeliveryUseCases:
                 halt_after=self.settings.halt_after_failures,
                 progress=sent,
                 call=self.call_provider,
+                plan_segment=row["segment"],
+                planned=planned,
             )
 
     def send_due_broadcasts(self, at: datetime | None = None) -> list[ScheduledBroadcast]:

@@ -27,7 +27,7 @@ import asyncio
 import gc
 import hashlib
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -258,9 +258,25 @@ def plan(
 
     Streams subscribers by id (keyset pagination, `chunk` ids per transaction), so memory does
     not grow with the list; the unique (broadcast, subscriber) pair makes a re-run add only
-    those who were not planned before.
+    those who were not planned before. `progress` gets the subscribers read by each page.
     """
-    added, last = 0, 0
+    added = 0
+    for read, new in plan_pages(engine, broadcast_id, segment, now, chunk):
+        added += new
+        if progress:
+            progress(read)
+    return added
+
+
+def plan_pages(
+    engine: Engine, broadcast_id: int, segment: str, now: datetime, chunk: int = CHUNK
+) -> Iterator[tuple[int, int]]:
+    """`plan`, one page (one transaction) per step: yields (subscribers read, copies added).
+
+    `send` walks it a page ahead of its claims, so the first copies go out while the rest
+    of the list is still being planned.
+    """
+    last = 0
     bd = broadcast_deliveries
     while True:
         with engine.begin() as conn:
@@ -273,7 +289,7 @@ def plan(
                 ).scalars()
             )
             if not ids:
-                return added
+                return
             last = ids[-1]
             have = set(
                 conn.execute(
@@ -285,9 +301,7 @@ def plan(
             )
             rows = [(sid, key_for(broadcast_id, sid)) for sid in ids if sid not in have]
             _PLAN.run(conn, rows, {"broadcast": broadcast_id, "now": now})
-            added += len(rows)
-        if progress:
-            progress(len(ids))
+        yield len(ids), len(rows)
 
 
 # One planned copy per reader: compiled once, each row only (subscriber id, key) in Python.
@@ -429,6 +443,8 @@ def send(
     halt_after: int = 0,
     progress: Callable[[int], None] | None = None,
     call: CallAsync | None = None,
+    plan_segment: str | None = None,
+    planned: Callable[[int], None] | None = None,
 ) -> BroadcastReport:
     """Hand over everything planned for this broadcast; safe to run again after a crash.
 
@@ -436,7 +452,9 @@ def send(
     re-run right after a kill does not wait for the lease). `halt_after` consecutive
     permanent failures with one reason stop it with `report.halted` saying why (0: never;
     see `handover.FailureStreak`). `progress` is called with the number of rows finished
-    after each chunk.
+    after each chunk. `plan_segment`: plan the readers of this segment as it goes (`plan`,
+    a page ahead of the claims, `planned` called with each page's count) instead of sending
+    only what was planned before; the broadcast is finished only once the whole list was.
     """
     report = BroadcastReport()
     streak = FailureStreak(halt_after)
@@ -446,11 +464,33 @@ def send(
     expire_dead_claims(engine, bd, now, socket.gethostname())
 
     size = provider.capabilities.max_batch
+    pages = (
+        iter(())
+        if plan_segment is None
+        else plan_pages(engine, broadcast["id"], plan_segment, now, chunk)
+    )
+    planning = [plan_segment is not None]  # still pages to plan (a list: set in the worker)
+
+    def plan_page() -> bool:
+        """Plan the next page of the list, if any; False once the whole list is planned."""
+        if not planning[0]:
+            return False
+        page = next(pages, None)
+        if page is None:
+            planning[0] = False
+            return False
+        if planned:
+            planned(page[0])
+        return True
 
     def prepare(after: int) -> _Chunk:
-        """Claim the chunk after id `after`, render it and plan its batches (in the worker
-        thread, see `run`): no provider call, and nothing marked `sending` yet."""
-        held, skipped, read = _claim_chunk(engine, broadcast["id"], worker, now, chunk, after)
+        """Plan a page more, claim the chunk after id `after`, render it and plan its batches
+        (in the worker thread, see `run`): no provider call, nothing marked `sending` yet."""
+        while True:
+            more = plan_page()  # copies are planned in id order: always a page ahead
+            held, skipped, read = _claim_chunk(engine, broadcast["id"], worker, now, chunk, after)
+            if read or not more:
+                break  # else: pages planned on an earlier run, nothing left to claim yet
         built = build(held, render)
         # A row left `sending` by a crash takes the careful path (`deliver`: reconciled with
         # the provider first); a chunk without one goes out as planned here.
@@ -584,7 +624,8 @@ def send(
         (call or run_in_new_loop)(run)
     finally:
         gc.unfreeze()
-    finish_if_done(engine, broadcast["id"], now)
+    if not planning[0]:  # a halt may stop it before the end of the list was planned
+        finish_if_done(engine, broadcast["id"], now)
     return report
 
 

@@ -421,6 +421,42 @@ def test_killed_while_a_chunk_is_stored_and_the_next_is_out_each_reader_gets_one
     assert bc.stats(engine, row["id"]).accepted == len(wanted)
 
 
+@ON_BOTH_STORES
+def test_planned_as_it_goes_a_kill_midway_leaves_the_rest_to_the_next_run(
+    project: Project, engine: Engine, fake_providers
+) -> None:
+    """`send` may plan the list a page ahead of its claims (the CLI does): killed before the
+    whole list was planned, the broadcast is not finished, and the next run plans the rest
+    and sends each reader exactly once."""
+    seed(engine, 100)
+    wanted = eligible_emails(100)
+    row = bc.open_broadcast(engine, _newsletter(project), "all", NOW)
+    provider = _postmark(fake_providers)
+    pages: list[int] = []
+    with _DiesWhileStoring(engine), pytest.raises(Killed):
+        _send(
+            project,
+            engine,
+            provider,
+            row,
+            chunk=10,
+            worker="w",
+            plan_segment="all",
+            planned=pages.append,
+        )
+    with engine.connect() as conn:
+        planned = conn.execute(select(func.count()).select_from(broadcast_deliveries)).scalar_one()
+    assert 20 <= planned < len(wanted) and pages and sum(pages) == planned
+    later = NOW + timedelta(minutes=11)  # after the dead worker's lease
+    render = _render(project, row["id"])
+    report = bc.send(engine, provider, row, render, later, chunk=10, plan_segment="all")
+    assert report.recovered == 20 and report.review == 0
+    accepted = fake_providers.accepted("postmark")
+    assert Counter(a.to for a in accepted) == Counter(dict.fromkeys(wanted, 1))
+    assert bc.stats(engine, row["id"]).accepted == len(wanted)
+    assert bc.find(engine, row["id"])["status"] == "sent"
+
+
 class _Refusing(OutboxProvider):
     """The outbox, except that every message is refused for the same (sender) reason, or the
     credential is refused for the whole call: what the pass does next is the point."""

@@ -62,25 +62,26 @@ def _progress():
 
 
 def send_broadcast(core, newsletter, row, now: datetime, quiet: bool = False):
-    """`core.send_broadcast` with a progress bar (planning, then sending) for larger lists."""
+    """`core.send_broadcast` with progress bars (planning and sending) for larger lists."""
     total = core.count_eligible(row["segment"])
     if quiet or total < BAR_FROM:
         return core.send_broadcast(newsletter, row, now)
+    before = core.broadcast_stats(row["id"])
+    # Copies left: planned and not handed over yet, plus the readers not planned yet (the
+    # list is planned as the copies go out, so both bars move together).
+    left = before.pending + max(0, total - before.recipients - before.skipped)
     with _progress() as bar:
         planning = bar.add_task("planning", total=total)
-        sending = bar.add_task("sending", total=total, start=False)
+        sending = bar.add_task("sending", total=left)
 
         def planned(n: int) -> None:
             bar.advance(planning, n)
 
         def sent(n: int) -> None:
-            if not bar.tasks[sending].started:
-                bar.update(planning, completed=total)
-                bar.update(sending, total=core.broadcast_stats(row["id"]).pending)
-                bar.start_task(sending)
             bar.advance(sending, n)
 
         report = core.send_broadcast(newsletter, row, now, planned=planned, sent=sent)
+        bar.update(planning, completed=total)
         done = bar.tasks[sending].completed
         bar.update(sending, total=done, completed=done)
         return report
