@@ -144,6 +144,7 @@ def _child(db: str, mode: str, at: str, sample: int) -> None:
     from sqlalchemy import select, update
 
     from dripmail.engine import run_once
+    from dripmail.heap import objects_frozen
     from dripmail.message import Mailbox, Message
     from dripmail.providers.base import Capabilities, Outcome, SendResult
     from dripmail.store.db import open_store
@@ -217,17 +218,19 @@ def _child(db: str, mode: str, at: str, sample: int) -> None:
             seconds, cpu = sorted(times)[4], sorted(cpus)[4]
         elif mode == "engine":
             # One event loop for the whole pass, as the CLI's core keeps one per process
-            # (`Dripmail.call_provider`), not a new loop per chunk.
+            # (`Dripmail.call_provider`), not a new loop per chunk; and the objects alive
+            # before the pass kept out of its full collections, as `Dripmail.run` does.
             loop = asyncio.new_event_loop()
-            report = run_once(
-                engine,
-                Instant(),
-                render,
-                now,
-                default_send_time=SEND,
-                chunk=1000,
-                call=lambda make: loop.run_until_complete(make()),
-            )
+            with objects_frozen():
+                report = run_once(
+                    engine,
+                    Instant(),
+                    render,
+                    now,
+                    default_send_time=SEND,
+                    chunk=1000,
+                    call=lambda make: loop.run_until_complete(make()),
+                )
             loop.close()
             count = report.sent
             seconds, cpu = clock.perf_counter() - started, clock.process_time() - started_cpu

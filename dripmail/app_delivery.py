@@ -182,22 +182,31 @@ class DeliveryUseCases:
         run writes and sends nothing (and skips broadcasts).
         """
         from dripmail.engine import run_once
+        from dripmail.heap import objects_frozen
 
         now = at or self.clock()
-        report = run_once(
+        engine, provider, course, handover = (
             self.engine,
             self.provider,
-            self.render_lesson,
-            now,
-            default_send_time=self.course.send_time,
-            skip_weekends=self.course.skip_weekends,
-            limit=limit,
-            dry_run=dry_run,
-            handover=self.handover(),
-            halt_after=self.settings.halt_after_failures,
-            progress=progress,
-            call=self.call_provider,
+            self.course,
+            self.handover(),
         )
+        # Store, provider and course are loaded: kept out of the pass's full collections.
+        with objects_frozen():
+            report = run_once(
+                engine,
+                provider,
+                self.render_lesson,
+                now,
+                default_send_time=course.send_time,
+                skip_weekends=course.skip_weekends,
+                limit=limit,
+                dry_run=dry_run,
+                handover=handover,
+                halt_after=self.settings.halt_after_failures,
+                progress=progress,
+                call=self.call_provider,
+            )
         done: list[ScheduledBroadcast] = []
         confirmations = 0
         if not dry_run:

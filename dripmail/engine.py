@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Connection, Engine, bindparam, select, update
+from sqlalchemy import Connection, Engine, bindparam, literal_column, select, update
 
 from dripmail import schedule
 from dripmail.handover import (
@@ -31,6 +31,7 @@ from dripmail.handover import (
 from dripmail.providers.base import Provider
 from dripmail.states import DONE
 from dripmail.store import delivery_queries as dq
+from dripmail.store.bulk import IdList
 from dripmail.store.delivery_queries import DueRow
 from dripmail.store.schema import deliveries, subscribers
 
@@ -131,31 +132,37 @@ def complete_finished(
     """
     if subscriber_ids is not None and not subscriber_ids:
         return 0
-    open_rows = (
-        select(deliveries.c.id)
-        .where(
-            deliveries.c.subscriber_id == subscribers.c.id,
-            deliveries.c.state.in_(("planned", "claimed", "sending", "handed")),
-        )
-        .exists()
-    )
-    any_rows = select(deliveries.c.id).where(deliveries.c.subscriber_id == subscribers.c.id)
-    query = update(subscribers).where(
-        subscribers.c.status == "active", any_rows.exists(), ~open_rows
-    )
     if subscriber_ids is None:
         with engine.begin() as conn:
-            return conn.execute(query.values(status="completed", updated_at=now)).rowcount or 0
-    # One statement with an expanding parameter (compiled once), run per 1,000 readers.
-    query = query.where(subscribers.c.id.in_(bindparam("ids", expanding=True))).values(
-        status="completed", updated_at=now
-    )
+            return conn.execute(_FINISHED.values(status="completed", updated_at=now)).rowcount or 0
     ids = sorted(set(subscriber_ids))
     done = 0
     with engine.begin() as conn:
         for start in range(0, len(ids), 1000):
-            done += conn.execute(query, {"ids": ids[start : start + 1000]}).rowcount or 0
+            part = ids[start : start + 1000]
+            done += _FINISHED_AMONG.execute(conn, part, {"now": now}).rowcount or 0
     return done
+
+
+_OPEN = ("planned", "claimed", "sending", "handed")
+# Active readers who have lessons and none still to go out.
+_FINISHED = update(subscribers).where(
+    subscribers.c.status == "active",
+    select(deliveries.c.id).where(deliveries.c.subscriber_id == subscribers.c.id).exists(),
+    ~select(deliveries.c.id)
+    .where(
+        deliveries.c.subscriber_id == subscribers.c.id,
+        # Literal states: no list parameter to render on every call (see `IdList`).
+        deliveries.c.state.in_([literal_column(f"'{s}'") for s in _OPEN]),
+    )
+    .exists(),
+)
+# The same among a list of readers: one statement with an expanding parameter, run per 1,000.
+_FINISHED_AMONG = IdList(
+    _FINISHED.where(subscribers.c.id.in_(bindparam("ids", expanding=True))).values(
+        status="completed", updated_at=bindparam("now", type_=subscribers.c.updated_at.type)
+    )
+)
 
 
 def run_once(

@@ -17,6 +17,7 @@ from uuid import uuid4
 
 from sqlalchemy import (
     ARRAY,
+    ColumnElement,
     Connection,
     Engine,
     Integer,
@@ -28,12 +29,13 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.sql.dml import Update
 
 from dripmail import holders
 from dripmail.errors import ProviderAuthError
 from dripmail.message import Message
 from dripmail.providers.base import Lookup, Outcome, Provider
-from dripmail.store.bulk import Bulk, UnnestUpdate
+from dripmail.store.bulk import Bulk, IdList, UnnestUpdate
 from dripmail.store.handover_rows import HeldRow
 from dripmail.store.schema import in_flight
 from dripmail.store.transactions import transaction
@@ -156,12 +158,32 @@ def record_many(
             shared = tuple(c for c in columns if all(v[c] == first[c] for _, v in members))
             per_row = tuple(c for c in columns if c not in shared)
             rows = [(row_id, *(v[c] for c in per_row)) for row_id, v in members]
-            if conn.dialect.name == "postgresql":
-                values = {"updated_at": now, **{c: first[c] for c in shared}}
-                _outcome_unnest(table, per_row, shared).run(conn, rows, values)
-                continue
-            constants = {"now": now, **{f"v_{c}": first[c] for c in shared}}
-            _outcome_statement(table, per_row, shared).run(conn, rows, constants)
+            record_group(conn, table, now, per_row, rows, {c: first[c] for c in shared})
+
+
+def record_group(
+    conn: Connection,
+    table: Table,
+    now: datetime,
+    per_row: tuple[str, ...],
+    rows: Sequence[tuple[Any, ...]],
+    shared: Mapping[str, Any],
+) -> None:
+    """Record outcomes of one shape in the caller's transaction (claims released): each of
+    `rows` is ``(row id, *values of per_row)``; `shared` columns get one value for all.
+
+    For a caller that builds its rows grouped already (the accepted messages of a chunk), so
+    no dict per row is made and compared; `record_many` groups dicts and ends here too.
+    """
+    if not rows:
+        return
+    if conn.dialect.name == "postgresql":
+        _outcome_unnest(table, per_row, tuple(shared)).run(
+            conn, rows, {"updated_at": now, **shared}
+        )
+        return
+    constants = {"now": now, **{f"v_{c}": value for c, value in shared.items()}}
+    _outcome_statement(table, per_row, tuple(shared)).run(conn, rows, constants)
 
 
 _OUTCOMES: dict[tuple[str, tuple[str, ...], tuple[str, ...]], Bulk] = {}
@@ -591,6 +613,9 @@ class Told:
     """What the provider said about the batches of one chunk, to be stored together."""
 
     outcomes: list[tuple[int, dict]] = field(default_factory=list)  # (row id, new values)
+    # The usual outcome, kept without a dict per row: (row id, provider message id) of
+    # messages accepted for delivery now (state `sent`, `sent_at` = now).
+    sent: list[tuple[int, str | None]] = field(default_factory=list)
     again: list[int] = field(default_factory=list)  # recovered rows left `sending`
     suppress: list[int] = field(default_factory=list)  # subscriber ids
     # Batches whose credential was refused: (their delivery keys, whether recovered).
@@ -610,24 +635,29 @@ def _outcomes(
 ) -> None:
     """Turn the provider's answers for one batch into row updates (stored by `_store_told`)."""
     outcomes, again, to_suppress = told.outcomes, told.again, told.suppress
+    sent = told.sent
+    accepted = Outcome.ACCEPTED
     for message, result in zip(batch, results, strict=True):
-        if result.outcome is Outcome.ACCEPTED:
-            later = message.send_at is not None and message.send_at > now
+        if result.outcome is accepted:
+            if streak.keys:
+                streak.passed()
+            if message.send_at is None or message.send_at <= now:
+                sent.append((by_key[message.key]["id"], result.provider_id))
+                report.sent += 1
+                continue
+            # Scheduled at the provider: it reaches the reader then. The catch-up rule reads
+            # `sent_at`, so a late lesson (sent now) must not look early, nor this one late.
             outcomes.append(
                 (
                     by_key[message.key]["id"],
                     {
-                        "state": "handed" if later else "sent",
+                        "state": "handed",
                         "provider_message_id": result.provider_id,
-                        # When it reaches the reader: the scheduled time, or now if late. The
-                        # catch-up rule reads this, so a late lesson must not look early.
-                        "sent_at": message.send_at if later else now,
+                        "sent_at": message.send_at,
                     },
                 )
             )
-            report.handed += later
-            report.sent += not later
-            streak.passed()
+            report.handed += 1
         elif result.outcome is Outcome.TRANSIENT and recovered:
             # Not sent by this call, but the call before the crash may have landed: only the
             # same batch under the same key may go again, so it stays `sending` for later.
@@ -665,8 +695,10 @@ def _outcomes(
 
 def _store_told(engine: Engine, table: Table, told: Told, now: datetime, report: Report) -> None:
     """Store the outcomes of a chunk's batches in one transaction; then suppress addresses."""
-    if told.outcomes or told.again:
+    if told.outcomes or told.sent or told.again:
         with engine.begin() as conn:
+            sent = {"state": "sent", "sent_at": now}
+            record_group(conn, table, now, ("provider_message_id",), told.sent, sent)
             record_many(conn, table, now, told.outcomes)
             if told.again:
                 conn.execute(
@@ -698,6 +730,34 @@ def release(engine: Engine, table: Table, keys: Sequence[str], now: datetime) ->
             .where(table.c.key.in_(list(keys)), table.c.state == "claimed")
             .values(state="planned", claimed_by=None, lease_expires_at=None, updated_at=now)
         )
+
+
+def _claim_free(table: Table, ids: ColumnElement[bool]) -> Update:
+    """``UPDATE table SET state = 'claimed', ... WHERE <ids> AND state = 'planned'
+    RETURNING id``: the conditional claim of free rows."""
+    return (
+        update(table)
+        .where(ids, table.c.state == "planned")
+        .values(
+            state="claimed",
+            claimed_by=bindparam("worker"),
+            lease_expires_at=bindparam("lease", type_=table.c.lease_expires_at.type),
+            updated_at=bindparam("now", type_=table.c.updated_at.type),
+        )
+        .returning(table.c.id)
+    )
+
+
+_CLAIM_LISTS: dict[str, IdList] = {}
+
+
+def _claim_list(table: Table) -> IdList:
+    """`_claim_free` with ``id IN (...)`` of an expanding parameter (built once per table)."""
+    found = _CLAIM_LISTS.get(table.name)
+    if found is None:
+        statement = _claim_free(table, table.c.id.in_(bindparam("ids", expanding=True)))
+        found = _CLAIM_LISTS[table.name] = IdList(statement)
+    return found
 
 
 def claim(
@@ -732,27 +792,15 @@ def claim(
             rows = [r for r in rows if r["id"] in lockable]
         free = {r["id"]: r for r in rows if r["state"] == "planned"}
         if free:
-            # Built with an expanding parameter, so the statement is compiled once and cached
-            # (a literal list would coerce every id into its own parameter on each call).
+            values = {"worker": worker, "lease": now + lease, "now": now}
             if conn.dialect.name == "postgresql":
                 # One array parameter: an IN list of a thousand ids is rendered, sent and
                 # parsed as a thousand parameters on every call (most of a worker's CPU).
                 ids = table.c.id == any_(bindparam("ids", type_=ARRAY(Integer)))
+                result = conn.execute(_claim_free(table, ids), {"ids": list(free), **values})
             else:
-                ids = table.c.id.in_(bindparam("ids", expanding=True))
-            won = conn.execute(
-                update(table)
-                .where(ids, table.c.state == "planned")
-                .values(
-                    state="claimed",
-                    claimed_by=bindparam("worker"),
-                    lease_expires_at=bindparam("lease", type_=table.c.lease_expires_at.type),
-                    updated_at=bindparam("now", type_=table.c.updated_at.type),
-                )
-                .returning(table.c.id),
-                {"ids": list(free), "worker": worker, "lease": now + lease, "now": now},
-            ).scalars()
-            held.extend(free[i] for i in won)
+                result = _claim_list(table).execute(conn, list(free), values)
+            held.extend(free[i] for i in result.scalars().all())
         for row in rows:
             if row["state"] == "planned":
                 continue

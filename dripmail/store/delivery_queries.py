@@ -6,12 +6,26 @@ cases read the same rows the same way.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime
-from typing import NotRequired, cast
+from typing import Any, NotRequired, cast
 
-from sqlalchemy import Connection, Result, RowMapping, Select, bindparam, func, or_, select, tuple_
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Result,
+    RowMapping,
+    Select,
+    bindparam,
+    func,
+    or_,
+    select,
+    tuple_,
+    type_coerce,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import NullType
 
 from dripmail.states import DONE, OPEN_FOR_READER, DeliveryState
 from dripmail.store.handover_rows import HeldRow
@@ -122,16 +136,24 @@ class DueRow(HeldRow):
 
 
 _UTC = deliveries.c.due_at.type
+
+
+def _as_read(column: ColumnElement) -> ColumnElement:
+    """`column` read as the driver returns it (SQLite: text, PostgreSQL: a naive datetime):
+    `_dicts` converts each distinct value of a page once, instead of once per row."""
+    return type_coerce(column, NullType()).label(column.name)
+
+
 # Only what claiming, rendering and recovery read: fewer columns to fetch and parse.
 DUE_COLUMNS = (
     deliveries.c.id,
     deliveries.c.key,
     deliveries.c.subscriber_id,
     deliveries.c.lesson_day,
-    deliveries.c.due_at,
+    _as_read(deliveries.c.due_at),
     deliveries.c.state,
     deliveries.c.batch_key,
-    deliveries.c.handed_at,
+    _as_read(deliveries.c.handed_at),
     subscribers.c.email,
     subscribers.c.first_name,
     subscribers.c.timezone,
@@ -194,7 +216,7 @@ def expired_claims(
     ids = list(conn.execute(_EXPIRED_IDS, {"now": now, "after": after, "limit": limit}).scalars())
     if not ids:
         return [], None
-    rows = _dicts(conn.execute(_BY_IDS, {"ids": ids}))
+    rows = _dicts(conn, conn.execute(_BY_IDS, {"ids": ids}))
     rows.sort(key=lambda r: r["id"])
     return rows, ids[-1]
 
@@ -226,13 +248,51 @@ def due_page(
     if after is not None:
         query = _DUE_AFTER_LOCKED if skip_locked else _DUE_AFTER
         params |= {"after_due": after[0], "after_id": after[1]}
-    return _dicts(conn.execute(query, params))
+    return _dicts(conn, conn.execute(query, params))
 
 
-def _dicts(result: Result) -> list[DueRow]:
-    """The rows as `DueRow` dicts (zip with the column names: cheaper than `RowMapping`)."""
-    names = list(result.keys())
-    return [cast(DueRow, dict(zip(names, row, strict=True))) for row in result]
+def _dicts(conn: Connection, result: Result) -> list[DueRow]:
+    """The rows of `DUE_COLUMNS` as `DueRow` dicts (zip with the column names: cheaper than
+    `RowMapping`), fetched at once, their times aware UTC.
+
+    The times are converted by the column type's own result processor (`UTCDateTime`, the
+    same values `Connection.execute` gives), once per distinct stored value: a page's lessons
+    share a handful of due times (the course's send time in each zone), so a page of 1,000
+    rows parses a few strings instead of 1,000 (SQLite) and shares their datetime objects.
+    """
+    process = _read_time(conn.dialect)
+    names = tuple(result.keys())
+    seen: dict[object, datetime] = {}
+    out: list[DueRow] = []
+    for values in result.all():
+        row = dict(zip(names, values, strict=False))  # one result: same length
+        due = row["due_at"]
+        when = seen.get(due)
+        if when is None:
+            when = seen[due] = process(due)
+        row["due_at"] = when
+        if row["handed_at"] is not None:
+            row["handed_at"] = process(row["handed_at"])
+        out.append(cast(DueRow, row))
+    return out
+
+
+_TIME_READERS: dict[str, Callable[[Any], Any]] = {}
+
+
+def _read_time(dialect: Dialect) -> Callable[[Any], Any]:
+    """`UTCDateTime`'s result processor for `dialect` (driver value -> aware UTC datetime)."""
+    key = f"{dialect.name}+{dialect.driver}"
+    found = _TIME_READERS.get(key)
+    if found is None:
+        impl = _UTC.dialect_impl(dialect)
+        process = impl.result_processor(dialect, None)
+        found = _TIME_READERS[key] = process if process is not None else _unchanged
+    return found
+
+
+def _unchanged(value: Any) -> Any:
+    return value
 
 
 def lessons_of(conn: Connection, subscriber_ids: Collection[int]) -> list[RowMapping]:

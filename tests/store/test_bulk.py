@@ -1,4 +1,5 @@
-"""`store.bulk.Bulk`: the same rows as `Connection.execute` writes, in the caller's transaction.
+"""`store.bulk.Bulk` and `IdList`: the same rows as `Connection.execute` writes, in the caller's
+transaction.
 
 Run against SQLite (positional parameters) and PostgreSQL (named parameters, when
 DRIPMAIL_TEST_DATABASE_URL is set), each on a table of its own.
@@ -21,11 +22,12 @@ from sqlalchemy import (
     Table,
     bindparam,
     insert,
+    literal_column,
     select,
     update,
 )
 
-from dripmail.store.bulk import Bulk
+from dripmail.store.bulk import Bulk, IdList
 from dripmail.store.db import open_store
 from dripmail.store.schema import UTCDateTime
 
@@ -142,3 +144,71 @@ def test_bulk_joins_the_callers_transaction(engine: Engine) -> None:
             assert conn.execute(select(table.c.id, table.c.label)).all() == [(7, "x")]
     finally:
         table.drop(engine, checkfirst=True)
+
+
+def _claim(table: Table, states: list) -> object:
+    """Claim planned rows among a list of ids, as the hand-over does, returning their ids."""
+    return (
+        update(table)
+        .where(table.c.id.in_(bindparam("ids", expanding=True)), table.c.state.in_(states))
+        .values(
+            state="claimed",
+            label=bindparam("label"),
+            tries=table.c.tries + 1,
+            updated_at=bindparam("now", type_=table.c.updated_at.type),
+        )
+        .returning(table.c.id)
+    )
+
+
+def test_id_list_writes_and_returns_what_execute_does(engine: Engine) -> None:
+    ours, theirs = _table("ids_ours"), _table("ids_theirs")
+    planned = [literal_column("'planned'")]
+    try:
+        for table in (ours, theirs):
+            table.drop(engine, checkfirst=True)
+            table.create(engine)
+            with engine.begin() as conn:
+                conn.execute(
+                    insert(table),
+                    [
+                        {"id": i, "label": "-", "state": "planned" if i % 3 else "sent"}
+                        | {"tries": 0, "updated_at": NOW}
+                        for i in range(1, 21)
+                    ],
+                )
+        # A literal state list (the fast way) and a Python list (rendered by SQLAlchemy).
+        fast, slow = IdList(_claim(ours, planned)), IdList(_claim(ours, ["planned"]))
+        later = NOW + timedelta(minutes=5)
+        with engine.begin() as conn:
+            got = [
+                sorted(fast.execute(conn, [1, 2, 3, 4], {"label": "a", "now": later}).scalars()),
+                sorted(fast.execute(conn, [5, 6, 7, 8], {"label": "b", "now": later}).scalars()),
+                sorted(slow.execute(conn, [9, 10, 12], {"label": "c", "now": later}).scalars()),
+                sorted(fast.execute(conn, [], {"label": "d", "now": later}).scalars()),
+            ]
+            want = [
+                sorted(
+                    conn.execute(
+                        _claim(theirs, ["planned"]),
+                        {"ids": ids, "label": label, "now": later},
+                    ).scalars()
+                )
+                for ids, label in (([1, 2, 3, 4], "a"), ([5, 6, 7, 8], "b"), ([9, 10, 12], "c"))
+            ] + [[]]
+        with engine.connect() as conn:
+            rows = conn.execute(select(ours).order_by(ours.c.id)).all()
+            assert rows == conn.execute(select(theirs).order_by(theirs.c.id)).all()
+            if engine.dialect.name == "sqlite":
+                # The stored text of the converted time is SQLAlchemy's too.
+                text = "SELECT updated_at FROM {} ORDER BY id"
+                assert (
+                    conn.exec_driver_sql(text.format("ids_ours")).all()
+                    == conn.exec_driver_sql(text.format("ids_theirs")).all()
+                )
+        assert got == want == [[1, 2, 4], [5, 7, 8], [10], []]
+        assert rows[0].label == "a" and rows[0].tries == 1 and rows[0].updated_at == later
+        assert rows[2].state == "sent" and rows[2].tries == 0  # not planned: untouched
+    finally:
+        for table in (ours, theirs):
+            table.drop(engine, checkfirst=True)
