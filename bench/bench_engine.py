@@ -144,7 +144,7 @@ def _child(db: str, mode: str, at: str, sample: int) -> None:
     from sqlalchemy import select, update
 
     from dripmail.engine import run_once
-    from dripmail.heap import objects_frozen
+    from dripmail.heap import collector_for_a_pass
     from dripmail.message import Mailbox, Message
     from dripmail.providers.base import Capabilities, Outcome, SendResult
     from dripmail.store.db import open_store
@@ -218,10 +218,10 @@ def _child(db: str, mode: str, at: str, sample: int) -> None:
             seconds, cpu = sorted(times)[4], sorted(cpus)[4]
         elif mode == "engine":
             # One event loop for the whole pass, as the CLI's core keeps one per process
-            # (`Dripmail.call_provider`), not a new loop per chunk; and the objects alive
-            # before the pass kept out of its full collections, as `Dripmail.run` does.
+            # (`Dripmail.call_provider`), not a new loop per chunk; and the garbage collector
+            # set for the pass (`heap.collector_for_a_pass`), as `Dripmail.run` does.
             loop = asyncio.new_event_loop()
-            with objects_frozen():
+            with collector_for_a_pass():
                 report = run_once(
                     engine,
                     Instant(),

@@ -182,7 +182,7 @@ class DeliveryUseCases:
         run writes and sends nothing (and skips broadcasts).
         """
         from dripmail.engine import run_once
-        from dripmail.heap import objects_frozen
+        from dripmail.heap import collector_for_a_pass
 
         now = at or self.clock()
         engine, provider, course, handover = (
@@ -191,8 +191,8 @@ class DeliveryUseCases:
             self.course,
             self.handover(),
         )
-        # Store, provider and course are loaded: kept out of the pass's full collections.
-        with objects_frozen():
+        # Store, provider and course are loaded: frozen for the pass (see `heap`).
+        with collector_for_a_pass():
             report = run_once(
                 engine,
                 provider,

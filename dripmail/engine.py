@@ -98,24 +98,30 @@ def _eligible(
     """Keep lessons whose predecessor is done and that are due by `schedule.next_send_at`."""
     prev = _previous_done(engine, rows)
     keep = []
+    # A page's readers share a few (time zone, send time) pairs: each is parsed once.
+    local: dict[tuple[str, str | None], tuple[ZoneInfo, time]] = {}
+
+    def due_of(row: DueRow, key: tuple[int, int]) -> datetime:
+        where = (row["timezone"], row["send_time"])
+        found = local.get(where)
+        if found is None:
+            send = time.fromisoformat(where[1]) if where[1] else default_send
+            found = local[where] = (ZoneInfo(where[0]), send)
+        zone, send = found
+        return schedule.next_send_at(row["due_at"], prev.get(key), send, zone, skip_weekends)
+
     for row in rows:
         key = (row["subscriber_id"], row["lesson_day"])
         if row["state"] != "planned":
             # An expired claim: finish what was started, with the send time it had then, so
             # a batch resent after a crash is the same batch (see handover._resendable).
             if row["lesson_day"] == 1 or key in prev:
-                zone = ZoneInfo(row["timezone"])
-                send = time.fromisoformat(row["send_time"]) if row["send_time"] else default_send
-                row["effective_due"] = schedule.next_send_at(
-                    row["due_at"], prev.get(key), send, zone, skip_weekends
-                )
+                row["effective_due"] = due_of(row, key)
             keep.append(row)
             continue
         if row["lesson_day"] > 1 and key not in prev:
             continue
-        zone = ZoneInfo(row["timezone"])
-        send = time.fromisoformat(row["send_time"]) if row["send_time"] else default_send
-        due = schedule.next_send_at(row["due_at"], prev.get(key), send, zone, skip_weekends)
+        due = due_of(row, key)
         if due <= now:
             row["effective_due"] = due
             keep.append(row)

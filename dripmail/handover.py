@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from hashlib import sha256
+from operator import attrgetter
 from typing import Any, Generic, TypeVar
 from uuid import uuid4
 
@@ -372,9 +373,12 @@ def outgoing(held: Sequence[R], messages: Mapping[str, Message], size: int) -> O
     batches = []
     for start in range(0, len(keys), size):
         # Sorted within the batch, so the recorded key is enough to rebuild it after a crash.
-        batch = sorted((messages[k] for k in keys[start : start + size]), key=lambda m: m.key)
+        batch = sorted((messages[k] for k in keys[start : start + size]), key=_by_key)
         batches.append((batch_key_for([m.key for m in batch]), batch))
     return Outgoing({row["key"]: row for row in held}, batches)
+
+
+_by_key = attrgetter("key")
 
 
 def mark_sending(engine: Engine, table: Table, provider: str, out: Outgoing, now: datetime) -> None:

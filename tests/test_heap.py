@@ -1,5 +1,6 @@
-"""`heap.objects_frozen`: objects alive before a block are out of the collector's way inside it,
-and back in its care after it (nested blocks unfreeze once, at the end of the outer one)."""
+"""`heap.collector_for_a_pass`: inside it the objects alive before are frozen and the young
+threshold is raised; after it (nested blocks: after the outer one, or an error) everything is
+as it was, and what it froze is collectable again."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import weakref
 
 import pytest
 
-from dripmail.heap import objects_frozen
+from dripmail.heap import YOUNG_THRESHOLD, collector_for_a_pass
 
 
 class _Cycle:
@@ -16,16 +17,20 @@ class _Cycle:
         self.me = self
 
 
-def test_objects_are_frozen_inside_and_collectable_after() -> None:
+def test_the_collector_is_set_inside_and_set_back_after() -> None:
     assert gc.get_freeze_count() == 0
+    thresholds = gc.get_threshold()
     before = _Cycle()
     frozen = weakref.ref(before)
-    with objects_frozen():
+    with collector_for_a_pass():
         assert gc.get_freeze_count() > 0
-        with objects_frozen():
+        assert gc.get_threshold() == (YOUNG_THRESHOLD, *thresholds[1:])
+        assert gc.isenabled()
+        with collector_for_a_pass():
             pass
-        # The inner block ended, the outer one still runs: still frozen.
+        # The inner block ended, the outer one still runs: still set.
         assert gc.get_freeze_count() > 0
+        assert gc.get_threshold()[0] == YOUNG_THRESHOLD
         del before
         made = _Cycle()
         young = weakref.ref(made)
@@ -35,11 +40,14 @@ def test_objects_are_frozen_inside_and_collectable_after() -> None:
         assert young() is None
         assert frozen() is not None
     assert gc.get_freeze_count() == 0
+    assert gc.get_threshold() == thresholds
     gc.collect()
     assert frozen() is None
 
 
-def test_an_error_in_the_block_unfreezes_too() -> None:
-    with pytest.raises(RuntimeError), objects_frozen():
+def test_an_error_in_the_block_sets_it_back_too() -> None:
+    thresholds = gc.get_threshold()
+    with pytest.raises(RuntimeError), collector_for_a_pass():
         raise RuntimeError("the pass failed")
     assert gc.get_freeze_count() == 0
+    assert gc.get_threshold() == thresholds
