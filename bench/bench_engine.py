@@ -160,12 +160,15 @@ def _child(db: str, mode: str, at: str, sample: int) -> None:
         async def reconcile(self, messages):
             return {}
 
+    # Built once, as dripmail's renderer holds the course's sender (`render.py`).
+    sender = Mailbox("hello@studio.example.com")
+
     def render(row: dict) -> Message:
         return Message(
             key=row["key"],
             kind="lesson",
             ref=str(row["lesson_day"]),
-            sender=Mailbox("hello@studio.example.com"),
+            sender=sender,
             to=Mailbox(row["email"]),
             subject="Day",
             html="<p>x</p>",
