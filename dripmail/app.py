@@ -166,6 +166,9 @@ class Dripmail(DeliveryUseCases, Runner):
     def __post_init__(self) -> None:
         self._loop_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Set when Ctrl-C (or SIGTERM made KeyboardInterrupt) reaches a thread waiting in
+        # `call_provider`: a long call (a whole broadcast) stops at its next chunk boundary.
+        self.interrupted = threading.Event()
 
     def now(self) -> datetime:
         """The core's clock (aware UTC)."""
@@ -211,7 +214,9 @@ class Dripmail(DeliveryUseCases, Runner):
         except BaseException:
             # Ctrl-C reached this thread while the call runs on the loop: let the hand-over
             # in progress finish (its marks and outcomes stay consistent) before the caller
-            # releases what it holds, so the two never race. It takes a chunk at most.
+            # releases what it holds, so the two never race. It takes a chunk at most: a call
+            # that goes on for many chunks (`broadcast.send`) watches `interrupted`.
+            self.interrupted.set()
             concurrent.futures.wait([future])
             raise
 

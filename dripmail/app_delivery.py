@@ -10,6 +10,7 @@ queries live in the store layer. Provider calls run on the core's one event loop
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -129,6 +130,7 @@ class DeliveryUseCases:
     provider: Provider
     render_lesson: Callable[[DueRow], Any]
     call_provider: Callable[[Callable[[], Awaitable[Any]]], Any]
+    interrupted: threading.Event  # set by `call_provider` when Ctrl-C reached it
     resend_interrupted_confirmations: Callable[[], int]
 
     # -- the run pass --
@@ -347,6 +349,7 @@ class DeliveryUseCases:
 
         now = at or self.clock()
         compiled = self.renderer.newsletter(newsletter)
+        self.interrupted.clear()  # an earlier Ctrl-C, handled, does not stop this one
         started = bc.start(self.engine, row["id"], now)
         render = bc.render_fn(compiled, self.settings.public_url, self.signer, row["id"], started)
         # Planning and sending walk the list in id order: each page is read once, and a
@@ -365,6 +368,7 @@ class DeliveryUseCases:
                 call=self.call_provider,
                 plan_segment=row["segment"],
                 planned=planned,
+                stop=self.interrupted.is_set,
             )
 
     def send_due_broadcasts(self, at: datetime | None = None) -> list[ScheduledBroadcast]:

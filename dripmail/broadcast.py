@@ -445,6 +445,7 @@ def send(
     call: CallAsync | None = None,
     plan_segment: str | None = None,
     planned: Callable[[int], None] | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> BroadcastReport:
     """Hand over everything planned for this broadcast; safe to run again after a crash.
 
@@ -455,6 +456,8 @@ def send(
     after each chunk. `plan_segment`: plan the readers of this segment as it goes (`plan`,
     a page ahead of the claims, `planned` called with each page's count) instead of sending
     only what was planned before; the broadcast is finished only once the whole list was.
+    `stop` is asked after each chunk (true: Ctrl-C came): the chunk at the provider is
+    finished and recorded, the one prepared meanwhile goes back, and the pass ends there.
     """
     report = BroadcastReport()
     streak = FailureStreak(halt_after)
@@ -569,7 +572,7 @@ def send(
                                 raise told.failure
                     if progress and part.held:
                         progress(len(part.held))
-                    if report.halted:
+                    if report.halted or (stop is not None and stop()):
                         return
             finally:
                 # Whatever stopped the loop: answers already read are stored (never left

@@ -499,6 +499,27 @@ def test_a_halt_hands_over_nothing_of_the_chunk_prepared_meanwhile(
     assert _states(engine) == Counter({"planned": planned})  # all back, none claimed
 
 
+def test_a_stop_ends_the_pass_after_the_chunk_at_the_provider(
+    project: Project, engine: Engine
+) -> None:
+    """`stop` (Ctrl-C through `Dripmail.call_provider`) is asked after each chunk: that chunk
+    is recorded, the next (claimed and rendered meanwhile) goes back, nothing is finished."""
+    seed(engine, 100)
+    row = _start(project, engine)
+    planned = _states(engine)["planned"]
+    outbox = OutboxProvider(project.root / "outbox")
+    asked: list[int] = []
+
+    def stop() -> bool:
+        asked.append(1)
+        return True  # Ctrl-C came while the first chunk was at the provider
+
+    report = _send(project, engine, outbox, row, chunk=10, stop=stop)
+    assert report.sent == 10 and len(asked) == 1
+    assert _states(engine) == Counter({"sent": 10, "planned": planned - 10})
+    assert bc.find(engine, row["id"])["status"] == "sending"
+
+
 def test_a_refused_credential_gives_back_the_chunk_prepared_meanwhile(
     project: Project, engine: Engine
 ) -> None:

@@ -163,6 +163,45 @@ def test_killed_broadcast_resumes_and_each_reader_gets_one_copy(root: Path, fake
     assert f"accepted{len(wanted):>11}" in shown.stdout and "sent" in shown.stdout
 
 
+@pytest.mark.slow  # 4,000 subscribers (3,200 eligible) through the validating fake
+def test_ctrl_c_stops_a_broadcast_after_the_chunk_at_the_provider(
+    root: Path, fake_providers
+) -> None:
+    """A whole broadcast is one call on the provider loop: Ctrl-C must stop it at the next
+    chunk, not after the last reader. The chunk at the provider is recorded, the one
+    prepared meanwhile goes back to the queue, and the next run sends the rest once."""
+    count = 4000
+    seed(open_store("sqlite:///dripmail.db", root), count)
+    wanted = eligible_emails(count)
+    env = _postmark_env(fake_providers)
+    proc = subprocess.Popen(
+        _argv(root, "broadcast", "newsletters/hips.md", "--yes", "-q"),
+        cwd=root,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if fake_providers.count("postmark") >= 500:  # the first batch of the first chunk
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, "finished before it could be interrupted: raise `count`"
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=300) == 130
+    stopped_at = len(fake_providers.accepted("postmark"))
+    assert 0 < stopped_at < len(wanted)
+    with open_store("sqlite:///dripmail.db", root).connect() as conn:
+        rows = conn.execute(select(broadcast_deliveries.c.state, broadcast_deliveries.c.claimed_by))
+        states = Counter(state for state, _ in rows)
+    # Nothing left in flight or held: what went out is recorded, the rest is in the queue.
+    assert states["sent"] == stopped_at and set(states) <= {"sent", "planned"}
+    again = _subprocess(root, "broadcast", "newsletters/hips.md", "--yes", "-q", env=env)
+    assert again.returncode == 0, again.stderr
+    accepted = fake_providers.accepted("postmark")
+    assert Counter(a.to for a in accepted) == Counter(dict.fromkeys(wanted, 1))
+
+
 def test_schedule_run_then_list_and_show(root: Path) -> None:
     seed(open_store("sqlite:///dripmail.db", root), 10)
     out = _cli(root, "broadcast", "newsletters/hips.md", "--schedule", "2099-01-01T09:00+00:00")
