@@ -174,8 +174,11 @@ def broadcast(
     if not plan.started:
         _confirm(plan.recipients, threshold, yes, "Send it")
     row = core.open_broadcast(plan)
+    from dripmail.cli.engine_cmds import sigterm_as_ctrl_c
+
     try:
-        report = send_broadcast(core, plan.newsletter, row, clock, quiet)
+        with sigterm_as_ctrl_c():  # `kill`, systemd, `docker stop`: stop as Ctrl-C does
+            report = send_broadcast(core, plan.newsletter, row, clock, quiet)
     finally:
         core.close()
     attention = _summary(core, row, report)

@@ -130,7 +130,7 @@ def run(
     attention = False
     passes = 0
     try:
-        with _sigterm_as_ctrl_c():
+        with sigterm_as_ctrl_c():
             while True:
                 current = clock_at or datetime.now(UTC)
                 result = _one_pass(core, current, limit, dry_run, quiet)
@@ -162,7 +162,7 @@ def run(
 
 
 @contextmanager
-def _sigterm_as_ctrl_c() -> Iterator[None]:
+def sigterm_as_ctrl_c() -> Iterator[None]:
     """Within: SIGTERM (systemd, `docker stop`, `kill`) stops the run as Ctrl-C does.
 
     Killed outright, a run is still safe (its claims wait out their lease, anything in flight

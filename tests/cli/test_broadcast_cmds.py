@@ -164,12 +164,14 @@ def test_killed_broadcast_resumes_and_each_reader_gets_one_copy(root: Path, fake
 
 
 @pytest.mark.slow  # 4,000 subscribers (3,200 eligible) through the validating fake
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_ctrl_c_stops_a_broadcast_after_the_chunk_at_the_provider(
-    root: Path, fake_providers
+    root: Path, fake_providers, stop: signal.Signals
 ) -> None:
-    """A whole broadcast is one call on the provider loop: Ctrl-C must stop it at the next
-    chunk, not after the last reader. The chunk at the provider is recorded, the one
-    prepared meanwhile goes back to the queue, and the next run sends the rest once."""
+    """A whole broadcast is one call on the provider loop: Ctrl-C (or SIGTERM, as systemd
+    sends it) must stop it at the next chunk, not after the last reader. The chunk at the
+    provider is recorded, the one prepared meanwhile goes back to the queue, and the next
+    run sends the rest once."""
     count = 4000
     seed(open_store("sqlite:///dripmail.db", root), count)
     wanted = eligible_emails(count)
@@ -187,7 +189,7 @@ def test_ctrl_c_stops_a_broadcast_after_the_chunk_at_the_provider(
             break
         time.sleep(0.01)
     assert proc.poll() is None, "finished before it could be interrupted: raise `count`"
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(stop)
     assert proc.wait(timeout=300) == 130
     stopped_at = len(fake_providers.accepted("postmark"))
     assert 0 < stopped_at < len(wanted)
