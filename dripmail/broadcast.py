@@ -24,7 +24,6 @@ before (row ids and provider ids).
 from __future__ import annotations
 
 import asyncio
-import gc
 import hashlib
 import socket
 from collections.abc import Callable, Iterator
@@ -60,6 +59,7 @@ from dripmail.handover import (
     store_answers,
     unmark,
 )
+from dripmail.heap import collector_for_a_pass
 from dripmail.message import Message
 from dripmail.providers.base import BaseProvider, Provider
 from dripmail.store.bulk import Bulk
@@ -619,14 +619,11 @@ def send(
             raise
 
     # Objects alive now (modules, templates, the engine) are never garbage: leave them out
-    # of the collector's full passes while chunks come and go. (Request bodies need no
-    # collection: `providers.http` frees each with its response, flat memory in
-    # bench_broadcast.py.)
-    gc.freeze()
-    try:
+    # of the collector's passes while chunks come and go, as a lesson pass does (nested
+    # safely inside `run`'s). Request bodies need no collection: `providers.http` frees each
+    # with its response (flat memory in bench_broadcast.py).
+    with collector_for_a_pass():
         (call or run_in_new_loop)(run)
-    finally:
-        gc.unfreeze()
     if not planning[0]:  # a halt may stop it before the end of the list was planned
         finish_if_done(engine, broadcast["id"], now)
     return report
