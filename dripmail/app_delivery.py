@@ -99,6 +99,18 @@ class BroadcastPlan:
         """It started sending before: continuing it asks for no confirmation."""
         return self.existing is not None and self.existing["started_at"] is not None
 
+    @property
+    def nobody(self) -> str:
+        """Why it cannot start (its segment has no eligible reader now), or "".
+
+        `open_broadcast` refuses such a plan; a dry run shows this as a warning.
+        """
+        if self.started or self.recipients:
+            return ""
+        from dripmail.broadcast import nobody_to_send_to
+
+        return nobody_to_send_to(self.segment)
+
 
 @dataclass(frozen=True)
 class TestSent:
@@ -324,11 +336,17 @@ class DeliveryUseCases:
 
     def open_broadcast(self, plan: BroadcastPlan) -> RowMapping:
         """Create (or update, until it starts) the broadcast row: scheduled for `plan.when`,
-        or ready to send now."""
+        or ready to send now. InputError, nothing written, when it has not started and its
+        segment has no eligible reader (`BroadcastPlan.nobody`)."""
         from dripmail import broadcast as bc
 
         return bc.open_broadcast(
-            self.engine, plan.newsletter, plan.segment, self.clock(), plan.when
+            self.engine,
+            plan.newsletter,
+            plan.segment,
+            self.clock(),
+            plan.when,
+            recipients=plan.recipients,
         )
 
     def send_broadcast(
@@ -374,8 +392,10 @@ class DeliveryUseCases:
     def send_due_broadcasts(self, at: datetime | None = None) -> list[ScheduledBroadcast]:
         """Send the scheduled broadcasts whose time has come (`run` calls this).
 
-        One whose file is missing, broken or was edited after it started is reported and left
-        as it is; the others still go out. One interrupted mid-way continues on the next run.
+        One whose file is missing, broken or was edited after it started, or whose segment has
+        no eligible reader when its time comes, is reported and left as it is (scheduled: the
+        next run tries again); the others still go out. One interrupted mid-way continues on
+        the next run.
         """
         from dripmail import broadcast as bc
         from dripmail.content import load_newsletter

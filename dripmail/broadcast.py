@@ -148,6 +148,15 @@ def count_eligible(engine: Engine, segment: str) -> int:
         ).scalar_one()
 
 
+def nobody_to_send_to(segment: str) -> str:
+    """The one line saying `segment` has no eligible reader now, with what to do about it."""
+    check = "the tag" if segment.startswith("tag:") else "the segment"
+    return (
+        f"segment {segment!r} has no subscriber who can receive newsletters now: nothing was "
+        f"started; check {check} (`subscribers list` shows who is there) or add subscribers first"
+    )
+
+
 def sample(engine: Engine, segment: str, size: int = 5) -> list[RowMapping]:
     """A few subscribers of the segment (email, first_name), to show before sending."""
     with engine.connect() as conn:
@@ -198,16 +207,28 @@ def open_broadcast(
     segment: str,
     now: datetime,
     scheduled_at: datetime | None = None,
+    *,
+    recipients: int | None = None,
 ) -> RowMapping:
     """The broadcast row for this newsletter, created on first use.
 
     Until it starts sending, the file, segment and schedule may change (the row follows the
     file); once started, only the same text and segment continue it, and a cancelled one is
     refused. The unique slug makes two processes starting the same file share one row.
+
+    A broadcast not started yet whose segment has no eligible reader now is refused with
+    InputError before anything is written (`recipients`: that count, if the caller has it):
+    started, it would be marked sent to nobody for good, and a typo in a tag would burn the
+    file for that segment. One that already started continues whatever the count.
     """
     eligible(segment)
     digest = content_hash(newsletter)
     row = existing(engine, newsletter.slug)
+    if row is None or row["started_at"] is None:
+        if recipients is None:
+            recipients = count_eligible(engine, segment)
+        if recipients == 0:
+            raise InputError(nobody_to_send_to(segment))
     if row is None:
         try:
             with engine.begin() as conn:

@@ -533,3 +533,22 @@ def test_a_refused_credential_gives_back_the_chunk_prepared_meanwhile(
         _send(project, engine, provider, row, chunk=10)
     assert len(provider.given) == 10
     assert _states(engine) == Counter({"planned": planned})
+
+
+@ON_BOTH_STORES
+def test_a_broadcast_nobody_can_receive_is_not_opened(project: Project, engine: Engine) -> None:
+    """Started with nobody eligible, it would be `sent` for good (and a tag typo would burn
+    the file for that segment): refused before anything is written. One that already
+    started continues whatever the count."""
+    with pytest.raises(InputError, match="segment 'all' has no subscriber"):
+        bc.open_broadcast(engine, _newsletter(project), "all", NOW)
+    seed(engine, 10)
+    with pytest.raises(InputError, match="segment 'tag:dsk' has no subscriber"):
+        bc.open_broadcast(engine, _newsletter(project), "tag:dsk", NOW, NOW + timedelta(days=1))
+    assert bc.existing(engine, "hips") is None
+    row = _start(project, engine, "tag:desk")
+    bc.start(engine, row["id"], NOW)
+    with engine.begin() as conn:
+        conn.execute(update(subscribers).values(newsletters=False))
+    again = bc.open_broadcast(engine, _newsletter(project), "tag:desk", NOW)
+    assert again["id"] == row["id"]

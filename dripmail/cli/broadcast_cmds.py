@@ -159,6 +159,8 @@ def broadcast(
         typer.echo(f"  e.g. {person['first_name'] or '-'} <{person['email']}>")
     if dry_run:
         core.check_broadcast_template(plan)
+        if plan.nobody:
+            typer.echo(f"warning: {plan.nobody}", err=True)
         typer.echo("dry run: nothing was written or sent")
         return
     threshold = core.settings.confirm_threshold

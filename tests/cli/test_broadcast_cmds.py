@@ -18,6 +18,7 @@ from sqlalchemy import func, select
 
 from dripmail.store.db import open_store
 from dripmail.store.schema import broadcast_deliveries, broadcasts
+from dripmail.store.schema import subscribers as subscribers_table
 from tests.broadcast_fixture import eligible_emails, seed
 from tests.cli_in_process import run_cli
 from tests.course_fixture import make_project
@@ -257,3 +258,42 @@ def test_edited_after_start_is_one_line_error(root: Path) -> None:
     assert "hips.md (broadcast 1) was edited after it started sending" in out.stderr
     bad = _cli(root, "broadcast", "newsletters/hips.md", "--segment", "tag:")
     assert bad.returncode == 1 and "segment 'tag:'" in bad.stderr
+
+
+def test_a_broadcast_to_nobody_is_refused_and_the_file_stays_usable(root: Path) -> None:
+    """Issue: with nobody eligible (no one imported yet, a tag typo) a broadcast was marked
+    sent for good: the same file later said "already sent", or was refused for the right
+    segment. Now nothing is written; the later, correct command sends."""
+    before = _cli(root, "broadcast", "newsletters/hips.md")
+    assert before.returncode == 1 and len(before.stderr.strip().splitlines()) == 1
+    assert "segment 'all' has no subscriber who can receive newsletters now" in before.stderr
+    assert "nothing was started" in before.stderr and "add subscribers first" in before.stderr
+    assert _count(root, broadcasts) == 0
+    seed(open_store("sqlite:///dripmail.db", root), 30)
+    typo = _cli(root, "broadcast", "newsletters/hips.md", "--segment", "tag:dsk")
+    assert typo.returncode == 1 and "segment 'tag:dsk' has no subscriber" in typo.stderr
+    assert "check the tag" in typo.stderr and _count(root, broadcasts) == 0
+    dry = _cli(root, "broadcast", "newsletters/hips.md", "--segment", "tag:dsk", "--dry-run")
+    assert dry.returncode == 0 and "warning: segment 'tag:dsk' has no subscriber" in dry.stderr
+    later = _cli(root, "broadcast", "newsletters/hips.md", "--segment", "tag:desk", "--yes")
+    assert later.returncode == 0, later.stderr
+    desk = {f"p{i}@example.org" for i in range(30) if i % 3 == 0} & eligible_emails(30)
+    assert set(_outbox(root)) == desk and set(_outbox(root).values()) == {1}
+
+
+def test_scheduling_for_nobody_is_refused_and_a_due_one_that_finds_nobody_says_so(
+    root: Path,
+) -> None:
+    refused = _cli(root, "broadcast", "newsletters/hips.md", "--schedule", "2099-01-01T09:00Z")
+    assert refused.returncode == 1 and "has no subscriber" in refused.stderr
+    assert _count(root, broadcasts) == 0
+    # Scheduled while readers were there; by its time none is eligible any more.
+    seed(open_store("sqlite:///dripmail.db", root), 10)
+    _cli(root, "broadcast", "newsletters/hips.md", "--schedule", "2099-01-01T09:00Z")
+    with open_store("sqlite:///dripmail.db", root).begin() as conn:
+        conn.execute(subscribers_table.update().values(newsletters=False))
+    due = _cli(root, "run", "--now", "2099-01-01T09:05Z", "-q")
+    assert due.returncode == 3, due.stdout + due.stderr
+    assert "scheduled broadcast 1 not sent: segment 'all' has no subscriber" in due.stdout
+    shown = _cli(root, "broadcasts", "show", "1")
+    assert "scheduled" in shown.stdout and not _outbox(root)

@@ -50,6 +50,16 @@ def site(tmp_path: Path):
             now=NOW,
             first_name="Kim",
         )
+        # The newsletter needs a reader who can get it (a broadcast to nobody is refused).
+        add_subscriber(
+            engine,
+            "second@example.org",
+            timezone="Europe/Berlin",
+            status="active",
+            consent_source="test",
+            now=NOW,
+            first_name="Alex",
+        )
         issue = load_newsletter(project, root / "newsletters" / "hips.md")
         row = bc.open_broadcast(engine, issue, "all", NOW)
         bc.plan(engine, row["id"], "all", NOW)
