@@ -181,6 +181,16 @@ def broadcast(
     try:
         with sigterm_as_ctrl_c():  # `kill`, systemd, `docker stop`: stop as Ctrl-C does
             report = send_broadcast(core, plan.newsletter, row, clock, quiet)
+    except KeyboardInterrupt:
+        # Safe to stop: the chunk at the provider was recorded, the rest went back to the
+        # queue; say so as `run` does, with what remains.
+        s = core.broadcast_stats(row["id"])
+        typer.echo(
+            f"stopped: {s.accepted} of about {max(plan.recipients, s.recipients)} copies "
+            f"accepted so far; the rest go out when you run the same command again "
+            f"(nobody gets a second copy)"
+        )
+        raise typer.Exit(130) from None
     finally:
         core.close()
     attention = _summary(core, row, report)

@@ -181,8 +181,9 @@ def test_ctrl_c_stops_a_broadcast_after_the_chunk_at_the_provider(
         _argv(root, "broadcast", "newsletters/hips.md", "--yes", "-q"),
         cwd=root,
         env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
@@ -191,9 +192,16 @@ def test_ctrl_c_stops_a_broadcast_after_the_chunk_at_the_provider(
         time.sleep(0.01)
     assert proc.poll() is None, "finished before it could be interrupted: raise `count`"
     proc.send_signal(stop)
-    assert proc.wait(timeout=300) == 130
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130
     stopped_at = len(fake_providers.accepted("postmark"))
     assert 0 < stopped_at < len(wanted)
+    # It says it stopped, as `run` does, and what remains (one line, no traceback).
+    assert out.splitlines()[-1] == (
+        f"stopped: {stopped_at} of about {len(wanted)} copies accepted so far; the rest go out"
+        " when you run the same command again (nobody gets a second copy)"
+    )
+    assert "Traceback" not in err
     with open_store("sqlite:///dripmail.db", root).connect() as conn:
         rows = conn.execute(select(broadcast_deliveries.c.state, broadcast_deliveries.c.claimed_by))
         states = Counter(state for state, _ in rows)
