@@ -50,7 +50,7 @@ class ScheduledBroadcast:
         """Copies failed, were held back, or the broadcast could not be sent."""
         if self.error:
             return True
-        halted = bool(self.report and self.report.halted)
+        halted = bool(self.report and (self.report.halted or self.report.unreachable))
         return halted or bool(self.stats and self.stats.failed)
 
 
@@ -71,8 +71,10 @@ class RunResult:
 
     @property
     def attention(self) -> bool:
-        """Some delivery failed or waits for review (`run` exits 3)."""
-        lessons = bool(self.lessons.failed or self.lessons.review)
+        """Some delivery failed or waits for review, or the provider could not be reached
+        (lessons wait for it; unlike a rate limit, that does not pass by itself): `run`
+        exits 3."""
+        lessons = bool(self.lessons.failed or self.lessons.review or self.lessons.unreachable)
         return lessons or any(b.attention for b in self.broadcasts)
 
 

@@ -650,6 +650,16 @@ def send(
     return report
 
 
+def needs_attention(stats: BroadcastStats) -> bool:
+    """Whether a broadcast sent by its command needs the operator after a pass (exit 3).
+
+    Copies failed or wait for review; or copies are left for later (the provider could not
+    be reached, or asked us to wait): a broadcast started by hand continues only when its
+    command runs again (`due` leaves it to the operator), so they would never go out alone.
+    """
+    return bool(stats.failed or stats.pending)
+
+
 def finish_if_done(engine: Engine, broadcast_id: int, now: datetime) -> bool:
     """Mark the broadcast `sent` once nothing is left to hand over; True if it is done."""
     with engine.begin() as conn:

@@ -35,7 +35,7 @@ from sqlalchemy.sql.dml import Update
 from dripmail import holders
 from dripmail.errors import ProviderAuthError
 from dripmail.message import Message
-from dripmail.providers.base import Lookup, Outcome, Provider
+from dripmail.providers.base import Lookup, Outcome, Provider, is_unreachable
 from dripmail.store.bulk import Bulk, IdList, UnnestUpdate
 from dripmail.store.handover_rows import HeldRow
 from dripmail.store.schema import in_flight
@@ -78,6 +78,19 @@ class Report:
     recovered: int = 0
     suppressed: int = 0
     halted: str = ""
+    # Why the first message left for later was not taken ("" when none was), and the same
+    # when that is because the provider could not be reached at all (`providers.base.
+    # is_unreachable`): a fault that does not pass by itself, so the commands exit 3.
+    retry_reason: str = ""
+    unreachable: str = ""
+
+    def retried(self, reason: str | None) -> None:
+        """Count one message left for a later attempt because of `reason`."""
+        self.retry += 1
+        if reason and not self.retry_reason:
+            self.retry_reason = reason
+        if not self.unreachable and is_unreachable(reason):
+            self.unreachable = str(reason)
 
 
 @dataclass
@@ -666,7 +679,7 @@ def _outcomes(
             # Not sent by this call, but the call before the crash may have landed: only the
             # same batch under the same key may go again, so it stays `sending` for later.
             again.append(by_key[message.key]["id"])
-            report.retry += 1
+            report.retried(result.error)
         elif result.outcome is Outcome.TRANSIENT:
             outcomes.append(
                 (
@@ -678,7 +691,7 @@ def _outcomes(
                     },
                 )
             )
-            report.retry += 1
+            report.retried(result.error)
         elif result.outcome is Outcome.PERMANENT:
             reason = result.error or "refused by the provider"
             row = by_key[message.key]

@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from dripmail.cli import command_name, parse_now, state
+from dripmail.cli.engine_cmds import EXIT_ATTENTION
 from dripmail.errors import InputError
 
 group = typer.Typer(help="Inspect and cancel newsletter broadcasts.", no_args_is_help=True)
@@ -89,6 +90,8 @@ def send_broadcast(core, newsletter, row, now: datetime, quiet: bool = False):
 
 def _summary(core, row, report) -> bool:
     """Print one line about a broadcast after sending; True when something needs attention."""
+    from dripmail.broadcast import needs_attention
+
     s = core.broadcast_stats(row["id"])
     parts = [f"{s.accepted} of {s.recipients} accepted ({report.sent + report.handed} now)"]
     for label, value in (
@@ -103,10 +106,14 @@ def _summary(core, row, report) -> bool:
     if report.halted:
         typer.echo(report.halted, err=True)
     elif s.pending:
+        why = report.unreachable or report.retry_reason
+        because = f" ({why.removeprefix('not sent: ')})" if why else ""
         typer.echo(
-            "  some copies were refused for now; run the same command again later to retry them"
+            f"{s.pending} copies were not sent this time{because}; run the same command "
+            "again later to send them",
+            err=True,
         )
-    return bool(s.failed)
+    return needs_attention(s)
 
 
 def _confirm(count: int, threshold: int, yes: bool, what: str) -> None:
@@ -140,7 +147,8 @@ def broadcast(
 
     Eligible: active and completed subscribers who did not stop newsletters (never anyone
     unsubscribed, bounced or complained). Interrupted? Run the same command again: it continues
-    where it stopped and nobody gets a second copy. Exit 3 when some copies failed.
+    where it stopped and nobody gets a second copy. Exit 3 when some copies failed or are left
+    for later (e.g. the provider could not be reached: run it again then).
     """
     from dripmail.app import Dripmail
 
@@ -197,7 +205,7 @@ def broadcast(
     if report.halted:
         raise typer.Exit(1)
     if attention:
-        raise typer.Exit(3)
+        raise typer.Exit(EXIT_ATTENTION)
 
 
 def _ref(value: str) -> int | str:

@@ -81,6 +81,9 @@ def _print_report(report, now: datetime, dry_run: bool) -> None:
     typer.echo(f"{now:%Y-%m-%d %H:%M} UTC: " + ", ".join(parts))
     if report.halted:
         typer.echo(report.halted, err=True)
+    elif report.retry and (report.unreachable or report.retry_reason):
+        why = (report.unreachable or report.retry_reason).removeprefix("not sent: ")
+        typer.echo(f"{report.retry} lesson(s) wait for the next run: {why}", err=True)
 
 
 def _did_something(report) -> bool:
@@ -118,7 +121,8 @@ def run(
     Run it from cron every few minutes, or once with --loop.
 
     Exit code 0: all went out; 1: an error stopped the run (nothing half-done is lost; re-run
-    after fixing it); 3: finished, but some deliveries failed or need review (see `status`).
+    after fixing it); 3: finished, but some deliveries failed or need review (see `status`), or
+    the provider could not be reached (the lessons wait; the reason is printed).
 
     --now with a real provider needs --yes (or --dry-run).
     """
@@ -197,6 +201,9 @@ def _broadcast_lines(done) -> list[str]:
         lines.append(line)
         if report.halted:
             lines.append(f"scheduled broadcast {item.id} {report.halted}")
+        elif report.unreachable:
+            why = report.unreachable.removeprefix("not sent: ")
+            lines.append(f"scheduled broadcast {item.id}: {why}")
     return lines
 
 

@@ -42,6 +42,24 @@ class Lookup(StrEnum):
     UNKNOWN = "unknown"  # its API cannot tell: report for review, never resend automatically
 
 
+# How a message's error begins when the provider could not be reached at all (connection
+# refused, no connection set up in time, a host name that does not resolve): nothing left
+# this machine. `run` and `broadcast` tell an operator so (exit 3): unlike a rate limit, it
+# does not pass by itself.
+UNREACHABLE = "not sent: could not reach the provider at "
+
+
+def unreachable_error(where: str, detail: str) -> str:
+    """The error for messages not sent because the provider at `where` (a URL or host:port)
+    could not be reached; `detail` says how (e.g. "connection refused")."""
+    return f"{UNREACHABLE}{where}: {detail}"
+
+
+def is_unreachable(error: str | None) -> bool:
+    """Whether a message's error says the provider could not be reached (`unreachable_error`)."""
+    return bool(error) and str(error).startswith(UNREACHABLE)
+
+
 @dataclass(frozen=True, slots=True)
 class SendResult:
     """The answer for one message of a batch, in the order the batch was given."""

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import random
+import socket
 import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -36,6 +37,7 @@ import httpx
 import orjson
 
 from dripmail.errors import ProviderAuthError
+from dripmail.providers.base import unreachable_error
 
 
 def json_body(value: Any) -> bytes:
@@ -208,6 +210,21 @@ def _describe(exc: Exception) -> str:
     return f"{type(exc).__name__}: {text}"[:300]
 
 
+def _why_unreachable(exc: Exception, connect_timeout: float) -> str:
+    """How a connection to the provider failed, in words (httpx says only "All connection
+    attempts failed"; the cause is further down the chain)."""
+    if isinstance(exc, httpx.ConnectTimeout):
+        return f"no connection within {connect_timeout:g} s"
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(cause, socket.gaierror):
+            return f"the host name does not resolve ({cause})"
+        cause = cause.__cause__ or cause.__context__
+    return _describe(exc)
+
+
 @functools.cache
 def tls_context() -> ssl.SSLContext:
     """The verifying TLS context every provider client shares (httpx's default: certifi's CAs).
@@ -314,6 +331,10 @@ class HttpClient:
                 self.requests += 1
                 try:
                     response = await self._get().request(method, path, **kwargs)
+                except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                    why = _why_unreachable(exc, self.retry.connect_timeout)
+                    last_error = unreachable_error(self.base_url, why)
+                    response = None
                 except _NOT_SENT_ERRORS as exc:
                     last_error = "not sent: " + _describe(exc)
                     response = None

@@ -26,7 +26,13 @@ from datetime import datetime
 from dripmail.config import Settings
 from dripmail.errors import ProviderError
 from dripmail.message import AddressError, Message
-from dripmail.providers.base import BaseProvider, Capabilities, Outcome, SendResult
+from dripmail.providers.base import (
+    BaseProvider,
+    Capabilities,
+    Outcome,
+    SendResult,
+    unreachable_error,
+)
 from dripmail.providers.common import Clock, ProviderRefused, require, utc_now
 from dripmail.providers.http import Limits, RateLimiter
 
@@ -98,7 +104,13 @@ class SmtpProvider(BaseProvider):
         try:
             client = self._connect()
         except (OSError, smtplib.SMTPException) as exc:
-            error = f"not sent: cannot reach {self.host}:{self.port} ({exc})"
+            where = f"{self.host}:{self.port}"
+            if isinstance(exc, smtplib.SMTPException):  # reached, but the session failed
+                error = f"not sent: {where} failed to start a session ({exc})"
+            elif isinstance(exc, ConnectionRefusedError):
+                error = unreachable_error(where, "connection refused")
+            else:
+                error = unreachable_error(where, str(exc) or type(exc).__name__)
             return [SendResult(m.key, Outcome.TRANSIENT, error=error) for m in messages]
         results: list[SendResult] = []
         try:

@@ -7,6 +7,7 @@ import json
 import os
 import pty
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -305,3 +306,27 @@ def test_scheduling_for_nobody_is_refused_and_a_due_one_that_finds_nobody_says_s
     assert "scheduled broadcast 1 not sent: segment 'all' has no subscriber" in due.stdout
     shown = _cli(root, "broadcasts", "show", "1")
     assert "scheduled" in shown.stdout and not _outbox(root)
+
+
+def test_a_provider_it_cannot_reach_is_named_and_exits_3(root: Path) -> None:
+    """Issue: connection refused gave "0 of N accepted ... run the same command again later"
+    with exit 0 and no reason. The reason is printed and the exit code says attention."""
+    seed(open_store("sqlite:///dripmail.db", root), 30)
+    with socket.socket() as dead:  # bound, never listening: connections are refused
+        dead.bind(("127.0.0.1", 0))
+        base = f"http://127.0.0.1:{dead.getsockname()[1]}"
+        env = _env(
+            DRIPMAIL_PROVIDER="postmark",
+            POSTMARK_SERVER_TOKEN="test-token",
+            DRIPMAIL_POSTMARK_BASE_URL=base,
+            DRIPMAIL_SECRET_KEY="a-test-secret-that-is-long-enough",
+            DRIPMAIL_PUBLIC_URL="https://join.studio.example.com",
+        )
+        out = _cli(root, "broadcast", "newsletters/hips.md", "--yes", "-q", env=env)
+    assert out.returncode == 3, out.stdout + out.stderr
+    assert "0 of 24 accepted (0 now), 24 to retry later" in out.stdout
+    assert (
+        f"24 copies were not sent this time (could not reach the provider at {base}: "
+        "connection refused); run the same command again later" in out.stderr
+    )
+    assert "Traceback" not in out.stderr

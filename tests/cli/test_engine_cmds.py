@@ -4,6 +4,7 @@ as a real process where the process is the point (SIGKILL mid-run, Ctrl-C in --l
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -231,3 +232,27 @@ def test_run_loop_with_a_held_lesson_sleeps_a_full_minute_and_prints_no_empty_pa
     assert len(lines) == 2 and "1 sent" in lines[0] and lines[1] == "stopped", lines
     assert naps == [60.0] * 4  # the longest nap, not 1 s at a time until tomorrow
     assert [x["ref"] for x in _index(project)] == ["1"]
+
+
+def test_run_with_a_provider_it_cannot_reach_says_why_and_exits_3(project: Path) -> None:
+    """Issue: a provider that refused connections left every lesson "to retry later" with
+    exit 0 and no reason, so cron saw success. The reason is printed, exit 3 (attention)."""
+    _import(project, 3)
+    with socket.socket() as dead:  # bound, never listening: connections are refused
+        dead.bind(("127.0.0.1", 0))
+        base = f"http://127.0.0.1:{dead.getsockname()[1]}"
+        env = {
+            "DRIPMAIL_PROVIDER": "postmark",
+            "POSTMARK_SERVER_TOKEN": "test-token",
+            "DRIPMAIL_POSTMARK_BASE_URL": base,
+            "DRIPMAIL_SECRET_KEY": "a-test-secret-that-is-long-enough",
+            "DRIPMAIL_PUBLIC_URL": "https://join.studio.example.com",
+        }
+        out = _cli(project, "run", "--now", "2026-06-02T05:30:00+00:00", "--yes", "-q", env=env)
+    assert out.returncode == 3, out.stdout + out.stderr
+    assert "0 sent" in out.stdout and "3 to retry later" in out.stdout
+    assert (
+        f"3 lesson(s) wait for the next run: could not reach the provider at {base}: "
+        "connection refused" in out.stderr
+    )
+    assert "Traceback" not in out.stderr
