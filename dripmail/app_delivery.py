@@ -312,6 +312,8 @@ class DeliveryUseCases:
         chosen = segment or newsletter.segment
         bc.eligible(chosen)  # validates the segment before anything is written
         row = bc.existing(self.engine, newsletter.slug)
+        if row is not None and bc.sent_to_nobody(self.engine, row):
+            row = None  # nobody got it: planned as new (`open_broadcast` opens it again)
         if row is not None:
             bc.check_resumable(row, newsletter, chosen)
         started = row is not None and row["started_at"] is not None

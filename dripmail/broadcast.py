@@ -186,6 +186,21 @@ def existing(engine: Engine, slug: str) -> RowMapping | None:
         return conn.execute(select(broadcasts).where(broadcasts.c.slug == slug)).mappings().first()
 
 
+def sent_to_nobody(engine: Engine, row: RowMapping) -> bool:
+    """Whether `row` is `sent` without a single copy ever planned: an older dripmail marked a
+    broadcast to an empty segment sent for good. Nobody got it, so it counts as not started
+    (`open_broadcast` opens it again) rather than "already sent"."""
+    if row["status"] != "sent":
+        return False
+    with engine.connect() as conn:
+        planned = conn.execute(
+            select(broadcast_deliveries.c.id)
+            .where(broadcast_deliveries.c.broadcast_id == row["id"])
+            .limit(1)
+        ).first()
+    return planned is None
+
+
 def check_resumable(row: RowMapping, newsletter: Newsletter, segment: str) -> None:
     """Refuse to continue `row` with this file: cancelled, edited after start, other segment."""
     where = f"{newsletter.path.name} (broadcast {row['id']})"
@@ -219,16 +234,34 @@ def open_broadcast(
     A broadcast not started yet whose segment has no eligible reader now is refused with
     InputError before anything is written (`recipients`: that count, if the caller has it):
     started, it would be marked sent to nobody for good, and a typo in a tag would burn the
-    file for that segment. One that already started continues whatever the count.
+    file for that segment. One that already started continues whatever the count; one an
+    older version marked sent to nobody (`sent_to_nobody`) is opened again like a new one.
     """
     eligible(segment)
     digest = content_hash(newsletter)
     row = existing(engine, newsletter.slug)
-    if row is None or row["started_at"] is None:
+    reopen = row is not None and sent_to_nobody(engine, row)
+    if row is None or row["started_at"] is None or reopen:
         if recipients is None:
             recipients = count_eligible(engine, segment)
         if recipients == 0:
             raise InputError(nobody_to_send_to(segment))
+    if row is not None and reopen:
+        with engine.begin() as conn:
+            conn.execute(
+                update(broadcasts)
+                .where(broadcasts.c.id == row["id"], broadcasts.c.status == "sent")
+                .values(
+                    status="scheduled",
+                    started_at=None,
+                    finished_at=None,
+                    subject=newsletter.subject,
+                    segment=segment,
+                    content_hash=digest,
+                    scheduled_at=scheduled_at,
+                )
+            )
+        return find(engine, row["id"])
     if row is None:
         try:
             with engine.begin() as conn:

@@ -552,3 +552,38 @@ def test_a_broadcast_nobody_can_receive_is_not_opened(project: Project, engine: 
         conn.execute(update(subscribers).values(newsletters=False))
     again = bc.open_broadcast(engine, _newsletter(project), "tag:desk", NOW)
     assert again["id"] == row["id"]
+
+
+@ON_BOTH_STORES
+def test_a_broadcast_marked_sent_to_nobody_is_opened_again(
+    project: Project, engine: Engine
+) -> None:
+    """An older version marked a broadcast to an empty segment `sent` for good; nobody got
+    it, so opening the file again starts it afresh (one with copies stays sent)."""
+    from dripmail.store.schema import broadcasts
+
+    with engine.begin() as conn:
+        conn.execute(
+            broadcasts.insert().values(
+                slug="hips",
+                subject="Hips",
+                segment="tag:dsk",
+                status="sent",
+                content_hash="older",
+                created_at=NOW,
+                started_at=NOW,
+                finished_at=NOW,
+            )
+        )
+    row = bc.existing(engine, "hips")
+    assert row is not None and bc.sent_to_nobody(engine, row)
+    with pytest.raises(InputError, match="has no subscriber"):
+        bc.open_broadcast(engine, _newsletter(project), "tag:desk", NOW)
+    seed(engine, 10)
+    again = bc.open_broadcast(engine, _newsletter(project), "tag:desk", NOW)
+    assert again["id"] == row["id"] and again["status"] == "scheduled"
+    assert again["started_at"] is None and again["segment"] == "tag:desk"
+    _send(project, engine, OutboxProvider(project.root / "outbox"), again, plan_segment="tag:desk")
+    done = bc.find(engine, row["id"])
+    assert done["status"] == "sent" and not bc.sent_to_nobody(engine, done)
+    assert bc.stats(engine, row["id"]).accepted == 3

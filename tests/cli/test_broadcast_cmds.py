@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -330,3 +331,31 @@ def test_a_provider_it_cannot_reach_is_named_and_exits_3(root: Path) -> None:
         "connection refused); run the same command again later" in out.stderr
     )
     assert "Traceback" not in out.stderr
+
+
+def test_a_broadcast_an_older_version_marked_sent_to_nobody_can_be_sent(root: Path) -> None:
+    """Databases from before the fix above hold the burned row: `sent`, not one copy
+    planned. Nobody got it, so the same file goes out (to the corrected segment)."""
+    engine = open_store("sqlite:///dripmail.db", root)
+    at = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+    with engine.begin() as conn:
+        conn.execute(
+            broadcasts.insert().values(
+                slug="hips",
+                subject="Hips at the desk",
+                segment="tag:dsk",
+                status="sent",
+                content_hash="from-an-older-text",
+                created_at=at,
+                started_at=at,
+                finished_at=at,
+            )
+        )
+    seed(engine, 30)
+    out = _cli(root, "broadcast", "newsletters/hips.md", "--segment", "tag:desk", "--yes")
+    assert out.returncode == 0, out.stderr
+    assert "already sent" not in out.stdout and "broadcast 1 (hips): 8 of 8 accepted" in out.stdout
+    desk = {f"p{i}@example.org" for i in range(30) if i % 3 == 0} & eligible_emails(30)
+    assert set(_outbox(root)) == desk and _count(root, broadcasts) == 1
+    again = _cli(root, "broadcast", "newsletters/hips.md", "--segment", "tag:desk")
+    assert again.returncode == 0 and "was already sent; nothing to do" in again.stdout
