@@ -148,7 +148,8 @@ def broadcast(
     Eligible: active and completed subscribers who did not stop newsletters (never anyone
     unsubscribed, bounced or complained). Interrupted? Run the same command again: it continues
     where it stopped and nobody gets a second copy. Exit 3 when some copies failed or are left
-    for later (e.g. the provider could not be reached: run it again then).
+    for later (e.g. the provider could not be reached: run it again then); exit 130 when
+    stopped by Ctrl-C or SIGTERM (the rest goes out when the same command runs again).
     """
     from dripmail.app import Dripmail
 

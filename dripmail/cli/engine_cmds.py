@@ -122,7 +122,8 @@ def run(
 
     Exit code 0: all went out; 1: an error stopped the run (nothing half-done is lost; re-run
     after fixing it); 3: finished, but some deliveries failed or need review (see `status`), or
-    the provider could not be reached (the lessons wait; the reason is printed).
+    the provider could not be reached (the lessons wait; the reason is printed); 130: stopped
+    by Ctrl-C or SIGTERM (claims not yet handed over go back to the queue; re-run).
 
     --now with a real provider needs --yes (or --dry-run).
     """
