@@ -213,6 +213,17 @@ def _ref(value: str) -> int | str:
     return int(value) if value.isdigit() else value
 
 
+NOT_STARTED = "not started"
+
+
+def _status(row) -> str:
+    """The status to show: a broadcast opened by hand but stopped before it started (a kill in
+    its first second) is stored as `scheduled` with no time; "scheduled -" would mislead."""
+    if row["status"] == "scheduled" and row["scheduled_at"] is None and not row["started_at"]:
+        return NOT_STARTED
+    return str(row["status"])
+
+
 @group.command("list")
 def list_() -> None:
     """Every broadcast: id, status, recipients, accepted, failed."""
@@ -223,14 +234,14 @@ def list_() -> None:
         typer.echo(f"no broadcasts yet: `{command_name()} broadcast newsletters/<file>.md`")
         return
     typer.echo(
-        f"{'id':>4}  {'status':<10} {'slug':<32} {'when (UTC)':<16} {'recipients':>10}"
+        f"{'id':>4}  {'status':<11} {'slug':<32} {'when (UTC)':<16} {'recipients':>10}"
         f" {'accepted':>9} {'failed':>7}"
     )
     for row, s in rows:
         when = row["started_at"] or row["scheduled_at"]
         shown = f"{when:%Y-%m-%d %H:%M}" if when else "-"
         typer.echo(
-            f"{row['id']:>4}  {row['status']:<10} {row['slug']:<32} {shown:<16}"
+            f"{row['id']:>4}  {_status(row):<11} {row['slug']:<32} {shown:<16}"
             f" {s.recipients:>10} {s.accepted:>9} {s.failed:>7}"
         )
 
@@ -245,7 +256,9 @@ def show(
     core = Dripmail(state.project, state.settings)
     row = core.find_broadcast(_ref(ref))
     s = core.broadcast_stats(row["id"])
-    typer.echo(f"broadcast {row['id']}: {row['subject']!r} ({row['slug']}), {row['status']}")
+    typer.echo(f"broadcast {row['id']}: {row['subject']!r} ({row['slug']}), {_status(row)}")
+    if _status(row) == NOT_STARTED:
+        typer.echo(f"  stopped before its first copy: `{command_name()} broadcast FILE` starts it")
     typer.echo(f"  segment    {row['segment']}")
     for label in ("scheduled_at", "started_at", "finished_at"):
         if row[label]:

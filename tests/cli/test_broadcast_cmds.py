@@ -235,6 +235,29 @@ def test_schedule_run_then_list_and_show(root: Path) -> None:
     assert set(_outbox(root).values()) == {1}
 
 
+def test_a_broadcast_stopped_before_its_start_is_listed_as_not_started(root: Path) -> None:
+    # What a kill in the broadcast's first second leaves: opened by hand, never started.
+    from dripmail.app import Dripmail
+    from dripmail.broadcast import open_broadcast
+    from dripmail.config import Project, load_settings
+    from dripmail.content import load_newsletter
+
+    seed(open_store("sqlite:///dripmail.db", root), 10)
+    project = Project(root)
+    core = Dripmail(project, load_settings(root))
+    issue = load_newsletter(project, root / "newsletters" / "hips.md")
+    open_broadcast(core.engine, issue, "all", datetime.now(UTC))
+    core.close()
+    listed = _cli(root, "broadcasts", "list")
+    assert listed.returncode == 0
+    assert listed.stdout.splitlines()[1].split()[:4] == ["1", "not", "started", "hips"]
+    shown = _cli(root, "broadcasts", "show", "1")
+    assert "(hips), not started" in shown.stdout and "broadcast FILE` starts it" in shown.stdout
+    sent = _cli(root, "broadcast", "newsletters/hips.md", "--yes", "-q")
+    assert sent.returncode == 0 and set(_outbox(root)) == eligible_emails(10)
+    assert _cli(root, "broadcasts", "list").stdout.splitlines()[1].split()[1] == "sent"
+
+
 def test_cancel_before_start_then_nothing_goes_out(root: Path) -> None:
     seed(open_store("sqlite:///dripmail.db", root), 10)
     _cli(root, "broadcast", "newsletters/hips.md", "--schedule", "2099-01-01T09:00")
