@@ -212,12 +212,14 @@ class Dripmail(DeliveryUseCases, Runner):
         try:
             return future.result()
         except BaseException:
-            # Ctrl-C reached this thread while the call runs on the loop: let the hand-over
-            # in progress finish (its marks and outcomes stay consistent) before the caller
-            # releases what it holds, so the two never race. It takes a chunk at most: a call
-            # that goes on for many chunks (`broadcast.send`) watches `interrupted`.
-            self.interrupted.set()
-            concurrent.futures.wait([future])
+            if not future.done():
+                # Ctrl-C reached this thread while the call runs on the loop (the call's own
+                # errors come with it done): let the hand-over in progress finish (its marks
+                # and outcomes stay consistent) before the caller releases what it holds, so
+                # the two never race. It takes a chunk at most: a call that goes on for many
+                # chunks (`broadcast.send`) watches `interrupted`.
+                self.interrupted.set()
+                concurrent.futures.wait([future])
             raise
 
     def close(self) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 
 from dripmail.cli import command_name, parse_now, state
-from dripmail.cli.engine_cmds import EXIT_ATTENTION
+from dripmail.cli.exits import EXIT_ATTENTION, EXIT_STOPPED, sigterm_as_ctrl_c
 from dripmail.errors import InputError
 
 group = typer.Typer(help="Inspect and cancel newsletter broadcasts.", no_args_is_help=True)
@@ -185,8 +185,6 @@ def broadcast(
     if not plan.started:
         _confirm(plan.recipients, threshold, yes, "Send it")
     row = core.open_broadcast(plan)
-    from dripmail.cli.engine_cmds import sigterm_as_ctrl_c
-
     try:
         with sigterm_as_ctrl_c():  # `kill`, systemd, `docker stop`: stop as Ctrl-C does
             report = send_broadcast(core, plan.newsletter, row, clock, quiet)
@@ -199,7 +197,7 @@ def broadcast(
             f"accepted so far; the rest go out when you run the same command again "
             f"(nobody gets a second copy)"
         )
-        raise typer.Exit(130) from None
+        raise typer.Exit(EXIT_STOPPED) from None
     finally:
         core.close()
     attention = _summary(core, row, report)

@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-import signal
-import threading
 import time as wallclock
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
 import typer
 
 from dripmail.cli import parse_now, state
+from dripmail.cli.exits import EXIT_ATTENTION, EXIT_STOPPED, sigterm_as_ctrl_c
 from dripmail.errors import InputError
 
 db = typer.Typer(help="Database maintenance.", no_args_is_help=True)
-
-# `run` exits with this when it finished but some deliveries failed or wait for review, so a
-# cron job or monitor can alert without parsing output.
-EXIT_ATTENTION = 3
 
 
 def _core(clock=None):
@@ -159,30 +152,11 @@ def run(
         # anything in flight is reconciled by the next run.
         typer.echo("stopped")
         if not loop:
-            raise typer.Exit(130) from None
+            raise typer.Exit(EXIT_STOPPED) from None
     finally:
         core.close()
     if attention:
         raise typer.Exit(EXIT_ATTENTION)
-
-
-@contextmanager
-def sigterm_as_ctrl_c() -> Iterator[None]:
-    """Within: SIGTERM (systemd, `docker stop`, `kill`) stops the run as Ctrl-C does.
-
-    Killed outright, a run is still safe (its claims wait out their lease, anything in flight
-    is reconciled next time), but a stop the service manager asks for should end as cleanly
-    as Ctrl-C: claims not yet handed over go back to the queue at once. The previous handler
-    comes back afterwards (tests run the CLI inside their own process).
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield  # signal handlers can only be set from the main thread
-        return
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _broadcast_lines(done) -> list[str]:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from dripmail.cli import parse_now, state
+from dripmail.cli.exits import EXIT_ATTENTION
 
 if TYPE_CHECKING:
     from dripmail.app import Dripmail, Recall
@@ -267,7 +268,7 @@ def import_(
                 err=True,
             )
     if report.rejected:
-        raise typer.Exit(3)
+        raise typer.Exit(EXIT_ATTENTION)
 
 
 @sub.command("export")

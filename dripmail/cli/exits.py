@@ -1,0 +1,34 @@
+"""The exit codes the commands share (README, "Exit codes"), and SIGTERM taken as Ctrl-C."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+# Finished, but something needs a person: deliveries failed or wait for review, the provider
+# could not be reached, import rows were refused. A cron job or monitor can alert on it
+# without parsing output.
+EXIT_ATTENTION = 3
+# Stopped by Ctrl-C or SIGTERM, cleanly (the shell's 128 + SIGINT): re-running continues.
+EXIT_STOPPED = 130
+
+
+@contextmanager
+def sigterm_as_ctrl_c() -> Iterator[None]:
+    """Within: SIGTERM (systemd, `docker stop`, `kill`) stops the command as Ctrl-C does.
+
+    Killed outright, a run or broadcast is still safe (its claims wait out their lease,
+    anything in flight is reconciled next time), but a stop the service manager asks for
+    should end as cleanly as Ctrl-C: claims not yet handed over go back to the queue at once.
+    The previous handler comes back afterwards (tests run the CLI inside their own process).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
