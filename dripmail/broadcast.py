@@ -461,9 +461,19 @@ def render_fn(
     again after a crash is the same bytes: a batch resent under its idempotency key must be
     the same request.
     """
+    ref = str(broadcast_id)
+    if issued_at is not None:
+        # The links only the newsletter shows (and unsubscribe), signed with what every
+        # reader shares computed once: the same bytes as the general way below.
+        personalise = compiled.for_readers(public_url, signer, issued_at, kind="broadcast", ref=ref)
+
+        def render_fast(row: BroadcastRow) -> Message:
+            return personalise(row["subscriber_id"], row["email"], row["first_name"], row["key"])
+
+        return render_fast
+
     from dripmail.render import recipient_for
 
-    ref = str(broadcast_id)
     links = compiled.links  # only what the newsletter shows, and unsubscribe for its header
 
     def render(row: BroadcastRow) -> Message:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -189,6 +189,11 @@ class _Fill:
 
     parts: tuple[str | None, ...]
     slots: tuple[tuple[int, str], ...]
+    # The recipient fields this part uses: asked for every reader, so computed once.
+    fields: frozenset[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "fields", frozenset(name for _, name in self.slots))
 
     @classmethod
     def split(cls, source: str) -> _Fill:
@@ -212,16 +217,11 @@ class _Fill:
                 parts.append(None)
         return cls(tuple(parts), tuple(slots))
 
-    @property
-    def fields(self) -> frozenset[str]:
-        """The recipient fields this part uses."""
-        return frozenset(field for _, field in self.slots)
-
     def fill(self, values: Mapping[str, str]) -> str:
         """The text with each placeholder replaced by its value (as given: escape first)."""
         pieces = list(self.parts)
-        for index, field in self.slots:
-            pieces[index] = values[field]
+        for index, name in self.slots:
+            pieces[index] = values[name]
         return "".join(pieces)  # type: ignore[arg-type]  # every None was just filled
 
 
@@ -247,8 +247,8 @@ class CompiledEmail:
         used = self.html_fill.fields | self.text_fill.fields
         return tuple(
             purpose
-            for field, purpose in _LINK_FIELDS.items()
-            if field in used or purpose == "unsubscribe"
+            for name, purpose in _LINK_FIELDS.items()
+            if name in used or purpose == "unsubscribe"
         )
 
     def personalise(
@@ -261,27 +261,69 @@ class CompiledEmail:
         send_at: datetime | None = None,
     ) -> Message:
         """The Message for one recipient (links, name), with RFC 8058 unsubscribe headers."""
-        name = recipient.first_name.strip()
         text = {
-            "first_name": name or GREETING_FALLBACK,
             "email": recipient.email,
             "unsubscribe_url": recipient.unsubscribe_url,
             "preferences_url": recipient.preferences_url,
             "confirm_url": recipient.confirm_url,
             "first_lesson": recipient.first_lesson or FIRST_LESSON_FALLBACK,
         }
+        return self._message(text, recipient.first_name, key, kind, ref, send_at)
+
+    def for_readers(
+        self,
+        public_url: str,
+        signer: Signer,
+        issued_at: datetime,
+        *,
+        kind: MessageKind,
+        ref: str,
+    ) -> Callable[[int, str, str | None, str], Message]:
+        """Personalise for many readers of one send: (subscriber id, email, first name,
+        delivery key) -> the Message `personalise(recipient_for(...))` makes, byte for byte.
+
+        The links this email needs are signed with `issued_at` (`Signer.stamped_links`); what
+        every reader shares is looked up once here, not per reader (a broadcast's hot loop).
+        """
+        purposes = self.links
+        urls = signer.stamped_links(public_url, purposes, issued_at)
+        fields = tuple(f"{purpose}_url" for purpose in purposes)
+        fixed = {f: "" for f in _LINK_FIELDS} | {"first_lesson": FIRST_LESSON_FALLBACK}
+        message = self._message
+
+        def personalise(sid: int, email: str, first_name: str | None, key: str) -> Message:
+            text = fixed | dict(zip(fields, urls(sid), strict=True))
+            text["email"] = email
+            return message(text, first_name or "", key, kind, ref, None)
+
+        return personalise
+
+    def _message(
+        self,
+        text: dict[str, str],
+        first_name: str,
+        key: str,
+        kind: MessageKind,
+        ref: str,
+        send_at: datetime | None,
+    ) -> Message:
+        """The Message from the reader's field values (`text`, without first_name)."""
+        name = first_name.strip()
+        text["first_name"] = name or GREETING_FALLBACK
         # Only the fields the HTML shows are escaped (most emails use two or three of six).
-        html = {field: str(escape(text[field])) for field in self.html_fill.fields}
-        headers: dict[str, str] = {}
-        if recipient.unsubscribe_url:
-            headers["List-Unsubscribe"] = f"<{recipient.unsubscribe_url}>"
-            headers["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+        html = {name: str(escape(text[name])) for name in self.html_fill.fields}
+        unsubscribe = text["unsubscribe_url"]
+        headers: dict[str, str] = (
+            {"List-Unsubscribe": f"<{unsubscribe}>", "List-Unsubscribe-Post": _ONE_CLICK}
+            if unsubscribe
+            else {}
+        )
         return Message(
             key=key,
             kind=kind,
             ref=ref,
             sender=self.sender,
-            to=Mailbox(recipient.email, name),
+            to=Mailbox(text["email"], name),
             subject=self.subject,
             html=self.html_fill.fill(html),
             text=self.text_fill.fill(text).rstrip() + "\n",
@@ -291,6 +333,9 @@ class CompiledEmail:
             tags=self.tags,
             send_at=send_at,
         )
+
+
+_ONE_CLICK = "List-Unsubscribe=One-Click"  # RFC 8058's List-Unsubscribe-Post value
 
 
 class Renderer:

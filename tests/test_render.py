@@ -316,3 +316,32 @@ def test_welcome_says_when_lesson_one_arrives_for_each_reader(project: Project) 
     assert "Day 7" in message.text and "A mat." in message.text and "Hi" not in message.subject
     unknown = welcome.personalise(ANA, key="w", kind="lesson", ref="0")
     assert "Lesson 1 arrives on the morning after you confirmed" in unknown.text
+
+
+@pytest.mark.parametrize(
+    "first_name",
+    ["Ana", "", None, "  Zoë  ", 'O"Brien <b>&amp;', "Łukasz\u00a0", "R\u0430fael"],
+)
+def test_personalising_for_many_readers_is_personalise_byte_for_byte(
+    project: Project, first_name: str | None
+) -> None:
+    # A broadcast renders each reader through `for_readers`; a copy rendered again the
+    # general way (a recovery, the archive) must be the same Message.
+    from dripmail.render import recipient_for
+    from dripmail.tokens import Signer
+
+    renderer = Renderer(project, load_course(project))
+    signer = Signer("key")
+    when = datetime(2026, 3, 1, 7, 30, tzinfo=UTC)
+    for compiled in (renderer.lesson(1), renderer.confirm()):
+        fast = compiled.for_readers(
+            "https://s.example.com/", signer, when, kind="broadcast", ref="9"
+        )
+        row = {"id": 41, "email": "zoe+x@example.org", "first_name": first_name}
+        general = compiled.personalise(
+            recipient_for(row, "https://s.example.com/", signer, when, compiled.links),
+            key="nl-9-s41",
+            kind="broadcast",
+            ref="9",
+        )
+        assert fast(41, "zoe+x@example.org", first_name, "nl-9-s41") == general

@@ -81,3 +81,43 @@ def test_tokens_made_now_read_back_and_links_carry_their_purpose() -> None:
         prefix = f"https://s.example.com/{purpose}/"
         assert url.startswith(prefix)
         assert signer.read(url.removeprefix(prefix), purpose) == 9
+
+
+@given(data=st.binary(max_size=64))
+def test_base64_encode_is_itsdangerous_s(data: bytes) -> None:
+    from itsdangerous.encoding import base64_encode as reference
+
+    from dripmail.tokens import base64_encode
+
+    assert base64_encode(data) == reference(data)
+
+
+@given(
+    subscriber_ids=st.lists(
+        st.one_of(st.integers(0, 10**9), st.integers(10**9, 10**30)), min_size=1, max_size=5
+    ),
+    seconds=st.integers(0, 253_402_300_000),
+    purposes=st.lists(st.sampled_from(["unsubscribe", "preferences", "confirm"]), max_size=3),
+    public_url=st.sampled_from(["https://s.example.com", "https://s.example.com/", "http://x/a/"]),
+)
+@settings(max_examples=60, deadline=None)
+def test_stamped_links_are_the_links_of_each_subscriber(
+    subscriber_ids: list[int], seconds: int, purposes, public_url: str
+) -> None:
+    # A broadcast signs with `stamped_links`; a copy rendered again the general way (or a
+    # link already sent) must be the same bytes.
+    from datetime import UTC, datetime
+
+    from dripmail.tokens import links
+
+    signer = Signer("new-key", ["old-key"])
+    issued = datetime.fromtimestamp(seconds, UTC)
+    urls = signer.stamped_links(public_url, purposes, issued)
+    for sid in subscriber_ids:
+        made = links(public_url, signer, sid, purposes, issued)
+        assert urls(sid) == tuple(made[p] for p in purposes)
+        for purpose, url in zip(purposes, urls(sid), strict=True):
+            token = url.rpartition("/")[2]
+            expected = _StampedAt.serializer(signer._keys, purpose, seconds).dumps(sid)
+            assert token == expected
+            assert signer.read(token, purpose, now=issued) == sid
