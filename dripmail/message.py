@@ -11,13 +11,24 @@ The MIME form follows the standards whatever the length of a value (RFC 5322, 20
 - ``Date`` is when the message is handed over (the caller passes it), ``Message-ID`` is
   derived from the delivery key and the installation id, so a retry keeps it and two
   databases never share one.
+
+`Message.to_bytes` writes these bytes itself (about 0.2 ms for a 40 kB lesson instead of 7 ms
+through `email.message.EmailMessage`, which was two thirds of an outbox send, issue 13): the
+bodies go through `binascii.b2a_qp` (C), and each header that is short printable ASCII is
+written as it is; any other header (non-ASCII, long, anything that looks like an encoded word)
+is folded by the stdlib policy, cached for the values every message of a send repeats (sender,
+subject). `Message.to_mime` builds the same message with the stdlib, which the tests parse
+side by side with `to_bytes`.
 """
 
 from __future__ import annotations
 
+import binascii
 import hashlib
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from email import quoprimime
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.policy import EmailPolicy
@@ -228,5 +239,92 @@ class Message:
     def to_bytes(
         self, date: datetime | None = None, installation_id: str = "", utf8: bool = False
     ) -> bytes:
-        """The MIME message as bytes with CRLF line endings (what SMTP and .eml files carry)."""
-        return self.to_mime(date, installation_id, utf8).as_bytes()
+        """The MIME message as bytes with CRLF line endings (what SMTP and .eml files carry).
+
+        The message `to_mime` builds (same headers, same parts, same boundary), written
+        directly (see the module docstring). Raises `AddressError` like `to_mime`, and
+        ValueError for a header value with a line break or an extra header that the message
+        writes itself (``Subject``, ``Content-Type``...).
+        """
+        lines = [
+            _header("From", self.sender.formatted(utf8), utf8),
+            _header("To", self.to.formatted(utf8), utf8),
+        ]
+        if self.reply_to:
+            lines.append(_header("Reply-To", self.reply_to.formatted(utf8), utf8))
+        lines.append(_header("Subject", self.subject, utf8))
+        when = format_datetime((date or datetime.now(UTC)).astimezone(UTC))
+        lines.append(f"Date: {when}\r\n".encode("ascii"))
+        lines.append(_header("Message-ID", self.message_id(installation_id), utf8))
+        for name, value in self.headers.items():
+            if name.lower() in _OWN_HEADERS:
+                raise ValueError(f"{name}: the message writes this header itself")
+            lines.append(_header(name, value, utf8))
+        boundary = _boundary(self.key)
+        lines += [
+            b"MIME-Version: 1.0\r\n",
+            b'Content-Type: multipart/alternative;\r\n boundary="' + boundary + b'"\r\n',
+            b"\r\n--" + boundary + b"\r\n",
+            _PART_HEAD % b"plain",
+            _quoted_printable(self.text),
+            b"\r\n--" + boundary + b"\r\n",
+            _PART_HEAD % b"html",
+            _quoted_printable(self.html),
+            b"\r\n--" + boundary + b"--\r\n",
+        ]
+        return b"".join(lines)
+
+
+# Headers `to_bytes` writes itself; one of them among `Message.headers` is a mistake (the
+# stdlib refuses a second Subject too).
+_OWN_HEADERS = frozenset(
+    {"from", "to", "reply-to", "subject", "date", "message-id", "mime-version"}
+    | {"content-type", "content-transfer-encoding"}
+)
+_PART_HEAD = (
+    b'Content-Type: text/%s; charset="utf-8"\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n'
+)
+# A header value written as it is: printable ASCII words with single spaces between them,
+# nothing an RFC 2047 decoder could take for an encoded word (``=?``).
+_PLAIN_VALUE = re.compile(r"(?!.*=\?)[!-~]+(?: [!-~]+)*\Z")
+
+
+def _boundary(key: str) -> bytes:
+    """Derived from the key: the same inputs give the same bytes. ``=_`` cannot occur in a
+    quoted-printable body (``=`` is always ``=3D`` there), so no part can contain it."""
+    return b"=_dm_" + hashlib.sha256(key.encode()).hexdigest()[:24].encode("ascii")
+
+
+def _header(name: str, value: str, utf8: bool = False) -> bytes:
+    """One header line, folded as needed (`utf8`: RFC 6532 UTF-8 instead of encoded words)."""
+    if name.lower() in _VERBATIM:
+        return _fold_verbatim(name, value, "\r\n").encode("ascii")
+    if len(name) + len(value) + 2 <= QP_LINE and _PLAIN_VALUE.match(value):
+        return f"{name}: {value}\r\n".encode("ascii")
+    return _stdlib_header(name, value, utf8)
+
+
+# The sender, reply-to and subject are the same for every message of a send: folded by the
+# stdlib once; readers' names that need it pass through.
+@lru_cache(maxsize=256)
+def _stdlib_header(name: str, value: str, utf8: bool) -> bytes:
+    """What `email.policy` writes for this header: RFC 2047 encoded words (or UTF-8 when
+    `utf8`), folded at 76 columns. Raises ValueError for a value with a line break."""
+    policy = POLICY_UTF8 if utf8 else POLICY
+    return policy.fold_binary(name, policy.header_store_parse(name, value)[1])
+
+
+def _quoted_printable(text: str) -> bytes:
+    """A text part's body: UTF-8, quoted-printable, CRLF line breaks, ending in one.
+
+    Any line break (``\\n``, ``\\r\\n`` or a lone ``\\r``) becomes CRLF, as `email` does.
+    `binascii.b2a_qp` encodes ``=``, whitespace at a line's end and everything outside
+    printable ASCII, and breaks lines at 76 characters, except that whitespace it encodes at
+    the very end of a long line can take it to 78: such a rare body is encoded again by the
+    stdlib's own (pure Python) encoder, which never does.
+    """
+    data = b"\n".join(text.encode("utf-8").splitlines()) + b"\n"
+    encoded = binascii.b2a_qp(data, istext=True)
+    if max(map(len, encoded.split(b"\n"))) > QP_LINE:
+        encoded = quoprimime.body_encode(data.decode("latin-1"), QP_LINE).encode("latin-1")
+    return encoded.replace(b"\n", b"\r\n")

@@ -148,3 +148,89 @@ def test_formatted_is_computed_once_for_a_sender() -> None:
         assert sender.formatted() == '"Studio, Yoga" <hello@studio.example.com>'
     after = _formatted.cache_info()
     assert after.misses - before.misses <= 1 and after.hits - before.hits >= 2
+
+
+def _parsed(data: bytes) -> tuple[list[tuple[str, str]], list[tuple[str, str, str]]]:
+    """What a receiver reads: every header (decoded) and each part's type, charset and text."""
+    mime = message_from_bytes(data, policy=default)
+    assert not any(part.defects for part in mime.walk())
+    heads = [(name, str(value)) for name, value in mime.items()]
+    parts = [
+        (part.get_content_type(), part.get_content_charset(), part.get_content())
+        for part in mime.iter_parts()
+    ]
+    return heads, parts
+
+
+_HEADER_TEXT = "abcZ 19:,.;'\"()<>@-_=?\tëÜ€—😀"
+_BODY_TEXT = "ab Zx.=\t-_ëÜ€😀\x00\x7f" + "\n" * 3 + "\r\n\r"
+
+
+@given(
+    subject=st.text(alphabet=_HEADER_TEXT, min_size=1, max_size=120).map(str.strip),
+    name=st.text(alphabet="abcZ ,.'-ëÜ李", max_size=90),
+    text=st.text(alphabet=_BODY_TEXT, max_size=400),
+    html=st.text(alphabet=_BODY_TEXT + "<>/p", max_size=400),
+    utf8=st.booleans(),
+    key=st.text(alphabet="abc-019", min_size=1, max_size=20),
+)
+def test_to_bytes_reads_as_the_stdlib_built_message(
+    subject: str, name: str, text: str, html: str, utf8: bool, key: str
+) -> None:
+    """`to_bytes` writes the message itself for speed; a receiver must read exactly what the
+    stdlib's `EmailMessage` (`to_mime`) says, for any subject, name and body."""
+    message = replace(
+        _msg(key),
+        subject=subject or "s",
+        to=Mailbox("zoë@bücher.example" if utf8 else "kim@bücher.example", name),
+        text=text,
+        html=html,
+        headers={**_msg().headers, "X-Campaign": subject or "s"},
+    )
+    when = datetime(2026, 3, 2, 7, tzinfo=UTC)
+    data = message.to_bytes(when, "a1b2c3d4e5f60718", utf8=utf8)
+    assert _parsed(data) == _parsed(message.to_mime(when, "a1b2c3d4e5f60718", utf8).as_bytes())
+    lines = _lines(data)
+    assert max(len(line) for line in lines) <= 998
+    body = data.split(b"\r\n\r\n", 1)[1]
+    assert max(len(line) for line in _lines(body)) <= 76
+    if not utf8:
+        data.decode("ascii")  # 7-bit: non-ASCII only as encoded words and quoted-printable
+
+
+@pytest.mark.parametrize("end", [" ", "\t"])
+def test_a_line_ending_in_whitespace_at_column_76_stays_within_76(end: str) -> None:
+    # binascii.b2a_qp writes such a line 77-78 characters long; RFC 2045 allows 76.
+    text = "a" * 75 + end + "\nnext line\n"
+    data = replace(_msg(), text=text).to_bytes()
+    body = data.split(b"\r\n\r\n", 1)[1]
+    assert max(len(line) for line in _lines(body)) <= 76
+    parsed = message_from_bytes(data, policy=default)
+    assert parsed.get_body(("plain",)).get_content().replace("\r\n", "\n") == text
+
+
+def test_an_extra_header_the_message_writes_itself_is_refused() -> None:
+    with pytest.raises(ValueError, match="Subject"):
+        replace(_msg(), headers={"Subject": "again"}).to_bytes()
+    with pytest.raises(ValueError, match="linefeed"):
+        replace(_msg(), headers={"X-Note": "one\r\nBcc: someone@example.org"}).to_bytes()
+
+
+def test_each_sample_lesson_reads_the_same_as_the_stdlib_built_message(tmp_path) -> None:
+    """A real lesson (compiled MJML: lines of thousands of characters) written by `to_bytes`
+    reads as the message `email.message.EmailMessage` builds, part for part."""
+    from dripmail.config import Project
+    from dripmail.content import load_course
+    from dripmail.render import Recipient, Renderer
+    from tests.course_fixture import make_project
+
+    project = Project(make_project(tmp_path))
+    course = load_course(project)
+    renderer = Renderer(project, course)
+    who = Recipient(email="zoe@bücher.example", first_name="Zoë Ünal", subscriber_id=8)
+    when = datetime(2026, 3, 2, 7, tzinfo=UTC)
+    for day in sorted(lesson.day for lesson in course.lessons):
+        message = renderer.lesson(day).personalise(who, key=f"k-{day}", kind="lesson", ref="1")
+        data = message.to_bytes(when)
+        assert _parsed(data) == _parsed(message.to_mime(when).as_bytes())
+        assert max(len(line) for line in _lines(data)) <= 76
