@@ -24,6 +24,7 @@ before (row ids and provider ids).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import socket
 from collections.abc import Callable, Iterator
@@ -32,7 +33,19 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import Engine, and_, bindparam, func, insert, or_, select, update
+from sqlalchemy import (
+    Engine,
+    String,
+    and_,
+    bindparam,
+    func,
+    insert,
+    literal_column,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy import cast as sql_cast
 from sqlalchemy.engine import RowMapping
 
 from dripmail.content import Newsletter
@@ -62,7 +75,6 @@ from dripmail.handover import (
 from dripmail.heap import collector_for_a_pass
 from dripmail.message import Message
 from dripmail.providers.base import BaseProvider, Provider
-from dripmail.store.bulk import Bulk
 from dripmail.store.db import small_page_cache
 from dripmail.store.handover_rows import HeldRow
 from dripmail.store.schema import (
@@ -88,6 +100,7 @@ class BroadcastRow(HeldRow):
 
     status: str
     newsletters: bool
+    claimed_by: str | None  # a row `plan_pages` wrote claimed by this worker is held as is
 
 
 @dataclass
@@ -118,7 +131,12 @@ def content_hash(newsletter: Newsletter) -> str:
 
 def key_for(broadcast_id: int, subscriber_id: int) -> str:
     """The delivery key of one subscriber's copy of one broadcast."""
-    return f"nl-{broadcast_id}-s{subscriber_id}"
+    return f"{key_prefix(broadcast_id)}{subscriber_id}"
+
+
+def key_prefix(broadcast_id: int) -> str:
+    """What every delivery key of one broadcast starts with (the subscriber id follows)."""
+    return f"nl-{broadcast_id}-s"
 
 
 def eligible(segment: str):
@@ -323,53 +341,82 @@ def plan(
 
 
 def plan_pages(
-    engine: Engine, broadcast_id: int, segment: str, now: datetime, chunk: int = CHUNK
+    engine: Engine,
+    broadcast_id: int,
+    segment: str,
+    now: datetime,
+    chunk: int = CHUNK,
+    claim_for: str | None = None,
 ) -> Iterator[tuple[int, int]]:
     """`plan`, one page (one transaction) per step: yields (subscribers read, copies added).
 
     `send` walks it a page ahead of its claims, so the first copies go out while the rest
-    of the list is still being planned.
+    of the list is still being planned; it passes its worker id as `claim_for`, and the
+    copies are written already claimed by it (lease `LEASE` from `now`), one write each
+    instead of an insert and then a claim. A kill leaves them claimed by a dead worker:
+    taken over like any other claim of one (`expire_dead_claims`, then the lease).
+
+    Each page is one ``INSERT ... SELECT`` in the database: the eligible readers of the
+    page who have no copy yet, their keys (`key_for`) written by SQL, nothing per reader
+    in Python.
     """
     last = 0
-    bd = broadcast_deliveries
+    page = (
+        select(subscribers.c.id)
+        .where(eligible(segment), subscribers.c.id > bindparam("last"))
+        .order_by(subscribers.c.id)
+        .limit(chunk)
+        .subquery()
+    )
+    bounds = select(func.count(), func.max(page.c.id))
+    statement = _plan_statement(segment, claim_for is not None)
+    values: dict[str, Any] = {
+        "broadcast": broadcast_id,
+        "prefix": key_prefix(broadcast_id),
+        "now": now,
+    }
+    if claim_for is not None:
+        values.update(worker=claim_for, lease=now + LEASE)
     while True:
         with engine.begin() as conn:
-            ids = list(
-                conn.execute(
-                    select(subscribers.c.id)
-                    .where(eligible(segment), subscribers.c.id > last)
-                    .order_by(subscribers.c.id)
-                    .limit(chunk)
-                ).scalars()
-            )
-            if not ids:
+            read, upto = conn.execute(bounds, {"last": last}).one()
+            if not read:
                 return
-            last = ids[-1]
-            have = set(
-                conn.execute(
-                    select(bd.c.subscriber_id).where(
-                        bd.c.broadcast_id == broadcast_id,
-                        bd.c.subscriber_id.between(ids[0], ids[-1]),
-                    )
-                ).scalars()
-            )
-            rows = [(sid, key_for(broadcast_id, sid)) for sid in ids if sid not in have]
-            _PLAN.run(conn, rows, {"broadcast": broadcast_id, "now": now})
-        yield len(ids), len(rows)
+            added = conn.execute(statement, {**values, "last": last, "upto": upto}).rowcount
+        last = upto
+        yield read, added or 0
 
 
-# One planned copy per reader: compiled once, each row only (subscriber id, key) in Python.
-_PLAN = Bulk(
-    insert(broadcast_deliveries).values(
-        broadcast_id=bindparam("broadcast"),
-        subscriber_id=bindparam("sid"),
-        key=bindparam("key"),
-        state="planned",
-        attempts=0,
-        updated_at=bindparam("now", type_=broadcast_deliveries.c.updated_at.type),
-    ),
-    ("sid", "key"),
-)
+def _plan_statement(segment: str, claimed: bool):
+    """``INSERT INTO broadcast_deliveries ... SELECT`` the eligible readers with ids in
+    (:last, :upto] who have no copy of :broadcast yet: planned, or claimed by :worker."""
+    bd, s = broadcast_deliveries, subscribers
+    copy = {
+        "broadcast_id": bindparam("broadcast", type_=bd.c.broadcast_id.type),
+        "subscriber_id": s.c.id,
+        # The same text as `key_for`: the prefix, then the id in decimal.
+        "key": sql_cast(bindparam("prefix", type_=String), String) + sql_cast(s.c.id, String),
+        "state": literal_column("'claimed'" if claimed else "'planned'"),
+        "attempts": literal_column("0"),
+        "updated_at": bindparam("now", type_=bd.c.updated_at.type),
+    }
+    if claimed:
+        copy["claimed_by"] = bindparam("worker", type_=bd.c.claimed_by.type)
+        copy["lease_expires_at"] = bindparam("lease", type_=bd.c.lease_expires_at.type)
+    have = (
+        select(bd.c.id)
+        .where(bd.c.broadcast_id == bindparam("broadcast"), bd.c.subscriber_id == s.c.id)
+        .exists()
+    )
+    rows = select(*(value.label(name) for name, value in copy.items())).where(
+        eligible(segment),
+        s.c.id > bindparam("last"),
+        s.c.id <= bindparam("upto"),
+        ~have,
+    )
+    return insert(bd).from_select(list(copy), rows)
+
+
 # What sending reads of a copy: the hand-over's columns and whether the reader still wants it.
 _HELD_COLUMNS = (
     broadcast_deliveries.c.id,
@@ -378,6 +425,7 @@ _HELD_COLUMNS = (
     broadcast_deliveries.c.state,
     broadcast_deliveries.c.batch_key,
     broadcast_deliveries.c.handed_at,
+    broadcast_deliveries.c.claimed_by,
     subscribers.c.email,
     subscribers.c.first_name,
     subscribers.c.status,
@@ -393,6 +441,7 @@ def _claim_chunk(
     Returns the held rows, how many were skipped because their subscriber left or stopped
     newsletters since planning (marked `skipped`, never sent), and the rows read. Paging by
     id (keyset) keeps each read as cheap for the last chunk of a long list as for the first.
+    Rows `plan_pages` wrote already claimed by `worker` are held as they are.
     """
     bd = broadcast_deliveries
     free = and_(
@@ -400,13 +449,14 @@ def _claim_chunk(
         or_(bd.c.next_attempt_at.is_(None), bd.c.next_attempt_at <= now),
     )
     expired = and_(in_flight(bd), bd.c.lease_expires_at < now)
+    mine = and_(bd.c.state == "claimed", bd.c.claimed_by == worker)
     query = (
         select(*_HELD_COLUMNS)
         .join(subscribers, subscribers.c.id == bd.c.subscriber_id)
         # `broadcast_id + 0`: walk the primary key from `after` and stop after a chunk. On
         # the (broadcast, subscriber) index the planner read every row of the broadcast and
         # sorted them by id for each chunk: quadratic in the list (63 ms a chunk at 16,000).
-        .where((bd.c.broadcast_id + 0) == broadcast_id, bd.c.id > after, or_(free, expired))
+        .where((bd.c.broadcast_id + 0) == broadcast_id, bd.c.id > after, or_(free, expired, mine))
         .order_by(bd.c.id)
         .limit(chunk)
     )
@@ -416,21 +466,43 @@ def _claim_chunk(
         rows = [cast(BroadcastRow, dict(zip(names, r, strict=True))) for r in result]
     # Someone who left or stopped newsletters since planning gets nothing. A row already
     # `sending` may be at the provider: it is reconciled like any other, not skipped.
+    own = {r["id"] for r in rows if r["claimed_by"] == worker and r["state"] == "claimed"}
     gone = [
         r["id"]
         for r in rows
-        if r["state"] == "planned" and (r["status"] not in SEGMENTS["all"] or not r["newsletters"])
+        if (r["state"] == "planned" or r["id"] in own)
+        and (r["status"] not in SEGMENTS["all"] or not r["newsletters"])
     ]
     if gone:
         with engine.begin() as conn:
             conn.execute(
                 update(bd)
-                .where(bd.c.id.in_(gone), bd.c.state == "planned")
-                .values(state="skipped", updated_at=now)
+                .where(bd.c.id.in_(gone), or_(bd.c.state == "planned", mine))
+                .values(state="skipped", claimed_by=None, lease_expires_at=None, updated_at=now)
             )
     skip = set(gone)
-    held = claim(engine, bd, [r for r in rows if r["id"] not in skip], worker, now, LEASE)
+    held = [r for r in rows if r["id"] in own and r["id"] not in skip]
+    others = [r for r in rows if r["id"] not in own and r["id"] not in skip]
+    held += claim(engine, bd, others, worker, now, LEASE)
     return held, len(gone), rows
+
+
+def release_claims(engine: Engine, broadcast_id: int, worker: str, now: datetime) -> int:
+    """Give back every copy of the broadcast `worker` still holds claimed (never marked
+    `sending`): what a pass that stops early planned or claimed ahead. Returns how many."""
+    bd = broadcast_deliveries
+    with engine.begin() as conn:
+        result = conn.execute(
+            update(bd)
+            .where(
+                bd.c.broadcast_id == broadcast_id,
+                in_flight(bd),
+                bd.c.state == "claimed",
+                bd.c.claimed_by == worker,
+            )
+            .values(state="planned", claimed_by=None, lease_expires_at=None, updated_at=now)
+        )
+    return result.rowcount or 0
 
 
 def start(engine: Engine, broadcast_id: int, now: datetime) -> datetime:
@@ -534,7 +606,7 @@ def send(
     pages = (
         iter(())
         if plan_segment is None
-        else plan_pages(engine, broadcast["id"], plan_segment, now, chunk)
+        else plan_pages(engine, broadcast["id"], plan_segment, now, chunk, claim_for=worker)
     )
     planning = [plan_segment is not None]  # still pages to plan (a list: set in the worker)
 
@@ -648,12 +720,12 @@ def send(
                         await in_worker(store, *answered)
                 finally:
                     if ahead is not None:
-                        try:
-                            unsent = await ahead
-                        except Exception:
-                            pass  # its claim failed: it holds nothing
-                        else:
-                            release(engine, bd, [r["key"] for r in unsent.held], now)
+                        # Its claims are given back below; a failed claim holds nothing.
+                        with contextlib.suppress(Exception):
+                            await ahead
+                    # The chunk claimed meanwhile and any page planned ahead (written
+                    # claimed by this worker) go back to the queue.
+                    await in_worker(release_claims, engine, broadcast["id"], worker, now)
 
     async def _hand_over(part: _Chunk, marked: asyncio.Future[None]) -> tuple[Told, _Chunk]:
         """Hand a fresh chunk over once its `sending` mark is committed; its answers read."""
@@ -814,7 +886,7 @@ def stats(engine: Engine, broadcast_id: int) -> BroadcastStats:
         kinds: dict[str, int] = dict(
             conn.execute(
                 select(events.c.type, func.count(func.distinct(events.c.delivery_key)))
-                .where(events.c.delivery_key.like(f"nl-{broadcast_id}-s%"))
+                .where(events.c.delivery_key.like(f"{key_prefix(broadcast_id)}%"))
                 .group_by(events.c.type)
             ).all()
         )

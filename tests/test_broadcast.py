@@ -154,6 +154,62 @@ def test_planning_twice_plans_each_subscriber_once(project: Project, engine: Eng
     assert len(keys) == len(set(keys)) == len(eligible_emails(2510))
 
 
+@ON_BOTH_STORES
+def test_planned_copies_carry_the_key_of_their_reader(project: Project, engine: Engine) -> None:
+    """Planning writes each page with one INSERT ... SELECT, the key made by SQL: the same
+    text as `key_for`, which everything else (events, stats, recovery) reads."""
+    seed(engine, 30)
+    row = _start(project, engine, "tag:desk")
+    bd = broadcast_deliveries
+    with engine.connect() as conn:
+        planned = conn.execute(select(bd.c.subscriber_id, bd.c.key, bd.c.state)).all()
+        tagged = conn.execute(select(subscribers.c.id).where(bc.eligible("tag:desk"))).scalars()
+        assert sorted(tagged) == sorted(sid for sid, _, _ in planned)
+    assert planned and {state for _, _, state in planned} == {"planned"}
+    assert all(key == bc.key_for(row["id"], sid) for sid, key, _ in planned)
+
+
+@ON_BOTH_STORES
+def test_a_pass_that_stops_gives_back_the_page_it_planned_claimed(
+    project: Project, engine: Engine
+) -> None:
+    """`send` planning as it goes writes each page already claimed by itself (one write a
+    copy, not an insert and a claim): stopped after its first chunk, the page planned ahead
+    goes back to the queue, unclaimed, and the next run sends each reader once."""
+    seed(engine, 100)
+    wanted = eligible_emails(100)
+    row = bc.open_broadcast(engine, _newsletter(project), "all", NOW)
+    outbox = OutboxProvider(project.root / "outbox")
+    report = _send(project, engine, outbox, row, chunk=10, plan_segment="all", stop=lambda: True)
+    assert report.sent == 10
+    bd = broadcast_deliveries
+    with engine.connect() as conn:
+        left = conn.execute(select(bd.c.state, bd.c.claimed_by).where(bd.c.state != "sent"))
+        assert Counter(left.all()) == Counter({("planned", None): 10})  # the page ahead
+    _send(project, engine, outbox, row, chunk=10, plan_segment="all")
+    assert Counter(x["to"] for x in _outbox_index(project)) == Counter(dict.fromkeys(wanted, 1))
+    assert bc.find(engine, row["id"])["status"] == "sent"
+
+
+def test_who_leaves_after_a_page_was_planned_claimed_is_skipped(
+    project: Project, engine: Engine
+) -> None:
+    """A page `send` planned claimed (a page ahead of the chunk at the provider) is checked
+    again when its chunk is read: a reader who left meanwhile is skipped, not sent."""
+    seed(engine, 30)
+    row = bc.open_broadcast(engine, _newsletter(project), "all", NOW)
+    pages = bc.plan_pages(engine, row["id"], "all", NOW, chunk=10, claim_for="w")
+    next(pages)
+    leaver = subs.get_subscriber(engine, "p2@example.org")["id"]
+    subs.unsubscribe(engine, leaver, NOW)
+    held, skipped, read = bc._claim_chunk(engine, row["id"], "w", NOW, 10)
+    assert skipped == 1 and len(read) == len(held) + 1
+    assert leaver not in {r["subscriber_id"] for r in held}
+    assert {r["state"] for r in held} == {"claimed"}
+    # Another worker does not take copies planned claimed by "w" while its lease runs.
+    assert bc._claim_chunk(engine, row["id"], "other", NOW, 10) == ([], 0, [])
+
+
 def test_who_leaves_or_stops_newsletters_after_planning_is_skipped(
     project: Project, engine: Engine
 ) -> None:
