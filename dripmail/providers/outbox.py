@@ -1,8 +1,13 @@
 """The default provider: writes each message as ``outbox/<key>.eml``, no account needed.
 
-Each message is written to a temporary file and renamed into place, so a process killed at
-any instant leaves either no file or a whole one; a key already present is never written
-again, which makes re-runs after a crash safe. ``index.jsonl`` gets one line per new file.
+Each message is written to a temporary file, flushed to disk (fsync) and linked into place,
+so a process killed (or a machine losing power) at any instant leaves either no file or a
+whole one; a key already present is never written again, which makes re-runs after a crash
+safe. ``index.jsonl`` gets one line per new file.
+
+A batch's files are written and flushed by a few threads at once, then linked in order and
+the folder flushed once: one fsync after another capped the outbox at 150-250 messages/s on
+an ordinary disk, several at once let the file system commit them together (issue 13).
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import json
 import os
 import re
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -18,6 +24,9 @@ from dripmail.message import Message
 from dripmail.providers.base import BaseProvider, Capabilities, Lookup, Outcome, SendResult
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]")
+# Files written and flushed at once: enough for the file system to commit several fsyncs
+# together, few enough not to matter on a small machine (the threads wait on the disk).
+WRITERS = 4
 
 
 def outbox_filename(key: str) -> str:
@@ -45,6 +54,7 @@ class OutboxProvider(BaseProvider):
         self._clock = clock or (lambda: datetime.now(UTC))
         self._indexed: set[str] | None = None
         self._tail_checked = False
+        self._writers: ThreadPoolExecutor | None = None
 
     def _index_keys(self) -> set[str]:
         if self._indexed is None:
@@ -58,11 +68,13 @@ class OutboxProvider(BaseProvider):
                         continue  # a line torn by a crash: the .eml file is the truth
         return self._indexed
 
-    def _append_index(self, message: Message, send_at: datetime | None) -> None:
+    def _append_index(self, messages: Sequence[Message], send_at: datetime | None) -> None:
+        if not messages:
+            return
         path = self.folder / "index.jsonl"
         keys = self._index_keys()
         with open(path, "a+", encoding="utf-8") as index:
-            line = self._index_line(message, send_at)
+            lines = "".join(self._index_line(message, send_at) for message in messages)
             if not self._tail_checked:
                 # A process killed mid-line leaves a torn last line; start on a fresh line so
                 # the torn one does not swallow this one.
@@ -70,10 +82,10 @@ class OutboxProvider(BaseProvider):
                 if index.tell() > 0:
                     index.seek(index.tell() - 1)
                     if index.read(1) != "\n":
-                        line = "\n" + line
+                        lines = "\n" + lines
                 self._tail_checked = True
-            index.write(line)
-        keys.add(message.key)
+            index.write(lines)
+        keys.update(message.key for message in messages)
 
     def _index_line(self, message: Message, send_at: datetime | None) -> str:
         when = send_at or message.send_at or self._clock()
@@ -90,33 +102,74 @@ class OutboxProvider(BaseProvider):
 
     def write(self, message: Message, send_at: datetime | None = None) -> bool:
         """Write one message; returns False when its key was already in the outbox."""
+        return self.write_many([message], send_at)[0]
+
+    def write_many(
+        self, messages: Sequence[Message], send_at: datetime | None = None
+    ) -> list[bool]:
+        """Write messages, each atomically; per message, False when its key was already there.
+
+        Every file is on disk (fsync) before its name appears, and the names are on disk
+        before this returns: what it reports written survives a power cut. Raises what
+        building a message or the disk raises (OSError): files not yet in place are removed.
+        """
         self.folder.mkdir(parents=True, exist_ok=True)
-        target = self.folder / outbox_filename(message.key)
-        if target.exists():
-            self._repair(message, send_at)
-            return False
-        tmp = self.folder / f".{target.name}.{os.getpid()}.tmp"
-        utf8 = message.to.needs_smtputf8 or message.sender.needs_smtputf8
-        data = message.to_bytes(self._clock(), self.installation_id, utf8=utf8)
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+        written = [False] * len(messages)
+        pending: list[tuple[int, Path, Path, Future[None]]] = []
+        names: set[str] = set()
         try:
-            # link() fails if the target appeared meanwhile (another process): never overwrite.
-            os.link(tmp, target)
-        except FileExistsError:
-            return False
+            for i, message in enumerate(messages):
+                target = self.folder / outbox_filename(message.key)
+                if target.name in names:
+                    continue  # the same key twice in a batch: written once
+                if target.exists():
+                    self._repair(message, send_at)
+                    continue
+                names.add(target.name)
+                utf8 = message.to.needs_smtputf8 or message.sender.needs_smtputf8
+                data = message.to_bytes(self._clock(), self.installation_id, utf8=utf8)
+                tmp = self.folder / f".{target.name}.{os.getpid()}.tmp"
+                pending.append((i, tmp, target, self._pool().submit(_write_file, tmp, data)))
+            wait([job for *_, job in pending])
+            for *_, job in pending:
+                job.result()  # a disk error stops the batch before any file is linked
+            for i, tmp, target, _ in pending:
+                try:
+                    # link() fails if the target appeared meanwhile (another process): never
+                    # overwrite.
+                    os.link(tmp, target)
+                    written[i] = True
+                except FileExistsError:
+                    pass
+                tmp.unlink(missing_ok=True)
+            if pending:
+                _fsync_folder(self.folder)
         finally:
-            tmp.unlink(missing_ok=True)
-        self._append_index(message, send_at)
-        return True
+            wait([job for *_, job in pending])
+            for _, tmp, _, _ in pending:
+                tmp.unlink(missing_ok=True)
+            # Also after an error: a file linked has its line (else the next run mends it).
+            self._append_index(
+                [m for m, done in zip(messages, written, strict=True) if done], send_at
+            )
+        return written
+
+    def _pool(self) -> ThreadPoolExecutor:
+        if self._writers is None:
+            self._writers = ThreadPoolExecutor(WRITERS, thread_name_prefix="dripmail-outbox")
+        return self._writers
+
+    async def aclose(self) -> None:
+        """Stop the writer threads (started again if the outbox is used afterwards)."""
+        writers, self._writers = self._writers, None
+        if writers is not None:
+            writers.shutdown()
 
     def _repair(self, message: Message, send_at: datetime | None) -> None:
         # A process killed between writing the file and its index line leaves the file alone;
         # the next run that meets the file adds the missing line.
         if message.key not in self._index_keys():
-            self._append_index(message, send_at)
+            self._append_index([message], send_at)
 
     def forget(self, addresses: Sequence[str]) -> int:
         """Erase every message to `addresses` (any case): its `.eml` file and its index line.
@@ -170,11 +223,8 @@ class OutboxProvider(BaseProvider):
         batch_key: str | None = None,
     ) -> list[SendResult]:
         """Write every message; an already-present key counts as accepted (it was delivered)."""
-        results = []
-        for message in messages:
-            self.write(message, send_at)
-            results.append(SendResult(message.key, Outcome.ACCEPTED, provider_id=message.key))
-        return results
+        self.write_many(messages, send_at)
+        return [SendResult(m.key, Outcome.ACCEPTED, provider_id=m.key) for m in messages]
 
     async def reconcile(self, messages: Sequence[Message]) -> dict[str, Lookup]:
         """A message is in the outbox exactly when its file is (its index line is mended)."""
@@ -190,6 +240,28 @@ class OutboxProvider(BaseProvider):
     async def check(self) -> str:
         """Report where messages go."""
         return f"outbox: writing .eml files to {self.folder}"
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    """Write `data` to a new file and flush it to disk (a writer thread)."""
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Flush the folder's entries (the names just linked) to disk, where the OS allows it."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return  # e.g. Windows: folders cannot be opened; NTFS journals names itself
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems refuse fsync on a folder; the files themselves are on disk
+    finally:
+        os.close(fd)
 
 
 def _addressed_to(path: Path) -> set[str]:

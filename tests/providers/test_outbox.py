@@ -2,6 +2,8 @@ import asyncio
 import json
 from pathlib import Path
 
+import pytest
+
 from dripmail.providers.base import Lookup
 from dripmail.providers.outbox import OutboxProvider
 from tests.test_message import _msg
@@ -66,3 +68,28 @@ def test_torn_index_line_does_not_swallow_the_next(tmp_path: Path) -> None:
         except ValueError:
             continue
     assert keys == ["one", "two", "three"]
+
+
+def test_a_batch_is_written_whole_and_a_failure_leaves_no_stray_files(tmp_path: Path) -> None:
+    """A batch's files are written by several threads at once: each key once (even twice in
+    one batch), in the index in the batch's order; when one message cannot be built, no
+    temporary file is left behind and the files already in place keep their index lines."""
+    from dataclasses import replace
+
+    box = OutboxProvider(tmp_path)
+    keys = [f"k{i}" for i in range(40)]
+    written = box.write_many([_msg(k) for k in [*keys, "k3"]])
+    assert written == [True] * 40 + [False]
+    lines = (tmp_path / "index.jsonl").read_text().splitlines()
+    assert [json.loads(line)["key"] for line in lines] == keys
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [f"{k}.eml" for k in keys] + ["index.jsonl"]
+    )
+    broken = replace(_msg("bad"), headers={"Subject": "a second subject"})
+    with pytest.raises(ValueError, match="Subject"):
+        box.write_many([_msg("n1"), _msg("n2"), broken, _msg("n3")])
+    names = {p.name for p in tmp_path.iterdir()}
+    assert not any(name.endswith(".tmp") for name in names)
+    assert {"n1.eml", "n2.eml", "n3.eml", "bad.eml"}.isdisjoint(names)
+    asyncio.run(box.aclose())
+    assert box.write(_msg("n1")) is True  # usable again after aclose
