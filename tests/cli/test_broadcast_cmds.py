@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -124,84 +125,104 @@ def test_answering_no_at_the_prompt_sends_nothing(root: Path) -> None:
     assert not _outbox(root) and _count(root, broadcast_deliveries) == 0
 
 
-@pytest.mark.slow  # 4,000 subscribers (3,200 eligible) through the validating fake
-def test_killed_broadcast_resumes_and_each_reader_gets_one_copy(root: Path, fake_providers) -> None:
-    # Killed once 1,500 copies are accepted: the second chunk of 1,000 is in flight then.
-    count = 4000
-    seed(open_store("sqlite:///dripmail.db", root), count)
-    wanted = eligible_emails(count)
-    env = _postmark_env(fake_providers)
+# A broadcast of several chunks (4,000 subscribers, 3,200 eligible): long enough to be stopped
+# midway on any machine.
+BIG_LIST = 4000
+
+
+@pytest.fixture
+def big_list(root: Path) -> set[str]:
+    """`root` with `BIG_LIST` subscribers; returns the addresses a broadcast goes to."""
+    seed(open_store("sqlite:///dripmail.db", root), BIG_LIST)
+    return eligible_emails(BIG_LIST)
+
+
+def _broadcast_until(
+    root: Path, env: dict[str, str], reached: Callable[[], bool], pipe: bool = False
+) -> subprocess.Popen[str]:
+    """`broadcast --yes -q` as a real process, returned once `reached()` holds (looked at
+    every 10 ms, for two minutes at most) and still running: ready to be stopped."""
+    out = subprocess.PIPE if pipe else subprocess.DEVNULL
     proc = subprocess.Popen(
         _argv(root, "broadcast", "newsletters/hips.md", "--yes", "-q"),
         cwd=root,
         env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=out,
+        stderr=out,
+        text=True,
     )
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        if fake_providers.count("postmark") >= 1500:
-            break
+    while time.monotonic() < deadline and proc.poll() is None and not reached():
         time.sleep(0.01)
-    assert proc.poll() is None, "finished before it could be killed: raise `count`"
+    assert proc.poll() is None, "finished before it could be stopped: raise BIG_LIST"
+    return proc
+
+
+def _copies(root: Path, provider: str, fake) -> Callable[[], Counter]:
+    """Copies received so far per address: by the fake Postmark, or in the outbox."""
+    if provider == "outbox":
+        return lambda: _outbox(root)
+    return lambda: Counter(a.to for a in fake.accepted("postmark"))
+
+
+@pytest.mark.slow  # 4,000 subscribers (3,200 eligible) through the validating fake
+def test_killed_broadcast_resumes_and_each_reader_gets_one_copy(
+    root: Path, big_list: set[str], fake_providers
+) -> None:
+    # Killed once 1,500 copies are accepted: the second chunk of 1,000 is in flight then.
+    env = _postmark_env(fake_providers)
+    proc = _broadcast_until(root, env, lambda: fake_providers.count("postmark") >= 1500)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     before = len(fake_providers.accepted("postmark"))
-    assert 0 < before < len(wanted)
+    assert 0 < before < len(big_list)
     # Run it again at once: the dead process's claims are taken over (same host, pid gone),
     # batches it had in flight are looked up at the provider, the rest is sent.
     again = _subprocess(root, "broadcast", "newsletters/hips.md", "--yes", "-q", env=env)
     assert again.returncode == 0, again.stderr
     accepted = fake_providers.accepted("postmark")
-    assert Counter(a.to for a in accepted) == Counter(dict.fromkeys(wanted, 1))
+    assert Counter(a.to for a in accepted) == Counter(dict.fromkeys(big_list, 1))
     assert len({a.key for a in accepted}) == len(accepted)
     with open_store("sqlite:///dripmail.db", root).connect() as conn:
         rows = conn.execute(select(broadcast_deliveries.c.state, broadcast_deliveries.c.attempts))
         states = Counter((state, attempts) for state, attempts in rows)
     # Every copy recorded as sent; a second attempt only for a batch the kill left in flight
     # that the provider did not have (at most one chunk), never a second copy.
-    assert sum(n for (state, _), n in states.items() if state == "sent") == len(wanted)
+    assert sum(n for (state, _), n in states.items() if state == "sent") == len(big_list)
     assert set(a for _, a in states) <= {1, 2} and states.get(("sent", 2), 0) <= 1000
     shown = _cli(root, "broadcasts", "show", "1", env=env)
-    assert f"accepted{len(wanted):>11}" in shown.stdout and "sent" in shown.stdout
+    assert f"accepted{len(big_list):>11}" in shown.stdout and "sent" in shown.stdout
 
 
-@pytest.mark.slow  # 4,000 subscribers (3,200 eligible) through the validating fake
+@pytest.mark.slow  # 4,000 subscribers (3,200 eligible), through the fake or into the outbox
+@pytest.mark.parametrize("provider", ["postmark", "outbox"])
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_ctrl_c_stops_a_broadcast_after_the_chunk_at_the_provider(
-    root: Path, fake_providers, stop: signal.Signals
+    root: Path, big_list: set[str], request: pytest.FixtureRequest, provider: str, stop
 ) -> None:
     """A whole broadcast is one call on the provider loop: Ctrl-C (or SIGTERM, as systemd
-    sends it) must stop it at the next chunk, not after the last reader. The chunk at the
-    provider is recorded, the one prepared meanwhile goes back to the queue, and the next
-    run sends the rest once."""
-    count = 4000
-    seed(open_store("sqlite:///dripmail.db", root), count)
-    wanted = eligible_emails(count)
-    env = _postmark_env(fake_providers)
-    proc = subprocess.Popen(
-        _argv(root, "broadcast", "newsletters/hips.md", "--yes", "-q"),
-        cwd=root,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        if fake_providers.count("postmark") >= 500:  # the first batch of the first chunk
-            break
-        time.sleep(0.01)
-    assert proc.poll() is None, "finished before it could be interrupted: raise `count`"
+    sends it) must stop it at the next chunk, not after the last reader, whatever the
+    provider (the outbox, the quick start's default, writes the chunk's files itself). The
+    chunk at the provider is recorded, the one prepared meanwhile goes back to the queue,
+    and the next run sends the rest once."""
+    from dripmail.broadcast import CHUNK
+
+    fake = request.getfixturevalue("fake_providers") if provider == "postmark" else None
+    env = _postmark_env(fake) if fake else _env()
+    copies = _copies(root, provider, fake)
+    # Stopped within the first chunk: its first batch is at the provider (or being written).
+    proc = _broadcast_until(root, env, lambda: sum(copies().values()) >= 300, pipe=True)
     proc.send_signal(stop)
+    at_signal = sum(copies().values())
     out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 130
-    stopped_at = len(fake_providers.accepted("postmark"))
-    assert 0 < stopped_at < len(wanted)
+    assert proc.returncode == 130, err
+    stopped_at = sum(copies().values())
+    # Soon: no more than the rest of the chunk that was at the provider went out.
+    assert 0 < stopped_at < len(big_list) and stopped_at - at_signal <= CHUNK
     # It says it stopped, as `run` does, and what remains (one line, no traceback).
     assert out.splitlines()[-1] == (
-        f"stopped: {stopped_at} of about {len(wanted)} copies accepted so far; the rest go out"
-        " when you run the same command again (nobody gets a second copy)"
+        f"stopped: {stopped_at} of about {len(big_list)} copies accepted so far; the rest go"
+        " out when you run the same command again (nobody gets a second copy)"
     )
     assert "Traceback" not in err
     with open_store("sqlite:///dripmail.db", root).connect() as conn:
@@ -211,8 +232,7 @@ def test_ctrl_c_stops_a_broadcast_after_the_chunk_at_the_provider(
     assert states["sent"] == stopped_at and set(states) <= {"sent", "planned"}
     again = _subprocess(root, "broadcast", "newsletters/hips.md", "--yes", "-q", env=env)
     assert again.returncode == 0, again.stderr
-    accepted = fake_providers.accepted("postmark")
-    assert Counter(a.to for a in accepted) == Counter(dict.fromkeys(wanted, 1))
+    assert copies() == Counter(dict.fromkeys(big_list, 1))
 
 
 def test_schedule_run_then_list_and_show(root: Path) -> None:
