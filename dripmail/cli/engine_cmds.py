@@ -127,6 +127,9 @@ def run(
     core.check_simulated_clock(clock_at, dry_run=dry_run, yes=yes)
     attention = False
     passes = 0
+    # Why each scheduled broadcast could not be sent, as last printed: a loop says it once,
+    # and again only when the reason changes, not every minute until someone looks.
+    said: dict[int, str] = {}
     try:
         with sigterm_as_ctrl_c():
             while True:
@@ -139,7 +142,7 @@ def run(
                 passes += 1
                 if result.confirmations:
                     typer.echo(f"{result.confirmations} confirmation email(s) sent after a crash")
-                for line in _broadcast_lines(result.broadcasts):
+                for line in _broadcast_lines(result.broadcasts, said):
                     typer.echo(line)
                 attention = attention or result.attention
                 if result.halted:
@@ -159,13 +162,20 @@ def run(
         raise typer.Exit(EXIT_ATTENTION)
 
 
-def _broadcast_lines(done) -> list[str]:
-    """One line per scheduled broadcast `run` sent (or could not send)."""
+def _broadcast_lines(done, said: dict[int, str]) -> list[str]:
+    """One line per scheduled broadcast `run` sent (or could not send).
+
+    `said` maps a broadcast's id to the reason it could not be sent as printed last (kept
+    across the passes of one `run --loop`): the same reason is not printed again.
+    """
     lines = []
     for item in done:
         if item.error:
-            lines.append(f"scheduled broadcast {item.id} not sent: {item.error}")
+            if said.get(item.id) != item.error:
+                lines.append(f"scheduled broadcast {item.id} not sent: {item.error}")
+            said[item.id] = item.error
             continue
+        said.pop(item.id, None)
         s, report = item.stats, item.report
         line = f"scheduled broadcast {item.id} ({item.slug}): {s.accepted} of {s.recipients}"
         line += f" accepted ({report.sent + report.handed} now)"

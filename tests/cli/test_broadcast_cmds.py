@@ -352,6 +352,45 @@ def test_scheduling_for_nobody_is_refused_and_a_due_one_that_finds_nobody_says_s
     assert "scheduled" in shown.stdout and not _outbox(root)
 
 
+def test_run_loop_says_once_that_a_due_broadcast_finds_nobody_until_that_changes(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue: `run --loop` printed "scheduled broadcast 1 not sent: ... no subscriber ..."
+    on every pass, once a minute, burying every other line. It is said once per broadcast,
+    and the broadcast's own line comes when it can go out after all."""
+    import dripmail.cli.engine_cmds as engine_cmds
+
+    seed(open_store("sqlite:///dripmail.db", root), 10)
+    _cli(root, "broadcast", "newsletters/hips.md", "--schedule", "2099-01-01T09:00Z")
+    engine = open_store("sqlite:///dripmail.db", root)
+    with engine.begin() as conn:  # its time has come, and nobody takes newsletters now
+        conn.execute(broadcasts.update().values(scheduled_at=datetime(2026, 1, 1, tzinfo=UTC)))
+        conn.execute(subscribers_table.update().values(newsletters=False))
+    naps: list[float] = []
+
+    class Clock:
+        """The loop's sleep: readers opt in again after the second pass; Ctrl-C on the fifth."""
+
+        @staticmethod
+        def sleep(seconds: float) -> None:
+            naps.append(seconds)
+            if len(naps) == 2:
+                with engine.begin() as conn:
+                    conn.execute(subscribers_table.update().values(newsletters=True))
+            if len(naps) == 5:
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine_cmds, "wallclock", Clock)
+    out = _cli(root, "run", "--loop", "-q")
+    lines = out.stdout.splitlines()
+    nobody = [line for line in lines if line.startswith("scheduled broadcast 1 not sent:")]
+    assert len(nobody) == 1 and "segment 'all' has no subscriber" in nobody[0], lines
+    # Everyone active opted in again (the one who had never opted in, too: 9 readers).
+    assert "scheduled broadcast 1 (hips): 9 of 9 accepted (9 now)" in lines
+    assert lines[-1] == "stopped" and len(naps) == 5
+    assert len(_outbox(root)) == 9 and set(_outbox(root).values()) == {1}
+
+
 def test_a_provider_it_cannot_reach_is_named_and_exits_3(root: Path) -> None:
     """Issue: connection refused gave "0 of N accepted ... run the same command again later"
     with exit 0 and no reason. The reason is printed and the exit code says attention."""
