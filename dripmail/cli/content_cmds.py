@@ -66,6 +66,7 @@ def preview(
             "the preview server is not part of this install: use `render` and open "
             "build/preview/index.html"
         ) from None
+    from dripmail.cli.exits import stopped_by_ctrl_c
     from dripmail.web import serving
 
     # Say so plainly instead of uvicorn's bind traceback-ish log line.
@@ -81,7 +82,8 @@ def preview(
         f"preview on http://127.0.0.1:{port}/preview, report on http://127.0.0.1:{port}/report"
         "  (Ctrl-C to stop)"
     )
-    serving.run(app, "127.0.0.1", port)
+    with stopped_by_ctrl_c():
+        serving.run(app, "127.0.0.1", port)
 
 
 preview.__doc__ = paragraphs(preview.__doc__)

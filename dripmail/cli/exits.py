@@ -7,6 +7,8 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import typer
+
 # Finished, but something needs a person: deliveries failed or wait for review, the provider
 # could not be reached, import rows were refused. A cron job or monitor can alert on it
 # without parsing output.
@@ -32,3 +34,17 @@ def sigterm_as_ctrl_c() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def stopped_by_ctrl_c() -> Iterator[None]:
+    """Within: Ctrl-C or SIGTERM ends the command with "stopped" and exit 130, as `run` and
+    `broadcast` end. For the servers (`serve`, `preview`): uvicorn shuts down gracefully on
+    either signal, then raises it again once its own handlers are gone, which SIGTERM's
+    default turned into a silent death (exit -15) and SIGINT into "Interrupted."."""
+    try:
+        with sigterm_as_ctrl_c():
+            yield
+    except KeyboardInterrupt:
+        typer.echo("stopped")
+        raise typer.Exit(EXIT_STOPPED) from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from dripmail.cli import state
+from dripmail.cli.exits import stopped_by_ctrl_c
 
 
 def serve(
@@ -19,6 +20,7 @@ def serve(
     """Serve sign-up, confirm/unsubscribe/preferences links and provider webhooks.
 
     Put it behind a reverse proxy with TLS and set DRIPMAIL_PUBLIC_URL to its public address.
+    Ctrl-C or SIGTERM stops it once the requests in progress are answered (exit 130).
     """
     import logging
 
@@ -45,7 +47,8 @@ def serve(
     )
     # proxy_headers: the client address comes from X-Forwarded-For when the proxy is trusted
     # (FORWARDED_ALLOW_IPS, default 127.0.0.1); the sign-up rate limit keys on it.
-    serving.run(app, host, port, access_log=False, proxy_headers=True)
+    with stopped_by_ctrl_c():
+        serving.run(app, host, port, access_log=False, proxy_headers=True)
 
 
 def is_loopback(host: str) -> bool:

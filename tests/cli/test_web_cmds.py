@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -94,6 +95,45 @@ def test_serve_answers_sign_ups_until_stopped(root: Path) -> None:
     assert "Traceback" not in err
     assert "POST /subscribe 200" in err  # one access line per request
     assert "GET /confirm/… 400" in err and "secret-token-123" not in err  # tokens redacted
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+@pytest.mark.parametrize("command", ["serve", "preview"])
+def test_the_servers_stop_cleanly_on_ctrl_c_and_on_sigterm(
+    root: Path, command: str, stop: signal.Signals
+) -> None:
+    """Issue: on SIGTERM (systemd, `docker stop`, `kill`) `serve` and `preview` died with
+    -15 and said nothing. Like `run` and `broadcast`: "stopped", exit 130, no traceback."""
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "send.py"), "--root", str(root), command, "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+        # Ctrl-C as a terminal delivers it, even when the suite runs in the background
+        # (which starts children with SIGINT ignored).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    try:
+        deadline = time.monotonic() + 300  # generous: a loaded machine starts slowly
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=60).text == "ok":
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None, proc.communicate()[1]
+            assert time.monotonic() < deadline, f"{command} did not come up"
+            time.sleep(0.2)
+        proc.send_signal(stop)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, err
+    assert out.splitlines()[-1] == "stopped" and "Traceback" not in err
 
 
 def test_serve_refuses_to_start_on_a_broken_course_in_one_line(root: Path) -> None:
