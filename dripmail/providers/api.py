@@ -3,7 +3,9 @@
 A provider module subclasses `HttpProvider` and fills in hooks, as django-anymail's
 `AnymailRequestsBackend` does: build the payload, parse the answer, map errors (its `_send`),
 `is_auth_error` (which answers mean "credential refused"), `CHECK_PATH` + `describe_account`
-(the harmless call behind `providers check`) and, where it differs, `check_special`.
+(the harmless call behind `providers check`) and, where it differs, `check_special`; and
+`prepare_request`, the CPU work of a batch's request that `prepare_batch` does ahead (see
+`providers.prepared`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dripmail.providers.base import BaseProvider
 from dripmail.providers.batching import Group, group_messages
 from dripmail.providers.common import Clock, check_failed, retry_policy, utc_now
 from dripmail.providers.http import Answer, HttpClient, Limits, RetryPolicy, Sent
+from dripmail.providers.prepared import Prepared
 
 
 class HttpProvider(BaseProvider):
@@ -50,6 +53,24 @@ class HttpProvider(BaseProvider):
             is_auth_error=self.is_auth_error,
         )
         self.clock = clock
+        self._prepared: Prepared[Any] = Prepared()
+
+    def prepare_batch(self, messages: Sequence[Message], batch_key: str) -> None:
+        """Build the batch's request now (`prepare_request`), so that `send_batch` with the
+        same messages and key only sends it (`take_prepared` in the module's `_send`)."""
+        work = self.prepare_request(messages)
+        if work is not None:
+            self._prepared.put(batch_key, messages, work)
+
+    def prepare_request(self, messages: Sequence[Message]) -> Any | None:
+        """The hook: the request work for a batch sent now as it is (payloads, grouping,
+        encoded body), or None when it can only be done at send time (a message scheduled:
+        whether it is due then depends on the clock). Pure: no I/O, any thread."""
+        return None
+
+    def take_prepared(self, messages: Sequence[Message], batch_key: str | None) -> Any | None:
+        """What `prepare_request` made for exactly these messages under this key, or None."""
+        return self._prepared.take(messages, batch_key)
 
     @staticmethod
     def is_auth_error(response: httpx.Response) -> bool:

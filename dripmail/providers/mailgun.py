@@ -50,6 +50,10 @@ CAPABILITIES = Capabilities(
 MAX_TAGS = 3  # Mailgun keeps at most three o:tag values per message
 
 
+# A request's multipart fields, as httpx's ``files=`` takes them (repeated names for arrays).
+Form = list[tuple[str, tuple[None, str]]]
+
+
 def placeholder(name: str) -> str:
     """Mailgun's recipient-variable syntax."""
     return f"%recipient.{name}%"
@@ -89,7 +93,7 @@ class MailgunProvider(HttpProvider):
         self.domain = domain
         super().__init__(base, auth=("api", api_key), limits=limits, retry=retry, clock=clock)
 
-    def form(self, group: Group, when: datetime | None) -> list[tuple[str, tuple[None, str]]]:
+    def form(self, group: Group, when: datetime | None) -> Form:
         """The multipart fields for one group (repeated names for arrays). No Date or
         Message-ID header: Mailgun stamps both when it sends."""
         first = group.members[0].message
@@ -121,28 +125,51 @@ class MailgunProvider(HttpProvider):
         now = self.clock()
         when, results = schedule_all(messages, send_at, now, WINDOW)
         sendable = list(when)
-        at = {id(messages[i]): when[i] for i in sendable}
-        groups = self.grouped(
+        prepared: list[tuple[Group, Form]] | None = self.take_prepared(messages, batch_key)
+        if prepared is not None and len(sendable) == len(messages) and not any(when.values()):
+            # Grouped and laid out ahead (`prepare_request`): the whole batch goes now.
+            jobs = [self._send_group(g, None, form) for g, form in prepared]
+        else:
+            at = {id(messages[i]): when[i] for i in sendable}
+            groups = self._groups(messages, sendable, at)
+            jobs = [self._send_group(g, when[g.members[0].index]) for g in groups]
+        parts = await asyncio.gather(*jobs)
+        for part in parts:
+            results.update(part)
+        return [results[i] for i in range(len(messages))]
+
+    def _groups(
+        self, messages: Sequence[Message], indexes: Sequence[int], at: dict[int, datetime | None]
+    ) -> list[Group]:
+        """The requests for ``messages[i] for i in indexes`` (`at`: send time by message id):
+        one per template, sender, tags and send time."""
+        return self.grouped(
             messages,
-            sendable,
+            indexes,
             _parts,
             lambda m: (m.sender, m.tags[:MAX_TAGS], at[id(m)]),
             placeholder,
             CAPABILITIES.max_batch,
         )
-        parts = await asyncio.gather(
-            *(self._send_group(g, when[g.members[0].index]) for g in groups)
-        )
-        for part in parts:
-            results.update(part)
-        return [results[i] for i in range(len(messages))]
 
-    async def _send_group(self, group: Group, when: datetime | None) -> dict[int, SendResult]:
+    def prepare_request(self, messages: Sequence[Message]) -> list[tuple[Group, Form]] | None:
+        """The batch's requests (grouped by template, each form laid out) when no message is
+        scheduled: grouping compares every message, most of the CPU a hand-over costs here.
+        Whether a scheduled message is due depends on the clock at send time."""
+        if any(m.send_at is not None for m in messages):
+            return None
+        groups = self._groups(messages, range(len(messages)), {id(m): None for m in messages})
+        return [(g, self.form(g, None)) for g in groups]
+
+    async def _send_group(
+        self, group: Group, when: datetime | None, prepared: Form | None = None
+    ) -> dict[int, SendResult]:
+        """One ``messages`` request for `group`; `prepared`: its form, laid out ahead."""
         members = group.members
         answer = await self.http.call(
             "POST",
             f"/v3/{self.domain}/messages",
-            files=self.form(group, when),
+            files=prepared if prepared is not None else self.form(group, when),
             messages=len(members),
         )
         if answer.sent is Sent.NOT_SENT:

@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -38,11 +37,6 @@ DEFAULT_LIMITS = Limits(messages_per_second=1000, requests_per_second=10, max_co
 # 412 account pending, 413 may not send outside the organisation, 429 rate limited.
 ACCOUNT_CODES = frozenset({400, 401, 405, 412, 413, 429})
 INACTIVE_RECIPIENT = 406
-
-
-# Request bodies encoded ahead by `prepare_batch` and not sent yet (a halted broadcast leaves
-# its next chunk's): kept for this many batches at most, a few megabytes each.
-PREPARED_MAX = 8
 
 CAPABILITIES = Capabilities(
     max_batch=500, schedule_ahead=None, can_cancel=False, idempotency_key=False
@@ -83,28 +77,11 @@ class PostmarkProvider(HttpProvider):
         # Postmark records an accepted message for search a moment after accepting it; wait
         # this long before trusting "absent" after an ambiguous answer.
         self.settle_seconds = settle_seconds
-        # batch key -> (the batch's delivery keys, its encoded request body): `prepare_batch`
-        self._prepared: dict[str, tuple[tuple[str, ...], bytes]] = {}
-        self._prepared_lock = threading.Lock()
 
-    def prepare_batch(self, messages: Sequence[Message], batch_key: str) -> None:
-        """Encode the batch's request body now (payloads and JSON: most of the CPU a hand-over
-        costs here), so `send_batch` with the same messages and key only sends it."""
-        body = json_body([self.payload(m) for m in messages])
-        with self._prepared_lock:
-            self._prepared[batch_key] = (tuple(m.key for m in messages), body)
-            while len(self._prepared) > PREPARED_MAX:
-                del self._prepared[next(iter(self._prepared))]
-
-    def _take_prepared(self, messages: Sequence[Message], batch_key: str | None) -> bytes | None:
-        """The body `prepare_batch` encoded for exactly these messages under `batch_key`."""
-        if batch_key is None:
-            return None
-        with self._prepared_lock:
-            found = self._prepared.pop(batch_key, None)
-        if found is None or found[0] != tuple(m.key for m in messages):
-            return None  # not prepared, or some were left out since (an uncarriable address)
-        return found[1]
+    def prepare_request(self, messages: Sequence[Message]) -> bytes:
+        """The batch's request body (payloads and JSON: most of the CPU a hand-over costs
+        here); Postmark sends everything at once, so any batch can be prepared."""
+        return json_body([self.payload(m) for m in messages])
 
     def payload(self, message: Message) -> dict[str, Any]:
         """The JSON object for one message in ``POST /email/batch``.
@@ -135,7 +112,7 @@ class PostmarkProvider(HttpProvider):
         """Send now (Postmark cannot schedule); see the module docstring for ambiguity."""
         results: dict[int, SendResult] = {}
         pending = list(range(len(messages)))
-        prepared = self._take_prepared(messages, batch_key)
+        prepared: bytes | None = self.take_prepared(messages, batch_key)
         for round_ in range(self.rounds):
             if round_ == 0 and prepared is not None:
                 body = prepared  # the same bytes `json=` would send, encoded ahead

@@ -156,23 +156,39 @@ class ResendProvider(HttpProvider):
                     :32
                 ]
             )
-            jobs.append(self._batch([(i, messages[i]) for i in now_idx], key))
+            # Prepared ahead (`prepare_request`) only when the whole batch goes now.
+            whole = len(now_idx) == len(messages)
+            prepared = self.take_prepared(messages, batch_key) if whole else None
+            jobs.append(self._batch([(i, messages[i]) for i in now_idx], key, prepared))
         for part in await asyncio.gather(*jobs):
             results.update(part)
         return [results[i] for i in range(len(messages))]
 
+    def prepare_request(self, messages: Sequence[Message]) -> bytes | None:
+        """The batch request's body, for a batch with no message scheduled (only the batch
+        endpoint's request is prepared; whether a scheduled one is due depends on the clock
+        at send time)."""
+        if any(m.send_at is not None for m in messages):
+            return None
+        return json_body([self.payload(m) for m in messages])
+
     async def _post(
-        self, path: str, body: object, key: str, extra: dict[str, str] | None = None
+        self,
+        path: str,
+        content: bytes,
+        key: str,
+        extra: dict[str, str] | None = None,
+        messages: int = 1,
     ) -> Answer:
-        # Serialised once: every retry carries the identical bytes with the same key.
-        content = json_body(body)
+        # Serialised once (`json_body`): every retry carries the identical bytes with the
+        # same key, and so does a batch sent again after a crash (rendered the same).
         headers = {"Content-Type": "application/json", "Idempotency-Key": key, **(extra or {})}
         return await self.http.call(
             "POST",
             path,
             content=content,
             headers=headers,
-            messages=len(body) if isinstance(body, list) else 1,
+            messages=messages,
             idempotent=True,
             retry_if=_in_progress,
         )
@@ -198,12 +214,16 @@ class ResendProvider(HttpProvider):
                 "(verify the sending domain at Resend or change [sender]), then re-run",
             )
 
-    async def _batch(self, items: list[tuple[int, Message]], key: str) -> dict[int, SendResult]:
+    async def _batch(
+        self, items: list[tuple[int, Message]], key: str, prepared: bytes | None = None
+    ) -> dict[int, SendResult]:
+        """``POST /emails/batch`` for `items`; `prepared`: their body, encoded ahead."""
         answer = await self._post(
             "/emails/batch",
-            [self.payload(m) for _, m in items],
+            prepared if prepared is not None else json_body([self.payload(m) for _, m in items]),
             key,
             {"x-batch-validation": "permissive"},
+            messages=len(items),
         )
         out: dict[int, SendResult] = {}
         if answer.sent is not Sent.ANSWERED:
@@ -244,7 +264,7 @@ class ResendProvider(HttpProvider):
         key = (
             f"{batch_key}/{message.key}" if batch_key else f"{message.key}@{int(when.timestamp())}"
         )
-        answer = await self._post("/emails", self.payload(message, when), key)
+        answer = await self._post("/emails", json_body(self.payload(message, when)), key)
         if answer.sent is not Sent.ANSWERED:
             outcome, error = self._not_done(answer, key)
             return {i: SendResult(message.key, outcome, error=error)}
