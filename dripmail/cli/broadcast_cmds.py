@@ -106,10 +106,13 @@ def _summary(core, row, report) -> bool:
     if report.halted:
         typer.echo(report.halted, err=True)
     elif s.pending:
+        from dripmail.providers.base import summary_reason
+
         why = report.unreachable or report.retry_reason
-        because = f" ({why.removeprefix('not sent: ')})" if why else ""
+        because = f": {summary_reason(why)}" if why else ""
+        were = "copy was" if s.pending == 1 else "copies were"
         typer.echo(
-            f"{s.pending} copies were not sent this time{because}; run the same command "
+            f"{s.pending} {were} not sent this time{because}; run the same command "
             "again later to send them",
             err=True,
         )

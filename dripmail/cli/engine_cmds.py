@@ -75,8 +75,11 @@ def _print_report(report, now: datetime, dry_run: bool) -> None:
     if report.halted:
         typer.echo(report.halted, err=True)
     elif report.retry and (report.unreachable or report.retry_reason):
-        why = (report.unreachable or report.retry_reason).removeprefix("not sent: ")
-        typer.echo(f"{report.retry} lesson(s) wait for the next run: {why}", err=True)
+        from dripmail.providers.base import summary_reason
+
+        why = summary_reason(report.unreachable or report.retry_reason)
+        waits = "lesson waits" if report.retry == 1 else "lessons wait"
+        typer.echo(f"{report.retry} {waits} for the next run: {why}", err=True)
 
 
 def _did_something(report) -> bool:
@@ -187,7 +190,9 @@ def _broadcast_lines(done, said: dict[int, str]) -> list[str]:
         if report.halted:
             lines.append(f"scheduled broadcast {item.id} {report.halted}")
         elif report.unreachable:
-            why = report.unreachable.removeprefix("not sent: ")
+            from dripmail.providers.base import summary_reason
+
+            why = summary_reason(report.unreachable)
             lines.append(f"scheduled broadcast {item.id}: {why}")
     return lines
 

@@ -46,13 +46,28 @@ class Lookup(StrEnum):
 # refused, no connection set up in time, a host name that does not resolve): nothing left
 # this machine. `run` and `broadcast` tell an operator so (exit 3): unlike a rate limit, it
 # does not pass by itself.
-UNREACHABLE = "not sent: could not reach the provider at "
+NOT_SENT = "not sent: "
+UNREACHABLE = f"{NOT_SENT}could not reach the provider at "
 
 
 def unreachable_error(where: str, detail: str) -> str:
     """The error for messages not sent because the provider at `where` (a URL or host:port)
     could not be reached; `detail` says how (e.g. "connection refused")."""
     return f"{UNREACHABLE}{where}: {detail}"
+
+
+def summary_reason(error: str) -> str:
+    """One message's error (as stored: "not sent: ...") as the reason in a line about many
+    (`run`'s and `broadcast`'s summaries): "the provider at URL could not be reached
+    (connection refused)" for `unreachable_error`, else the cause without "not sent: ".
+
+    Read here, beside the functions that write these errors, so the wording of a summary
+    never depends on a command slicing text it did not make.
+    """
+    if is_unreachable(error):
+        where, _, detail = error.removeprefix(UNREACHABLE).partition(": ")
+        return f"the provider at {where} could not be reached ({detail})"
+    return error.removeprefix(NOT_SENT)
 
 
 def is_unreachable(error: str | None) -> bool:

@@ -406,13 +406,22 @@ def test_a_provider_it_cannot_reach_is_named_and_exits_3(root: Path) -> None:
             DRIPMAIL_PUBLIC_URL="https://join.studio.example.com",
         )
         out = _cli(root, "broadcast", "newsletters/hips.md", "--yes", "-q", env=env)
+        # The same through `run`, for a scheduled broadcast whose time has come.
+        (root / "newsletters" / "later.md").write_text(ISSUE.replace("Hello.", "Later."))
+        _cli(root, "broadcast", "newsletters/later.md", "--schedule", "2099-01-01T09:00Z")
+        due = _cli(root, "run", "--now", "2099-01-01T09:05Z", "--yes", "-q", env=env)
     assert out.returncode == 3, out.stdout + out.stderr
     assert "0 of 24 accepted (0 now), 24 to retry later" in out.stdout
-    assert (
-        f"24 copies were not sent this time (could not reach the provider at {base}: "
-        "connection refused); run the same command again later" in out.stderr
-    )
-    assert "Traceback" not in out.stderr
+    # A sentence about the copies, with the reason in words: no "not sent: " cut out of a
+    # message's error, no "could not reach ...: ...: ..." run of colons.
+    unreached = f"the provider at {base} could not be reached (connection refused)"
+    assert out.stderr.splitlines() == [
+        f"24 copies were not sent this time: {unreached}; run the same command again later "
+        "to send them"
+    ]
+    assert due.returncode == 3, due.stdout + due.stderr
+    assert "scheduled broadcast 2 (later): 0 of 24 accepted" in due.stdout
+    assert f"scheduled broadcast 2: {unreached}" in due.stdout.splitlines()
 
 
 def test_a_broadcast_an_older_version_marked_sent_to_nobody_can_be_sent(root: Path) -> None:
