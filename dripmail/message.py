@@ -323,8 +323,15 @@ def _quoted_printable(text: str) -> bytes:
     the very end of a long line can take it to 78: such a rare body is encoded again by the
     stdlib's own (pure Python) encoder, which never does.
     """
-    data = b"\n".join(text.encode("utf-8").splitlines()) + b"\n"
+    data = text.encode("utf-8")
+    if b"\r" in data:
+        data = b"\n".join(data.splitlines()) + b"\n"
+    elif not data.endswith(b"\n"):
+        data += b"\n"
     encoded = binascii.b2a_qp(data, istext=True)
-    if max(map(len, encoded.split(b"\n"))) > QP_LINE:
+    # Only a line ending in encoded whitespace can be too long (two C scans rule it out).
+    if (b"=20\n" in encoded or b"=09\n" in encoded) and max(
+        map(len, encoded.split(b"\n"))
+    ) > QP_LINE:
         encoded = quoprimime.body_encode(data.decode("latin-1"), QP_LINE).encode("latin-1")
     return encoded.replace(b"\n", b"\r\n")
