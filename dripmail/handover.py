@@ -235,7 +235,7 @@ def _outcome_unnest(
 
 
 def _sending_unnest(table: Table, first_use: bool) -> UnnestUpdate:
-    """PostgreSQL's `_sending_statement`: a whole chunk's mark in one ``UPDATE ... FROM unnest``."""
+    """PostgreSQL's `_sending_list`: a whole chunk's mark in one ``UPDATE ... FROM unnest``."""
     key = (table.name, ("sending",), (str(first_use),))
     found = _UNNESTS.get(key)
     if found is None:
@@ -245,15 +245,18 @@ def _sending_unnest(table: Table, first_use: bool) -> UnnestUpdate:
     return found
 
 
-def _sending_statement(table: Table, first_use: bool) -> Bulk:
-    """``UPDATE table SET state = 'sending', batch_key = ?, ... WHERE id = ?`` (built once).
+_SENDING_LISTS: dict[tuple[str, bool], IdList] = {}
+
+
+def _sending_list(table: Table, first_use: bool) -> IdList:
+    """``UPDATE table SET state = 'sending', batch_key = :bk, ... WHERE id IN (...)``: one
+    batch's mark (built once per table).
 
     On first use of a batch key, `handed_at` records when: a recovery trusts the provider's
     idempotency key only while the provider still remembers it (`_resendable`).
     """
-    key = (table.name, ("sending",), (str(first_use),))
-    bulk = _OUTCOMES.get(key)
-    if bulk is None:
+    found = _SENDING_LISTS.get((table.name, first_use))
+    if found is None:
         now = bindparam("now", type_=table.c.updated_at.type)
         mark: dict[str, Any] = {
             "state": "sending",
@@ -264,9 +267,10 @@ def _sending_statement(table: Table, first_use: bool) -> Bulk:
         }
         if first_use:
             mark["handed_at"] = now
-        statement = update(table).where(table.c.id == bindparam("row_id")).values(**mark)
-        bulk = _OUTCOMES[key] = Bulk(statement, ("row_id", "bk"))
-    return bulk
+        ids = table.c.id.in_(bindparam("ids", expanding=True))
+        statement = update(table).where(ids).values(**mark)
+        found = _SENDING_LISTS[(table.name, first_use)] = IdList(statement)
+    return found
 
 
 def record(engine: Engine, table: Table, key: str, now: datetime, **values) -> None:
@@ -398,26 +402,29 @@ def mark_sending(engine: Engine, table: Table, provider: str, out: Outgoing, now
     """Record every batch of `out` as `sending` under its key, in one transaction.
 
     Committed before any of them goes to the provider: a crash after this leaves rows that
-    the next run reconciles, never resends blindly. One executemany by row id (a statement
-    compiled once); on PostgreSQL one ``UPDATE ... FROM unnest``.
+    the next run reconciles, never resends blindly. On SQLite one ``UPDATE ... WHERE id IN``
+    per batch (its rows share every value; a chunk's mark is what the provider waits for
+    between two chunks of a broadcast); on PostgreSQL one ``UPDATE ... FROM unnest``.
     """
-    marks: dict[bool, list[tuple[int, str]]] = {True: [], False: []}
-    for batch_key, batch in out.batches:
-        first_use = batch_key not in out.recovered
-        marks[first_use].extend((out.by_key[m.key]["id"], batch_key) for m in batch)
+    by_id = out.by_key
     with engine.begin() as conn:
+        if conn.dialect.name != "postgresql":
+            for batch_key, batch in out.batches:
+                first_use = batch_key not in out.recovered
+                ids = [by_id[m.key]["id"] for m in batch]
+                values = {"bk": batch_key, "now": now, "provider": provider}
+                _sending_list(table, first_use).execute(conn, ids, values)
+            return
+        marks: dict[bool, list[tuple[int, str]]] = {True: [], False: []}
+        for batch_key, batch in out.batches:
+            first_use = batch_key not in out.recovered
+            marks[first_use].extend((by_id[m.key]["id"], batch_key) for m in batch)
         for first_use, params in marks.items():
-            if not params:
-                continue
-            if conn.dialect.name == "postgresql":
+            if params:
                 mark = {"state": "sending", "provider": provider, "updated_at": now}
                 if first_use:
                     mark["handed_at"] = now
                 _sending_unnest(table, first_use).run(conn, params, mark)
-                continue
-            _sending_statement(table, first_use).run(
-                conn, params, {"now": now, "provider": provider}
-            )
 
 
 def unmark(engine: Engine, table: Table, out: Outgoing, now: datetime) -> None:

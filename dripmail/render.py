@@ -289,12 +289,16 @@ class CompiledEmail:
         urls = signer.stamped_links(public_url, purposes, issued_at)
         fields = tuple(f"{purpose}_url" for purpose in purposes)
         fixed = {f: "" for f in _LINK_FIELDS} | {"first_lesson": FIRST_LESSON_FALLBACK}
+        # A signed link is the public URL, the purpose and a token of URL-safe base64 and
+        # dots: nothing in it to escape for HTML unless the public URL itself has something.
+        base = public_url.rstrip("/")
+        plain = frozenset(fields) if str(escape(base)) == base else frozenset()
         message = self._message
 
         def personalise(sid: int, email: str, first_name: str | None, key: str) -> Message:
             text = fixed | dict(zip(fields, urls(sid), strict=True))
             text["email"] = email
-            return message(text, first_name or "", key, kind, ref, None)
+            return message(text, first_name or "", key, kind, ref, None, plain)
 
         return personalise
 
@@ -306,12 +310,14 @@ class CompiledEmail:
         kind: MessageKind,
         ref: str,
         send_at: datetime | None,
+        plain: frozenset[str] = frozenset(),
     ) -> Message:
-        """The Message from the reader's field values (`text`, without first_name)."""
+        """The Message from the reader's field values (`text`, without first_name); `plain`
+        names fields whose values have nothing to escape for HTML (known by the caller)."""
         name = first_name.strip()
         text["first_name"] = name or GREETING_FALLBACK
         # Only the fields the HTML shows are escaped (most emails use two or three of six).
-        html = {name: str(escape(text[name])) for name in self.html_fill.fields}
+        html = {f: text[f] if f in plain else str(escape(text[f])) for f in self.html_fill.fields}
         unsubscribe = text["unsubscribe_url"]
         headers: dict[str, str] = (
             {"List-Unsubscribe": f"<{unsubscribe}>", "List-Unsubscribe-Post": _ONE_CLICK}

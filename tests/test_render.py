@@ -333,15 +333,16 @@ def test_personalising_for_many_readers_is_personalise_byte_for_byte(
     renderer = Renderer(project, load_course(project))
     signer = Signer("key")
     when = datetime(2026, 3, 1, 7, 30, tzinfo=UTC)
-    for compiled in (renderer.lesson(1), renderer.confirm()):
-        fast = compiled.for_readers(
-            "https://s.example.com/", signer, when, kind="broadcast", ref="9"
-        )
-        row = {"id": 41, "email": "zoe+x@example.org", "first_name": first_name}
-        general = compiled.personalise(
-            recipient_for(row, "https://s.example.com/", signer, when, compiled.links),
-            key="nl-9-s41",
-            kind="broadcast",
-            ref="9",
-        )
-        assert fast(41, "zoe+x@example.org", first_name, "nl-9-s41") == general
+    # The second public URL has characters HTML escapes: its links are escaped like names.
+    for public in ("https://s.example.com/", "https://s.example.com/a&b'c"):
+        for compiled in (renderer.lesson(1), renderer.confirm()):
+            fast = compiled.for_readers(public, signer, when, kind="broadcast", ref="9")
+            row = {"id": 41, "email": "zoe+x@example.org", "first_name": first_name}
+            general = compiled.personalise(
+                recipient_for(row, public, signer, when, compiled.links),
+                key="nl-9-s41",
+                kind="broadcast",
+                ref="9",
+            )
+            assert fast(41, "zoe+x@example.org", first_name, "nl-9-s41") == general
+            assert ("a&amp;b&#39;c/" in general.html) == ("&" in public)
