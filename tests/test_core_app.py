@@ -165,3 +165,24 @@ def test_run_loop_sleeps_until_a_held_lesson_can_go(course_root: Path, tmp_path:
     assert core.run(tomorrow - timedelta(seconds=30)).lessons.sent == 0
     assert core.run(tomorrow).lessons.sent == 1
     core.close()
+
+
+def test_runs_progress_follows_the_outbox_as_it_fills(course_root: Path, tmp_path: Path) -> None:
+    """`run`'s progress bar counts what was handed over after each chunk, while the pass
+    goes on: with the outbox, each count is the files already written, not 0 until the end
+    (an operator saw "0/3000" with 1,000 written)."""
+    from tests.due_fixture import seed_due
+
+    core = _core(course_root, tmp_path)
+    readers = 1500  # more than one chunk of 1,000
+    seed_due(core.engine, readers, NOW)
+    seen: list[tuple[int, int]] = []  # (progress so far, files in the outbox then)
+
+    def progress(count: int) -> None:
+        done = (seen[-1][0] if seen else 0) + count
+        seen.append((done, len(list((tmp_path / "outbox").glob("*.eml")))))
+
+    assert core.run(NOW, progress=progress).lessons.sent == readers
+    core.close()
+    assert len(seen) >= 2 and seen[0][0] < readers  # it moved before the end
+    assert all(done == files for done, files in seen) and seen[-1][0] == readers

@@ -139,6 +139,65 @@ def test_run_killed_mid_run_and_rerun_delivers_each_lesson_once(project: Path) -
     assert count <= attempts <= count + 1000
 
 
+@pytest.mark.slow  # 4,000 lessons written into the outbox, twice started
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_stops_run_after_the_chunk_in_the_outbox(project: Path, stop) -> None:
+    """Ctrl-C (or SIGTERM) mid-pass with the outbox, the quick start's provider: the chunk
+    being written is finished and recorded, nothing after it; "stopped", exit 130; the
+    next run writes the rest, each lesson once."""
+    from datetime import UTC, datetime
+
+    from dripmail.engine import run_once
+    from tests.due_fixture import seed_due
+
+    count, now = 4000, datetime(2026, 6, 1, 12, tzinfo=UTC)
+    seed_due(open_store("sqlite:///dripmail.db", project), count, now)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(REPO / "send.py"),
+            "--root",
+            str(project),
+            "run",
+            "--now",
+            now.isoformat(),
+            "-q",
+        ],
+        cwd=project,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as from a terminal
+    )
+    index = project / "outbox" / "index.jsonl"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if index.exists() and index.read_bytes().count(b"\n") >= 300:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "run finished before it could be stopped: raise `count`"
+    proc.send_signal(stop)
+    at_signal = index.read_bytes().count(b"\n")
+    out, err = _stop(proc)
+    assert proc.returncode == 130, err
+    assert out.splitlines()[-1] == "stopped" and "Traceback" not in err
+    written = len(_index(project))
+    # Soon: at most the rest of the chunk being written when the signal came.
+    chunk = run_once.__kwdefaults__["chunk"]
+    assert 0 < written < count and written - at_signal <= chunk
+    with open_store("sqlite:///dripmail.db", project).connect() as conn:
+        states = dict(
+            conn.execute(
+                select(deliveries.c.state, func.count()).group_by(deliveries.c.state)
+            ).all()
+        )
+    assert states == {"sent": written, "planned": count - written}  # nothing left held
+    rerun = _cli(project, "run", "--now", now.isoformat(), "-q")
+    assert rerun.returncode == 0, rerun.stderr
+    keys = Counter(x["key"] for x in _index(project))
+    assert len(keys) == count and set(keys.values()) == {1}
+
+
 def test_db_upgrade_reports_the_database(tmp_path: Path) -> None:
     out = _cli(tmp_path, "db", "upgrade")
     assert out.returncode == 0 and "up to date" in out.stdout
