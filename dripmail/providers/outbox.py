@@ -55,6 +55,7 @@ class OutboxProvider(BaseProvider):
         self._indexed: set[str] | None = None
         self._tail_checked = False
         self._writers: ThreadPoolExecutor | None = None
+        self._swept = False
 
     def _index_keys(self) -> set[str]:
         if self._indexed is None:
@@ -114,6 +115,9 @@ class OutboxProvider(BaseProvider):
         building a message or the disk raises (OSError): files not yet in place are removed.
         """
         self.folder.mkdir(parents=True, exist_ok=True)
+        if not self._swept:
+            self._swept = True
+            _sweep_temporaries(self.folder)
         written = [False] * len(messages)
         pending: list[tuple[int, Path, Path, Future[None]]] = []
         names: set[str] = set()
@@ -182,6 +186,7 @@ class OutboxProvider(BaseProvider):
         index = self.folder / "index.jsonl"
         if not wanted or not self.folder.is_dir():
             return 0
+        _sweep_temporaries(self.folder)  # a killed writer's half-written messages go too
         keep: list[str] = []
         doomed: set[str] = set()
         indexed: set[str] = set()
@@ -240,6 +245,35 @@ class OutboxProvider(BaseProvider):
     async def check(self) -> str:
         """Report where messages go."""
         return f"outbox: writing .eml files to {self.folder}"
+
+
+def _sweep_temporaries(folder: Path) -> None:
+    """Remove the temporary files (``.<name>.<pid>.tmp``) of writers no longer running.
+
+    A process killed mid-batch leaves up to a batch of them: whole or partial messages,
+    with readers' addresses in them, that no key will ever link into place. A running
+    process's (another worker's, or a pid reused since) are left alone.
+    """
+    for path in folder.glob(".*.tmp"):
+        try:
+            pid = int(path.name.rsplit(".", 2)[-2])
+        except (IndexError, ValueError):
+            continue  # not one of ours
+        if pid != os.getpid() and not _running(pid):
+            path.unlink(missing_ok=True)
+
+
+def _running(pid: int) -> bool:
+    """Whether a process with this id exists (on this machine: the outbox is local)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    except OSError:
+        return True  # cannot tell: keep its files
+    return True
 
 
 def _write_file(path: Path, data: bytes) -> None:

@@ -93,3 +93,30 @@ def test_a_batch_is_written_whole_and_a_failure_leaves_no_stray_files(tmp_path: 
     assert {"n1.eml", "n2.eml", "n3.eml", "bad.eml"}.isdisjoint(names)
     asyncio.run(box.aclose())
     assert box.write(_msg("n1")) is True  # usable again after aclose
+
+
+def test_a_killed_writers_temporary_files_are_swept(tmp_path: Path) -> None:
+    """A process killed mid-batch leaves `.<key>.eml.<pid>.tmp` files (whole or partial
+    messages, addresses in them): the next writer, and an erasure, remove those of
+    processes no longer running; a running writer's are left alone."""
+    import os
+    import subprocess
+    import sys
+
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        text=True,
+        capture_output=True,
+        check=True,
+    )
+    gone = int(dead.stdout)
+    alive = os.getppid()  # whoever started this test: running
+    left = tmp_path / f".k9.eml.{gone}.tmp"
+    left.write_bytes(b"To: someone@example.org\r\n\r\npartial")
+    busy = tmp_path / f".k8.eml.{alive}.tmp"
+    busy.write_bytes(b"being written")
+    OutboxProvider(tmp_path).write(_msg("k1"))
+    assert not left.exists() and busy.exists()
+    left.write_bytes(b"To: someone@example.org\r\n\r\npartial")
+    OutboxProvider(tmp_path).forget(["nobody@example.org"])
+    assert not left.exists() and busy.exists()
