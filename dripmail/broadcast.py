@@ -75,6 +75,7 @@ from dripmail.handover import (
 from dripmail.heap import collector_for_a_pass
 from dripmail.message import Message
 from dripmail.providers.base import BaseProvider, Provider
+from dripmail.store.bulk import Rows
 from dripmail.store.db import small_page_cache
 from dripmail.store.handover_rows import HeldRow
 from dripmail.store.schema import (
@@ -433,6 +434,35 @@ _HELD_COLUMNS = (
 )
 
 
+def _chunk_query() -> Rows:
+    """The rows of one chunk to claim: free (planned and due), left by a dead worker (lease
+    over), or planned claimed by this worker (`plan_pages`); `after` an id, `chunk` at most."""
+    bd = broadcast_deliveries
+    now = bindparam("now", type_=bd.c.updated_at.type)
+    free = and_(
+        bd.c.state == "planned", or_(bd.c.next_attempt_at.is_(None), bd.c.next_attempt_at <= now)
+    )
+    expired = and_(in_flight(bd), bd.c.lease_expires_at < now)
+    mine = and_(bd.c.state == "claimed", bd.c.claimed_by == bindparam("worker"))
+    return Rows(
+        select(*_HELD_COLUMNS)
+        .join(subscribers, subscribers.c.id == bd.c.subscriber_id)
+        # `broadcast_id + 0`: walk the primary key from `after` and stop after a chunk. On
+        # the (broadcast, subscriber) index the planner read every row of the broadcast and
+        # sorted them by id for each chunk: quadratic in the list (63 ms a chunk at 16,000).
+        .where(
+            (bd.c.broadcast_id + 0) == bindparam("broadcast"),
+            bd.c.id > bindparam("after"),
+            or_(free, expired, mine),
+        )
+        .order_by(bd.c.id)
+        .limit(bindparam("chunk"))
+    )
+
+
+_CHUNK_ROWS = _chunk_query()
+
+
 def _claim_chunk(
     engine: Engine, broadcast_id: int, worker: str, now: datetime, chunk: int, after: int = 0
 ) -> tuple[list[BroadcastRow], int, list[BroadcastRow]]:
@@ -444,26 +474,10 @@ def _claim_chunk(
     Rows `plan_pages` wrote already claimed by `worker` are held as they are.
     """
     bd = broadcast_deliveries
-    free = and_(
-        bd.c.state == "planned",
-        or_(bd.c.next_attempt_at.is_(None), bd.c.next_attempt_at <= now),
-    )
-    expired = and_(in_flight(bd), bd.c.lease_expires_at < now)
-    mine = and_(bd.c.state == "claimed", bd.c.claimed_by == worker)
-    query = (
-        select(*_HELD_COLUMNS)
-        .join(subscribers, subscribers.c.id == bd.c.subscriber_id)
-        # `broadcast_id + 0`: walk the primary key from `after` and stop after a chunk. On
-        # the (broadcast, subscriber) index the planner read every row of the broadcast and
-        # sorted them by id for each chunk: quadratic in the list (63 ms a chunk at 16,000).
-        .where((bd.c.broadcast_id + 0) == broadcast_id, bd.c.id > after, or_(free, expired, mine))
-        .order_by(bd.c.id)
-        .limit(chunk)
-    )
+    params = {"broadcast": broadcast_id, "after": after, "now": now, "worker": worker}
     with engine.connect() as conn:
-        result = conn.execute(query)
-        names = list(result.keys())
-        rows = [cast(BroadcastRow, dict(zip(names, r, strict=True))) for r in result]
+        read = _CHUNK_ROWS.fetch(conn, {**params, "chunk": chunk})
+    rows = cast(list[BroadcastRow], read)
     # Someone who left or stopped newsletters since planning gets nothing. A row already
     # `sending` may be at the provider: it is reconciled like any other, not skipped.
     own = {r["id"] for r in rows if r["claimed_by"] == worker and r["state"] == "claimed"}
@@ -475,6 +489,7 @@ def _claim_chunk(
     ]
     if gone:
         with engine.begin() as conn:
+            mine = and_(bd.c.state == "claimed", bd.c.claimed_by == worker)
             conn.execute(
                 update(bd)
                 .where(bd.c.id.in_(gone), or_(bd.c.state == "planned", mine))

@@ -212,3 +212,52 @@ def test_id_list_writes_and_returns_what_execute_does(engine: Engine) -> None:
     finally:
         for table in (ours, theirs):
             table.drop(engine, checkfirst=True)
+
+
+def test_rows_reads_what_execute_reads(engine: Engine) -> None:
+    """`Rows.fetch`: the same values as `Connection.execute` gives, converted by their types
+    (an aware datetime from stored text, a boolean from 0/1, NULL as None)."""
+    from sqlalchemy import Boolean, and_, or_
+
+    from dripmail.store.bulk import Rows
+
+    table = Table(
+        "rows_read",
+        MetaData(),
+        Column("id", Integer, primary_key=True),
+        Column("label", String(50), nullable=False),
+        Column("flag", Boolean, nullable=False),
+        Column("due_at", UTCDateTime),
+    )
+    table.drop(engine, checkfirst=True)
+    table.create(engine)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                insert(table),
+                [
+                    {"id": i, "label": f"r{i}", "flag": i % 2 == 0}
+                    | {"due_at": None if i % 3 == 0 else NOW + timedelta(seconds=i)}
+                    for i in range(1, 30)
+                ],
+            )
+        due = bindparam("now", type_=UTCDateTime())
+        query = (
+            select(table.c.id, table.c.label, table.c.flag, table.c.due_at)
+            .where(
+                table.c.id > bindparam("after"),
+                or_(table.c.due_at.is_(None), and_(table.c.due_at <= due, table.c.flag)),
+            )
+            .order_by(table.c.id)
+            .limit(bindparam("size"))
+        )
+        params = {"after": 4, "now": NOW + timedelta(seconds=20), "size": 10}
+        with engine.connect() as conn:
+            got = Rows(query).fetch(conn, params)
+            want = [row._asdict() for row in conn.execute(query, params)]
+        assert got == want and len(got) == 10
+        assert {type(r["flag"]) for r in got} == {bool}
+        assert got[0]["due_at"] is None or got[0]["due_at"].tzinfo is UTC
+        assert any(r["due_at"] is None for r in got) and any(r["due_at"] for r in got)
+    finally:
+        table.drop(engine, checkfirst=True)
