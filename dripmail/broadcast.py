@@ -4,15 +4,17 @@ A broadcast is identified by its file's slug (the file name without `.md`) and t
 content. Starting it plans one `broadcast_deliveries` row per eligible subscriber under the
 unique key ``nl-<broadcast>-s<subscriber>`` (so a re-run can never plan anyone twice),
 streaming subscribers by id in chunks of `CHUNK`; sending claims chunks with a lease (the same
-conditional claim as lessons, `dripmail.handover.claim`) and hands them over through the same
+conditional claim as lessons, `dripmail.handover.claim`; pages `send` plans as it goes are
+written already claimed by it, see `plan_pages`) and hands them over through the same
 careful path (`dripmail.handover.deliver`: batches of the provider's size, each marked
 `sending` with its batch key before the call, outcomes recorded per batch). Killing it at any
 moment and running the same command again continues where it stopped; rows that were in flight
 are reconciled with the provider, never resent blindly.
 
 Sending is a pipeline over one worker thread, which makes every database call: while chunk
-N is at the provider, the worker stores what the provider said about chunk N-1 and claims and
-renders chunk N+1. Chunk N+1 is marked `sending` only once N's answers are read (so a halt or
+N is at the provider, the worker stores what the provider said about chunk N-1, claims and
+renders chunk N+1 and has the provider build its requests (`BaseProvider.prepare_batch`).
+Chunk N+1 is marked `sending` only once N's answers are read (so a halt or
 a refused credential in N hands nothing more over), and goes out as soon as that mark is
 committed, before N's outcomes are written: a kill leaves at most two chunks `sending`.
 
