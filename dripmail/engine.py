@@ -45,6 +45,13 @@ class RunReport(Report):
     due: list[DueRow] = field(default_factory=list)
 
 
+def _settled(report: RunReport) -> int:
+    """How many lessons `report` counts as handled and recorded (sent, scheduled at the
+    provider, left to retry, failed, for review, suppressed)."""
+    r = report
+    return r.sent + r.handed + r.retry + r.failed + r.review + r.suppressed
+
+
 def default_worker_id() -> str:
     """host:pid:start, so an operator can tell whose claims these are and a reused pid is
     not taken for their holder (`dripmail.holders`)."""
@@ -230,12 +237,17 @@ def run_once(
         nonlocal taken
         if not held:
             return
+        before = _settled(report)
         try:
             call(lambda: deliver(engine, deliveries, provider, held, render, now, report, streak))
         except BaseException:
             # Whatever stopped us (a refused credential, Ctrl-C), what this worker holds and
             # did not hand over goes back to the queue unchanged.
             release(engine, deliveries, [r["key"] for r in held], now)
+            # Ctrl-C lets the chunk in progress finish and be recorded first (see
+            # `Dripmail.call_provider`): count what it settled, so the stop can say so.
+            if progress and _settled(report) > before:
+                progress(_settled(report) - before)
             raise
         taken += len(held)
         touched.update(r["subscriber_id"] for r in held)

@@ -27,15 +27,26 @@ def _core(clock=None):
 _runner = _core
 
 
-def _one_pass(core, now: datetime, limit: int | None, dry_run: bool, quiet: bool):
-    """One `core.run`, with a progress bar (count and time left) when it is worth one."""
+def _one_pass(
+    core, now: datetime, limit: int | None, dry_run: bool, quiet: bool, handled: list[int]
+):
+    """One `core.run`, with a progress bar (count and time left) when it is worth one.
+
+    `handled[0]` counts the lessons handed over and recorded so far in this pass (the core
+    reports each chunk once it is recorded), so a stop can say how far the pass got.
+    """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    handled[0] = 0
+
+    def count(n: int) -> None:
+        handled[0] += n
 
     total = core.count_due(now)
     if limit:
         total = min(total, limit)
     if dry_run or quiet or total < 50:
-        return core.run(now, limit=limit, dry_run=dry_run)
+        return core.run(now, limit=limit, dry_run=dry_run, progress=count)
     with Progress(
         "[progress.description]{task.description}",
         BarColumn(),
@@ -46,7 +57,12 @@ def _one_pass(core, now: datetime, limit: int | None, dry_run: bool, quiet: bool
         # `total` counts readers with a lesson due; some wait for their previous lesson (one
         # per local day), so the bar ends at what was really handled, not the estimate.
         task = bar.add_task("sending lessons", total=total)
-        result = core.run(now, limit=limit, progress=lambda n: bar.advance(task, n))
+
+        def advance(n: int) -> None:
+            count(n)
+            bar.advance(task, n)
+
+        result = core.run(now, limit=limit, progress=advance)
         done = bar.tasks[0].completed
         bar.update(task, total=done, completed=done)
         return result
@@ -119,7 +135,8 @@ def run(
     Exit code 0: all went out; 1: an error stopped the run (nothing half-done is lost; re-run
     after fixing it); 3: finished, but some deliveries failed or need review (see `status`), or
     the provider could not be reached (the lessons wait; the reason is printed); 130: stopped
-    by Ctrl-C or SIGTERM (claims not yet handed over go back to the queue; re-run).
+    by Ctrl-C or SIGTERM, with or without --loop (it says how many lessons this pass handed
+    over; claims not yet handed over go back to the queue; re-run).
 
     --now with a real provider needs --yes (or --dry-run).
     """
@@ -130,6 +147,7 @@ def run(
     core.check_simulated_clock(clock_at, dry_run=dry_run, yes=yes)
     attention = False
     passes = 0
+    handled = [0]  # lessons handed over and recorded in the current pass
     # Why each scheduled broadcast could not be sent, as last printed: a loop says it once,
     # and again only when the reason changes, not every minute until someone looks.
     said: dict[int, str] = {}
@@ -137,7 +155,7 @@ def run(
         with sigterm_as_ctrl_c():
             while True:
                 current = clock_at or datetime.now(UTC)
-                result = _one_pass(core, current, limit, dry_run, quiet)
+                result = _one_pass(core, current, limit, dry_run, quiet, handled)
                 if not passes or _did_something(result.lessons):
                     # A loop reports its first pass, then only passes that did something: a
                     # minute-by-minute "0 sent" all day would bury the lines that matter.
@@ -155,14 +173,25 @@ def run(
                 wallclock.sleep(core.seconds_to_next())
     except KeyboardInterrupt:
         # Ctrl-C mid-pass is safe: claims not yet handed over went back to the queue, and
-        # anything in flight is reconciled by the next run.
-        typer.echo("stopped")
-        if not loop:
-            raise typer.Exit(EXIT_STOPPED) from None
+        # anything in flight is reconciled by the next run. A loop stops the same way, with
+        # the same code, whatever earlier passes reported: those were printed when they
+        # happened, and a service manager reads 130 as "stopped as asked".
+        typer.echo(stopped_line(handled[0]))
+        raise typer.Exit(EXIT_STOPPED) from None
     finally:
         core.close()
     if attention:
         raise typer.Exit(EXIT_ATTENTION)
+
+
+def stopped_line(handled: int) -> str:
+    """What `run` prints when Ctrl-C or SIGTERM stops it, in `broadcast`'s words: how many
+    lessons this pass handed over and recorded, and that re-running sends the rest once."""
+    lessons = "lesson" if handled == 1 else "lessons"
+    return (
+        f"stopped: {handled} {lessons} handed over and recorded in this pass; the rest go out "
+        "when you run the same command again (nobody gets a lesson twice)"
+    )
 
 
 def _broadcast_lines(done, said: dict[int, str]) -> list[str]:

@@ -180,8 +180,14 @@ def test_ctrl_c_stops_run_after_the_chunk_in_the_outbox(project: Path, stop) -> 
     at_signal = index.read_bytes().count(b"\n")
     out, err = _stop(proc)
     assert proc.returncode == 130, err
-    assert out.splitlines()[-1] == "stopped" and "Traceback" not in err
     written = len(_index(project))
+    # Like `broadcast`: how far the pass got (each lesson in the outbox counted), and that a
+    # re-run sends the rest once.
+    assert out.splitlines()[-1] == (
+        f"stopped: {written} lessons handed over and recorded in this pass; the rest go out "
+        "when you run the same command again (nobody gets a lesson twice)"
+    )
+    assert "Traceback" not in err
     # Soon: at most the rest of the chunk being written when the signal came.
     chunk = run_once.__kwdefaults__["chunk"]
     assert 0 < written < count and written - at_signal <= chunk
@@ -225,7 +231,8 @@ def _stop(proc: subprocess.Popen[str]) -> tuple[str, str]:
 def test_run_loop_sends_what_is_due_then_sleeps_until_stopped(
     project: Path, stop: signal.Signals
 ) -> None:
-    """Ctrl-C, or SIGTERM as a service manager sends it, ends the loop cleanly (exit 0)."""
+    """Ctrl-C, or SIGTERM as a service manager sends it, ends the loop cleanly (exit 130,
+    the README's code for a stop)."""
     from datetime import UTC, datetime, timedelta
 
     yesterday = (datetime.now(UTC) - timedelta(days=1)).date().isoformat()
@@ -254,8 +261,8 @@ def test_run_loop_sends_what_is_due_then_sleeps_until_stopped(
     proc.send_signal(stop)
     out, err = _stop(proc)
     out = first + out
-    assert proc.returncode == 0, err
-    assert "stopped" in out and "1 sent" in out
+    assert proc.returncode == 130, err
+    assert "stopped: 1 lesson handed over" in out and "1 sent" in out
     assert [x["ref"] for x in _index(project)] == ["1"]
 
 
@@ -286,11 +293,44 @@ def test_run_loop_with_a_held_lesson_sleeps_a_full_minute_and_prints_no_empty_pa
 
     monkeypatch.setattr(engine_cmds, "wallclock", Clock)
     out = _cli(project, "run", "--loop", "-q")
-    assert out.returncode == 0, out.stderr
+    assert out.returncode == 130, out.stderr
     lines = out.stdout.splitlines()
-    assert len(lines) == 2 and "1 sent" in lines[0] and lines[1] == "stopped", lines
+    assert len(lines) == 2 and "1 sent" in lines[0], lines
+    assert lines[1].startswith("stopped: 0 lessons handed over and recorded in this pass"), lines
     assert naps == [60.0] * 4  # the longest nap, not 1 s at a time until tomorrow
     assert [x["ref"] for x in _index(project)] == ["1"]
+
+
+def test_a_stopped_loop_exits_130_even_after_a_pass_that_needed_attention(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue: a loop whose earlier pass needed attention (here: the provider could not be
+    reached) exited 3 when stopped, hours later; a stop is 130, as documented."""
+    import dripmail.cli.engine_cmds as engine_cmds
+
+    _import(project, 2)
+
+    class Clock:
+        """The loop's first sleep is interrupted, as Ctrl-C would."""
+
+        @staticmethod
+        def sleep(seconds: float) -> None:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine_cmds, "wallclock", Clock)
+    with socket.socket() as dead:  # bound, never listening: connections are refused
+        dead.bind(("127.0.0.1", 0))
+        env = {
+            "DRIPMAIL_PROVIDER": "postmark",
+            "POSTMARK_SERVER_TOKEN": "test-token",
+            "DRIPMAIL_POSTMARK_BASE_URL": f"http://127.0.0.1:{dead.getsockname()[1]}",
+            "DRIPMAIL_SECRET_KEY": "a-test-secret-that-is-long-enough",
+            "DRIPMAIL_PUBLIC_URL": "https://join.studio.example.com",
+        }
+        out = _cli(project, "run", "--loop", "-q", env=env)
+    assert "2 lessons wait for the next run" in out.stderr  # the pass needed attention
+    assert out.returncode == 130, out.stdout + out.stderr
+    assert out.stdout.splitlines()[-1].startswith("stopped: ")
 
 
 def test_run_with_a_provider_it_cannot_reach_says_why_and_exits_3(project: Path) -> None:
