@@ -45,16 +45,16 @@ def render(
 
 
 def preview(
-    port: int = typer.Option(8025, "--port", min=1, max=65535, help="Port on localhost."),
+    port: int = typer.Option(
+        8025, "--port", min=0, max=65535, help="Port on localhost (0: any free port)."
+    ),
 ) -> None:
     """Serve a live preview on localhost; it re-renders and reloads when a file changes.
 
-    Every lesson, the confirmation email and each newsletter, at desktop and mobile widths,
-    in dark mode and as plain text; the page reloads by itself when a file in course/,
-    emails/ or newsletters/ changes.
+    Every lesson, the welcome email, the confirmation email and each newsletter, at desktop
+    and mobile widths, in dark mode and as plain text; the page reloads by itself when a file
+    in course/, emails/ or newsletters/ changes. --port 0 picks a free port (printed).
     """
-    import socket
-
     from dripmail.errors import InputError
 
     try:
@@ -69,21 +69,16 @@ def preview(
     from dripmail.cli.exits import stopped_by_ctrl_c
     from dripmail.web import serving
 
-    # Say so plainly instead of uvicorn's bind traceback-ish log line.
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            raise InputError(
-                f"port {port} is in use on 127.0.0.1: pick another with --port"
-            ) from None
+    # Bound here, not by uvicorn: a port in use is one line, and port 0 prints the real one.
+    sock = serving.bind("127.0.0.1", port)
+    port = serving.port_of(sock)
     app = create_app(state.project, state.settings, preview=True)
     typer.echo(
         f"preview on http://127.0.0.1:{port}/preview, report on http://127.0.0.1:{port}/report"
         "  (Ctrl-C to stop)"
     )
     with stopped_by_ctrl_c():
-        serving.run(app, "127.0.0.1", port)
+        serving.run(app, sock)
 
 
 preview.__doc__ = paragraphs(preview.__doc__)

@@ -195,7 +195,9 @@ def report(
     serve: bool = typer.Option(
         False, "--serve", help="Show the report page with charts, on 127.0.0.1 only."
     ),
-    port: int = typer.Option(8001, "--port", min=1, max=65535, help="Port for --serve."),
+    port: int = typer.Option(
+        8001, "--port", min=0, max=65535, help="Port for --serve (0: any free port, printed)."
+    ),
 ) -> None:
     if as_json and as_csv:
         raise InputError("--json and --csv: choose one")
@@ -284,12 +286,15 @@ def _serve(runner, port: int) -> None:
     from dripmail.web import serving
     from dripmail.web.app import create_app
 
+    # Bound here, not by uvicorn: a port in use is one line, and port 0 prints the real one.
+    sock = serving.bind("127.0.0.1", port)
+    port = serving.port_of(sock)
     app = create_app(runner.project, runner.settings, preview=True)
     typer.echo(
         f"report on http://127.0.0.1:{port}/report, preview on http://127.0.0.1:{port}/preview"
         " (Ctrl-C stops)"
     )
-    serving.run(app, "127.0.0.1", port, access_log=False)
+    serving.run(app, sock, access_log=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -10,7 +10,9 @@ from dripmail.cli.exits import stopped_by_ctrl_c
 
 def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
-    port: int = typer.Option(8000, "--port", min=0, max=65535, help="Port to listen on."),
+    port: int = typer.Option(
+        8000, "--port", min=0, max=65535, help="Port to listen on (0: any free port, printed)."
+    ),
     preview: bool = typer.Option(
         False,
         "--preview",
@@ -37,6 +39,9 @@ def serve(
     app = create_app(state.project, state.settings, preview=preview)
     if preview and not is_loopback(host):
         typer.echo(exposed_warning(host), err=True)
+    # Bound here, not by uvicorn: a port in use is one line, and port 0 prints the real one.
+    sock = serving.bind(host, port)
+    port = serving.port_of(sock)
     typer.echo(
         f"serving on http://{host}:{port}/ (links in emails use {state.settings.public_url})"
         + (
@@ -48,7 +53,7 @@ def serve(
     # proxy_headers: the client address comes from X-Forwarded-For when the proxy is trusted
     # (FORWARDED_ALLOW_IPS, default 127.0.0.1); the sign-up rate limit keys on it.
     with stopped_by_ctrl_c():
-        serving.run(app, host, port, access_log=False, proxy_headers=True)
+        serving.run(app, sock, access_log=False, proxy_headers=True)
 
 
 def is_loopback(host: str) -> bool:

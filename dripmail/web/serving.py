@@ -9,14 +9,51 @@ back), then lets uvicorn shut down as usual.
 
 from __future__ import annotations
 
+import socket
 from types import FrameType
 from typing import Any
 
 from starlette.applications import Starlette
 
+from dripmail.errors import InputError
 
-def run(app: Starlette, host: str, port: int, **options: Any) -> None:
-    """Serve `app` on host:port until a stop signal; `options` go to `uvicorn.Config`."""
+
+def bind(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to host:port (port 0: a free port the system picks), for `run`.
+
+    Bound as uvicorn binds (SO_REUSEADDR, IPv6 for an address with a colon), so a port whose
+    last server stopped a moment ago (its connections in TIME-WAIT for a minute) is free, as
+    it is to uvicorn; and the real port is known before anything is printed. Raises
+    InputError with one line when the port is taken or the address is not this machine's.
+    """
+    address = host.strip().strip("[]")
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((address, port))
+    except OSError as exc:
+        sock.close()
+        import errno
+
+        if exc.errno == errno.EADDRINUSE:
+            raise InputError(
+                f"port {port} is in use on {host}: stop what listens there, or pick another "
+                "port with --port"
+            ) from None
+        raise InputError(f"cannot listen on {host} port {port}: {exc.strerror or exc}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def port_of(sock: socket.socket) -> int:
+    """The port `sock` is bound to (the one the system picked for port 0)."""
+    return int(sock.getsockname()[1])
+
+
+def run(app: Starlette, sock: socket.socket, **options: Any) -> None:
+    """Serve `app` on `sock` (from `bind`) until a stop signal; `options` go to
+    `uvicorn.Config`."""
     import uvicorn
 
     class Server(uvicorn.Server):
@@ -24,7 +61,10 @@ def run(app: Starlette, host: str, port: int, **options: Any) -> None:
             wake_long_polls(app)
             super().handle_exit(sig, frame)
 
-    Server(uvicorn.Config(app, host=host, port=port, log_level="warning", **options)).run()
+    host, port = sock.getsockname()[:2]
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", **options)
+    with sock:
+        Server(config).run(sockets=[sock])
 
 
 def wake_long_polls(app: Starlette) -> None:

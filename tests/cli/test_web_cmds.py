@@ -61,9 +61,18 @@ def test_form_prints_an_embeddable_form_posting_to_the_public_url(root: Path) ->
 
 
 def _server(root: Path, command: str, port: int) -> subprocess.Popen[str]:
-    """`serve` or `preview` on `port` as a real process, returned once /healthz answers."""
+    """`serve`, `preview` or `report --serve` (`command`, split on spaces) on `port` as a real
+    process, returned once /healthz answers."""
     proc = subprocess.Popen(
-        [sys.executable, str(REPO / "send.py"), "--root", str(root), command, "--port", str(port)],
+        [
+            sys.executable,
+            str(REPO / "send.py"),
+            "--root",
+            str(root),
+            *command.split(),
+            "--port",
+            str(port),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -112,8 +121,9 @@ def test_serve_answers_sign_ups_until_stopped(root: Path) -> None:
 def test_the_servers_stop_cleanly_on_ctrl_c_and_on_sigterm(
     root: Path, command: str, stop: signal.Signals
 ) -> None:
-    """Issue: on SIGTERM (systemd, `docker stop`, `kill`) `serve` and `preview` died with
-    -15 and said nothing. Like `run` and `broadcast`: "stopped", exit 130, no traceback."""
+    """Issue: on SIGTERM (systemd, `docker stop`, `kill`) `serve`, `preview` and then
+    `report --serve` died with -15 and said nothing (and `report --serve` left Ctrl-C
+    unsaid). Like `run` and `broadcast`: "stopped", exit 130, no traceback."""
     proc = _server(root, command, _free_port())
     try:
         proc.send_signal(stop)
@@ -124,6 +134,78 @@ def test_the_servers_stop_cleanly_on_ctrl_c_and_on_sigterm(
             proc.communicate()
     assert proc.returncode == 130, err
     assert out.splitlines()[-1] == "stopped" and "Traceback" not in err
+
+
+@pytest.mark.parametrize("command", ["serve", "preview"])
+def test_a_server_starts_again_at_once_on_the_port_it_just_served_pages_on(
+    root: Path, command: str
+) -> None:
+    """Issue: `preview` refused to start again for a minute after it served a page ("port
+    8025 is in use") while only a TIME-WAIT connection was left; uvicorn itself could bind."""
+    port = _free_port()
+    first = _server(root, command, port)
+    # As a browser does: the connection is kept open after the page, so the server closes
+    # it when it stops, and its side waits in TIME-WAIT.
+    with httpx.Client(timeout=60) as browser:
+        try:
+            page = {"serve": "/healthz", "preview": "/preview"}.get(command, "/report")
+            assert browser.get(f"http://127.0.0.1:{port}{page}").status_code == 200
+        finally:
+            first.send_signal(signal.SIGINT)
+            first.communicate(timeout=300)
+    assert first.returncode == 130
+    again = _server(root, command, port)  # fails with its stderr if it refuses the port
+    again.send_signal(signal.SIGINT)
+    _out, err = again.communicate(timeout=300)
+    assert again.returncode == 130, err
+
+
+@pytest.mark.parametrize("command", ["serve", "preview", "report --serve"])
+def test_port_0_serves_on_a_free_port_and_prints_it(root: Path, command: str) -> None:
+    """Issue: `serve --port 0` printed http://127.0.0.1:0/. The address printed is the one
+    that answers."""
+    import re
+
+    args = [sys.executable, str(REPO / "send.py"), "--root", str(root), *command.split()]
+    proc = subprocess.Popen(
+        [*args, "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**_env(), "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        line = proc.stdout.readline() if proc.stdout else ""
+        ports = set(re.findall(r"http://127\.0\.0\.1:(\d+)/", line))
+        assert len(ports) == 1 and ports != {"0"}, line
+        base = f"http://127.0.0.1:{ports.pop()}"
+        deadline = time.monotonic() + 300  # generous: a loaded machine starts slowly
+        while True:
+            try:
+                if httpx.get(f"{base}/healthz", timeout=60).text == "ok":
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1]
+            time.sleep(0.2)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=300)
+    assert proc.returncode in (0, 130), err
+
+
+def test_a_port_in_use_is_refused_in_one_line(root: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        for command in ("serve", "report --serve"):
+            out = _send(root, *command.split(), "--port", str(port))
+            assert out.returncode == 1, out.stderr
+            assert out.stderr.strip().splitlines() == [
+                f"error: port {port} is in use on 127.0.0.1: stop what listens there, or pick "
+                "another port with --port"
+            ]
 
 
 def test_serve_refuses_to_start_on_a_broken_course_in_one_line(root: Path) -> None:
