@@ -28,7 +28,7 @@ Opens are approximate: Apple Mail Privacy Protection loads every email when it a
 again, e.g. after writing history with a simulated clock).
 
 --csv prints one row per figure: section,key,title,metric,value. --serve shows the page at
-http://127.0.0.1:PORT/report.
+http://127.0.0.1:PORT/report until Ctrl-C or SIGTERM (it says "stopped", exit 130).
 """
 
 
@@ -283,6 +283,7 @@ def _demo_runner():  # -> dripmail.runner.Runner
 
 def _serve(runner, port: int) -> None:
     """The report page (and the preview) on 127.0.0.1 only, until Ctrl-C."""
+    from dripmail.cli.exits import stopped_by_ctrl_c
     from dripmail.web import serving
     from dripmail.web.app import create_app
 
@@ -294,7 +295,9 @@ def _serve(runner, port: int) -> None:
         f"report on http://127.0.0.1:{port}/report, preview on http://127.0.0.1:{port}/preview"
         " (Ctrl-C stops)"
     )
-    serving.run(app, sock, access_log=False)
+    # Ctrl-C or SIGTERM: "stopped", exit 130, as `serve` and `preview` stop.
+    with stopped_by_ctrl_c():
+        serving.run(app, sock, access_log=False)
 
 
 def register(app: typer.Typer) -> None:
