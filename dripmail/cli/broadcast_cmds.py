@@ -127,7 +127,10 @@ def _confirm(count: int, threshold: int, yes: bool, what: str) -> None:
             f"{count} recipients is above DRIPMAIL_CONFIRM_THRESHOLD ({threshold}): "
             "re-run with --yes to send"
         )
-    typer.confirm(f"{what} to {count} subscribers?", abort=True)
+    if not typer.confirm(f"{what} to {count} subscribers?"):
+        # Said in the command's own words, not click's bare "Aborted.": exit 1 (README).
+        typer.echo("nothing was sent" if what == "Send it" else "nothing was scheduled")
+        raise typer.Exit(1)
 
 
 def broadcast(

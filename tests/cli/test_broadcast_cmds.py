@@ -121,7 +121,18 @@ def test_answering_no_at_the_prompt_sends_nothing(root: Path) -> None:
         seen += os.read(leader, 1024)
     os.write(leader, b"n\n")
     assert proc.wait(timeout=300) == 1
+    rest = b""
+    while True:  # what it printed after the answer, to the end (EIO once the child is gone)
+        try:
+            chunk = os.read(leader, 1024)
+        except OSError:
+            break
+        if not chunk:
+            break
+        rest += chunk
     os.close(leader)
+    said = (seen + rest).decode()
+    assert "nothing was sent" in said and "Aborted" not in said, said
     assert not _outbox(root) and _count(root, broadcast_deliveries) == 0
 
 
