@@ -267,3 +267,21 @@ def test_a_rerun_says_what_it_offered_again_and_what_another_process_still_holds
         f"1 confirmation email(s) still being sent by another process (pid {os.getppid()}"
         in again.stderr
     )
+
+
+def test_import_prints_nothing_but_its_summary_on_stdout(project: Path) -> None:
+    """Issue: piped or redirected, the progress bar left an empty first line on stdout, even
+    before an error. stdout holds the summary alone (a script can read it), errors stderr."""
+    send = [sys.executable, str(REPO / "send.py"), "--root", str(project)]
+    missing = subprocess.run(
+        [*send, "subscribers", "import", "nope.csv"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert missing.returncode == 1 and missing.stdout == "", repr(missing.stdout)
+    assert missing.stderr.startswith("error: nope.csv: cannot read"), missing.stderr
+    (project / "people.csv").write_text("email,first_name\na@example.org,A\n")
+    added = _cli(project, "subscribers", "import", "people.csv", "--now", JOINED)
+    assert added.returncode == 0, added.stderr
+    assert added.stdout == "added 1, already there 0, rejected 0\n", repr(added.stdout)
