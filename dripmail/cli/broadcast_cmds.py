@@ -127,10 +127,10 @@ def _confirm(count: int, threshold: int, yes: bool, what: str) -> None:
             f"{count} recipients is above DRIPMAIL_CONFIRM_THRESHOLD ({threshold}): "
             "re-run with --yes to send"
         )
-    if not typer.confirm(f"{what} to {count} subscribers?"):
-        # Said in the command's own words, not click's bare "Aborted.": exit 1 (README).
-        typer.echo("nothing was sent" if what == "Send it" else "nothing was scheduled")
-        raise typer.Exit(1)
+    from dripmail.cli.exits import ask_or_stop
+
+    done = "nothing was sent" if what == "Send it" else "nothing was scheduled"
+    ask_or_stop(f"{what} to {count} subscribers?", done)
 
 
 def broadcast(

@@ -17,6 +17,14 @@ EXIT_ATTENTION = 3
 EXIT_STOPPED = 130
 
 
+def ask_or_stop(question: str, nothing_done: str) -> None:
+    """Ask `question` (y/N) on the terminal; on no, print `nothing_done` (e.g. "nothing was
+    sent") and exit 1, in the command's own words instead of click's bare "Aborted."."""
+    if not typer.confirm(question):
+        typer.echo(nothing_done)
+        raise typer.Exit(1)
+
+
 @contextmanager
 def sigterm_as_ctrl_c() -> Iterator[None]:
     """Within: SIGTERM (systemd, `docker stop`, `kill`) stops the command as Ctrl-C does.

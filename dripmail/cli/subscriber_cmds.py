@@ -181,10 +181,12 @@ def forget(
                 f"erasing {found.subscriber['email']} needs a yes: run it in a terminal, or "
                 "pass --yes to erase without asking"
             )
-        typer.confirm(
+        from dripmail.cli.exits import ask_or_stop
+
+        ask_or_stop(
             f"Erase {found.subscriber['email']} with {len(found.lessons)} lesson(s) and "
             f"{len(found.events)} event(s)?",
-            abort=True,
+            "nothing was erased",
         )
     result = app.forget(email)
     typer.echo(

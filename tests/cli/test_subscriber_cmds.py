@@ -87,3 +87,45 @@ def test_forget_without_a_terminal_says_to_pass_yes_and_erases_nothing(tmp_path:
     assert subs.get_subscriber(engine, "quinn@example.com")["status"] == "active"
     done = _run(tmp_path, "subscribers", "forget", "quinn@example.com", "--yes")
     assert done.returncode == 0, done.stderr
+
+
+def test_answering_no_to_forget_says_nothing_was_erased(tmp_path: Path) -> None:
+    """On a terminal, "n" at the question ends in the command's own words, exit 1 (it was
+    click's bare "Aborted.")."""
+    import os
+    import pty
+    import sys
+
+    engine = open_store("sqlite:///dripmail.db", tmp_path)
+    subs.add_subscriber(
+        engine, "quinn@example.com", timezone="UTC", status="active", consent_source="import",
+        now=datetime(2026, 6, 1, tzinfo=UTC),
+    )  # fmt: skip
+    send = Path(__file__).resolve().parents[2] / "send.py"
+    leader, follower = pty.openpty()
+    argv = [sys.executable, str(send), "--root", str(tmp_path), "subscribers", "forget"]
+    proc = subprocess.Popen(
+        [*argv, "quinn@example.com"],
+        stdin=follower,
+        stdout=follower,
+        stderr=follower,
+        env={k: v for k, v in os.environ.items() if not k.startswith("DRIPMAIL_")},
+    )
+    os.close(follower)
+    seen = b""
+    while b"Erase quinn@example.com" not in seen:  # ends with EIO if the child dies first
+        seen += os.read(leader, 1024)
+    os.write(leader, b"n\n")
+    assert proc.wait(timeout=300) == 1
+    while True:  # the rest of what it printed (EIO once the child is gone)
+        try:
+            chunk = os.read(leader, 1024)
+        except OSError:
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(leader)
+    said = seen.decode()
+    assert "nothing was erased" in said and "Aborted" not in said, said
+    assert subs.get_subscriber(engine, "quinn@example.com")["status"] == "active"
