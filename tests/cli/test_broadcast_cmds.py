@@ -80,9 +80,12 @@ def _subprocess(
 
 
 def _outbox(root: Path) -> Counter:
+    """Copies in the outbox per address. Read while a broadcast may be appending a batch's
+    lines: a line without its newline yet is not counted (nor parsed half-written)."""
     path = root / "outbox" / "index.jsonl"
-    lines = path.read_text().splitlines() if path.exists() else []
-    return Counter(json.loads(x)["to"] for x in lines)
+    data = path.read_bytes() if path.exists() else b""
+    complete = data[: data.rfind(b"\n") + 1]
+    return Counter(json.loads(x)["to"] for x in complete.splitlines())
 
 
 def _count(root: Path, table) -> int:
