@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 from dripmail.errors import ConfigError, ProviderAuthError, ProviderError
 from dripmail.message import Message
-from dripmail.providers.base import Outcome, SendResult
+from dripmail.providers.base import Outcome, SendResult, is_unreachable, summary_reason
 from dripmail.providers.http import Answer, Limits, RetryPolicy
 
 # The metadata name the delivery key travels under at every provider (Postmark Metadata,
@@ -113,8 +113,19 @@ def base_url(value: str, variable: str) -> str:
 
 
 def check_failed(provider: str, answer: Answer) -> ProviderError:
-    """The error for a `check` call that got no usable answer (not a credential problem)."""
-    detail = answer.error or f"HTTP {answer.status}"
+    """The error for a `check` call that got no usable answer (not a credential problem).
+
+    A provider it could not reach names the setting that says where it is
+    (``DRIPMAIL_<PROVIDER>_BASE_URL``, README "Providers"); nothing is sent by a check, so
+    the reason is worded without the "not sent" of a message's error (`summary_reason`).
+    """
+    if answer.error and is_unreachable(answer.error):
+        return ProviderError(
+            f"{provider}: {summary_reason(answer.error)}; check DRIPMAIL_{provider.upper()}"
+            "_BASE_URL (or leave it unset for the provider's own address) and the network, "
+            "then try again"
+        )
+    detail = summary_reason(answer.error) if answer.error else f"HTTP {answer.status}"
     return ProviderError(f"{provider}: the check call failed ({detail}); try again later")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 from pathlib import Path
 
@@ -124,3 +125,34 @@ def test_check_names_bad_settings_even_when_the_provider_refuses_the_token(
     assert out.returncode == 1
     assert "DRIPMAIL_PUBLIC_URL" in out.stderr and "DRIPMAIL_SECRET_KEY" in out.stderr
     assert "POSTMARK_SERVER_TOKEN" in out.stderr, out.stderr
+
+
+CREDENTIALS = {
+    "postmark": {"POSTMARK_SERVER_TOKEN": "pm-token"},
+    "sendgrid": {"SENDGRID_API_KEY": "SG.key"},
+    "mailgun": {"MAILGUN_API_KEY": "key-1", "MAILGUN_DOMAIN": "mg.studio.example.com"},
+    "resend": {"RESEND_API_KEY": "re_key"},
+}
+
+
+@pytest.mark.parametrize("provider", sorted(CREDENTIALS))
+def test_check_of_a_provider_it_cannot_reach_names_the_base_url_setting(
+    tmp_path: Path, provider: str
+) -> None:
+    # A loopback port nobody listens on: connection refused at once, nothing leaves the host.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    variable = f"DRIPMAIL_{provider.upper()}_BASE_URL"
+    env = {
+        "DRIPMAIL_PROVIDER": provider,
+        "DRIPMAIL_PUBLIC_URL": "https://join.studio.example.com",
+        "DRIPMAIL_SECRET_KEY": "x" * 32,
+        variable: f"http://127.0.0.1:{port}",
+        **CREDENTIALS[provider],
+    }
+    out = _run(tmp_path, env, "providers", "check")
+    assert out.returncode == 1
+    (line,) = out.stderr.strip().splitlines()
+    assert f"the provider at http://127.0.0.1:{port} could not be reached" in line
+    assert variable in line and "not sent" not in line and "Traceback" not in line
