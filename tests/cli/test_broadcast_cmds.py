@@ -164,6 +164,10 @@ def _broadcast_until(
         stdout=out,
         stderr=out,
         text=True,
+        # Ctrl-C as from a terminal: a suite started in the background (`cmd &` in a script,
+        # as CI runners may do) passes SIGINT on ignored, and Python then never raises
+        # KeyboardInterrupt in the child.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None and not reached():
