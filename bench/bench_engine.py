@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time as clock
+from collections.abc import Iterator
 from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 
@@ -270,25 +271,39 @@ def _child(db: str, mode: str, at: str, sample: int) -> None:
     print(json.dumps({"seconds": seconds, "cpu": cpu, "count": count, "peak_mb": peak_mb}))
 
 
-def _raw_protocol(con: sqlite3.Connection, stamp: str) -> int:
-    """The engine's protocol in raw sqlite3, the cheapest way: per chunk of 1,000 due rows,
-    read the page (the columns the engine reads), claim it (one UPDATE ... RETURNING), mark
-    it sending (one executemany), record it sent (one executemany), a transaction each; then
-    look for subscribers who finished, as the engine does."""
-    done, cursor, touched = 0, ("", 0), []
+def _due_pages(con: sqlite3.Connection, stamp: str, unless: str = "") -> Iterator[list[tuple]]:
+    """The due rows at `stamp` in pages of 1,000, keyset-paged on (due_at, id), with the
+    columns the engine reads; `unless`: a table whose `delivery_id` rows take a delivery out
+    of the queue (the side tables of `_raw_floor` and `_raw_log`). Ends after a short page."""
+    held = (
+        f" AND NOT EXISTS (SELECT 1 FROM {unless} x WHERE x.delivery_id = d.id)" if unless else ""
+    )
+    cursor: tuple[str, int] = ("", 0)
     while True:
         page = con.execute(
             "SELECT d.id, d.key, d.subscriber_id, d.lesson_day, d.due_at, d.state, d.batch_key,"
             " d.handed_at, s.email, s.first_name, s.timezone, s.send_time FROM deliveries d"
             " JOIN subscribers s ON s.id = d.subscriber_id WHERE s.status = 'active'"
             " AND d.state = 'planned' AND d.due_at <= ? AND (d.next_attempt_at IS NULL OR"
-            " d.next_attempt_at <= ?) AND (d.due_at, d.id) > (?, ?)"
+            f" d.next_attempt_at <= ?) AND (d.due_at, d.id) > (?, ?){held}"
             " ORDER BY d.due_at, d.id LIMIT 1000",
             (stamp, stamp, *cursor),
         ).fetchall()
         if not page:
-            break
+            return
+        yield page
+        if len(page) < 1000:
+            return
         cursor = (page[-1][4], page[-1][0])
+
+
+def _raw_protocol(con: sqlite3.Connection, stamp: str) -> int:
+    """The engine's protocol in raw sqlite3, the cheapest way: per chunk of 1,000 due rows,
+    read the page (the columns the engine reads), claim it (one UPDATE ... RETURNING), mark
+    it sending (one executemany), record it sent (one executemany), a transaction each; then
+    look for subscribers who finished, as the engine does."""
+    done, touched = 0, []
+    for page in _due_pages(con, stamp):
         ids = [r[0] for r in page]
         marks = ",".join("?" * len(ids))
         con.execute("BEGIN")
@@ -315,8 +330,6 @@ def _raw_protocol(con: sqlite3.Connection, stamp: str) -> int:
         con.execute("COMMIT")
         done += len(held)
         touched.extend(r[2] for r in page)
-        if len(page) < 1000:
-            break
     _complete(con, stamp, touched)
     return done
 
@@ -350,21 +363,8 @@ def _raw_floor(con: sqlite3.Connection, stamp: str) -> int:
         " ON DELETE CASCADE, held_by TEXT NOT NULL, lease_expires_at TEXT NOT NULL,"
         " batch_key TEXT NOT NULL, handed_at TEXT NOT NULL)"
     )
-    done, cursor, touched = 0, ("", 0), []
-    while True:
-        page = con.execute(
-            "SELECT d.id, d.key, d.subscriber_id, d.lesson_day, d.due_at, d.state, d.batch_key,"
-            " d.handed_at, s.email, s.first_name, s.timezone, s.send_time FROM deliveries d"
-            " JOIN subscribers s ON s.id = d.subscriber_id WHERE s.status = 'active'"
-            " AND d.state = 'planned' AND d.due_at <= ? AND (d.next_attempt_at IS NULL OR"
-            " d.next_attempt_at <= ?) AND (d.due_at, d.id) > (?, ?) AND NOT EXISTS"
-            " (SELECT 1 FROM floor_holds h WHERE h.delivery_id = d.id)"
-            " ORDER BY d.due_at, d.id LIMIT 1000",
-            (stamp, stamp, *cursor),
-        ).fetchall()
-        if not page:
-            break
-        cursor = (page[-1][4], page[-1][0])
+    done, touched = 0, []
+    for page in _due_pages(con, stamp, "floor_holds"):
         ids = [r[0] for r in page]
         con.execute("BEGIN")
         con.executemany(
@@ -386,8 +386,6 @@ def _raw_floor(con: sqlite3.Connection, stamp: str) -> int:
         con.execute("COMMIT")
         done += len(ids)
         touched.extend(r[2] for r in page)
-        if len(page) < 1000:
-            break
     _complete(con, stamp, touched)
     return done
 
@@ -406,21 +404,8 @@ def _raw_log(con: sqlite3.Connection, stamp: str) -> int:
         " batch_key TEXT, provider TEXT, provider_message_id TEXT, at TEXT NOT NULL)"
     )
     con.execute("CREATE INDEX ix_log_entries_delivery ON log_entries (delivery_id)")
-    done, cursor = 0, ("", 0)
-    while True:
-        page = con.execute(
-            "SELECT d.id, d.key, d.subscriber_id, d.lesson_day, d.due_at, d.state, d.batch_key,"
-            " d.handed_at, s.email, s.first_name, s.timezone, s.send_time FROM deliveries d"
-            " JOIN subscribers s ON s.id = d.subscriber_id WHERE s.status = 'active'"
-            " AND d.state = 'planned' AND d.due_at <= ? AND (d.next_attempt_at IS NULL OR"
-            " d.next_attempt_at <= ?) AND (d.due_at, d.id) > (?, ?) AND NOT EXISTS"
-            " (SELECT 1 FROM log_entries e WHERE e.delivery_id = d.id)"
-            " ORDER BY d.due_at, d.id LIMIT 1000",
-            (stamp, stamp, *cursor),
-        ).fetchall()
-        if not page:
-            break
-        cursor = (page[-1][4], page[-1][0])
+    done = 0
+    for page in _due_pages(con, stamp, "log_entries"):
         ids = [r[0] for r in page]
         con.execute("BEGIN")
         con.executemany(
@@ -437,8 +422,6 @@ def _raw_log(con: sqlite3.Connection, stamp: str) -> int:
         )
         con.execute("COMMIT")
         done += len(ids)
-        if len(page) < 1000:
-            break
     return done
 
 
