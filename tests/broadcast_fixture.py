@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import Engine, insert
 
-from dripmail.store.schema import subscribers
+from dripmail.store.schema import broadcasts, subscribers
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 
@@ -48,3 +48,21 @@ def seed(engine: Engine, count: int, start: int = 0, **overrides) -> None:
 def eligible_emails(count: int, start: int = 0) -> set[str]:
     """Who `seed` made eligible for a broadcast to `all`."""
     return {f"p{i}@example.org" for i in range(start, start + count) if i % 10 not in (1, 3)}
+
+
+def insert_sent_to_nobody(engine: Engine, at: datetime, subject: str, content_hash: str) -> None:
+    """What an older version left for a broadcast to an empty segment (``tag:dsk``): the
+    newsletter `hips` marked `sent` for good with not one copy planned."""
+    with engine.begin() as conn:
+        conn.execute(
+            broadcasts.insert().values(
+                slug="hips",
+                subject=subject,
+                segment="tag:dsk",
+                status="sent",
+                content_hash=content_hash,
+                created_at=at,
+                started_at=at,
+                finished_at=at,
+            )
+        )

@@ -28,7 +28,7 @@ from dripmail.render import Renderer
 from dripmail.store.db import open_store
 from dripmail.store.schema import broadcast_deliveries, events, subscribers
 from dripmail.tokens import Signer
-from tests.broadcast_fixture import NOW, eligible_emails, seed
+from tests.broadcast_fixture import NOW, eligible_emails, insert_sent_to_nobody, seed
 from tests.course_fixture import make_project
 
 ISSUE = "---\nsubject: Hips at the desk\npreheader: Three habits for long days\n---\nHello.\n"
@@ -616,21 +616,7 @@ def test_a_broadcast_marked_sent_to_nobody_is_opened_again(
 ) -> None:
     """An older version marked a broadcast to an empty segment `sent` for good; nobody got
     it, so opening the file again starts it afresh (one with copies stays sent)."""
-    from dripmail.store.schema import broadcasts
-
-    with engine.begin() as conn:
-        conn.execute(
-            broadcasts.insert().values(
-                slug="hips",
-                subject="Hips",
-                segment="tag:dsk",
-                status="sent",
-                content_hash="older",
-                created_at=NOW,
-                started_at=NOW,
-                finished_at=NOW,
-            )
-        )
+    insert_sent_to_nobody(engine, NOW, "Hips", "older")
     row = bc.existing(engine, "hips")
     assert row is not None and bc.sent_to_nobody(engine, row)
     with pytest.raises(InputError, match="has no subscriber"):

@@ -22,9 +22,10 @@ from sqlalchemy import func, select
 from dripmail.store.db import open_store
 from dripmail.store.schema import broadcast_deliveries, broadcasts
 from dripmail.store.schema import subscribers as subscribers_table
-from tests.broadcast_fixture import eligible_emails, seed
+from tests.broadcast_fixture import eligible_emails, insert_sent_to_nobody, seed
 from tests.cli_in_process import run_cli
 from tests.course_fixture import make_project
+from tests.terminal import read_to_end, read_until
 
 REPO = Path(__file__).resolve().parents[2]
 ISSUE = "---\nsubject: Hips at the desk\npreheader: Three habits for long days\n---\nHello.\n"
@@ -118,23 +119,10 @@ def test_answering_no_at_the_prompt_sends_nothing(root: Path) -> None:
         env=_env(),
     )
     os.close(follower)
-    seen = b""
-    deadline = time.monotonic() + 300  # generous: a loaded machine is slow, never wrong
-    while b"Send it to 160 subscribers?" not in seen and time.monotonic() < deadline:
-        seen += os.read(leader, 1024)
+    seen = read_until(leader, b"Send it to 160 subscribers?")
     os.write(leader, b"n\n")
     assert proc.wait(timeout=300) == 1
-    rest = b""
-    while True:  # what it printed after the answer, to the end (EIO once the child is gone)
-        try:
-            chunk = os.read(leader, 1024)
-        except OSError:
-            break
-        if not chunk:
-            break
-        rest += chunk
-    os.close(leader)
-    said = (seen + rest).decode()
+    said = (seen + read_to_end(leader)).decode()
     assert "nothing was sent" in said and "Aborted" not in said, said
     assert not _outbox(root) and _count(root, broadcast_deliveries) == 0
 
@@ -472,19 +460,7 @@ def test_a_broadcast_an_older_version_marked_sent_to_nobody_can_be_sent(root: Pa
     planned. Nobody got it, so the same file goes out (to the corrected segment)."""
     engine = open_store("sqlite:///dripmail.db", root)
     at = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
-    with engine.begin() as conn:
-        conn.execute(
-            broadcasts.insert().values(
-                slug="hips",
-                subject="Hips at the desk",
-                segment="tag:dsk",
-                status="sent",
-                content_hash="from-an-older-text",
-                created_at=at,
-                started_at=at,
-                finished_at=at,
-            )
-        )
+    insert_sent_to_nobody(engine, at, "Hips at the desk", "from-an-older-text")
     seed(engine, 30)
     out = _cli(root, "broadcast", "newsletters/hips.md", "--segment", "tag:desk", "--yes")
     assert out.returncode == 0, out.stderr

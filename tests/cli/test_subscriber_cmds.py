@@ -5,6 +5,7 @@ from pathlib import Path
 from dripmail import subscribers as subs
 from dripmail.store.db import open_store
 from tests.cli_in_process import run_cli
+from tests.terminal import read_to_end, read_until
 
 
 def _run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -112,20 +113,9 @@ def test_answering_no_to_forget_says_nothing_was_erased(tmp_path: Path) -> None:
         env={k: v for k, v in os.environ.items() if not k.startswith("DRIPMAIL_")},
     )
     os.close(follower)
-    seen = b""
-    while b"Erase quinn@example.com" not in seen:  # ends with EIO if the child dies first
-        seen += os.read(leader, 1024)
+    seen = read_until(leader, b"Erase quinn@example.com")
     os.write(leader, b"n\n")
     assert proc.wait(timeout=300) == 1
-    while True:  # the rest of what it printed (EIO once the child is gone)
-        try:
-            chunk = os.read(leader, 1024)
-        except OSError:
-            break
-        if not chunk:
-            break
-        seen += chunk
-    os.close(leader)
-    said = seen.decode()
+    said = (seen + read_to_end(leader)).decode()
     assert "nothing was erased" in said and "Aborted" not in said, said
     assert subs.get_subscriber(engine, "quinn@example.com")["status"] == "active"
