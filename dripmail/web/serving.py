@@ -9,6 +9,7 @@ back), then lets uvicorn shut down as usual.
 
 from __future__ import annotations
 
+import errno
 import socket
 from types import FrameType
 from typing import Any
@@ -34,8 +35,6 @@ def bind(host: str, port: int) -> socket.socket:
         sock.bind((address, port))
     except OSError as exc:
         sock.close()
-        import errno
-
         if exc.errno == errno.EADDRINUSE:
             raise InputError(
                 f"port {port} is in use on {host}: stop what listens there, or pick another "
