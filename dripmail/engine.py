@@ -3,7 +3,10 @@
 Exactly once rests on three things: the unique delivery key, a conditional claim (a row is taken
 only if it is still free, so two workers never hold the same delivery), and the `sending` state
 written *before* the provider call with its batch key, so a run that dies mid-call is followed by
-a reconcile with the provider instead of a blind resend.
+a reconcile with the provider instead of a blind resend. On SQLite the claim and the `sending`
+mark are one write, after rendering (`handover.deliver_free`): a day's deliveries are scattered
+over the table, so each rewrite of a row costs a page written. On PostgreSQL a page is read with
+its rows locked and claimed in that transaction, then marked before the call.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from dripmail.handover import (
     Report,
     claim,
     deliver,
+    deliver_free,
     expire_dead_claims,
     release,
     run_in_new_loop,
@@ -257,6 +261,32 @@ def run_once(
     def hand_over(page: list[DueRow]) -> None:
         send(take(page, engine))
 
+    def send_free(page: list[DueRow]) -> None:
+        """Free rows read without locks: rendered, then taken and marked in one write."""
+        nonlocal taken
+        rows = _eligible(engine, page, horizon, default_send_time, skip_weekends)
+        if dry_run:
+            report.due.extend(rows)
+            taken += len(rows)
+            return
+        if not rows:
+            return
+        before = _settled(report)
+        try:
+            held = call(
+                lambda: deliver_free(
+                    engine, deliveries, provider, rows, render, now, report, streak, worker, LEASE
+                )
+            )
+        except BaseException:
+            if progress and _settled(report) > before:
+                progress(_settled(report) - before)
+            raise
+        taken += len(held)
+        touched.update(r["subscriber_id"] for r in held)
+        if progress:
+            progress(len(held))
+
     if not dry_run:
         # A `run` killed on this host cannot give its claims back: free them now instead of
         # waiting out the lease (rows left `sending` are reconciled, never resent blindly).
@@ -284,13 +314,15 @@ def run_once(
                 # may have arrived) gets the next one on a later pass, as if both had been
                 # judged together.
                 held = take([r for r in free if r["subscriber_id"] not in recovered], conn)
+            send(held)
         else:
+            # Read without locks (one writer at a time on SQLite): rendered first, then taken
+            # and marked `sending` in one write per chunk (`deliver_free`).
             free = _due_candidates(engine, now, horizon, want, cursor)
-            held = take([r for r in free if r["subscriber_id"] not in recovered], engine)
+            send_free([r for r in free if r["subscriber_id"] not in recovered])
         if not free:
             break
         cursor = (free[-1]["due_at"], free[-1]["id"])
-        send(held)
         if len(free) < want:
             break
     if not dry_run:

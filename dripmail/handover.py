@@ -576,6 +576,123 @@ async def deliver(
         raise told.failure
 
 
+async def deliver_free(
+    engine: Engine,
+    table: Table,
+    provider: Provider,
+    rows: Sequence[R],
+    render: RenderFn[R],
+    now: datetime,
+    report: Report,
+    streak: FailureStreak,
+    worker: str,
+    lease: timedelta,
+) -> list[R]:
+    """Render free (`planned`) rows, take them and mark them `sending` in one write, hand
+    them to the provider and record the answers; returns the rows this worker took.
+
+    The one-write way for a worker that reads its page without locking it (the engine on
+    SQLite): `claim` then `mark_sending` rewrite each delivery row twice before the call,
+    and at a million subscribers a day's rows are scattered over the table, so every rewrite
+    is a page written per delivery. Here rendering comes first (no database), then one
+    transaction per chunk takes each batch's rows that are still free straight to `sending`
+    under its batch key (`claim_sending`). Crash safety is unchanged: a kill before that
+    commit leaves the rows free; after it, they are in flight with a lease, and the next run
+    reconciles them as before. Rows whose message cannot be built are taken by `claim` and
+    failed (`record_unbuilt`). On any exception, what this worker holds and did not hand
+    over goes back to the queue (`release`), and the exception is raised.
+    """
+    held: list[R] = []
+    try:
+        messages, unbuilt = build(rows, render)
+        if unbuilt:
+            unbuilt_rows = [row for row, _ in unbuilt]
+            taken = {r["id"] for r in claim(engine, table, unbuilt_rows, worker, now, lease)}
+            mine = [(row, why) for row, why in unbuilt if row["id"] in taken]
+            held.extend(row for row, _ in mine)
+            record_unbuilt(engine, table, mine, now, report, streak)
+        planned = outgoing(rows, messages, provider.capabilities.max_batch)
+        out = claim_sending(engine, table, provider.name, planned, worker, now, lease)
+        held.extend(out.by_key.values())
+        if not out.batches:
+            return held
+        told = read_answers(out, await hand_over(provider, out), now, report, streak)
+        store_answers(engine, table, told, now, report, streak)
+    except BaseException:
+        release(engine, table, [r["key"] for r in held], now, worker)
+        raise
+    if told.failure is not None:
+        release(engine, table, [r["key"] for r in held], now, worker)
+        raise told.failure
+    return held
+
+
+_CLAIM_SENDING: dict[str, IdList] = {}
+
+
+def _claim_sending_list(table: Table) -> IdList:
+    """``UPDATE table SET state = 'sending', <claim>, <mark> WHERE id IN (...) AND state =
+    'planned' RETURNING id``: one batch taken and marked at once (built once per table)."""
+    found = _CLAIM_SENDING.get(table.name)
+    if found is None:
+        now = bindparam("now", type_=table.c.updated_at.type)
+        statement = (
+            update(table)
+            .where(table.c.id.in_(bindparam("ids", expanding=True)), table.c.state == "planned")
+            .values(
+                state="sending",
+                claimed_by=bindparam("worker"),
+                lease_expires_at=bindparam("lease", type_=table.c.lease_expires_at.type),
+                batch_key=bindparam("bk", type_=table.c.batch_key.type),
+                provider=bindparam("provider", type_=table.c.provider.type),
+                attempts=table.c.attempts + 1,
+                handed_at=now,
+                updated_at=now,
+            )
+            .returning(table.c.id)
+        )
+        found = _CLAIM_SENDING[table.name] = IdList(statement)
+    return found
+
+
+def claim_sending(
+    engine: Engine,
+    table: Table,
+    provider: str,
+    out: Outgoing[R],
+    worker: str,
+    now: datetime,
+    lease: timedelta,
+) -> Outgoing[R]:
+    """Take the rows of `out`'s new batches that are still free and mark them `sending` under
+    their batch key, in one transaction; returns the batches as taken.
+
+    A batch's key is a digest of its rows (`batch_key_for`), which recovery checks: a batch
+    that lost rows to another worker gets a new key for the rows it kept, in the same
+    transaction, before anything is handed over. `out.by_key` of the result holds only the
+    rows taken.
+    """
+    by_key = out.by_key
+    values = {"worker": worker, "lease": now + lease, "now": now, "provider": provider}
+    kept: list[tuple[str, list[Message]]] = []
+    with engine.begin() as conn:
+        for batch_key, batch in out.batches:
+            ids = [by_key[m.key]["id"] for m in batch]
+            marked = _claim_sending_list(table).execute(conn, ids, {"bk": batch_key, **values})
+            won = set(marked.scalars().all())
+            if len(won) < len(ids):
+                batch = [m for m in batch if by_key[m.key]["id"] in won]
+                if not batch:
+                    continue
+                batch_key = batch_key_for([m.key for m in batch])
+                conn.execute(
+                    update(table).where(table.c.id.in_(list(won))).values(batch_key=batch_key)
+                )
+            kept.append((batch_key, batch))
+    taken = {m.key: by_key[m.key] for _, batch in kept for m in batch}
+    return Outgoing(taken, kept)
+
+
 def record_unbuilt(
     engine: Engine,
     table: Table,
@@ -740,18 +857,25 @@ def _store_told(engine: Engine, table: Table, told: Told, now: datetime, report:
         report.suppressed += 1
 
 
-def release(engine: Engine, table: Table, keys: Sequence[str], now: datetime) -> None:
+def release(
+    engine: Engine, table: Table, keys: Sequence[str], now: datetime, worker: str | None = None
+) -> None:
     """Give claimed rows back to the queue untouched (e.g. the provider refused our credential).
 
     Only `claimed` rows: a row marked `sending` may be at the provider and is left for
-    reconcile (except when the provider refused the whole call, see `deliver`).
+    reconcile (except when the provider refused the whole call, see `deliver`). `worker`:
+    only rows this worker holds (for a caller whose `keys` may include rows another worker
+    took first, see `deliver_free`).
     """
     if not keys:
         return
+    held = [table.c.key.in_(list(keys)), table.c.state == "claimed"]
+    if worker is not None:
+        held.append(table.c.claimed_by == worker)
     with engine.begin() as conn:
         conn.execute(
             update(table)
-            .where(table.c.key.in_(list(keys)), table.c.state == "claimed")
+            .where(*held)
             .values(state="planned", claimed_by=None, lease_expires_at=None, updated_at=now)
         )
 

@@ -1,0 +1,107 @@
+"""Taking free deliveries and marking them `sending` in one write (`handover.deliver_free`,
+the engine's way on SQLite): what another worker took first is never sent twice, a batch's
+recorded key names exactly the rows it holds, and a stop before the write holds nothing."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, time, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, select
+
+from dripmail.engine import run_once
+from dripmail.handover import _whole_batch, claim
+from dripmail.message import Mailbox, Message
+from dripmail.providers.outbox import OutboxProvider
+from dripmail.store.db import open_store
+from dripmail.store.schema import deliveries
+from tests.due_fixture import seed_due
+
+NOW = datetime(2026, 6, 1, 12, tzinfo=UTC)
+SENDER = Mailbox("hello@studio.example.com")
+
+
+def _message(row: dict) -> Message:
+    return Message(
+        key=row["key"],
+        kind="lesson",
+        ref=str(row["lesson_day"]),
+        sender=SENDER,
+        to=Mailbox(row["email"]),
+        subject="Day 1",
+        html="<p>x</p>",
+        text="x",
+    )
+
+
+def _rows(engine: Engine) -> dict[str, dict]:
+    with engine.connect() as conn:
+        found = conn.execute(
+            select(deliveries.c.key, deliveries.c.state, deliveries.c.claimed_by,
+                   deliveries.c.batch_key, deliveries.c.attempts)
+        ).mappings()  # fmt: skip
+        return {r["key"]: dict(r) for r in found}
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Engine:
+    engine = open_store("sqlite:///dripmail.db", tmp_path)
+    seed_due(engine, 12, NOW)
+    return engine
+
+
+def test_a_row_another_worker_takes_while_this_one_renders_is_not_sent_by_it(
+    store: Engine, tmp_path: Path
+) -> None:
+    stolen = "test-week-s5-d1"
+
+    def render(row: dict) -> Message:
+        if row["key"] == stolen:
+            # Another worker claims this row between our page read and our write.
+            other = {**row, "state": "planned"}
+            assert claim(store, deliveries, [other], "elsewhere:1", NOW, timedelta(minutes=10))
+        return _message(row)
+
+    outbox = OutboxProvider(tmp_path / "outbox", clock=lambda: NOW)
+    report = run_once(store, outbox, render, NOW, default_send_time=time(7))
+
+    rows = _rows(store)
+    assert report.sent == 11
+    assert rows[stolen]["state"] == "claimed" and rows[stolen]["claimed_by"] == "elsewhere:1"
+    assert rows[stolen]["attempts"] == 0
+    sent = {k: r for k, r in rows.items() if k != stolen}
+    assert {r["state"] for r in sent.values()} == {"sent"}
+    # The batch's key was recomputed for the rows it kept, so a recovery after a crash can
+    # still tell it holds the whole batch and resend it as it was.
+    keys = sorted(sent)
+    batch_keys = {r["batch_key"] for r in sent.values()}
+    assert len(batch_keys) == 1
+    assert _whole_batch(batch_keys.pop(), keys)
+
+
+def test_a_stop_while_rendering_holds_nothing_and_the_next_run_sends_each_once(
+    store: Engine, tmp_path: Path
+) -> None:
+    seen = 0
+
+    def stopping(row: dict) -> Message:
+        nonlocal seen
+        seen += 1
+        if seen == 7:
+            raise KeyboardInterrupt
+        return _message(row)
+
+    outbox = OutboxProvider(tmp_path / "outbox", clock=lambda: NOW)
+    with pytest.raises(KeyboardInterrupt):
+        run_once(store, outbox, stopping, NOW, default_send_time=time(7))
+    rows = _rows(store)
+    assert {(r["state"], r["claimed_by"], r["attempts"]) for r in rows.values()} == {
+        ("planned", None, 0)
+    }
+
+    report = run_once(store, outbox, _message, NOW, default_send_time=time(7))
+    assert report.sent == 12
+    assert {r["state"] for r in _rows(store).values()} == {"sent"}
+    written = {p.stem for p in (tmp_path / "outbox").glob("*.eml")}
+    assert written == {f"test-week-s{i}-d1" for i in range(1, 13)}
