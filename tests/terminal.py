@@ -1,8 +1,12 @@
-"""Reading what a command wrote to a pseudo-terminal (`pty.openpty`), for prompt tests."""
+"""Reading what a command wrote to a pseudo-terminal (`pty.openpty`), for prompt tests and
+for what a command shows on a terminal only."""
 
 from __future__ import annotations
 
 import os
+import pty
+import subprocess
+from typing import Any
 
 
 def read_until(leader: int, marker: bytes) -> bytes:
@@ -31,3 +35,19 @@ def read_to_end(leader: int) -> bytes:
         rest += chunk
     os.close(leader)
     return rest
+
+
+def run_with_stderr_on_a_terminal(argv: list[str], **popen: Any) -> tuple[int, str, str]:
+    """Run `argv` with stdout piped and stderr on a pseudo-terminal (an operator's
+    `command | less` or `command > log`); return its exit code, stdout and what reached the
+    terminal. stdin is /dev/null; `popen` adds `cwd`, `env`..."""
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=follower, **popen
+    )
+    os.close(follower)
+    # The terminal is drained while the child runs (a full pty would block it); stdout is
+    # a few summary lines, well within the pipe's buffer until it is read below.
+    terminal = read_to_end(leader)
+    stdout, _ = proc.communicate(timeout=300)
+    return proc.returncode, stdout.decode(), terminal.decode()

@@ -35,30 +35,31 @@ def _parse_schedule(value: str, zone_name: str) -> datetime:
 
 
 def _progress():
-    """A rich progress bar with count, percentage, rate (messages/s) and time left."""
+    """A progress bar with count, percentage, rate (messages/s) and time left (on stderr,
+    only on a terminal: `terminal_bar`)."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
-        Progress,
         ProgressColumn,
         TaskProgressColumn,
         TimeRemainingColumn,
     )
     from rich.text import Text
 
+    from dripmail.cli.progress import terminal_bar
+
     class RateColumn(ProgressColumn):
         def render(self, task) -> Text:
             speed = task.finished_speed or task.speed
             return Text(f"{speed:,.0f}/s" if speed else "-/s", style="progress.data.speed")
 
-    return Progress(
+    return terminal_bar(
         "[progress.description]{task.description}",
         BarColumn(),
         MofNCompleteColumn(),
         TaskProgressColumn(),
         RateColumn(),
         TimeRemainingColumn(),
-        transient=False,
     )
 
 

@@ -35,7 +35,9 @@ def _one_pass(
     `handled[0]` counts the lessons handed over and recorded so far in this pass (the core
     reports each chunk once it is recorded), so a stop can say how far the pass got.
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TimeRemainingColumn
+
+    from dripmail.cli.progress import terminal_bar
 
     handled[0] = 0
 
@@ -47,12 +49,11 @@ def _one_pass(
         total = min(total, limit)
     if dry_run or quiet or total < 50:
         return core.run(now, limit=limit, dry_run=dry_run, progress=count)
-    with Progress(
+    with terminal_bar(
         "[progress.description]{task.description}",
         BarColumn(),
         MofNCompleteColumn(),
         TimeRemainingColumn(),
-        transient=False,
     ) as bar:
         # `total` counts readers with a lesson due; some wait for their previous lesson (one
         # per local day), so the bar ends at what was really handled, not the estimate.

@@ -230,21 +230,15 @@ def import_(
     anything is written. Every refused row is listed with its line number and reason, the
     other rows are imported, and the exit code is 3 when some rows were refused.
     """
-    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from dripmail.cli.progress import terminal_bar
 
     app = _app(now)
     columns = (BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    # The bar on stderr, and only on a terminal: piped or redirected, rich ended it with an
-    # empty line on stdout, before the summary or even before an error.
-    console = Console(stderr=True)
-    with Progress(
-        *Progress.get_default_columns()[:1],
-        *columns,
-        console=console,
-        transient=True,
-        disable=not console.is_terminal,
-    ) as bar:
+    # Piped or redirected, a bar on stdout left an empty line before the summary or even
+    # before an error: `terminal_bar` draws on stderr, only on a terminal.
+    with terminal_bar(*Progress.get_default_columns()[:1], *columns, transient=True) as bar:
         task = bar.add_task("importing lines", total=None)
         report = app.import_subscribers(
             file,

@@ -25,7 +25,7 @@ from dripmail.store.schema import subscribers as subscribers_table
 from tests.broadcast_fixture import eligible_emails, insert_sent_to_nobody, seed
 from tests.cli_in_process import run_cli
 from tests.course_fixture import make_project
-from tests.terminal import read_to_end, read_until
+from tests.terminal import read_to_end, read_until, run_with_stderr_on_a_terminal
 
 REPO = Path(__file__).resolve().parents[2]
 ISSUE = "---\nsubject: Hips at the desk\npreheader: Three habits for long days\n---\nHello.\n"
@@ -420,6 +420,29 @@ def test_run_loop_says_once_that_a_due_broadcast_finds_nobody_until_that_changes
     # A stop is 130, though an earlier pass needed attention (the broadcast found nobody).
     assert out.returncode == 130, out.stderr
     assert len(_outbox(root)) == 9 and set(_outbox(root).values()) == {1}
+
+
+def test_a_piped_broadcast_prints_no_bar_and_a_terminal_stderr_gets_it(root: Path) -> None:
+    """Issue: `broadcast ... | cat` (or to a log file) got the planning and sending bars'
+    last frames on stdout among the summary lines. Piped, stdout holds the summary lines
+    alone and stderr no bar; with stderr on a terminal the bars are drawn there."""
+    seed(open_store("sqlite:///dripmail.db", root), 90)  # 72 copies: above BAR_FROM
+    env = {k: v for k, v in _env().items() if k not in ("FORCE_COLOR", "TTY_COMPATIBLE")}
+    piped = _subprocess(root, "broadcast", "newsletters/hips.md", "--yes", env=env)
+    assert piped.returncode == 0, piped.stderr
+    lines = piped.stdout.splitlines()
+    assert lines[0] == "'Hips at the desk' to segment all: 72 recipient(s)", lines
+    assert all(line.startswith("  e.g. P") for line in lines[1:-1]), lines
+    assert lines[-1] == "broadcast 1 (hips): 72 of 72 accepted (72 now)", lines
+    assert "planning" not in piped.stderr and "sending" not in piped.stderr, piped.stderr
+    (root / "newsletters" / "later.md").write_text(ISSUE.replace("Hello.", "Later."))
+    code, stdout, terminal = run_with_stderr_on_a_terminal(
+        _argv(root, "broadcast", "newsletters/later.md", "--yes"), cwd=root, env=env
+    )
+    assert code == 0, terminal
+    assert stdout.splitlines()[0] == lines[0] and stdout.splitlines()[1:-1] == lines[1:-1]
+    assert stdout.splitlines()[-1] == "broadcast 2 (later): 72 of 72 accepted (72 now)"
+    assert "planning" in terminal and "sending" in terminal and "72/72" in terminal, terminal
 
 
 def test_a_provider_it_cannot_reach_is_named_and_exits_3(root: Path) -> None:

@@ -18,6 +18,7 @@ from dripmail.store.db import open_store
 from dripmail.store.schema import deliveries
 from tests.cli_in_process import run_cli
 from tests.course_fixture import make_project
+from tests.terminal import run_with_stderr_on_a_terminal
 
 REPO = Path(__file__).resolve().parents[2]
 # Monday 1 June 2026, 12:00 UTC: everyone imported now starts on Tuesday at 07:00 local.
@@ -331,6 +332,41 @@ def test_a_stopped_loop_exits_130_even_after_a_pass_that_needed_attention(
     assert "2 lessons wait for the next run" in out.stderr  # the pass needed attention
     assert out.returncode == 130, out.stdout + out.stderr
     assert out.stdout.splitlines()[-1].startswith("stopped: ")
+
+
+def _env_without_forced_terminal() -> dict[str, str]:
+    """This environment without rich's overrides of "is a terminal" (FORCE_COLOR,
+    TTY_COMPATIBLE), so each stream counts as a terminal exactly when it is one."""
+    return {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "TTY_COMPATIBLE")}
+
+
+def test_run_piped_prints_its_summary_alone_and_the_bar_only_on_a_terminal_stderr(
+    project: Path,
+) -> None:
+    """Issue: `run | cat` (or cron writing to a file) got the progress bar's last frame on
+    stdout before the summary. Piped, stdout holds the summary alone and stderr no bar;
+    with stderr on a terminal the bar is drawn there, and stdout still holds the summary."""
+    _import(project, 60)  # above the 50 lessons from which `run` shows a bar
+    argv = [sys.executable, str(REPO / "send.py"), "--root", str(project), "run", "--now"]
+    env = _env_without_forced_terminal()
+    piped = subprocess.run(
+        [*argv, "2026-06-02T05:30:00+00:00"],  # lesson 1, 07:30 in Berlin
+        capture_output=True,
+        text=True,
+        cwd=project,
+        stdin=subprocess.DEVNULL,
+        env=env,
+        timeout=300,
+    )
+    assert piped.returncode == 0, piped.stderr
+    summary = "2026-06-02 05:30 UTC: 60 sent, 0 scheduled at the provider\n"
+    assert piped.stdout == summary, repr(piped.stdout)
+    assert "sending lessons" not in piped.stderr, piped.stderr
+    lesson_2 = [*argv, "2026-06-03T05:30:00+00:00"]
+    code, stdout, terminal = run_with_stderr_on_a_terminal(lesson_2, cwd=project, env=env)
+    assert code == 0, terminal
+    assert stdout == summary.replace("06-02", "06-03"), repr(stdout)
+    assert "sending lessons" in terminal and "60/60" in terminal, terminal
 
 
 def test_run_with_a_provider_it_cannot_reach_says_why_and_exits_3(project: Path) -> None:
