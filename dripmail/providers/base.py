@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -49,6 +50,19 @@ class Lookup(StrEnum):
 NOT_SENT = "not sent: "
 UNREACHABLE = f"{NOT_SENT}could not reach the provider at "
 
+# Errors that are stored on each message of a batch but happened to the batch (its
+# connection or its request). Written and read here alone, so `summary_reason` can word
+# them as the batch's (`where` is a URL or host:port: it has no space).
+_BROKE_OFF = re.compile(
+    re.escape(NOT_SENT) + r"the connection to (?P<where>\S+) broke off before this message "
+    r"\((?P<detail>.*)\)",
+    re.DOTALL,
+)
+_NEVER_WENT_OUT = re.compile(
+    re.escape(NOT_SENT) + r"the request to (?P<where>\S+) never went out \((?P<detail>.*)\)",
+    re.DOTALL,
+)
+
 
 def unreachable_error(where: str, detail: str) -> str:
     """The error for messages not sent because the provider at `where` (a URL or host:port)
@@ -56,10 +70,26 @@ def unreachable_error(where: str, detail: str) -> str:
     return f"{UNREACHABLE}{where}: {detail}"
 
 
+def broke_off_error(where: str, detail: str) -> str:
+    """The error for a message not sent because the connection to `where` (host:port; an
+    SMTP session that carries a batch message by message) broke off before it; `detail`
+    says how (e.g. "no answer to a message's DATA"). Surely not sent: retried later."""
+    return f"{NOT_SENT}the connection to {where} broke off before this message ({detail})"
+
+
+def never_went_out_error(where: str, detail: str) -> str:
+    """The error for the messages of a request to `where` (a base URL) that never left this
+    machine (e.g. no pooled connection in time); `detail` is the exception as
+    "Name: text". Surely not sent: retried later."""
+    return f"{NOT_SENT}the request to {where} never went out ({detail})"
+
+
 def summary_reason(error: str) -> str:
     """One message's error (as stored: "not sent: ...") as the reason in a line about many
-    (`run`'s and `broadcast`'s summaries): "the provider at URL could not be reached
-    (connection refused)" for `unreachable_error`, else the cause without "not sent: ".
+    (`run`'s and `broadcast`'s summaries, which say how many messages wait): "the provider
+    at URL could not be reached (connection refused)" for `unreachable_error`, a sentence
+    about the batch for `broke_off_error` and `never_went_out_error` (their stored wording
+    is one message's: "before this message"), else the cause without "not sent: ".
 
     Read here, beside the functions that write these errors, so the wording of a summary
     never depends on a command slicing text it did not make.
@@ -67,6 +97,13 @@ def summary_reason(error: str) -> str:
     if is_unreachable(error):
         where, _, detail = error.removeprefix(UNREACHABLE).partition(": ")
         return f"the provider at {where} could not be reached ({detail})"
+    if broke := _BROKE_OFF.fullmatch(error):
+        return (
+            f"the connection to {broke['where']} broke off partway through a batch "
+            f"({broke['detail']})"
+        )
+    if never := _NEVER_WENT_OUT.fullmatch(error):
+        return f"a batch's request to {never['where']} never went out ({never['detail']})"
     return error.removeprefix(NOT_SENT)
 
 

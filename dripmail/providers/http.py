@@ -37,7 +37,7 @@ import httpx
 import orjson
 
 from dripmail.errors import ProviderAuthError
-from dripmail.providers.base import unreachable_error
+from dripmail.providers.base import never_went_out_error, unreachable_error
 
 
 def json_body(value: Any) -> bytes:
@@ -336,7 +336,7 @@ class HttpClient:
                     last_error = unreachable_error(self.base_url, why)
                     response = None
                 except _NOT_SENT_ERRORS as exc:
-                    last_error = "not sent: " + _describe(exc)
+                    last_error = never_went_out_error(self.base_url, _describe(exc))
                     response = None
                 except _AMBIGUOUS_ERRORS as exc:
                     ambiguous = True

@@ -31,6 +31,7 @@ from dripmail.providers.base import (
     Capabilities,
     Outcome,
     SendResult,
+    broke_off_error,
     unreachable_error,
 )
 from dripmail.providers.common import Clock, ProviderRefused, require, utc_now
@@ -45,6 +46,11 @@ CAPABILITIES = Capabilities(
 DEFAULT_LIMITS = Limits(messages_per_second=20, requests_per_second=None, max_concurrency=1)
 # Mailbox does not exist / not local / name not allowed: the address itself is the problem.
 SUPPRESS_CODES = frozenset({550, 551, 553})
+
+
+class _SessionLost(Exception):
+    """The SMTP session ended before `MAIL`/`RCPT` of a message was answered: nothing of
+    that message was sent, nor can the rest of the batch go on this session."""
 
 
 class SmtpProvider(BaseProvider):
@@ -101,10 +107,10 @@ class SmtpProvider(BaseProvider):
         return client
 
     def _send_all(self, messages: Sequence[Message]) -> list[SendResult]:
+        where = f"{self.host}:{self.port}"
         try:
             client = self._connect()
         except (OSError, smtplib.SMTPException) as exc:
-            where = f"{self.host}:{self.port}"
             if isinstance(exc, smtplib.SMTPException):  # reached, but the session failed
                 error = f"not sent: {where} failed to start a session ({exc})"
             elif isinstance(exc, ConnectionRefusedError):
@@ -118,16 +124,21 @@ class SmtpProvider(BaseProvider):
                 wait = self.limiter.reserve(1)
                 if wait > 0:
                     time.sleep(wait)
-                result = self._send_one(client, message)
-                results.append(result)
-                if result.outcome is Outcome.REVIEW:
-                    # The session is gone; what was not tried is surely not sent.
-                    error = "not sent: the SMTP session broke off before this message"
-                    results += [
-                        SendResult(m.key, Outcome.TRANSIENT, error=error)
-                        for m in messages[position + 1 :]
-                    ]
-                    break
+                try:
+                    result = self._send_one(client, message)
+                except _SessionLost as lost:
+                    error, untried = broke_off_error(where, str(lost)), messages[position:]
+                else:
+                    results.append(result)
+                    if result.outcome is not Outcome.REVIEW:
+                        continue
+                    error = broke_off_error(where, "no answer to a message's DATA")
+                    untried = messages[position + 1 :]
+                # The session is gone; what was not tried is surely not sent. Tried on the
+                # dead session, each would fail with smtplib's "please run connect() first",
+                # which says nothing about that message.
+                results += [SendResult(m.key, Outcome.TRANSIENT, error=error) for m in untried]
+                break
         finally:
             try:
                 client.quit()
@@ -172,7 +183,7 @@ class SmtpProvider(BaseProvider):
                     message.key, Outcome.PERMANENT, error=text, suppress=code in SUPPRESS_CODES
                 )
         except (OSError, smtplib.SMTPServerDisconnected) as exc:
-            return SendResult(message.key, Outcome.TRANSIENT, error=f"not sent: {exc}")
+            raise _SessionLost(str(exc) or type(exc).__name__) from exc
         try:
             code, reply = client.data(data)
         except smtplib.SMTPDataError as exc:

@@ -140,6 +140,46 @@ def test_run_killed_mid_run_and_rerun_delivers_each_lesson_once(project: Path) -
     assert count <= attempts <= count + 1000
 
 
+def test_run_says_an_smtp_connection_broke_off_as_the_batch_s_reason(project: Path) -> None:
+    """Issue: "4 lessons wait for the next run: the SMTP session broke off before this
+    message": one message's words in a line about four. The summary names the connection
+    and the batch."""
+    from aiosmtpd.controller import Controller
+
+    class HangsUpAfterOneData:
+        """Takes p1's DATA, then closes the session without answering (maybe queued)."""
+
+        async def handle_DATA(self, server, session, envelope):
+            if "p1@example.org" in envelope.rcpt_tos:
+                server.transport.close()
+            return "250 2.0.0 queued"
+
+    _import(project, 6)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = Controller(HangsUpAfterOneData(), hostname="127.0.0.1", port=port)
+    server.start()
+    try:
+        env = {
+            "DRIPMAIL_PROVIDER": "smtp",
+            "DRIPMAIL_SMTP_HOST": "127.0.0.1",
+            "DRIPMAIL_SMTP_PORT": str(port),
+            "DRIPMAIL_SMTP_TLS": "none",
+            "DRIPMAIL_SECRET_KEY": "a-test-secret-that-is-long-enough",
+            "DRIPMAIL_PUBLIC_URL": "https://join.studio.example.com",
+        }
+        out = _cli(project, "run", "--now", "2026-06-02T05:30:00+00:00", "--yes", "-q", env=env)
+    finally:
+        server.stop()
+    assert out.returncode == 3, out.stdout + out.stderr  # one lesson for review
+    assert "4 to retry later, 1 for review" in out.stdout, out.stdout
+    assert out.stderr.splitlines() == [
+        f"4 lessons wait for the next run: the connection to 127.0.0.1:{port} broke off "
+        "partway through a batch (no answer to a message's DATA)"
+    ], out.stderr
+
+
 @pytest.mark.slow  # 4,000 lessons written into the outbox, twice started
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_ctrl_c_stops_run_after_the_chunk_in_the_outbox(project: Path, stop) -> None:

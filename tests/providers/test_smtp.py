@@ -13,7 +13,7 @@ from aiosmtpd.smtp import AuthResult
 from fakes.mail import lessons
 
 from dripmail.errors import ProviderAuthError
-from dripmail.providers.base import Lookup, Outcome
+from dripmail.providers.base import Lookup, Outcome, broke_off_error, summary_reason
 from dripmail.providers.http import Limits
 from dripmail.providers.smtp import SmtpProvider
 
@@ -25,8 +25,11 @@ class Catcher:
         self.messages: list[tuple[str, list[str], bytes]] = []
         self.refuse: dict[str, str] = {}
         self.drop_data_for: set[str] = set()
+        self.hang_up_at_rcpt: set[str] = set()
 
     async def handle_RCPT(self, server, session, envelope, address, options):
+        if address in self.hang_up_at_rcpt:
+            server.transport.close()  # the session ends before this message is taken
         if address in self.refuse:
             return self.refuse[address]
         envelope.rcpt_tos.append(address)
@@ -98,6 +101,28 @@ def test_lost_answer_to_data_is_review_and_the_rest_waits(smtp_server) -> None:
     results = asyncio.run(_provider(port).send_batch(lessons(3)))
     assert [r.outcome for r in results] == [Outcome.ACCEPTED, Outcome.REVIEW, Outcome.TRANSIENT]
     assert len(catcher.messages) == 2  # the reviewed one was queued once, never resent
+    # The rest waits because of the connection: said so, in words a summary can use.
+    lost = broke_off_error(f"127.0.0.1:{port}", "no answer to a message's DATA")
+    assert results[2].error == lost
+    assert "partway through a batch" in summary_reason(lost)
+
+
+def test_a_session_that_ends_at_rcpt_leaves_that_message_and_the_rest_for_later(
+    smtp_server,
+) -> None:
+    """Issue: the message whose RCPT met the hang-up got "not sent: Connection unexpectedly
+    closed", and each one after it, tried on the dead session, "not sent: please run
+    connect() first": nothing said the batch's connection broke off."""
+    catcher, port = smtp_server
+    catcher.hang_up_at_rcpt.add("reader2@example.org")
+    results = asyncio.run(_provider(port).send_batch(lessons(4)))
+    assert [r.outcome for r in results] == [Outcome.ACCEPTED] + [Outcome.TRANSIENT] * 3
+    assert len(catcher.messages) == 1
+    (error,) = {r.error for r in results[1:]}
+    assert error is not None and error.startswith(
+        f"not sent: the connection to 127.0.0.1:{port} broke off before this message ("
+    ), error
+    assert "please run connect() first" not in error
 
 
 def test_login_and_refused_login(smtp_server) -> None:
