@@ -1,4 +1,5 @@
-"""The exit codes the commands share (README, "Exit codes"), and SIGTERM taken as Ctrl-C."""
+"""The exit codes the commands share (README, "Exit codes"), and SIGTERM (and, for the
+servers, a SIGINT a shell had set to be ignored) taken as Ctrl-C."""
 
 from __future__ import annotations
 
@@ -45,13 +46,37 @@ def sigterm_as_ctrl_c() -> Iterator[None]:
 
 
 @contextmanager
-def stopped_by_ctrl_c() -> Iterator[None]:
-    """Within: Ctrl-C or SIGTERM ends the command with "stopped" and exit 130, as `run` and
-    `broadcast` end. For the servers (`serve`, `preview`): uvicorn shuts down gracefully on
-    either signal, then raises it again once its own handlers are gone, which SIGTERM's
-    default turned into a silent death (exit -15) and SIGINT into "Interrupted."."""
+def sigint_even_if_ignored() -> Iterator[None]:
+    """Within: SIGINT raises KeyboardInterrupt (Ctrl-C's own handler), also in a process that
+    started with SIGINT ignored.
+
+    A shell starts a script's background job (`dripmail preview &`) with SIGINT ignored, and
+    Python then leaves it ignored. For the servers that choice is gone anyway: uvicorn installs
+    its own SIGINT handler and shuts down on `kill -INT`, but then restores the ignored
+    disposition and raises SIGINT into it, so the command ended with exit 0 and no "stopped".
+    An operator who sends SIGINT on purpose means stop: it now ends as SIGTERM and Ctrl-C do.
+    The previous handler comes back afterwards.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        with sigterm_as_ctrl_c():
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@contextmanager
+def stopped_by_ctrl_c() -> Iterator[None]:
+    """Within: Ctrl-C, SIGINT (`kill -INT`, even to a background job that inherited it
+    ignored: `sigint_even_if_ignored`) or SIGTERM ends the command with "stopped" and exit
+    130, as `run` and `broadcast` end. For the servers (`serve`, `preview`, `report --serve`):
+    uvicorn shuts down gracefully on either signal, then raises it again once its own handlers
+    are gone, which SIGTERM's default turned into a silent death (exit -15), SIGINT into
+    "Interrupted." and an inherited ignored SIGINT into exit 0."""
+    try:
+        with sigterm_as_ctrl_c(), sigint_even_if_ignored():
             yield
     except KeyboardInterrupt:
         typer.echo("stopped")

@@ -60,9 +60,12 @@ def test_form_prints_an_embeddable_form_posting_to_the_public_url(root: Path) ->
     assert "#1f5f52" in html  # the course's brand colour
 
 
-def _server(root: Path, command: str, port: int) -> subprocess.Popen[str]:
+def _server(
+    root: Path, command: str, port: int, sigint: signal.Handlers = signal.SIG_DFL
+) -> subprocess.Popen[str]:
     """`serve`, `preview` or `report --serve` (`command`, split on spaces) on `port` as a real
-    process, returned once /healthz answers."""
+    process, returned once /healthz answers. `sigint`: SIGINT's disposition the child starts
+    with (SIG_DFL as from a terminal, SIG_IGN as a script's background job)."""
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -78,8 +81,8 @@ def _server(root: Path, command: str, port: int) -> subprocess.Popen[str]:
         text=True,
         env=_env(),
         # Ctrl-C as a terminal delivers it, even when the suite runs in the background
-        # (which starts children with SIGINT ignored).
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        # (which starts children with SIGINT ignored), unless `sigint` says otherwise.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, sigint),
     )
     deadline = time.monotonic() + 300  # generous: a loaded machine starts slowly
     while True:
@@ -133,6 +136,26 @@ def test_the_servers_stop_cleanly_on_ctrl_c_and_on_sigterm(
             proc.kill()
             proc.communicate()
     assert proc.returncode == 130, err
+    assert out.splitlines()[-1] == "stopped" and "Traceback" not in err
+
+
+@pytest.mark.parametrize("command", ["serve", "preview", "report --serve"])
+def test_kill_int_stops_a_server_started_as_a_scripts_background_job(
+    root: Path, command: str
+) -> None:
+    """Issue: `bash -c 'dripmail preview & ...; kill -INT $!'` shut the server down through
+    uvicorn's handler, then exited 0 with no "stopped": a background job starts with SIGINT
+    ignored, and uvicorn restored that before raising the signal again. A SIGINT sent on
+    purpose stops it as SIGTERM and Ctrl-C do: "stopped", exit 130."""
+    proc = _server(root, command, _free_port(), sigint=signal.SIG_IGN)
+    try:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, out + err
     assert out.splitlines()[-1] == "stopped" and "Traceback" not in err
 
 
