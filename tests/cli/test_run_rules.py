@@ -1,12 +1,13 @@
 """`run` through the entry point (in process): a simulated clock never mails readers by
 surprise, one bad stored name fails alone (exit 3, named by `status`), and the progress bar
-ends at the truth."""
+(a real process, its stderr on a pseudo-terminal) ends at the truth."""
 
 from __future__ import annotations
 
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 from sqlalchemy import update
@@ -15,6 +16,7 @@ from dripmail.store.db import open_store
 from dripmail.store.schema import subscribers
 from tests.cli_in_process import run_cli
 from tests.course_fixture import make_project
+from tests.terminal import run_with_stderr_on_a_terminal
 
 REPO = Path(__file__).resolve().parents[2]
 JOINED = "2026-06-01T12:00:00+00:00"
@@ -67,11 +69,18 @@ def test_one_bad_stored_name_fails_alone_exit_3_and_status_names_it(tmp_path: Pa
         )
     engine.dispose()
     # A day late: lessons 1 and 2 are both planned and due (120), but lesson 2 waits a day.
-    out = _cli(root, "run", "--now", "2026-06-03T05:30:00+00:00")
-    assert out.returncode == 3, out.stderr
-    assert "59 sent" in out.stdout and "1 failed" in out.stdout
+    late = "2026-06-03T05:30:00+00:00"
+    # A real process with stderr on a terminal: the bar is drawn there, and only there.
+    env = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "TTY_COMPATIBLE")}
+    code, stdout, terminal = run_with_stderr_on_a_terminal(
+        [sys.executable, str(REPO / "send.py"), "--root", str(root), "run", "--now", late],
+        cwd=root,
+        env={**env, "COLUMNS": "120"},
+    )
+    assert code == 3, terminal
+    assert "59 sent" in stdout and "1 failed" in stdout
     # The bar ends at what was really handled (59 sent + 1 failed), not at the estimate.
-    assert re.search(r"\b60/60\b", out.stdout) and "/120" not in out.stdout, out.stdout
+    assert re.search(r"(?<!\d)60/60(?!\d)", terminal) and "/120" not in terminal, terminal
     status = _cli(root, "status")
     assert "failed" in status.stdout and "p7@example.org" in status.stdout
     assert "line break" in status.stdout
