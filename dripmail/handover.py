@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -124,16 +125,32 @@ class FailureStreak:
         return self.limit > 0 and len(self.keys) >= self.limit
 
 
-def header_problem(message: Message) -> str:
-    """Why `message` cannot be put into mail headers (a line break in a name...), or "".
+class ReaderProblem(str):
+    """Why one reader's message cannot be built from their stored data (a line break in a
+    name): it fails that delivery alone and, like a suppression, does not count toward a
+    halt (`FailureStreak`); a template error, the same for every reader, does."""
+
+    __slots__ = ()
+
+
+# What a mail header cannot carry: every character `str.splitlines` breaks a line at (the
+# stdlib's `email.policy` refuses a header value that splits, so the whole batch would fail
+# in the provider's encoder: U+2028 in a stored name did that) and the other C0 controls,
+# NUL and DEL (a NUL would otherwise reach the To: header). Tab is allowed.
+_NOT_IN_HEADERS = re.compile("[\x00-\x08\x0a-\x1f\x7f\x85\u2028\u2029]")
+_LINE_BREAKS = frozenset("\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")
+
+
+def header_problem(message: Message) -> ReaderProblem | None:
+    """Why `message` cannot be put into mail headers (a line break or a control character in
+    a name, address, subject or header), or None.
 
     Checked before the hand-over so that one bad stored value fails its own delivery instead
-    of the provider call for the whole batch. Cheap: a few substring tests.
+    of the provider call for the whole batch. Cheap: one regex scan of the joined values.
     """
     values = (message.to.name, message.to.address, message.subject, *message.headers.values())
-    joined = "".join(values)
-    if "\n" not in joined and "\r" not in joined:
-        return ""  # the usual case: one scan, no labels built
+    if _NOT_IN_HEADERS.search("".join(values)) is None:
+        return None  # the usual case: one scan, no labels built
     fields = [
         ("the recipient's name", message.to.name),
         ("the recipient's address", message.to.address),
@@ -141,9 +158,13 @@ def header_problem(message: Message) -> str:
         *((f"header {name}", value) for name, value in message.headers.items()),
     ]
     for label, value in fields:
-        if "\n" in value or "\r" in value:
-            return f"{label} contains a line break"
-    return ""
+        found = _NOT_IN_HEADERS.search(value)
+        if found is not None:
+            char = found.group()
+            if char in _LINE_BREAKS:
+                return ReaderProblem(f"{label} contains a line break (U+{ord(char):04X})")
+            return ReaderProblem(f"{label} contains a control character (U+{ord(char):04X})")
+    return None
 
 
 def record_many(
@@ -351,6 +372,7 @@ def build(held: Sequence[R], render: RenderFn[R]) -> Built[R]:
     messages: dict[str, Message] = {}
     unbuilt: list[tuple[R, str]] = []
     for row in held:
+        problem: str | None
         try:
             message = render(row)
             problem = header_problem(message)
@@ -502,7 +524,7 @@ def store_answers(
                 .values(**undo)
             )
     _store_told(engine, table, told, now, report)
-    if streak.tripped:
+    if streak.tripped and not report.halted:
         _halt(engine, table, streak, now, report)
 
 
@@ -714,10 +736,15 @@ def record_unbuilt(
         )
         if state == "failed":
             report.failed += 1
-            streak.failed(row["key"], reason)
+            if not isinstance(problem, ReaderProblem):
+                streak.failed(row["key"], reason)
         else:
             report.review += 1
     record_many(engine, table, now, outcomes)
+    # A template error fails every reader alike: once the streak trips, those deliveries go
+    # back to the queue and the pass stops, as for a provider's refusals (`store_answers`).
+    if streak.tripped and not report.halted:
+        _halt(engine, table, streak, now, report)
 
 
 def _halt(

@@ -8,14 +8,14 @@ from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, select, update
 
 from dripmail.engine import run_once
 from dripmail.handover import _whole_batch, claim
 from dripmail.message import Mailbox, Message
 from dripmail.providers.outbox import OutboxProvider
 from dripmail.store.db import open_store
-from dripmail.store.schema import deliveries
+from dripmail.store.schema import deliveries, subscribers
 from tests.due_fixture import seed_due
 
 NOW = datetime(2026, 6, 1, 12, tzinfo=UTC)
@@ -105,3 +105,104 @@ def test_a_stop_while_rendering_holds_nothing_and_the_next_run_sends_each_once(
     assert {r["state"] for r in _rows(store).values()} == {"sent"}
     written = {p.stem for p in (tmp_path / "outbox").glob("*.eml")}
     assert written == {f"test-week-s{i}-d1" for i in range(1, 13)}
+
+
+def _named(row: dict) -> Message:
+    """A lesson addressed with the reader's stored first name, as the course's layout does."""
+    return Message(
+        key=row["key"],
+        kind="lesson",
+        ref=str(row["lesson_day"]),
+        sender=SENDER,
+        to=Mailbox(row["email"], row["first_name"]),
+        subject="Day 1",
+        html="<p>x</p>",
+        text="x",
+    )
+
+
+def _name(engine: Engine, subscriber_ids: range | list[int], first_name: str) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            update(subscribers)
+            .where(subscribers.c.id.in_(list(subscriber_ids)))
+            .values(first_name=first_name)
+        )
+
+
+def _errors(engine: Engine) -> dict[str, tuple[str, str | None]]:
+    with engine.connect() as conn:
+        rows = conn.execute(select(deliveries.c.key, deliveries.c.state, deliveries.c.last_error))
+        return {key: (state, error) for key, state, error in rows}
+
+
+@pytest.mark.parametrize("name", ["Zo\u00eb\u2028x", "Ann\x00", "Bo\x0bb"])
+def test_a_stored_name_no_header_can_carry_fails_alone_and_the_batch_goes_out(
+    store: Engine, tmp_path: Path, name: str
+) -> None:
+    _name(store, [4], name)
+    outbox = OutboxProvider(tmp_path / "outbox", clock=lambda: NOW)
+    report = run_once(store, outbox, _named, NOW, default_send_time=time(7))
+
+    assert (report.sent, report.failed) == (11, 1)
+    state, error = _errors(store)["test-week-s4-d1"]
+    assert state == "failed"
+    assert "the recipient's name contains" in (error or "") and "r4@example.org" in (error or "")
+    assert {s for k, (s, _) in _errors(store).items() if k != "test-week-s4-d1"} == {"sent"}
+
+
+def test_a_batch_an_older_version_left_sending_with_such_a_name_is_settled_not_stuck(
+    store: Engine, tmp_path: Path
+) -> None:
+    # An earlier version marked the batch and then died in the outbox's header encoder on
+    # U+2028: every later run retried it and died the same way.
+    _name(store, [4], "Zo\u00eb\u2028x")
+    with store.begin() as conn:
+        conn.execute(
+            update(deliveries).values(
+                state="sending",
+                batch_key="b-older",
+                attempts=1,
+                claimed_by="gone:1",
+                lease_expires_at=NOW - timedelta(minutes=1),
+            )
+        )
+    outbox = OutboxProvider(tmp_path / "outbox", clock=lambda: NOW)
+    report = run_once(store, outbox, _named, NOW, default_send_time=time(7))
+
+    errors = _errors(store)
+    assert errors["test-week-s4-d1"][0] == "review"
+    assert "r4@example.org" in (errors["test-week-s4-d1"][1] or "")
+    assert {s for k, (s, _) in errors.items() if k != "test-week-s4-d1"} == {"sent"}
+    assert report.sent == 11
+
+
+def test_a_template_error_that_fails_every_reader_stops_the_pass_and_loses_nothing(
+    tmp_path: Path,
+) -> None:
+    engine = open_store("sqlite:///dripmail.db", tmp_path)
+    seed_due(engine, 30, NOW)
+
+    def broken(row: dict) -> Message:
+        raise ValueError("'lesson' has no attribute 'strech' (emails/lesson.txt.j2, line 3)")
+
+    outbox = OutboxProvider(tmp_path / "outbox", clock=lambda: NOW)
+    report = run_once(engine, outbox, broken, NOW, default_send_time=time(7), halt_after=20)
+
+    assert "strech" in report.halted and "back to the queue" in report.halted
+    assert report.failed == 0
+    # Nothing failed for good and nothing is held: after the fix, the next run sends all 30.
+    assert {(r["state"], r["claimed_by"]) for r in _rows(engine).values()} == {("planned", None)}
+    fixed = run_once(engine, outbox, _message, NOW, default_send_time=time(7), halt_after=20)
+    assert fixed.sent == 30 and not fixed.halted
+
+
+def test_readers_bad_stored_names_never_stop_the_pass(tmp_path: Path) -> None:
+    engine = open_store("sqlite:///dripmail.db", tmp_path)
+    seed_due(engine, 30, NOW)
+    _name(engine, range(1, 26), "Line\nbreak")
+    outbox = OutboxProvider(tmp_path / "outbox", clock=lambda: NOW)
+    report = run_once(engine, outbox, _named, NOW, default_send_time=time(7), halt_after=20)
+
+    assert not report.halted
+    assert (report.sent, report.failed) == (5, 25)

@@ -217,8 +217,25 @@ def main() -> None:
             sys.exit(getattr(exc, "exit_code", 2))
         if debug:
             raise
-        typer.echo(f"error: unexpected {type(exc).__name__}: {exc} (re-run with --debug)", err=True)
+        typer.echo(f"error: {_unexpected(exc)}", err=True)
         sys.exit(1)
+
+
+def _unexpected(exc: Exception) -> str:
+    """One line for an error nobody planned for: the database's own message without the SQL
+    and parameters SQLAlchemy appends (a thousand parameters of a batch made it 1.3 KB), and a
+    plain word for a database another process kept locked past the busy timeout."""
+    from sqlalchemy.exc import DBAPIError
+
+    cause: BaseException = exc.orig if isinstance(exc, DBAPIError) and exc.orig else exc
+    text = (str(cause).strip().splitlines() or [""])[0]
+    if "database is locked" in text:
+        return (
+            "the database stayed locked by another process for longer than the busy timeout "
+            "(30 s); nothing already recorded is lost and lessons left in flight are settled "
+            "by the next run: run the same command again"
+        )
+    return f"unexpected {type(cause).__name__}: {text} (re-run with --debug)"
 
 
 # Last, so command modules can import the helpers defined above.
