@@ -44,9 +44,12 @@ LEASE = timedelta(minutes=10)
 
 @dataclass
 class RunReport(Report):
-    """What one pass did, for the CLI to print (`due`: what a dry run would send)."""
+    """What one pass did, for the CLI to print (`due`: what a dry run would send;
+    `in_flight`: what a dry run found held by a worker, which a real pass settles first when
+    its holder is gone)."""
 
     due: list[DueRow] = field(default_factory=list)
+    in_flight: int = 0
 
 
 def _settled(report: RunReport) -> int:
@@ -287,7 +290,10 @@ def run_once(
         if progress:
             progress(len(held))
 
-    if not dry_run:
+    if dry_run:
+        with engine.connect() as conn:
+            report.in_flight = dq.count_in_flight(conn)
+    else:
         # A `run` killed on this host cannot give its claims back: free them now instead of
         # waiting out the lease (rows left `sending` are reconciled, never resent blindly).
         expire_dead_claims(engine, deliveries, now, socket.gethostname())

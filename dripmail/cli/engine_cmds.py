@@ -76,6 +76,12 @@ def _print_report(report, now: datetime, dry_run: bool) -> None:
             typer.echo(f"  {row['key']:<28} day {row['lesson_day']}  to {row['email']}")
         if len(report.due) > 50:
             typer.echo(f"  ... and {len(report.due) - 50} more")
+        if report.in_flight:
+            typer.echo(
+                f"also {report.in_flight} lesson(s) held in flight by a worker: a real run "
+                "first settles those whose worker is gone (looked up at the provider or sent "
+                "again as the same batch, never blindly), whatever --limit says"
+            )
         typer.echo("nothing was written")
         return
     parts = [f"{report.sent} sent", f"{report.handed} scheduled at the provider"]

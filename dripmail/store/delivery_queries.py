@@ -118,6 +118,14 @@ def count_due(conn: Connection, by: datetime) -> int:
     ).scalar_one()
 
 
+def count_in_flight(conn: Connection) -> int:
+    """Lesson deliveries held `claimed` or `sending` by a worker (one running now, or one that
+    stopped or died before recording them): read from the small partial in-flight index."""
+    return conn.execute(
+        select(func.count()).select_from(deliveries).where(in_flight(deliveries))
+    ).scalar_one()
+
+
 # -- the engine's pass: built once, executed with parameters (no per-call statement building) --
 
 

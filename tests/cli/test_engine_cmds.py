@@ -75,6 +75,29 @@ def test_run_dry_run_then_run_then_rerun_is_a_no_op(project: Path) -> None:
     assert "day 1  sent" in shown.stdout and "07:30 local = 2026-06-02 05:30 UTC" in shown.stdout
 
 
+def test_a_dry_run_says_what_a_stopped_run_left_in_flight_is_settled_first(
+    project: Path,
+) -> None:
+    _import(project, 4)
+    due = "2026-06-02T05:30:00+00:00"
+    engine = open_store(f"sqlite:///{project / 'dripmail.db'}", project)
+    with engine.begin() as conn:
+        # A run killed mid-call left two lessons `sending` under a worker that is gone.
+        first_two = select(deliveries.c.id).order_by(deliveries.c.id).limit(2).scalar_subquery()
+        conn.execute(
+            deliveries.update()
+            .where(deliveries.c.id.in_(first_two))
+            .values(state="sending", batch_key="b-gone", claimed_by="elsewhere:1", attempts=1)
+        )
+    engine.dispose()
+
+    dry = _cli(project, "run", "--now", due, "--dry-run", "--limit", "1")
+    assert dry.returncode == 0, dry.stderr
+    assert "1 lesson(s) would go out" in dry.stdout
+    assert "also 2 lesson(s) held in flight by a worker" in dry.stdout
+    assert "whatever --limit says" in dry.stdout and "nothing was written" in dry.stdout
+
+
 def test_bad_now_and_unreachable_database_are_one_line_errors(tmp_path: Path) -> None:
     project = tmp_path
     bad = _cli(project, "run", "--now", "tuesday")
