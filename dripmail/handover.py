@@ -516,7 +516,8 @@ def store_answers(
     for keys, recovered in told.refused:
         undo: dict = {"attempts": table.c.attempts - 1}
         if not recovered:
-            undo.update(state="claimed", batch_key=None)
+            # Never handed over: no batch key was used, so none is recorded, nor when.
+            undo.update(state="claimed", batch_key=None, handed_at=None, provider=None)
         with engine.begin() as conn:
             conn.execute(
                 update(table)

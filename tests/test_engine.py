@@ -179,6 +179,8 @@ def _states(engine: Engine) -> list[tuple]:
                     deliveries.c.attempts,
                     deliveries.c.batch_key,
                     deliveries.c.claimed_by,
+                    deliveries.c.provider,
+                    deliveries.c.handed_at,
                 ).order_by(deliveries.c.key)
             ).all()
         )
