@@ -34,7 +34,7 @@ from sqlalchemy import (
 from sqlalchemy.sql.dml import Update
 
 from dripmail import holders
-from dripmail.errors import ProviderAuthError
+from dripmail.errors import ContentError, ProviderAuthError
 from dripmail.message import Message
 from dripmail.providers.base import Lookup, Outcome, Provider, is_unreachable
 from dripmail.store.bulk import Bulk, IdList, UnnestUpdate
@@ -366,6 +366,9 @@ Built = tuple[dict[str, Message], list[tuple[R, str]]]
 def build(held: Sequence[R], render: RenderFn[R]) -> Built[R]:
     """Render each held row; (messages by key, [(row, why it cannot be built)]).
 
+    Raises `ContentError` (a template or lesson error, naming its file and line) as it comes:
+    it is not one reader's, and marking deliveries `failed` for it would lose them.
+
     Pure rendering, no database: a caller may run it for the next chunk in a worker thread
     while this chunk is at the provider (`broadcast.send`).
     """
@@ -376,6 +379,10 @@ def build(held: Sequence[R], render: RenderFn[R]) -> Built[R]:
         try:
             message = render(row)
             problem = header_problem(message)
+        except ContentError:
+            # A template or lesson error (file:line) is the course's, the same for every
+            # reader it reaches: it stops the pass with nothing marked, however few are due.
+            raise
         except Exception as exc:  # one reader's stored data must not stop everyone else's mail
             problem = _one_line(exc)
         if problem:

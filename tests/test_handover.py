@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import Engine, select, update
 
 from dripmail.engine import run_once
+from dripmail.errors import ContentError
 from dripmail.handover import _whole_batch, claim
 from dripmail.message import Mailbox, Message
 from dripmail.providers.outbox import OutboxProvider
@@ -177,21 +178,36 @@ def test_a_batch_an_older_version_left_sending_with_such_a_name_is_settled_not_s
     assert report.sent == 11
 
 
-def test_a_template_error_that_fails_every_reader_stops_the_pass_and_loses_nothing(
+def test_a_template_error_stops_the_pass_with_nothing_marked_however_few_are_due(
+    store: Engine, tmp_path: Path
+) -> None:
+    def broken(row: dict) -> Message:
+        raise ContentError.at("emails/lesson.txt.j2", 3, "lesson has no field 'strech'")
+
+    outbox = OutboxProvider(tmp_path / "outbox", clock=lambda: NOW)
+    with pytest.raises(ContentError, match=r"emails/lesson.txt.j2:3"):
+        run_once(store, outbox, broken, NOW, default_send_time=time(7), halt_after=20)
+
+    # 12 readers, fewer than the halt's 20: still nothing failed for good, nothing is held.
+    assert {(r["state"], r["claimed_by"]) for r in _rows(store).values()} == {("planned", None)}
+    fixed = run_once(store, outbox, _message, NOW, default_send_time=time(7), halt_after=20)
+    assert fixed.sent == 12 and not fixed.halted
+
+
+def test_an_unforeseen_error_failing_every_reader_trips_the_halt_and_loses_nothing(
     tmp_path: Path,
 ) -> None:
     engine = open_store("sqlite:///dripmail.db", tmp_path)
     seed_due(engine, 30, NOW)
 
     def broken(row: dict) -> Message:
-        raise ValueError("'lesson' has no attribute 'strech' (emails/lesson.txt.j2, line 3)")
+        raise ValueError("something nobody foresaw")
 
     outbox = OutboxProvider(tmp_path / "outbox", clock=lambda: NOW)
     report = run_once(engine, outbox, broken, NOW, default_send_time=time(7), halt_after=20)
 
-    assert "strech" in report.halted and "back to the queue" in report.halted
+    assert "nobody foresaw" in report.halted and "back to the queue" in report.halted
     assert report.failed == 0
-    # Nothing failed for good and nothing is held: after the fix, the next run sends all 30.
     assert {(r["state"], r["claimed_by"]) for r in _rows(engine).values()} == {("planned", None)}
     fixed = run_once(engine, outbox, _message, NOW, default_send_time=time(7), halt_after=20)
     assert fixed.sent == 30 and not fixed.halted
