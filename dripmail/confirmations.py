@@ -28,6 +28,7 @@ from hashlib import sha256
 from typing import TYPE_CHECKING, Any
 
 from dripmail import holders
+from dripmail.message import header_problem
 from dripmail.providers.base import Outcome, SendResult
 from dripmail.store import confirmation_queries as cq
 
@@ -183,6 +184,8 @@ def _hand_over(
     the subscriber ids whose email it accepted."""
     from dripmail.render import recipient_for
 
+    unfit: list[tuple[cq.Slot, str]] = []
+
     def build() -> list[Message]:
         compiled = runner.renderer.confirm()
         messages = []
@@ -197,7 +200,15 @@ def _hand_over(
                 links=compiled.links,
             )
             key = confirm_key(slot)
-            messages.append(compiled.personalise(recipient, key=key, kind="confirm", ref="confirm"))
+            message = compiled.personalise(recipient, key=key, kind="confirm", ref="confirm")
+            # A stored value no header can carry (a line break in a name an older version
+            # kept) fails this email alone: in the batch, the provider's encoder would refuse
+            # every reader's.
+            problem = header_problem(message)
+            if problem:
+                unfit.append((slot, problem))
+            else:
+                messages.append(message)
         return messages
 
     try:
@@ -210,7 +221,7 @@ def _hand_over(
         async def send() -> Any:
             return await runner.provider.send_batch(messages, batch_key=batch_key)
 
-        results = call(send) if call is not None else asyncio.run(send())
+        results = [] if not messages else call(send) if call is not None else asyncio.run(send())
     except BaseException:
         # Not handed over (or not known to be): released, still owed, offered again.
         with runner.engine.begin() as conn:
@@ -223,12 +234,14 @@ def _hand_over(
     with runner.engine.begin() as conn:
         cq.settle(conn, taken, worker, now, accepted=True)
         cq.settle(conn, refused, worker, now, accepted=False)
+    why_unfit = {slot.subscriber_id: problem for slot, problem in unfit}
     for slot in refused:
         result = outcome.get(confirm_key(slot))
         log.warning(
             "confirmation email for subscriber %s not accepted: %s",
             slot.subscriber_id,
-            result.error if result is not None else "no answer from the provider",
+            why_unfit.get(slot.subscriber_id)
+            or (result.error if result is not None else "no answer from the provider"),
         )
     return [s.subscriber_id for s in taken if outcome[confirm_key(s)].outcome is Outcome.ACCEPTED]
 

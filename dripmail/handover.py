@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -35,7 +34,7 @@ from sqlalchemy.sql.dml import Update
 
 from dripmail import holders
 from dripmail.errors import ContentError, ProviderAuthError
-from dripmail.message import Message
+from dripmail.message import Message, ReaderProblem, header_problem
 from dripmail.providers.base import Lookup, Outcome, Provider, is_unreachable
 from dripmail.store.bulk import Bulk, IdList, UnnestUpdate
 from dripmail.store.handover_rows import HeldRow
@@ -123,48 +122,6 @@ class FailureStreak:
     @property
     def tripped(self) -> bool:
         return self.limit > 0 and len(self.keys) >= self.limit
-
-
-class ReaderProblem(str):
-    """Why one reader's message cannot be built from their stored data (a line break in a
-    name): it fails that delivery alone and, like a suppression, does not count toward a
-    halt (`FailureStreak`); a template error, the same for every reader, does."""
-
-    __slots__ = ()
-
-
-# What a mail header cannot carry: every character `str.splitlines` breaks a line at (the
-# stdlib's `email.policy` refuses a header value that splits, so the whole batch would fail
-# in the provider's encoder: U+2028 in a stored name did that) and the other C0 controls,
-# NUL and DEL (a NUL would otherwise reach the To: header). Tab is allowed.
-_NOT_IN_HEADERS = re.compile("[\x00-\x08\x0a-\x1f\x7f\x85\u2028\u2029]")
-_LINE_BREAKS = frozenset("\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")
-
-
-def header_problem(message: Message) -> ReaderProblem | None:
-    """Why `message` cannot be put into mail headers (a line break or a control character in
-    a name, address, subject or header), or None.
-
-    Checked before the hand-over so that one bad stored value fails its own delivery instead
-    of the provider call for the whole batch. Cheap: one regex scan of the joined values.
-    """
-    values = (message.to.name, message.to.address, message.subject, *message.headers.values())
-    if _NOT_IN_HEADERS.search("".join(values)) is None:
-        return None  # the usual case: one scan, no labels built
-    fields = [
-        ("the recipient's name", message.to.name),
-        ("the recipient's address", message.to.address),
-        ("the subject", message.subject),
-        *((f"header {name}", value) for name, value in message.headers.items()),
-    ]
-    for label, value in fields:
-        found = _NOT_IN_HEADERS.search(value)
-        if found is not None:
-            char = found.group()
-            if char in _LINE_BREAKS:
-                return ReaderProblem(f"{label} contains a line break (U+{ord(char):04X})")
-            return ReaderProblem(f"{label} contains a control character (U+{ord(char):04X})")
-    return None
 
 
 def record_many(

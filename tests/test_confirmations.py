@@ -239,6 +239,28 @@ def test_the_run_pass_sends_what_a_killed_sign_up_left(root: Path, tmp_path: Pat
     core.close()
 
 
+def test_a_stored_name_no_header_can_carry_fails_its_email_alone_in_the_run_pass(
+    root: Path, tmp_path: Path
+) -> None:
+    core = _core(root, tmp_path)
+    ids = _pending(core, 3)
+    with core.engine.begin() as conn:
+        # As an older version could have stored it; today's doors turn it into a space.
+        conn.execute(
+            update(subscribers).where(subscribers.c.id == ids[1]).values(first_name="A\nB")
+        )
+    _killed_child(root, tmp_path, "before", ids)
+
+    result = core.run(NOW)
+
+    assert result.confirmations == 2
+    assert len(_mailed(tmp_path)) == 2
+    slots = _slots(core)
+    assert all(slots[i][1] is not None for i in (ids[0], ids[2]))  # handed over
+    assert slots[ids[1]][1] is None and slots[ids[1]][2] is None  # released, still owed
+    core.close()
+
+
 def test_a_slot_held_by_a_live_process_is_not_offered_twice(root: Path, tmp_path: Path) -> None:
     core = _core(root, tmp_path)
     (sid,) = _pending(core, 1)

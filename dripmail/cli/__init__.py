@@ -232,8 +232,8 @@ def _unexpected(exc: Exception) -> str:
     if "database is locked" in text:
         return (
             "the database stayed locked by another process for longer than the busy timeout "
-            "(30 s); nothing already recorded is lost and lessons left in flight are settled "
-            "by the next run: run the same command again"
+            "(30 s at a time); nothing already recorded is lost, and what was in flight is "
+            "settled when you run the same command again"
         )
     return f"unexpected {type(cause).__name__}: {text} (re-run with --debug)"
 
