@@ -290,6 +290,13 @@ class DeliveryUseCases:
 
         return bc.stats(self.engine, broadcast_id)
 
+    def broadcast_failures(self, broadcast_id: int) -> tuple[list[RowMapping], int]:
+        """The first 20 failed or for-review copies of one broadcast with their reasons, and
+        how many there are in all (`broadcast.failures`)."""
+        from dripmail import broadcast as bc
+
+        return bc.failures(self.engine, broadcast_id)
+
     def list_broadcasts(self) -> list[tuple[RowMapping, BroadcastStats]]:
         """Every broadcast, newest first, with its counts."""
         from dripmail import broadcast as bc

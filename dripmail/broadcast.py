@@ -886,6 +886,21 @@ class BroadcastStats:
     clicked: int
 
 
+def failures(engine: Engine, broadcast_id: int, limit: int = 20) -> tuple[list[RowMapping], int]:
+    """Why copies of one broadcast failed or wait for review: (up to `limit` rows of
+    ``state, last_error`` (the reason ends with the address), how many there are in all)."""
+    bd = broadcast_deliveries
+    failed = (bd.c.broadcast_id == broadcast_id, bd.c.state.in_(("failed", "review")))
+    with engine.connect() as conn:
+        total = conn.execute(select(func.count()).select_from(bd).where(*failed)).scalar_one()
+        rows = list(
+            conn.execute(
+                select(bd.c.state, bd.c.last_error).where(*failed).order_by(bd.c.id).limit(limit)
+            ).mappings()
+        )
+    return rows, total
+
+
 def stats(engine: Engine, broadcast_id: int) -> BroadcastStats:
     """Recipients and outcomes of one broadcast; events matched by its delivery keys.
 

@@ -10,6 +10,7 @@ import typer
 
 from dripmail.cli import command_name, parse_now, state
 from dripmail.cli.exits import EXIT_ATTENTION, EXIT_STOPPED, sigterm_as_ctrl_c
+from dripmail.cli.printing import visible
 from dripmail.errors import InputError
 
 group = typer.Typer(help="Inspect and cancel newsletter broadcasts.", no_args_is_help=True)
@@ -172,7 +173,7 @@ def broadcast(
         f"{plan.newsletter.subject!r} to segment {plan.segment}: {plan.recipients} recipient(s)"
     )
     for person in plan.sample:
-        typer.echo(f"  e.g. {person['first_name'] or '-'} <{person['email']}>")
+        typer.echo(f"  e.g. {visible(person['first_name'] or '-')} <{visible(person['email'])}>")
     if dry_run:
         core.check_broadcast_template(plan)
         if plan.nobody:
@@ -273,6 +274,14 @@ def show(
     for label in ("complained", "unsubscribed", "skipped"):
         if getattr(s, label):
             typer.echo(f"  {label:<11}{getattr(s, label):>8}")
+    failed, total = core.broadcast_failures(row["id"])
+    if failed:
+        shown = f"the first {len(failed)} of {total}" if total > len(failed) else f"{total}"
+        typer.echo(f"  why copies failed or wait for review ({shown}):")
+        for copy in failed:
+            typer.echo(
+                f"    {copy['state']:<7} {visible(copy['last_error'] or 'no reason recorded')}"
+            )
 
 
 @group.command("cancel")

@@ -10,6 +10,7 @@ import typer
 
 from dripmail.cli import parse_now, state
 from dripmail.cli.exits import EXIT_ATTENTION, EXIT_STOPPED, sigterm_as_ctrl_c
+from dripmail.cli.printing import visible
 from dripmail.errors import InputError
 
 db = typer.Typer(help="Database maintenance.", no_args_is_help=True)
@@ -73,7 +74,7 @@ def _print_report(report, now: datetime, dry_run: bool) -> None:
     if dry_run:
         typer.echo(f"dry run at {now:%Y-%m-%d %H:%M} UTC: {len(report.due)} lesson(s) would go out")
         for row in report.due[:50]:
-            typer.echo(f"  {row['key']:<28} day {row['lesson_day']}  to {row['email']}")
+            typer.echo(f"  {row['key']:<28} day {row['lesson_day']}  to {visible(row['email'])}")
         if len(report.due) > 50:
             typer.echo(f"  ... and {len(report.due) - 50} more")
         if report.in_flight:
@@ -256,7 +257,7 @@ def status() -> None:
     if report.failures:
         typer.echo("Recent failures and reviews")
         for row in report.failures:
-            typer.echo(f"  {row['key']:<28} {row['state']:<8} {row['last_error'] or ''}")
+            typer.echo(f"  {row['key']:<28} {row['state']:<8} {visible(row['last_error'] or '')}")
     waiting = report.deliveries.get("review", 0)
     if waiting:
         from dripmail.cli import command_name

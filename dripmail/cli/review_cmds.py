@@ -10,6 +10,7 @@ from enum import StrEnum
 import typer
 
 from dripmail.cli import command_name, state
+from dripmail.cli.printing import visible
 
 group = typer.Typer(
     help="Deliveries whose hand-over was ambiguous: list them, settle them.",
@@ -49,12 +50,12 @@ def review() -> None:
     )
     for row in rows:
         what = f"lesson {row.what}" if row.kind == "lesson" else f"newsletter {row.what}"
-        typer.echo(f"{row.key}  {what}  to {row.email} ({row.subscriber_status})")
+        typer.echo(f"{row.key}  {what}  to {visible(row.email)} ({row.subscriber_status})")
         typer.echo(
             f"    provider {row.provider or '-'}, batch {row.batch_key or '-'}, "
             f"handed over {_when(row.handed_at)}, {row.attempts} attempt(s)"
         )
-        typer.echo(f"    known: {row.last_error or 'no answer recorded'}")
+        typer.echo(f"    known: {visible(row.last_error or 'no answer recorded')}")
         if row.events:
             seen = ", ".join(f"{t} {_when(at)} ({p})" for t, at, p in row.events)
             typer.echo(f"    events: {seen}")

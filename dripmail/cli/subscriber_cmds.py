@@ -10,6 +10,7 @@ import typer
 
 from dripmail.cli import parse_now, state
 from dripmail.cli.exits import EXIT_ATTENTION
+from dripmail.cli.printing import visible
 
 if TYPE_CHECKING:
     from dripmail.app import Dripmail, Recall
@@ -119,10 +120,10 @@ def show(email: str = typer.Argument(..., help="The subscriber's address.")) -> 
         when = d["sent_at"] or d["due_at"]
         local = when.astimezone(zone)
         verb = "sent" if d["sent_at"] else "due"
-        extra = f"  ({d['last_error']})" if d["last_error"] else ""
+        extra = f"  ({visible(d['last_error'])})" if d["last_error"] else ""
         if d["last_error"] and d["state"] == "sent":
             # What stood in the way before it went (or was settled as sent) is history now.
-            extra = f"  (resolved: {d['last_error']})"
+            extra = f"  (resolved: {visible(d['last_error'])})"
         typer.echo(
             f"  {'welcome' if d['lesson_day'] == 0 else 'day ' + str(d['lesson_day'])}"
             f"  {d['state']:<10} {verb} {local:%a %Y-%m-%d %H:%M} local"

@@ -264,6 +264,32 @@ def test_ctrl_c_stops_a_broadcast_after_the_chunk_at_the_provider(
     assert copies() == Counter(dict.fromkeys(big_list, 1))
 
 
+def test_show_says_why_copies_failed_and_stored_text_cannot_break_the_terminal(
+    root: Path,
+) -> None:
+    engine = open_store("sqlite:///dripmail.db", root)
+    seed(engine, 6)
+    with engine.begin() as conn:
+        # Stored by an older version: a line break and a terminal escape in a name.
+        conn.execute(
+            subscribers_table.update()
+            .where(subscribers_table.c.email == "p5@example.org")
+            .values(first_name="Zo\u00eb\u2028\x1b[31mx")
+        )
+    engine.dispose()
+
+    sent = _cli(root, "broadcast", "newsletters/hips.md", "--yes")
+    assert sent.returncode == 3, sent.stderr  # some copies failed
+    assert "\x1b" not in sent.stdout and "\u2028" not in sent.stdout
+    assert "e.g. Zo\u00eb\\u2028\\u001b[31mx <p5@example.org>" in sent.stdout
+
+    shown = _cli(root, "broadcasts", "show", "1")
+    assert shown.returncode == 0, shown.stderr
+    assert "why copies failed or wait for review (1):" in shown.stdout
+    failure = next(line for line in shown.stdout.splitlines() if line.startswith("    failed"))
+    assert "line break (U+2028)" in failure and "p5@example.org" in failure
+
+
 def test_schedule_run_then_list_and_show(root: Path) -> None:
     seed(open_store("sqlite:///dripmail.db", root), 10)
     out = _cli(root, "broadcast", "newsletters/hips.md", "--schedule", "2099-01-01T09:00+00:00")
