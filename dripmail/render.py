@@ -124,8 +124,64 @@ def recipient_for(
     )
 
 
+class PlaceholderMisuse(Exception):
+    """A template treated a per-reader value as if stage 1 knew it (see `_Placeholder`)."""
+
+
 class _Placeholder(Markup):
-    """A stage-2 placeholder; kept verbatim by stage 1 (never escaped or neutralised)."""
+    """A stage-2 placeholder; kept verbatim by stage 1 (never escaped or neutralised).
+
+    Stage 1 renders one email for everyone: the reader's value is not known yet, only where
+    it goes. A template that tests, compares, measures or changes it (``{% if
+    recipient.first_name %}``, ``| upper``) would silently act on the placeholder's own text
+    (always true; ``[[ RECIPIENT.FIRST_NAME ]]``), so those raise `PlaceholderMisuse`, which
+    `Renderer._stage1` reports at the template's file and line.
+    """
+
+    def _misused(self, what: str) -> PlaceholderMisuse:
+        field = str(self)[len("[[ recipient.") : -len(" ]]")]
+        return PlaceholderMisuse(
+            f"recipient.{field} cannot be {what} in a template: it is filled in for each "
+            f"reader after the template is rendered. Write {{{{ recipient.{field} }}}} as it "
+            "is (an empty first name already reads 'there')"
+        )
+
+    def __bool__(self) -> bool:
+        raise self._misused("tested (if, and, or, default)")
+
+    def __len__(self) -> int:
+        raise self._misused("measured (length, truncate)")
+
+    def __eq__(self, other: object) -> bool:
+        raise self._misused("compared")
+
+    def __ne__(self, other: object) -> bool:
+        raise self._misused("compared")
+
+    __hash__ = Markup.__hash__
+
+    def __contains__(self, item: object) -> bool:
+        raise self._misused("searched (in)")
+
+    def __getitem__(self, key: object) -> _Placeholder:
+        raise self._misused("sliced or indexed")
+
+
+def _changes_the_value(name: str) -> Callable[..., Markup]:
+    def method(self: _Placeholder, *args: Any, **kwargs: Any) -> Markup:
+        raise self._misused(f"changed by a filter or method ({name})")
+
+    method.__name__ = name
+    return method
+
+
+for _name in (
+    "upper", "lower", "title", "capitalize", "swapcase", "casefold", "strip", "lstrip",
+    "rstrip", "replace", "split", "rsplit", "center", "ljust", "rjust", "zfill", "format",
+    "startswith", "endswith", "__mod__", "__mul__", "splitlines", "partition", "rpartition",
+    "count", "find", "index",
+):  # fmt: skip
+    setattr(_Placeholder, _name, _changes_the_value(_name))
 
 
 class _RecipientPlaceholders:
@@ -455,6 +511,8 @@ class Renderer:
             raise self._at_template_line(exc, where, str(exc)) from None
         except SecurityError as exc:
             raise self._at_template_line(exc, where, f"not allowed in a template: {exc}") from None
+        except PlaceholderMisuse as exc:
+            raise self._at_template_line(exc, where, str(exc)) from None
         except UnicodeDecodeError:
             raise ContentError(self._unreadable_templates() or f"{where}: not UTF-8") from None
         except Exception as exc:  # a runtime error in template code, e.g. 1 + "x"

@@ -250,20 +250,33 @@ def test_template_mistakes_are_one_line_at_the_template(
     assert problem.startswith(expected), problem
 
 
-def test_a_filter_that_changes_a_placeholder_is_a_content_error_at_compile(
-    project: Project,
+@pytest.mark.parametrize(
+    ("written", "said"),
+    [
+        ("{{ recipient.first_name | upper }}", "changed by a filter or method (upper)"),
+        ("{% if recipient.first_name %}{{ recipient.first_name }}{% endif %}", "tested"),
+        ("{{ recipient.first_name | length }}", "measured"),
+        ("{% if recipient.first_name == '' %}there{% endif %}", "compared"),
+        ("{{ recipient.first_name[:1] }}", "sliced or indexed"),
+    ],
+    ids=["filter", "if", "length", "compare", "slice"],
+)
+def test_a_template_that_acts_on_a_reader_s_value_is_told_so_at_its_line(
+    project: Project, written: str, said: str
 ) -> None:
-    # Stage 2 only fills dripmail's own placeholders; a mangled one must not reach a reader.
+    # Stage 1 renders one email for everyone: acting on the placeholder would act on its own
+    # text ("[[ RECIPIENT.FIRST_NAME ]]", an `if` always true) and mislead every reader.
     template = project.emails_dir / "lesson.txt.j2"
-    template.write_text(
-        template.read_text().replace("recipient.first_name", "recipient.first_name | upper", 1)
-    )
+    text = template.read_text()
+    line = text[: text.index("{{ recipient.first_name }}")].count("\n") + 1
+    template.write_text(text.replace("{{ recipient.first_name }}", written, 1))
     with pytest.raises(ContentError) as caught:
         Renderer(project, load_course(project)).lesson(1)
     (problem,) = caught.value.problems
     assert problem.startswith(
-        "emails/lesson.txt.j2: placeholder: not a placeholder: '[[ RECIPIENT"
+        f"emails/lesson.txt.j2:{line}: recipient.first_name cannot be {said}"
     ), problem
+    assert "Write {{ recipient.first_name }} as it is" in problem
 
 
 def test_only_the_links_an_email_shows_are_signed(project: Project) -> None:
