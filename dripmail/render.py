@@ -23,6 +23,7 @@ from jinja2 import (
     TemplateNotFound,
     TemplateSyntaxError,
     UndefinedError,
+    nodes,
 )
 from jinja2.ext import Extension
 from jinja2.lexer import Token, TokenStream
@@ -223,6 +224,92 @@ class _PlainTextGuard(_HtmlTextGuard):
     replacement = "[\u200b"
 
 
+class _PlaceholderSyntax(TemplateSyntaxError):
+    """A template that acts on a `recipient.*` value (found when the template is parsed)."""
+
+
+# Where a recipient value may stand: written out, passed to a macro, assigned, or held in a
+# literal list or dict that is passed on. Anywhere else (a filter, a test, a comparison, `~`,
+# a method) stage 1 would act on the placeholder's own text, not on the reader's value.
+_PASSES_ON = (nodes.Output, nodes.Call, nodes.Keyword, nodes.Assign, nodes.With, nodes.List,
+              nodes.Tuple, nodes.Dict, nodes.Pair)  # fmt: skip
+_WHAT: dict[type[nodes.Node], str] = {
+    nodes.Filter: "changed by a filter",
+    nodes.FilterBlock: "changed by a filter",
+    nodes.Test: "tested",
+    nodes.If: "tested",
+    nodes.CondExpr: "tested",
+    nodes.And: "tested",
+    nodes.Or: "tested",
+    nodes.Not: "tested",
+    nodes.Compare: "compared",
+    nodes.Operand: "compared",
+    nodes.Concat: "joined to other text with ~",
+    nodes.For: "iterated",
+    nodes.Getattr: "changed by a method",
+    nodes.Getitem: "sliced or indexed",
+}
+
+
+def _recipient_field(node: nodes.Node) -> str | None:
+    """The field name if `node` is ``recipient.FIELD`` (or ``recipient['FIELD']``)."""
+    if isinstance(node, nodes.Getattr) and isinstance(node.node, nodes.Name):
+        return node.attr if node.node.name == "recipient" else None
+    if (
+        isinstance(node, nodes.Getitem)
+        and isinstance(node.node, nodes.Name)
+        and node.node.name == "recipient"
+        and isinstance(node.arg, nodes.Const)
+    ):
+        return str(node.arg.value)
+    return None
+
+
+def _placeholder_misuse(tree: nodes.Template) -> tuple[int, str] | None:
+    """(line, message) of the first place a template acts on a `recipient.*` value, or None.
+
+    Parse-time: a runtime check cannot see what regex-based filters (`title`, `wordcount`) do
+    to the placeholder text, nor `~` joining it to other text.
+    """
+
+    def visit(node: nodes.Node, parent: nodes.Node, in_filter: bool) -> tuple[int, str] | None:
+        field = _recipient_field(node)
+        if field is not None:
+            what: str | None = None
+            if in_filter:
+                what = "changed by a filter"
+            elif not isinstance(parent, _PASSES_ON):
+                what = _WHAT.get(parent.__class__, "used in an expression")
+                if isinstance(parent, (nodes.Filter, nodes.Test)):
+                    what += f" ({parent.name})"
+            if what:
+                return node.lineno, (
+                    f"recipient.{field} cannot be {what} in a template: it is filled in for "
+                    f"each reader after the template is rendered. Write {{{{ recipient.{field} "
+                    "}} as it is (an empty first name already reads 'there')"
+                )
+            return None
+        filtered = in_filter or isinstance(node, nodes.FilterBlock)
+        for child in node.iter_child_nodes():
+            found = visit(child, node, filtered)
+            if found:
+                return found
+        return None
+
+    return visit(tree, tree, False)
+
+
+class _CourseEnvironment(SandboxedEnvironment):
+    """The sandbox, refusing at parse time a template that acts on a recipient value."""
+
+    def _parse(self, source: str, name: str | None, filename: str | None) -> nodes.Template:
+        tree = super()._parse(source, name, filename)
+        misuse = _placeholder_misuse(tree)
+        if misuse is not None:
+            raise _PlaceholderSyntax(misuse[1], misuse[0], name, filename)
+        return tree
+
+
 def _template_line(exc: BaseException, emails_dir: Path) -> tuple[str, int | None]:
     """The template file and line an exception was raised from (Jinja rewrites tracebacks)."""
     tb = exc.__traceback__
@@ -408,13 +495,13 @@ class Renderer:
         self.course = course
         loader = FileSystemLoader(str(project.emails_dir))
         common = {"loader": loader, "undefined": FieldUndefined, "keep_trailing_newline": True}
-        self._html_env = SandboxedEnvironment(
+        self._html_env = _CourseEnvironment(
             autoescape=True,
             finalize=lambda v: _neutralise(v, html=True),
             extensions=[_HtmlTextGuard],
             **common,
         )
-        self._text_env = SandboxedEnvironment(
+        self._text_env = _CourseEnvironment(
             autoescape=False,
             finalize=lambda v: _neutralise(v, html=False),
             extensions=[_PlainTextGuard],
@@ -499,6 +586,9 @@ class Renderer:
             return template.render(
                 course=self.course, recipient=_RecipientPlaceholders(), **context
             )
+        except _PlaceholderSyntax as exc:
+            file = f"emails/{exc.name}" if exc.name else where
+            raise ContentError.at(file, exc.lineno, str(exc.message)) from None
         except TemplateSyntaxError as exc:
             file = f"emails/{exc.name}" if exc.name else where
             raise ContentError.at(file, exc.lineno, f"template syntax: {exc.message}") from None
@@ -589,7 +679,7 @@ class Renderer:
         from dripmail.mjml_check import LineMarks, located, origins
 
         if self._traced_env is None:
-            self._traced_env = SandboxedEnvironment(
+            self._traced_env = _CourseEnvironment(
                 loader=self._html_env.loader,
                 undefined=FieldUndefined,
                 keep_trailing_newline=True,

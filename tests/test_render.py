@@ -253,13 +253,17 @@ def test_template_mistakes_are_one_line_at_the_template(
 @pytest.mark.parametrize(
     ("written", "said"),
     [
-        ("{{ recipient.first_name | upper }}", "changed by a filter or method (upper)"),
+        ("{{ recipient.first_name | upper }}", "changed by a filter (upper)"),
+        ("{{ recipient.first_name|title }}", "changed by a filter (title)"),
+        ("{{ (recipient.first_name ~ '!') | upper }}", "joined to other text with ~"),
+        ("{% filter upper %}{{ recipient.first_name }}{% endfilter %}", "changed by a filter"),
         ("{% if recipient.first_name %}{{ recipient.first_name }}{% endif %}", "tested"),
-        ("{{ recipient.first_name | length }}", "measured"),
+        ("{{ recipient.first_name | length }}", "changed by a filter (length)"),
         ("{% if recipient.first_name == '' %}there{% endif %}", "compared"),
         ("{{ recipient.first_name[:1] }}", "sliced or indexed"),
+        ("{{ recipient.first_name.upper() }}", "changed by a method"),
     ],
-    ids=["filter", "if", "length", "compare", "slice"],
+    ids=["upper", "title", "concat", "filter-block", "if", "length", "compare", "slice", "method"],
 )
 def test_a_template_that_acts_on_a_reader_s_value_is_told_so_at_its_line(
     project: Project, written: str, said: str

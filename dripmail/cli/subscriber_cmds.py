@@ -112,8 +112,8 @@ def show(email: str = typer.Argument(..., help="The subscriber's address.")) -> 
     found = _app().timeline(email)
     row = found.subscriber
     zone = ZoneInfo(row["timezone"])
-    typer.echo(f"{row['email']}  (id {row['id']}, {row['status']})")
-    typer.echo(f"  name: {row['first_name'] or '-'}   zone: {row['timezone']}")
+    typer.echo(f"{visible(row['email'])}  (id {row['id']}, {row['status']})")
+    typer.echo(f"  name: {visible(row['first_name'] or '-')}   zone: {row['timezone']}")
     typer.echo(f"  consent: {row['consent_source']} at {row['consent_at']:%Y-%m-%d %H:%M} UTC")
     typer.echo("Lessons")
     for d in found.lessons:

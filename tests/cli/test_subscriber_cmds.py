@@ -119,3 +119,26 @@ def test_answering_no_to_forget_says_nothing_was_erased(tmp_path: Path) -> None:
     said = (seen + read_to_end(leader)).decode()
     assert "nothing was erased" in said and "Aborted" not in said, said
     assert subs.get_subscriber(engine, "quinn@example.com")["status"] == "active"
+
+
+def test_show_prints_a_stored_name_with_control_characters_escaped(tmp_path: Path) -> None:
+    from sqlalchemy import update
+
+    from dripmail.store.schema import subscribers
+
+    engine = open_store("sqlite:///dripmail.db", tmp_path)
+    subs.add_subscriber(
+        engine,
+        "ana@example.org",
+        timezone="Europe/Berlin",
+        status="active",
+        consent_source="import",
+        now=datetime(2026, 6, 1, tzinfo=UTC),
+    )
+    with engine.begin() as conn:
+        # As an older version or a hand edit could store it: a line break and a colour code.
+        conn.execute(update(subscribers).values(first_name="N\nL\x1b[31m"))
+    shown = _run(tmp_path, "subscribers", "show", "ana@example.org")
+    assert shown.returncode == 0, shown.stderr
+    assert "  name: N\\u000aL\\u001b[31m   zone: Europe/Berlin" in shown.stdout
+    assert "\x1b" not in shown.stdout
