@@ -238,8 +238,9 @@ def _hand_over(
     for slot in refused:
         result = outcome.get(confirm_key(slot))
         log.warning(
-            "confirmation email for subscriber %s not accepted: %s",
+            "confirmation email for subscriber %s (%r) not accepted: %s",
             slot.subscriber_id,
+            slot.email,
             why_unfit.get(slot.subscriber_id)
             or (result.error if result is not None else "no answer from the provider"),
         )

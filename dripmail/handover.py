@@ -83,6 +83,15 @@ class Report:
     # is_unreachable`): a fault that does not pass by itself, so the commands exit 3.
     retry_reason: str = ""
     unreachable: str = ""
+    # The reason of the first delivery failed for good (it ends with the address), for the
+    # one line the commands print beside the count.
+    failure_reason: str = ""
+
+    def failed_for(self, reason: str) -> None:
+        """Count one delivery failed for good because of `reason`."""
+        self.failed += 1
+        if not self.failure_reason:
+            self.failure_reason = reason
 
     def retried(self, reason: str | None) -> None:
         """Count one message left for a later attempt because of `reason`."""
@@ -700,7 +709,7 @@ def record_unbuilt(
             (row["id"], {"state": state, "last_error": f"{reason} (to {_address(row)})"})
         )
         if state == "failed":
-            report.failed += 1
+            report.failed_for(f"{reason} (to {_address(row)})")
             if not isinstance(problem, ReaderProblem):
                 streak.failed(row["key"], reason)
         else:
@@ -813,7 +822,7 @@ def _outcomes(
             row = by_key[message.key]
             error = f"{reason} (to {_address(row)})"
             outcomes.append((row["id"], {"state": "failed", "last_error": error}))
-            report.failed += 1
+            report.failed_for(error)
             if result.suppress:
                 # e.g. Postmark 406 (inactive recipient): never mail this address again. It
                 # is about this reader, not everyone: it does not count toward a halt.

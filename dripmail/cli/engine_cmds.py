@@ -98,7 +98,17 @@ def _print_report(report, now: datetime, dry_run: bool) -> None:
     typer.echo(f"{now:%Y-%m-%d %H:%M} UTC: " + ", ".join(parts))
     if report.halted:
         typer.echo(report.halted, err=True)
-    elif report.retry and (report.unreachable or report.retry_reason):
+        return
+    if report.failed and report.failure_reason:
+        from dripmail.cli import command_name
+
+        first = "the first" if report.failed > 1 else "it"
+        typer.echo(
+            f"{report.failed} failed for good ({first}: {visible(report.failure_reason)}); "
+            f"`{command_name()} status` lists them",
+            err=True,
+        )
+    if report.retry and (report.unreachable or report.retry_reason):
         from dripmail.providers.base import summary_reason
 
         why = summary_reason(report.unreachable or report.retry_reason)

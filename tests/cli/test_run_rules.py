@@ -81,6 +81,10 @@ def test_one_bad_stored_name_fails_alone_exit_3_and_status_names_it(tmp_path: Pa
     assert "59 sent" in stdout and "1 failed" in stdout
     # The bar ends at what was really handled (59 sent + 1 failed), not at the estimate.
     assert re.search(r"(?<!\d)60/60(?!\d)", terminal) and "/120" not in terminal, terminal
+    # Why, in one line beside the count: the reason, the address, where to see them all.
+    said = " ".join(terminal.split())
+    assert "1 failed for good (it: cannot build the message: the recipient's name" in said
+    assert "(to p7@example.org)); `" in said and "status` lists them" in said
     status = _cli(root, "status")
     assert "failed" in status.stdout and "p7@example.org" in status.stdout
     assert "line break" in status.stdout
