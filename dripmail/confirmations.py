@@ -221,7 +221,9 @@ def _hand_over(
         async def send() -> Any:
             return await runner.provider.send_batch(messages, batch_key=batch_key)
 
-        results = [] if not messages else call(send) if call is not None else asyncio.run(send())
+        results: list[SendResult] = []
+        if messages:
+            results = call(send) if call is not None else asyncio.run(send())
     except BaseException:
         # Not handed over (or not known to be): released, still owed, offered again.
         with runner.engine.begin() as conn:

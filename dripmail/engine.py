@@ -226,69 +226,70 @@ def run_once(
     def size() -> int:
         return chunk if limit is None else min(chunk, limit - taken)
 
+    def eligible(page: list[DueRow]) -> list[DueRow]:
+        """The rows of `page` due now; a dry run lists them and gets none to hand over."""
+        nonlocal taken
+        rows = _eligible(engine, page, horizon, default_send_time, skip_weekends)
+        if not dry_run:
+            return rows
+        report.due.extend(rows)
+        taken += len(rows)
+        return []
+
     def take(page: list[DueRow], bind: Engine | Connection) -> list[DueRow]:
-        """The eligible rows of `page` this worker now holds (a dry run only lists them).
+        """The eligible rows of `page` this worker now holds.
 
         `bind`: a Connection when the page was read with its rows locked in its transaction.
         """
-        nonlocal taken
-        rows = _eligible(engine, page, horizon, default_send_time, skip_weekends)
-        if dry_run:
-            report.due.extend(rows)
-            taken += len(rows)
+        rows = eligible(page)
+        if not rows:
             return []
         locked = isinstance(bind, Connection)
         return claim(bind, deliveries, rows, worker, now, LEASE, locked=locked)
 
-    def send(held: list[DueRow]) -> None:
+    def settle(hand: Callable[[], list[DueRow]], held: list[DueRow]) -> None:
+        """Run one chunk's hand-over (`hand` returns the rows this worker took) and count
+        it. On any exception (a refused credential, Ctrl-C), the claims in `held` go back to
+        the queue unchanged, and what the chunk settled first is counted, so a stop can
+        say so (Ctrl-C lets the chunk in progress finish: `Dripmail.call_provider`)."""
         nonlocal taken
-        if not held:
-            return
         before = _settled(report)
         try:
-            call(lambda: deliver(engine, deliveries, provider, held, render, now, report, streak))
+            done = hand()
         except BaseException:
-            # Whatever stopped us (a refused credential, Ctrl-C), what this worker holds and
-            # did not hand over goes back to the queue unchanged.
             release(engine, deliveries, [r["key"] for r in held], now)
-            # Ctrl-C lets the chunk in progress finish and be recorded first (see
-            # `Dripmail.call_provider`): count what it settled, so the stop can say so.
             if progress and _settled(report) > before:
                 progress(_settled(report) - before)
             raise
-        taken += len(held)
-        touched.update(r["subscriber_id"] for r in held)
+        taken += len(done)
+        touched.update(r["subscriber_id"] for r in done)
         if progress:
-            progress(len(held))
+            progress(len(done))
+
+    def send(held: list[DueRow]) -> None:
+        """Rows this worker claimed: rendered, marked `sending`, handed over (`deliver`)."""
+
+        def deliver_held() -> list[DueRow]:
+            call(lambda: deliver(engine, deliveries, provider, held, render, now, report, streak))
+            return held
+
+        if held:
+            settle(deliver_held, held)
 
     def hand_over(page: list[DueRow]) -> None:
         send(take(page, engine))
 
     def send_free(page: list[DueRow]) -> None:
-        """Free rows read without locks: rendered, then taken and marked in one write."""
-        nonlocal taken
-        rows = _eligible(engine, page, horizon, default_send_time, skip_weekends)
-        if dry_run:
-            report.due.extend(rows)
-            taken += len(rows)
-            return
-        if not rows:
-            return
-        before = _settled(report)
-        try:
-            held = call(
-                lambda: deliver_free(
-                    engine, deliveries, provider, rows, render, now, report, streak, worker, LEASE
-                )
-            )
-        except BaseException:
-            if progress and _settled(report) > before:
-                progress(_settled(report) - before)
-            raise
-        taken += len(held)
-        touched.update(r["subscriber_id"] for r in held)
-        if progress:
-            progress(len(held))
+        """Free rows read without locks: rendered, then taken and marked in one write
+        (`deliver_free`, which gives back what it took if it fails)."""
+        rows = eligible(page)
+
+        def take_and_deliver() -> list[DueRow]:
+            args = (engine, deliveries, provider, rows, render, now, report, streak)
+            return call(lambda: deliver_free(*args, worker, LEASE))
+
+        if rows:
+            settle(take_and_deliver, [])
 
     if dry_run:
         with engine.connect() as conn:

@@ -614,12 +614,11 @@ async def deliver_free(
             return held
         told = read_answers(out, await hand_over(provider, out), now, report, streak)
         store_answers(engine, table, told, now, report, streak)
+        if told.failure is not None:
+            raise told.failure
     except BaseException:
         release(engine, table, [r["key"] for r in held], now, worker)
         raise
-    if told.failure is not None:
-        release(engine, table, [r["key"] for r in held], now, worker)
-        raise told.failure
     return held
 
 

@@ -24,12 +24,13 @@ SENDER = Mailbox("hello@studio.example.com")
 
 
 def _message(row: dict) -> Message:
+    """A lesson addressed with the reader's stored first name, as the course's layout does."""
     return Message(
         key=row["key"],
         kind="lesson",
         ref=str(row["lesson_day"]),
         sender=SENDER,
-        to=Mailbox(row["email"]),
+        to=Mailbox(row["email"], row["first_name"]),
         subject="Day 1",
         html="<p>x</p>",
         text="x",
@@ -108,20 +109,6 @@ def test_a_stop_while_rendering_holds_nothing_and_the_next_run_sends_each_once(
     assert written == {f"test-week-s{i}-d1" for i in range(1, 13)}
 
 
-def _named(row: dict) -> Message:
-    """A lesson addressed with the reader's stored first name, as the course's layout does."""
-    return Message(
-        key=row["key"],
-        kind="lesson",
-        ref=str(row["lesson_day"]),
-        sender=SENDER,
-        to=Mailbox(row["email"], row["first_name"]),
-        subject="Day 1",
-        html="<p>x</p>",
-        text="x",
-    )
-
-
 def _name(engine: Engine, subscriber_ids: range | list[int], first_name: str) -> None:
     with engine.begin() as conn:
         conn.execute(
@@ -143,7 +130,7 @@ def test_a_stored_name_no_header_can_carry_fails_alone_and_the_batch_goes_out(
 ) -> None:
     _name(store, [4], name)
     outbox = OutboxProvider(tmp_path / "outbox", clock=lambda: NOW)
-    report = run_once(store, outbox, _named, NOW, default_send_time=time(7))
+    report = run_once(store, outbox, _message, NOW, default_send_time=time(7))
 
     assert (report.sent, report.failed) == (11, 1)
     state, error = _errors(store)["test-week-s4-d1"]
@@ -169,7 +156,7 @@ def test_a_batch_an_older_version_left_sending_with_such_a_name_is_settled_not_s
             )
         )
     outbox = OutboxProvider(tmp_path / "outbox", clock=lambda: NOW)
-    report = run_once(store, outbox, _named, NOW, default_send_time=time(7))
+    report = run_once(store, outbox, _message, NOW, default_send_time=time(7))
 
     errors = _errors(store)
     assert errors["test-week-s4-d1"][0] == "review"
@@ -218,7 +205,7 @@ def test_readers_bad_stored_names_never_stop_the_pass(tmp_path: Path) -> None:
     seed_due(engine, 30, NOW)
     _name(engine, range(1, 26), "Line\nbreak")
     outbox = OutboxProvider(tmp_path / "outbox", clock=lambda: NOW)
-    report = run_once(engine, outbox, _named, NOW, default_send_time=time(7), halt_after=20)
+    report = run_once(engine, outbox, _message, NOW, default_send_time=time(7), halt_after=20)
 
     assert not report.halted
     assert (report.sent, report.failed) == (5, 25)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import signal
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 
 import typer
 
@@ -27,44 +27,40 @@ def ask_or_stop(question: str, nothing_done: str) -> None:
 
 
 @contextmanager
-def sigterm_as_ctrl_c() -> Iterator[None]:
+def _raising_keyboard_interrupt(signum: int) -> Iterator[None]:
+    """Within: signal `signum` raises KeyboardInterrupt (Ctrl-C's own handler). The previous
+    handler comes back afterwards (tests run the CLI inside their own process)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+    previous = signal.signal(signum, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signum, previous)
+
+
+def sigterm_as_ctrl_c() -> AbstractContextManager[None]:
     """Within: SIGTERM (systemd, `docker stop`, `kill`) stops the command as Ctrl-C does.
 
     Killed outright, a run or broadcast is still safe (its claims wait out their lease,
     anything in flight is reconciled next time), but a stop the service manager asks for
     should end as cleanly as Ctrl-C: claims not yet handed over go back to the queue at once.
-    The previous handler comes back afterwards (tests run the CLI inside their own process).
     """
-    if threading.current_thread() is not threading.main_thread():
-        yield  # signal handlers can only be set from the main thread
-        return
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    return _raising_keyboard_interrupt(signal.SIGTERM)
 
 
-@contextmanager
-def sigint_even_if_ignored() -> Iterator[None]:
-    """Within: SIGINT raises KeyboardInterrupt (Ctrl-C's own handler), also in a process that
-    started with SIGINT ignored.
+def sigint_even_if_ignored() -> AbstractContextManager[None]:
+    """Within: SIGINT raises KeyboardInterrupt, also in a process that started with SIGINT
+    ignored.
 
     A shell starts a script's background job (`dripmail preview &`) with SIGINT ignored, and
     Python then leaves it ignored. For the servers that choice is gone anyway: uvicorn installs
     its own SIGINT handler and shuts down on `kill -INT`, but then restores the ignored
     disposition and raises SIGINT into it, so the command ended with exit 0 and no "stopped".
     An operator who sends SIGINT on purpose means stop: it now ends as SIGTERM and Ctrl-C do.
-    The previous handler comes back afterwards.
     """
-    if threading.current_thread() is not threading.main_thread():
-        yield  # signal handlers can only be set from the main thread
-        return
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    return _raising_keyboard_interrupt(signal.SIGINT)
 
 
 @contextmanager

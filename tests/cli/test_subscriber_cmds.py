@@ -2,6 +2,8 @@ import subprocess
 from datetime import UTC, date, datetime
 from pathlib import Path
 
+from sqlalchemy import Engine
+
 from dripmail import subscribers as subs
 from dripmail.store.db import open_store
 from tests.cli_in_process import run_cli
@@ -13,7 +15,8 @@ def _run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return run_cli(tmp_path, *args)
 
 
-def test_list_and_unsubscribe_through_the_real_cli(tmp_path: Path) -> None:
+def _with_ana(tmp_path: Path) -> Engine:
+    """A store in `tmp_path` with one active subscriber, ana@example.org."""
     engine = open_store("sqlite:///dripmail.db", tmp_path)
     subs.add_subscriber(
         engine,
@@ -23,6 +26,11 @@ def test_list_and_unsubscribe_through_the_real_cli(tmp_path: Path) -> None:
         consent_source="import",
         now=datetime(2026, 6, 1, tzinfo=UTC),
     )
+    return engine
+
+
+def test_list_and_unsubscribe_through_the_real_cli(tmp_path: Path) -> None:
+    engine = _with_ana(tmp_path)
     listed = _run(tmp_path, "subscribers", "list")
     assert listed.returncode == 0 and "ana@example.org" in listed.stdout
     done = _run(tmp_path, "subscribers", "unsubscribe", "ANA@example.org")
@@ -126,15 +134,7 @@ def test_show_prints_a_stored_name_with_control_characters_escaped(tmp_path: Pat
 
     from dripmail.store.schema import subscribers
 
-    engine = open_store("sqlite:///dripmail.db", tmp_path)
-    subs.add_subscriber(
-        engine,
-        "ana@example.org",
-        timezone="Europe/Berlin",
-        status="active",
-        consent_source="import",
-        now=datetime(2026, 6, 1, tzinfo=UTC),
-    )
+    engine = _with_ana(tmp_path)
     with engine.begin() as conn:
         # As an older version or a hand edit could store it: a line break and a colour code.
         conn.execute(update(subscribers).values(first_name="N\nL\x1b[31m"))
