@@ -692,6 +692,25 @@ class Dripmail(DeliveryUseCases, Runner):
             raise InputError(f"settle as {decision!r}: use sent or resend")
         return review.settle(self.engine, keys, decision, by, self.now(), note)  # type: ignore[arg-type]
 
+    # -- failed lessons back in the queue (dripmail.retry) --
+
+    def plan_retry(self, selection: Any) -> Any:
+        """The failed lessons `selection` (`retry.Selection`) picks: those that would go back
+        in the queue (with when they go out) and those left, with why. Writes nothing."""
+        from dripmail import retry
+
+        course = self.course
+        return retry.plan(
+            self.engine, selection, self.now(), course.send_time, course.skip_weekends
+        )
+
+    def retry_failed(self, planned: Any, by: str, note: str = "") -> Any:
+        """Requeue the lessons of a `plan_retry` result, each only if it still may go; the
+        requeue is recorded with `by`, `note` and the core's clock (`retry.apply`)."""
+        from dripmail import retry
+
+        return retry.apply(self.engine, planned, by, note, self.now())
+
 
 def _note(conn: Any, subscriber_id: int, kind: str, detail: str, now: datetime) -> None:
     """Record what the reader or the operator changed, for `subscribers show`."""

@@ -543,7 +543,7 @@ async def deliver(
             found = looked.get(row["key"], Lookup.UNKNOWN)
             report.recovered += 1
             if found is Lookup.FOUND:
-                settled.append((row["id"], {"state": "sent", "sent_at": now}))
+                settled.append((row["id"], {"state": "sent", "sent_at": now, "last_error": None}))
                 report.sent += 1
                 messages.pop(row["key"])
             elif found is Lookup.UNKNOWN:
@@ -795,6 +795,7 @@ def _outcomes(
                         "state": "handed",
                         "provider_message_id": result.provider_id,
                         "sent_at": message.send_at,
+                        "last_error": None,
                     },
                 )
             )
@@ -838,7 +839,9 @@ def _store_told(engine: Engine, table: Table, told: Told, now: datetime, report:
     """Store the outcomes of a chunk's batches in one transaction; then suppress addresses."""
     if told.outcomes or told.sent or told.again:
         with engine.begin() as conn:
-            sent = {"state": "sent", "sent_at": now}
+            # A reason left from before (held back by a halt, requeued by an operator, a
+            # retry) is stale once the provider took it: `status` must not show it.
+            sent = {"state": "sent", "sent_at": now, "last_error": None}
             record_group(conn, table, now, ("provider_message_id",), told.sent, sent)
             record_many(conn, table, now, told.outcomes)
             if told.again:

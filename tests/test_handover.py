@@ -41,7 +41,7 @@ def _rows(engine: Engine) -> dict[str, dict]:
     with engine.connect() as conn:
         found = conn.execute(
             select(deliveries.c.key, deliveries.c.state, deliveries.c.claimed_by,
-                   deliveries.c.batch_key, deliveries.c.attempts)
+                   deliveries.c.batch_key, deliveries.c.attempts, deliveries.c.last_error)
         ).mappings()  # fmt: skip
         return {r["key"]: dict(r) for r in found}
 
@@ -196,8 +196,13 @@ def test_an_unforeseen_error_failing_every_reader_trips_the_halt_and_loses_nothi
     assert "nobody foresaw" in report.halted and "back to the queue" in report.halted
     assert report.failed == 0
     assert {(r["state"], r["claimed_by"]) for r in _rows(engine).values()} == {("planned", None)}
+    held = {r["last_error"] for r in _rows(engine).values() if r["last_error"]}
+    assert held and all(e.startswith("held back, same failure") for e in held)
     fixed = run_once(engine, outbox, _message, NOW, default_send_time=time(7), halt_after=20)
     assert fixed.sent == 30 and not fixed.halted
+    # Sent now: the "held back" reason is stale, and `status`/`subscribers show` must not
+    # keep showing it.
+    assert {(r["state"], r["last_error"]) for r in _rows(engine).values()} == {("sent", None)}
 
 
 def test_readers_bad_stored_names_never_stop_the_pass(tmp_path: Path) -> None:

@@ -268,10 +268,16 @@ def status() -> None:
         typer.echo("Recent failures and reviews")
         for row in report.failures:
             typer.echo(f"  {row['key']:<28} {row['state']:<8} {visible(row['last_error'] or '')}")
+    from dripmail.cli import command_name
+
+    failed = report.deliveries.get("failed", 0)
+    if failed:
+        typer.echo(
+            f"{failed} lesson(s) failed for good: once the cause is fixed, "
+            f"`{command_name()} deliveries retry --dry-run` shows what would go back in the queue"
+        )
     waiting = report.deliveries.get("review", 0)
     if waiting:
-        from dripmail.cli import command_name
-
         typer.echo(
             f"{waiting} lesson(s) wait for review: `{command_name()} deliveries review` shows "
             "them, `deliveries settle` settles them"

@@ -1,19 +1,24 @@
-"""`deliveries review` and `deliveries settle`: the operator's answer to ambiguous hand-overs."""
+"""`deliveries review`, `deliveries settle` and `deliveries retry`: the operator's answer to
+ambiguous hand-overs and to lessons that failed for good."""
 
 from __future__ import annotations
 
 import getpass
 import os
-from datetime import datetime
+import sys
+from datetime import date, datetime
 from enum import StrEnum
 
 import typer
 
 from dripmail.cli import command_name, state
+from dripmail.cli.exits import EXIT_ATTENTION
 from dripmail.cli.printing import visible
+from dripmail.errors import InputError
 
 group = typer.Typer(
-    help="Deliveries whose hand-over was ambiguous: list them, settle them.",
+    help="Deliveries that need a person: settle ambiguous hand-overs (review, settle), put "
+    "failed lessons back in the queue (retry).",
     no_args_is_help=True,
 )
 
@@ -108,6 +113,161 @@ def settle(
         typer.echo(f"{key}: left for review: {reason}", err=True)
     if result.refused:
         raise typer.Exit(1)
+
+
+def _day(value: str | None, option: str) -> date | None:
+    if value is None:
+        return None
+    try:
+        return date.fromisoformat(value.strip())
+    except ValueError:
+        raise InputError(f"{option} {value!r} is not a date: use YYYY-MM-DD (a UTC day)") from None
+
+
+def _lesson(day: int) -> str:
+    return "welcome" if day == 0 else f"day {day}"
+
+
+def _goes_out(item, now: datetime) -> str:
+    if item.goes_out is None:
+        return item.waits
+    if item.goes_out <= now:
+        return "goes out on the next `run`"
+    return f"goes out at {item.goes_out:%Y-%m-%d %H:%M} UTC (one lesson a day)"
+
+
+def _show(items, now: datetime, limit: int = 50) -> None:
+    for item in items[:limit]:
+        row = item.lesson
+        typer.echo(
+            f"  {row.key:<28} {_lesson(row.lesson_day):<8} to {visible(row.email)}: "
+            f"{_goes_out(item, now)}"
+        )
+        typer.echo(
+            f"      failed {row.failed_at:%Y-%m-%d %H:%M} UTC: {visible(row.last_error or '-')}"
+        )
+    if len(items) > limit:
+        typer.echo(f"  ... and {len(items) - limit} more")
+
+
+def _show_left(plan, limit: int = 50) -> None:
+    if not plan.left:
+        return
+    kinds = ", ".join(f"{count} {kind}" for kind, count in plan.left_by_kind())
+    lessons = "lesson" if len(plan.left) == 1 else "lessons"
+    typer.echo(f"left {len(plan.left)} failed {lessons} as they are ({kinds}):", err=True)
+    for item in plan.left[:limit]:
+        row = item.lesson
+        typer.echo(f"  {row.key}: {visible(item.why)}", err=True)
+    if len(plan.left) > limit:
+        typer.echo(f"  ... and {len(plan.left) - limit} more", err=True)
+
+
+@group.command("retry")
+def retry(
+    ctx: typer.Context,
+    address: list[str] = typer.Option(
+        None, "--address", help="A reader's address (repeat for several)."
+    ),
+    reason: str = typer.Option(
+        "", "--reason", help="Only lessons whose failure reason contains this text (any case)."
+    ),
+    since: str | None = typer.Option(
+        None, "--since", help="Only lessons that failed on or after this UTC day (YYYY-MM-DD)."
+    ),
+    until: str | None = typer.Option(
+        None, "--until", help="Only lessons that failed on or before this UTC day (YYYY-MM-DD)."
+    ),
+    all_: bool = typer.Option(False, "--all", help="Every failed lesson (no filter)."),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Show what would go back in the queue; write nothing."
+    ),
+    yes: bool = typer.Option(
+        False, "--yes", "-y", help="Do not ask, above DRIPMAIL_CONFIRM_THRESHOLD lessons."
+    ),
+    by: str = typer.Option(None, "--by", help="Who asks (recorded with the time). Default: $USER."),
+    note: str = typer.Option("", "--note", help="Why, e.g. what was fixed."),
+) -> None:
+    """Put lessons that failed for good back in the queue, once their cause is fixed.
+
+    A lesson fails for good when the provider refuses it (e.g. an unverified sender) or its
+    email cannot be built from the reader's stored data; `status` lists them. Fix the cause,
+    look with --dry-run, then retry: the lessons go back to planned and go out on the next
+    `run`, in order and one a day (a lesson is never sent on the same local day as the one
+    before it, and the lessons after it wait for it). Nothing is sent by this command.
+
+    Select with --address (repeatable), --reason TEXT, --since/--until DAY, or --all;
+    filters combine. Lessons of readers who are unsubscribed, bounced, complained, suppressed
+    or erased are never requeued, nor a lesson whose reader already got a later one (it would
+    arrive out of order): each is listed on stderr with why.
+
+    Above DRIPMAIL_CONFIRM_THRESHOLD lessons it asks first (--yes skips that; without a
+    terminal it needs --yes). Recorded with who (--by, default $USER) and when.
+
+    Exit code 0: done (or nothing matched, or --dry-run); 1: an error (an address that is
+    not a subscriber or was erased, a bad date, the question answered no); 2: a usage error;
+    3: done, but some selected lessons were left as they are (listed on stderr).
+    """
+    if all_ and (address or reason or since or until):
+        ctx.fail("--all means every failed lesson: leave out the filters, or --all")
+    if not all_ and not (address or reason.strip() or since or until):
+        ctx.fail("say which failed lessons to retry: --address, --reason, --since, --until, "
+                 "or --all for every one")  # fmt: skip
+    from dripmail.retry import Selection
+
+    selection = Selection(
+        addresses=tuple(address or ()),
+        reason=reason,
+        since=_day(since, "--since"),
+        until=_day(until, "--until"),
+        everything=all_,
+    )
+    core = _core()
+    plan = core.plan_retry(selection)
+    now = plan.now
+    if not plan.requeue and not plan.left:
+        typer.echo(f"nothing to retry: no failed lesson {selection.describe()}")
+        return
+    lessons = "lesson" if len(plan.requeue) == 1 else "lessons"
+    if dry_run:
+        typer.echo(
+            f"dry run: {len(plan.requeue)} failed {lessons} would go back in the queue"
+            + (":" if plan.requeue else "")
+        )
+        _show(plan.requeue, now)
+        _show_left(plan)
+        typer.echo("nothing was written")
+        return
+    if not plan.requeue:
+        _show_left(plan)
+        typer.echo("nothing was requeued")
+        raise typer.Exit(EXIT_ATTENTION)
+    _confirm_retry(len(plan.requeue), core.settings.confirm_threshold, yes)
+    who = by if by is not None else (os.environ.get("USER") or getpass.getuser())
+    done = core.retry_failed(plan, who, note)
+    lessons = "lesson" if len(done.requeue) == 1 else "lessons"
+    typer.echo(
+        f"put {len(done.requeue)} failed {lessons} back in the queue (asked by {who.strip()}); "
+        f"`{command_name()} run` sends them" + (":" if done.requeue else "")
+    )
+    _show(done.requeue, now)
+    _show_left(done)
+    if done.left:
+        raise typer.Exit(EXIT_ATTENTION)
+
+
+def _confirm_retry(count: int, threshold: int, yes: bool) -> None:
+    """Ask before a large retry, as a large broadcast asks (`DRIPMAIL_CONFIRM_THRESHOLD`)."""
+    if count <= threshold or yes:
+        return
+    if not sys.stdin.isatty():
+        raise InputError(
+            f"{count} lessons is above DRIPMAIL_CONFIRM_THRESHOLD ({threshold}): re-run with "
+            "--yes to requeue them (--dry-run lists them)"
+        )
+    from dripmail.cli.exits import ask_or_stop
+
+    ask_or_stop(f"Put {count} failed lessons back in the queue?", "nothing was requeued")
 
 
 def register(app: typer.Typer) -> None:
