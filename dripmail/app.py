@@ -461,10 +461,11 @@ class Dripmail(DeliveryUseCases, Runner):
 
         return confirm(self, subscriber_ids, self.now(), call=self.call_provider)
 
-    def resend_interrupted_confirmations(self) -> int:
+    def resend_interrupted_confirmations(self) -> ConfirmReport:
         """Offer again the confirmation emails whose hand-over a crash interrupted.
 
-        For the `run` pass; returns how many the provider accepted.
+        For the `run` pass; returns a `ConfirmReport` (`offered_again`: accepted by the
+        provider; `failed`: could not be built or not taken, with the first reason).
         """
         from dripmail.confirmations import resend_interrupted
 

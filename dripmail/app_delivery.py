@@ -25,6 +25,7 @@ from dripmail.providers.base import Outcome, SendResult
 if TYPE_CHECKING:
     from dripmail.broadcast import BroadcastReport, BroadcastStats, Cancelled
     from dripmail.config import Project, Settings
+    from dripmail.confirmations import ConfirmReport
     from dripmail.content import Newsletter
     from dripmail.engine import RunReport
     from dripmail.providers.base import Provider
@@ -63,6 +64,11 @@ class RunResult:
     broadcasts: list[ScheduledBroadcast] = field(default_factory=list)
     # Confirmation emails a crash had kept from the provider, accepted now.
     confirmations: int = 0
+    # Of those, emails that could not be built (a stored name no header can carry) or that
+    # the provider did not take, and the first reason with its address: reported like a
+    # lesson failed for good (`run` exits 3, `status` lists them).
+    confirmations_failed: int = 0
+    confirmation_failure: str = ""
 
     @property
     def halted(self) -> str:
@@ -75,7 +81,8 @@ class RunResult:
         (lessons wait for it; unlike a rate limit, that does not pass by itself): `run`
         exits 3."""
         lessons = bool(self.lessons.failed or self.lessons.review or self.lessons.unreachable)
-        return lessons or any(b.attention for b in self.broadcasts)
+        confirmations = bool(self.confirmations_failed)
+        return lessons or confirmations or any(b.attention for b in self.broadcasts)
 
 
 @dataclass(frozen=True)
@@ -145,7 +152,7 @@ class DeliveryUseCases:
     render_lesson: Callable[[DueRow], Any]
     call_provider: Callable[[Callable[[], Awaitable[Any]]], Any]
     interrupted: threading.Event  # set by `call_provider` when Ctrl-C reached it
-    resend_interrupted_confirmations: Callable[[], int]
+    resend_interrupted_confirmations: Callable[[], ConfirmReport]
 
     # -- the run pass --
 
@@ -224,12 +231,21 @@ class DeliveryUseCases:
                 call=self.call_provider,
             )
         done: list[ScheduledBroadcast] = []
-        confirmations = 0
+        confirmed = None
         if not dry_run:
-            confirmations = self.resend_interrupted_confirmations()
+            confirmed = self.resend_interrupted_confirmations()
         if broadcasts and not dry_run:
             done = self.send_due_broadcasts(now)
-        return RunResult(now, report, done, confirmations)
+        if confirmed is None:
+            return RunResult(now, report, done)
+        return RunResult(
+            now,
+            report,
+            done,
+            confirmed.accepted,
+            confirmed.failed,
+            confirmed.failure_reason,
+        )
 
     def status(self, recent: int = 10) -> Status:
         """The counts `status` prints (`stats.collect`), with "next due" as the engine sends:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from hashlib import sha256
@@ -82,6 +82,19 @@ class ConfirmReport:
     sent: int = 0
     offered_again: int = 0
     held_elsewhere: dict[str, tuple[int, datetime]] = field(default_factory=dict)
+    # Emails that could not be built or that the provider did not take (their slot stays
+    # owed; an event row keeps why), and the first reason with its address, as `run` prints
+    # it beside the count (the same form as a lesson failed for good).
+    failed: int = 0
+    failure_reason: str = ""
+
+    def add(self, handed: Handed, offered: Collection[int] = ()) -> None:
+        """Count one chunk's hand-over (`offered`: ids whose slot was offered again)."""
+        self.offered_again += sum(1 for sid in handed.accepted if sid in offered)
+        self.sent += sum(1 for sid in handed.accepted if sid not in offered)
+        self.failed += len(handed.refused)
+        if handed.refused and not self.failure_reason:
+            self.failure_reason = handed.refused[0]
 
     @property
     def accepted(self) -> int:
@@ -135,10 +148,8 @@ def confirm(
                 before, last = report.held_elsewhere.get(holder, (0, until))
                 report.held_elsewhere[holder] = (before + count, max(last, until))
         if again or new:
-            accepted = _hand_over(runner, [*again, *new], worker, now, call)
-            offered = {s.subscriber_id for s in again}
-            report.offered_again += sum(1 for sid in accepted if sid in offered)
-            report.sent += sum(1 for sid in accepted if sid not in offered)
+            handed = _hand_over(runner, [*again, *new], worker, now, call)
+            report.add(handed, {s.subscriber_id for s in again})
     return report
 
 
@@ -148,29 +159,40 @@ def resend_interrupted(
     *,
     call: Callable[[Callable[[], Any]], Any] | None = None,
     worker: str | None = None,
-) -> int:
+) -> ConfirmReport:
     """Offer again every slot whose hand-over a crash interrupted (holder dead, lease out).
 
     For the `run` pass: a sign-up whose web worker was killed before the email went out gets
     it without signing up again. Slots the provider refused are left to the reader (sign up
     again) or the operator (import again), so a refusal is not retried every pass. Returns
-    how many the provider accepted.
+    a `ConfirmReport`: `offered_again` the emails the provider accepted, `failed` those that
+    could not be built or that it did not take (with the first reason).
     """
     worker = worker or worker_id()
     host = socket.gethostname()
-    sent = 0
+    report = ConfirmReport()
     last = 0
     while True:
         with runner.engine.connect() as conn:
             found = cq.crashed(conn, now, host, after=last)
         if not found:
-            return sent
+            return report
         last = found[-1]
         with runner.engine.begin() as conn:
             dead = {h for h in cq.owed_holders(conn, found, now) if holder_gone(h, host)}
             slots = cq.take_over(conn, found, worker, now, lease=LEASE, dead=dead, released=False)
         if slots:
-            sent += len(_hand_over(runner, slots, worker, now, call))
+            handed = _hand_over(runner, slots, worker, now, call)
+            report.add(handed, {s.subscriber_id for s in slots})
+
+
+@dataclass(frozen=True)
+class Handed:
+    """One chunk's hand-over: subscriber ids whose email the provider accepted, and one
+    line per email not handed over (``reason (to address)``)."""
+
+    accepted: list[int]
+    refused: list[str]
 
 
 def _hand_over(
@@ -179,9 +201,9 @@ def _hand_over(
     worker: str,
     now: datetime,
     call: Callable[[Callable[[], Any]], Any] | None,
-) -> list[int]:
-    """Build and hand over one chunk's emails, then record which the provider took; returns
-    the subscriber ids whose email it accepted."""
+) -> Handed:
+    """Build and hand over one chunk's emails, then record which the provider took, and why
+    each other one was not (an event row per email, type ``confirm_not_sent``)."""
     from dripmail.render import recipient_for
 
     unfit: list[tuple[cq.Slot, str]] = []
@@ -224,29 +246,43 @@ def _hand_over(
         results: list[SendResult] = []
         if messages:
             results = call(send) if call is not None else asyncio.run(send())
-    except BaseException:
+    except BaseException as exc:
         # Not handed over (or not known to be): released, still owed, offered again.
         with runner.engine.begin() as conn:
             cq.settle(conn, slots, worker, now, accepted=False)
+            if isinstance(exc, Exception):  # not Ctrl-C: a fault `status` should name
+                line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                for slot in slots:
+                    why = f"not handed to the provider: {line} (to {slot.email})"
+                    cq.record_not_sent(conn, slot, why, now)
         raise
     outcome = {r.key: r for r in results}
     taken = [s for s in slots if _handed(outcome.get(confirm_key(s)))]
     handed = {s.subscriber_id for s in taken}
     refused = [s for s in slots if s.subscriber_id not in handed]
+    why_unfit = {slot.subscriber_id: problem for slot, problem in unfit}
+    reasons = []
+    for slot in refused:
+        result = outcome.get(confirm_key(slot))
+        problem = why_unfit.get(slot.subscriber_id)
+        if problem:
+            why = f"cannot build the confirmation email: {problem}"
+        else:
+            answer = result.error if result is not None else ""
+            why = f"not accepted by the provider: {answer or 'no answer'}"
+        reasons.append(f"{why} (to {slot.email})")
+        log.warning("confirmation email for subscriber %s: %s", slot.subscriber_id, reasons[-1])
     with runner.engine.begin() as conn:
         cq.settle(conn, taken, worker, now, accepted=True)
         cq.settle(conn, refused, worker, now, accepted=False)
-    why_unfit = {slot.subscriber_id: problem for slot, problem in unfit}
-    for slot in refused:
-        result = outcome.get(confirm_key(slot))
-        log.warning(
-            "confirmation email for subscriber %s (%r) not accepted: %s",
-            slot.subscriber_id,
-            slot.email,
-            why_unfit.get(slot.subscriber_id)
-            or (result.error if result is not None else "no answer from the provider"),
-        )
-    return [s.subscriber_id for s in taken if outcome[confirm_key(s)].outcome is Outcome.ACCEPTED]
+        # Kept for `status` and the reader's timeline: the log line alone is gone by the
+        # time anyone looks.
+        for slot, why in zip(refused, reasons, strict=True):
+            cq.record_not_sent(conn, slot, why, now)
+    accepted = [
+        s.subscriber_id for s in taken if outcome[confirm_key(s)].outcome is Outcome.ACCEPTED
+    ]
+    return Handed(accepted, reasons)
 
 
 def _handed(result: SendResult | None) -> bool:

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, time, timedelta
 from sqlalchemy import Engine, func, select
 
 from dripmail.engine import next_due, next_send_time
+from dripmail.store.confirmation_queries import NotSent, not_sent
 from dripmail.store.schema import deliveries, subscribers
 
 
@@ -25,6 +26,9 @@ class Status:
     # caught up: cron stopped, or a simulated `--now` ran ahead of the real clock; or the
     # one-lesson-per-local-day rule holds them, which is no fault).
     overdue: int = 0
+    # Pending readers whose confirmation email was not handed over (it could not be built,
+    # the provider did not take it or could not be reached) and nobody is sending it now.
+    unconfirmed: NotSent = field(default_factory=lambda: NotSent(0))
 
     def next_due_line(self) -> str:
         """`Next due: ...`, saying plainly when that time is already past (never silently)."""
@@ -104,6 +108,7 @@ def collect(
                 .limit(recent)
             ).mappings()
         ]
+        out.unconfirmed = not_sent(conn)
     out.next_due = (
         next_due(engine)
         if send_time is None

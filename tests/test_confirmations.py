@@ -258,6 +258,17 @@ def test_a_stored_name_no_header_can_carry_fails_its_email_alone_in_the_run_pass
     slots = _slots(core)
     assert all(slots[i][1] is not None for i in (ids[0], ids[2]))  # handed over
     assert slots[ids[1]][1] is None and slots[ids[1]][2] is None  # released, still owed
+    # Reported like a lesson failed for good: counted, the first reason with its address,
+    # `run` exits 3 (attention), and `status` shows it until the reader is mailed.
+    assert result.confirmations_failed == 1 and result.attention
+    assert result.confirmation_failure.startswith("cannot build the confirmation email: ")
+    assert result.confirmation_failure.endswith("(to p1@example.org)")
+    stuck = core.status().unconfirmed
+    assert (stuck.count, stuck.email, stuck.reason) == (
+        1,
+        "p1@example.org",
+        result.confirmation_failure,
+    )
     core.close()
 
 
@@ -312,9 +323,15 @@ def test_a_refused_email_is_offered_again_by_the_next_sign_up_not_by_run(
     with pytest.raises(OSError):
         core.send_confirmations([sid])
     assert _slots(core)[sid] == (1, None, None)  # owed, released
+    stuck = core.status().unconfirmed
+    assert (stuck.count, stuck.reason) == (
+        1,
+        "not handed to the provider: provider unreachable (to p0@example.org)",
+    )
     provider.send_batch = real  # type: ignore[method-assign]
     assert core.run(NOW).confirmations == 0  # a refusal is not retried every pass
     assert core.send_confirmations([sid]) == 1  # the reader signs up again: same slot
+    assert core.status().unconfirmed.count == 0
     assert _mailed(tmp_path) == [f"confirm-s{sid}-{NOW:%Y%m%d%H%M%S}-n1.eml"]
     core.close()
 

@@ -116,6 +116,22 @@ def _print_report(report, now: datetime, dry_run: bool) -> None:
         typer.echo(f"{report.retry} {waits} for the next run: {why}", err=True)
 
 
+def _print_confirmations_failed(result) -> None:
+    """Confirmation emails `run` could not send, as failed lessons are reported: the count,
+    the first reason with its address, and where to see them all (exit 3 follows)."""
+    failed = result.confirmations_failed
+    if not failed:
+        return
+    from dripmail.cli import command_name
+
+    first = "the first" if failed > 1 else "it"
+    typer.echo(
+        f"{failed} confirmation email(s) not sent ({first}: "
+        f"{visible(result.confirmation_failure)}); `{command_name()} status` lists them",
+        err=True,
+    )
+
+
 def _did_something(report) -> bool:
     """Whether a pass handled any lesson (sent, scheduled, retried, failed...) or halted."""
     counts = (report.sent, report.handed, report.retry, report.failed, report.review)
@@ -151,8 +167,9 @@ def run(
     Run it from cron every few minutes, or once with --loop.
 
     Exit code 0: all went out; 1: an error stopped the run (nothing half-done is lost; re-run
-    after fixing it); 3: finished, but some deliveries failed or need review (see `status`), or
-    the provider could not be reached (the lessons wait; the reason is printed); 130: stopped
+    after fixing it); 3: finished, but some deliveries failed or need review (see `status`), a
+    confirmation email could not be sent, or the provider could not be reached (the lessons
+    wait; the reason is printed); 130: stopped
     by Ctrl-C or SIGTERM, with or without --loop (it says how many lessons this pass handed
     over; claims not yet handed over go back to the queue; re-run).
 
@@ -179,8 +196,13 @@ def run(
                     # minute-by-minute "0 sent" all day would bury the lines that matter.
                     _print_report(result.lessons, current, dry_run)
                 passes += 1
-                if result.confirmations:
-                    typer.echo(f"{result.confirmations} confirmation email(s) sent after a crash")
+                if result.confirmations or result.confirmations_failed:
+                    # Counted in the summary like lessons: sent, and not sent (stderr: why).
+                    line = f"{result.confirmations} confirmation email(s) sent after a crash"
+                    if result.confirmations_failed:
+                        line += f", {result.confirmations_failed} not sent"
+                    typer.echo(line)
+                _print_confirmations_failed(result)
                 for line in _broadcast_lines(result.broadcasts, said):
                     typer.echo(line)
                 attention = attention or result.attention
@@ -275,6 +297,15 @@ def status() -> None:
         typer.echo(
             f"{failed} lesson(s) failed for good: once the cause is fixed, "
             f"`{command_name()} deliveries retry --dry-run` shows what would go back in the queue"
+        )
+    stuck = report.unconfirmed
+    if stuck.count:
+        first = "the first" if stuck.count > 1 else "it"
+        why = visible(stuck.reason or f"no reason recorded (to {stuck.email})")
+        typer.echo(
+            f"{stuck.count} confirmation email(s) not sent ({first}: {why}); "
+            f"`{command_name()} subscribers show ADDRESS` shows each one's reason; a new "
+            "sign-up or `subscribers import --confirm` of the address offers it again"
         )
     waiting = report.deliveries.get("review", 0)
     if waiting:

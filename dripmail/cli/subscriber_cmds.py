@@ -274,6 +274,15 @@ def import_(
                 f" {until:%Y-%m-%d %H:%M:%S} UTC when its hold runs out",
                 err=True,
             )
+        if mailed.failed:
+            # As `run` reports them: the count, the first reason with its address.
+            first = "the first" if mailed.failed > 1 else "it"
+            typer.echo(
+                f"{mailed.failed} confirmation email(s) not sent ({first}: "
+                f"{visible(mailed.failure_reason)}); `status` lists them",
+                err=True,
+            )
+            raise typer.Exit(EXIT_ATTENTION)
     if report.rejected:
         raise typer.Exit(EXIT_ATTENTION)
 

@@ -13,11 +13,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from uuid import uuid4
 
-from sqlalchemy import ColumnElement, Connection, and_, bindparam, or_, select, update
+from sqlalchemy import ColumnElement, Connection, and_, bindparam, func, insert, or_, select, update
 
 from dripmail.states import SubscriberStatus
-from dripmail.store.schema import subscribers
+from dripmail.store.schema import events, subscribers
 
 _s = subscribers.c
 CHUNK = 500  # values per IN (...): well under every database's parameter limit
@@ -229,3 +230,51 @@ def crashed(
             .limit(limit)
         ).scalars()
     )
+
+
+# The event row that says why a confirmation email was not handed over.
+NOT_SENT = "confirm_not_sent"
+
+
+def record_not_sent(conn: Connection, slot: Slot, why: str, now: datetime) -> None:
+    """Keep why `slot`'s email was not handed over (it could not be built, or the provider
+    did not take it) as an event row: `status` and the reader's timeline show it."""
+    conn.execute(
+        insert(events).values(
+            subscriber_id=slot.subscriber_id,
+            provider="dripmail",
+            # Every attempt is its own row: two at the same clock (a simulated `--now`) too.
+            dedupe_key=f"{NOT_SENT}-{slot.subscriber_id}-n{slot.number}-{uuid4().hex}",
+            type=NOT_SENT,
+            detail=why,
+            occurred_at=now,
+            received_at=now,
+        )
+    )
+
+
+@dataclass(frozen=True)
+class NotSent:
+    """Pending readers whose confirmation email was not handed over and nobody is handing it
+    over now: how many, and the first of them (by id) with the last reason recorded."""
+
+    count: int
+    email: str = ""
+    reason: str = ""
+
+
+def not_sent(conn: Connection) -> NotSent:
+    """`NotSent` for `status`: owed slots with no holder (released after the email could not
+    be built, the provider did not take it, or it could not be reached)."""
+    stuck = and_(_owed(), _s.confirm_claimed_by.is_(None))
+    count = conn.execute(select(func.count()).select_from(subscribers).where(stuck)).scalar_one()
+    if not count:
+        return NotSent(0)
+    first = conn.execute(select(_s.id, _s.email).where(stuck).order_by(_s.id).limit(1)).one()
+    reason = conn.execute(
+        select(events.c.detail)
+        .where(events.c.subscriber_id == first.id, events.c.type == NOT_SENT)
+        .order_by(events.c.occurred_at.desc(), events.c.id.desc())
+        .limit(1)
+    ).scalar()
+    return NotSent(int(count), first.email, reason or "")

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
+from uuid import uuid4
 
 from sqlalchemy import Connection, Select, and_, exists, insert, select, update
 from sqlalchemy.orm import aliased
@@ -193,7 +194,7 @@ def record(conn: Connection, lesson: FailedLesson, detail: str, now: datetime) -
             subscriber_id=lesson.subscriber_id,
             delivery_key=lesson.key,
             provider="dripmail",
-            dedupe_key=f"retry-{lesson.key}-{now.isoformat()}",
+            dedupe_key=f"retry-{lesson.key}-{uuid4().hex}",  # each requeue is its own row
             type="lesson_retry",
             detail=detail,
             occurred_at=now,

@@ -89,3 +89,55 @@ def test_one_bad_stored_name_fails_alone_exit_3_and_status_names_it(tmp_path: Pa
     assert "failed" in status.stdout and "p7@example.org" in status.stdout
     assert "line break" in status.stdout
     assert len(list((root / "outbox").glob("*.eml"))) == 59
+
+
+def test_a_confirmation_email_that_cannot_be_built_makes_run_exit_3_and_status_show_it(
+    tmp_path: Path,
+) -> None:
+    """A sign-up killed before its confirmation email went out, whose stored name (from an
+    older version) no header can carry: `run` offers the email again, it cannot be built.
+    Reported like a lesson failed for good: stderr names it, exit 3, `status` shows it."""
+    root = make_project(tmp_path)
+    (root / "people.csv").write_text(
+        "email,first_name,timezone\nok@example.org,Ok,Europe/Berlin\n"
+        "dan@example.org,Dan,Europe/Berlin\n"
+    )
+    imported = _cli(root, "subscribers", "import", "people.csv", "--confirm", "--now", JOINED)
+    assert imported.returncode == 0, imported.stderr
+    engine = open_store("sqlite:///dripmail.db", root)
+    with engine.begin() as conn:
+        conn.execute(
+            update(subscribers)
+            .where(subscribers.c.email == "dan@example.org")
+            .values(
+                first_name="Dan\nBcc: eve@example.com",
+                confirm_handed_at=None,
+                confirm_claimed_by="elsewhere:1",  # its lease ran out long ago
+                confirm_lease_expires_at=subscribers.c.confirm_sent_at,
+            )
+        )
+    engine.dispose()
+    assert "confirmation email" not in _cli(root, "status").stdout
+
+    out = _cli(root, "run", "--now", DUE, "-q")
+    assert out.returncode == 3, out.stdout + out.stderr
+    assert "0 confirmation email(s) sent after a crash, 1 not sent" in out.stdout.splitlines()
+    assert (
+        "1 confirmation email(s) not sent (it: cannot build the confirmation email: the "
+        "recipient's name contains a line break (U+000A) (to dan@example.org)); "
+        "`python send.py status` lists them"
+    ) in out.stderr.splitlines(), out.stderr
+    status = _cli(root, "status")
+    line = next(x for x in status.stdout.splitlines() if "confirmation email(s) not sent" in x)
+    assert line.startswith("1 confirmation email(s) not sent (it: cannot build the confirmation")
+    assert "(to dan@example.org)" in line and "subscribers show ADDRESS" in line
+    shown = _cli(root, "subscribers", "show", "dan@example.org")
+    assert "confirm_not_sent" in shown.stdout
+    # Not offered again every pass (a refusal waits for a new sign-up or import): exit 0.
+    assert _cli(root, "run", "--now", DUE, "-q").returncode == 0
+    # Importing the address again offers the owed email again: the same report, exit 3.
+    again = _cli(root, "subscribers", "import", "people.csv", "--confirm", "--now", DUE)
+    assert again.returncode == 3, again.stdout + again.stderr
+    assert "1 confirmation email(s) not sent (it: cannot build the confirmation email" in (
+        again.stderr
+    )
