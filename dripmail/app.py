@@ -30,6 +30,7 @@ from dripmail.app_delivery import DeliveryUseCases
 from dripmail.errors import ConfigError, InputError, NotFoundError, StoreError
 from dripmail.runner import Runner
 from dripmail.states import SubscriberStatus
+from dripmail.stopping import StopRequest
 from dripmail.store import delivery_queries
 from dripmail.store import subscriber_queries as q
 from dripmail.store.erasure import flush_erased
@@ -167,8 +168,10 @@ class Dripmail(DeliveryUseCases, Runner):
         self._loop_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         # Set when Ctrl-C (or SIGTERM made KeyboardInterrupt) reaches a thread waiting in
-        # `call_provider`: a long call (a whole broadcast) stops at its next chunk boundary.
-        self.interrupted = threading.Event()
+        # `call_provider`: a long call (a whole broadcast) stops at its next chunk boundary,
+        # and the provider (handed this event when built, `Runner.provider`) sends no request
+        # that is not on the wire yet, so the chunk at the provider ends within a request.
+        self.interrupted = StopRequest()
 
     def now(self) -> datetime:
         """The core's clock (aware UTC)."""
@@ -216,8 +219,10 @@ class Dripmail(DeliveryUseCases, Runner):
                 # Ctrl-C reached this thread while the call runs on the loop (the call's own
                 # errors come with it done): let the hand-over in progress finish (its marks
                 # and outcomes stay consistent) before the caller releases what it holds, so
-                # the two never race. It takes a chunk at most: a call that goes on for many
-                # chunks (`broadcast.send`) watches `interrupted`.
+                # the two never race. Setting `interrupted` makes that quick: the provider
+                # sends no request not yet on the wire (those come back "not sent: stopped"
+                # and return to the queue), so this waits for the requests already out; a
+                # call that goes on for many chunks (`broadcast.send`) watches it too.
                 self.interrupted.set()
                 concurrent.futures.wait([future])
             raise

@@ -208,6 +208,7 @@ class DeliveryUseCases:
         from dripmail.heap import collector_for_a_pass
 
         now = at or self.clock()
+        self.interrupted.clear()  # an earlier Ctrl-C, handled, does not stop this pass
         engine, provider, course, handover = (
             self.engine,
             self.provider,
@@ -229,9 +230,14 @@ class DeliveryUseCases:
                 halt_after=self.settings.halt_after_failures,
                 progress=progress,
                 call=self.call_provider,
+                stop=self.interrupted.is_set,
             )
         done: list[ScheduledBroadcast] = []
         confirmed = None
+        if self.interrupted.is_set():
+            # A stop came during the lessons (Ctrl-C raises in the caller as well): nothing
+            # more is started; the next run does the rest.
+            return RunResult(now, report, done)
         if not dry_run:
             confirmed = self.resend_interrupted_confirmations()
         if broadcasts and not dry_run:

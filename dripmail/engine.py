@@ -201,6 +201,7 @@ def run_once(
     halt_after: int = 0,
     progress: Callable[[int], None] | None = None,
     call: CallAsync | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> RunReport:
     """One pass over what is due at `now` (plus `handover` for providers that schedule ahead).
 
@@ -212,7 +213,9 @@ def run_once(
     `handover.FailureStreak`), with `report.halted` saying why. `progress` is called with the
     number handled after each chunk. `call` runs one provider coroutine to completion (the
     core's `Dripmail.call_provider`, one event loop per process; default: a new loop each
-    time, for library use and tests).
+    time, for library use and tests). `stop` is asked after each chunk (true: Ctrl-C or
+    SIGTERM came, `Dripmail.interrupted`): the pass ends there, what the chunk settled is
+    recorded and counted.
     """
     report = RunReport()
     call = call or run_in_new_loop
@@ -222,6 +225,9 @@ def run_once(
     taken = 0
     touched: set[int] = set()
     recovered: set[int] = set()  # readers whose in-flight lessons this pass settled
+
+    def stopped() -> bool:
+        return stop is not None and stop()
 
     def size() -> int:
         return chunk if limit is None else min(chunk, limit - taken)
@@ -301,7 +307,7 @@ def run_once(
         # Everything a crash left in flight is finished before new work, page by page.
         # Not bounded by `limit` (it caps new sends): a row left in flight is owed already.
         after: int | None = 0
-        while after is not None and not report.halted:
+        while after is not None and not report.halted and not stopped():
             page, after = _expired_claims(engine, now, chunk, after)
             if page:
                 hand_over(page)
@@ -312,7 +318,7 @@ def run_once(
     # transaction: workers running at once take different pages, instead of all reading the
     # same one and all but one losing the claim (4 workers were slower than 1).
     locking = engine.dialect.name == "postgresql" and not dry_run
-    while (limit is None or taken < limit) and not report.halted:
+    while (limit is None or taken < limit) and not report.halted and not stopped():
         want = size()
         if locking:
             with engine.begin() as conn:

@@ -35,7 +35,7 @@ from sqlalchemy.sql.dml import Update
 from dripmail import holders
 from dripmail.errors import ContentError, ProviderAuthError
 from dripmail.message import Message, ReaderProblem, header_problem
-from dripmail.providers.base import Lookup, Outcome, Provider, is_unreachable
+from dripmail.providers.base import Lookup, Outcome, Provider, is_stopped, is_unreachable
 from dripmail.store.bulk import Bulk, IdList, UnnestUpdate
 from dripmail.store.handover_rows import HeldRow
 from dripmail.store.schema import in_flight
@@ -86,6 +86,10 @@ class Report:
     # The reason of the first delivery failed for good (it ends with the address), for the
     # one line the commands print beside the count.
     failure_reason: str = ""
+    # Deliveries a stop (Ctrl-C, SIGTERM) kept from the provider: back in the queue unsent,
+    # or, for one a crash left in flight, not looked up and left `sending` for the next
+    # run's recovery. Not handed over, so not among the counts above.
+    stopped: int = 0
 
     def failed_for(self, reason: str) -> None:
         """Count one delivery failed for good because of `reason`."""
@@ -539,8 +543,16 @@ async def deliver(
     if in_flight:
         looked = await provider.reconcile([messages[r["key"]] for r in in_flight])
         settled: list[tuple[int, dict]] = []
+        not_asked: list[int] = []
         for row in in_flight:
             found = looked.get(row["key"], Lookup.UNKNOWN)
+            if found is Lookup.NOT_ASKED:
+                # A stop came before its look-up went out: nothing is known, so nothing is
+                # decided; it stays `sending` for the next run (never review, never resent).
+                not_asked.append(row["id"])
+                report.stopped += 1
+                messages.pop(row["key"])
+                continue
             report.recovered += 1
             if found is Lookup.FOUND:
                 settled.append((row["id"], {"state": "sent", "sent_at": now, "last_error": None}))
@@ -552,7 +564,9 @@ async def deliver(
                 report.review += 1
                 messages.pop(row["key"])
         # One transaction for the whole chunk: a crash can leave a thousand rows in flight.
-        record_many(engine, table, now, settled)
+        with engine.begin() as conn:
+            record_many(conn, table, now, settled)
+            _leave_for_recovery(conn, table, not_asked, now)
     # Rows whose earlier hand-over the provider surely did not keep go again as the very
     # same batch under the same batch key (Resend's Idempotency-Key needs key + identical body).
     again: dict[str, list[Message]] = {}
@@ -758,6 +772,8 @@ class Told:
     # messages accepted for delivery now (state `sent`, `sent_at` = now).
     sent: list[tuple[int, str | None]] = field(default_factory=list)
     again: list[int] = field(default_factory=list)  # recovered rows left `sending`
+    # Rows whose request a stop kept from going out: back to `planned` as before the mark.
+    stopped: list[int] = field(default_factory=list)
     suppress: list[int] = field(default_factory=list)  # subscriber ids
     # Batches whose credential was refused: (their delivery keys, whether recovered).
     refused: list[tuple[list[str], bool]] = field(default_factory=list)
@@ -805,6 +821,11 @@ def _outcomes(
             # same batch under the same key may go again, so it stays `sending` for later.
             again.append(by_key[message.key]["id"])
             report.retried(result.error)
+        elif result.outcome is Outcome.TRANSIENT and is_stopped(result.error):
+            # A stop kept its request from going out (`providers.base.stopped_error`): surely
+            # not sent, and owed now, so no retry delay and no error to show.
+            told.stopped.append(by_key[message.key]["id"])
+            report.stopped += 1
         elif result.outcome is Outcome.TRANSIENT:
             outcomes.append(
                 (
@@ -837,8 +858,9 @@ def _outcomes(
 
 def _store_told(engine: Engine, table: Table, told: Told, now: datetime, report: Report) -> None:
     """Store the outcomes of a chunk's batches in one transaction; then suppress addresses."""
-    if told.outcomes or told.sent or told.again:
+    if told.outcomes or told.sent or told.again or told.stopped:
         with engine.begin() as conn:
+            _unsend(conn, table, told.stopped, now)
             # A reason left from before (held back by a halt, requeued by an operator, a
             # retry) is stale once the provider took it: `status` must not show it.
             sent = {"state": "sent", "sent_at": now, "last_error": None}
@@ -858,6 +880,45 @@ def _store_told(engine: Engine, table: Table, told: Told, now: datetime, report:
     for subscriber_id in told.suppress:
         suppress(engine, subscriber_id, "bounced", now)
         report.suppressed += 1
+
+
+def _unsend(conn: Connection, table: Table, ids: Sequence[int], now: datetime) -> None:
+    """Put rows a stop kept from the provider back in the queue as they were before their
+    `sending` mark: `planned`, due at once (no `next_attempt_at`), no batch key, hand-over
+    time, provider or error, the attempt not counted. Only rows still `sending`."""
+    for start in range(0, len(ids), 500):
+        conn.execute(
+            update(table)
+            .where(table.c.id.in_(list(ids[start : start + 500])), table.c.state == "sending")
+            .values(
+                state="planned",
+                batch_key=None,
+                handed_at=None,
+                provider=None,
+                attempts=table.c.attempts - 1,
+                last_error=None,
+                next_attempt_at=None,
+                claimed_by=None,
+                lease_expires_at=None,
+                updated_at=now,
+            )
+        )
+
+
+def _leave_for_recovery(conn: Connection, table: Table, ids: Sequence[int], now: datetime) -> None:
+    """Leave rows a crash left in flight, which a stop kept from being looked up, `sending`
+    under their batch key with the claim given back and the lease over: the next run
+    recovers them at once (`expired_claims`), as it would have without the stop."""
+    for start in range(0, len(ids), 500):
+        conn.execute(
+            update(table)
+            .where(table.c.id.in_(list(ids[start : start + 500])), table.c.state == "sending")
+            .values(
+                claimed_by=None,
+                lease_expires_at=now - timedelta(microseconds=1),
+                updated_at=now,
+            )
+        )
 
 
 def release(

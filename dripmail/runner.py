@@ -17,7 +17,7 @@ from sqlalchemy import Engine
 from dripmail.config import Project, Settings, deployment_problems
 from dripmail.errors import ConfigError
 from dripmail.message import Message
-from dripmail.providers.base import Provider
+from dripmail.providers.base import BaseProvider, Provider
 from dripmail.welcome import WELCOME_DAY, first_lesson_phrase
 
 if TYPE_CHECKING:
@@ -116,6 +116,11 @@ class Runner:
         provider = make_provider(self.settings, self.project, self.clock)
         # Every Message-ID carries this database's random id (see dripmail.message).
         provider.installation_id = installation_id(self.engine)
+        # The core's stop request (`Dripmail.interrupted`, set on Ctrl-C or SIGTERM): the
+        # provider sends no request not yet on the wire once it is set.
+        stop = getattr(self, "interrupted", None)
+        if stop is not None and isinstance(provider, BaseProvider):
+            provider.stop_on(stop)
         return provider
 
     @cached_property

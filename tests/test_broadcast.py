@@ -576,6 +576,51 @@ def test_a_stop_ends_the_pass_after_the_chunk_at_the_provider(
     assert bc.find(engine, row["id"])["status"] == "sending"
 
 
+@ON_BOTH_STORES
+def test_a_stop_mid_chunk_sends_no_more_requests_and_the_rest_goes_next_time(
+    project: Project, engine: Engine, fake_providers
+) -> None:
+    """Ctrl-C while a chunk's batches are at the provider one request at a time (here
+    batches of 2, one request at a time): the fake sets the stop as its third request
+    arrives. Those three batches are answered and recorded; the chunk's other batches are
+    not sent and go back to the queue due at once, with no error; the pass ends there. The
+    next pass sends each of them once."""
+    from dripmail.providers.http import Limits
+    from dripmail.stopping import StopRequest
+
+    seed(engine, 40)
+    wanted = eligible_emails(40)
+    row = _start(project, engine)
+    provider = PostmarkProvider(
+        fake_providers.POSTMARK_TOKEN,
+        base=fake_providers.base("postmark"),
+        retry=replace(FAST_RETRY, timeout=30.0),
+        limits=Limits(max_concurrency=1),
+        settle_seconds=0,
+    )
+    provider.capabilities = replace(provider.capabilities, max_batch=2)
+    stop = StopRequest()
+    provider.stop_on(stop)
+    fake_providers.on_request("postmark", 3, stop.set, path="/email/batch")
+    report = _send(project, engine, provider, row, stop=stop.is_set)
+    assert fake_providers.send_requests["postmark"] == 3
+    assert (report.sent, report.stopped, report.retry, report.review) == (6, len(wanted) - 6, 0, 0)
+    assert _states(engine) == Counter({"sent": 6, "planned": len(wanted) - 6})
+    bd = broadcast_deliveries
+    with engine.connect() as conn:
+        back = conn.execute(select(bd).where(bd.c.state == "planned")).mappings().all()
+    assert len(back) == len(wanted) - 6
+    assert all(r["next_attempt_at"] is None and r["last_error"] is None for r in back)
+    assert all(r["batch_key"] is None and r["attempts"] == 0 for r in back)
+    assert bc.find(engine, row["id"])["status"] == "sending"
+    stop.clear()
+    again = _send(project, engine, provider, row, stop=stop.is_set)
+    assert (again.sent, again.stopped) == (len(wanted) - 6, 0)
+    accepted = fake_providers.accepted("postmark")
+    assert Counter(a.to for a in accepted) == Counter(dict.fromkeys(wanted, 1))
+    assert bc.find(engine, row["id"])["status"] == "sent"
+
+
 def test_a_refused_credential_gives_back_the_chunk_prepared_meanwhile(
     project: Project, engine: Engine
 ) -> None:

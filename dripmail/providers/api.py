@@ -10,6 +10,7 @@ A provider module subclasses `HttpProvider` and fills in hooks, as django-anymai
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
@@ -54,6 +55,10 @@ class HttpProvider(BaseProvider):
         )
         self.clock = clock
         self._prepared: Prepared[Any] = Prepared()
+
+    def stop_on(self, stop: threading.Event) -> None:
+        """See `BaseProvider.stop_on`: the shared client checks `stop` before each request."""
+        self.http.stop = stop
 
     def prepare_batch(self, messages: Sequence[Message], batch_key: str) -> None:
         """Build the batch's request now (`prepare_request`), so that `send_batch` with the

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -41,6 +42,9 @@ class Lookup(StrEnum):
     FOUND = "found"  # it has it: record as accepted, do not send again
     ABSENT = "absent"  # it surely does not (or a resend is deduplicated): safe to send
     UNKNOWN = "unknown"  # its API cannot tell: report for review, never resend automatically
+    # Not asked: a stop (Ctrl-C, SIGTERM) came before this look-up's request went out. Nothing
+    # is known either way: the delivery stays `sending` for the next run's recovery.
+    NOT_ASKED = "not_asked"
 
 
 # How a message's error begins when the provider could not be reached at all (connection
@@ -49,6 +53,9 @@ class Lookup(StrEnum):
 # does not pass by itself.
 NOT_SENT = "not sent: "
 UNREACHABLE = f"{NOT_SENT}could not reach the provider at "
+# How a message's error begins when a stop (Ctrl-C, SIGTERM) came before its request went out:
+# surely not sent, and owed at once to the next run (no retry delay, see `handover`).
+STOPPED = f"{NOT_SENT}stopped before the request to "
 
 # Errors that are stored on each message of a batch but happened to the batch (its
 # connection or its request). Written and read here alone, so `summary_reason` can word
@@ -82,6 +89,19 @@ def never_went_out_error(where: str, detail: str) -> str:
     machine (e.g. no pooled connection in time); `detail` is the exception as
     "Name: text". Surely not sent: retried later."""
     return f"{NOT_SENT}the request to {where} never went out ({detail})"
+
+
+def stopped_error(where: str) -> str:
+    """The error for the messages of a request to `where` (a base URL) that a stop (Ctrl-C
+    or SIGTERM) kept from going out: it had not started, or was waiting for its rate-limiter
+    slot or for a retry. Surely not sent: the next run sends it at once."""
+    return f"{STOPPED}{where} went out (the run was stopped)"
+
+
+def is_stopped(error: str | None) -> bool:
+    """Whether a message's error says a stop kept its request from going out
+    (`stopped_error`)."""
+    return bool(error) and str(error).startswith(STOPPED)
 
 
 def summary_reason(error: str) -> str:
@@ -231,6 +251,12 @@ class BaseProvider:
         `send_batch(messages, batch_key=batch_key)`, which then only sends it. Called from a
         worker thread while another batch is at the provider (`broadcast.send`); a batch
         prepared and never sent is forgotten after a few others. Default: nothing."""
+
+    def stop_on(self, stop: threading.Event) -> None:
+        """Let `stop` (set on Ctrl-C or SIGTERM: `Dripmail.interrupted`) end a hand-over
+        between requests: a request not yet on the wire when it is set is not sent (TRANSIENT,
+        `stopped_error`), a look-up not yet asked is `Lookup.NOT_ASKED`. Default: nothing
+        (the outbox writes files, SMTP sends over one session: both finish a chunk quickly)."""
 
     async def reconcile(self, messages: Sequence[Message]) -> dict[str, Lookup]:
         """Default: the provider cannot be asked, so UNKNOWN (reported for review)."""

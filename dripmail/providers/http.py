@@ -12,6 +12,11 @@ have acted on it?". `HttpClient.call` answers it for every attempt:
 - answered: 2xx or 4xx. The provider module maps the body (4xx other than 401/403/429 are
   permanent for what was asked, never retried blindly). 401/403 raise `ProviderAuthError`.
 
+A stop (Ctrl-C or SIGTERM, `stop`) takes effect between requests: one not yet on the wire,
+also one waiting for its rate-limiter slot or for a retry, is not sent ("not sent: stopped
+..."); one already sent is answered and recorded as without a stop, and a request that may have
+been acted on is never declared unsent.
+
 Retries use exponential backoff with full jitter (a random wait in [0, base * 2^n], capped),
 honour ``Retry-After`` and the providers' rate-limit headers, and stop after a bounded number
 of attempts. A client-side limiter paces messages per second and requests per second and bounds
@@ -25,6 +30,7 @@ import functools
 import random
 import socket
 import ssl
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -37,7 +43,8 @@ import httpx
 import orjson
 
 from dripmail.errors import ProviderAuthError
-from dripmail.providers.base import never_went_out_error, unreachable_error
+from dripmail.providers.base import never_went_out_error, stopped_error, unreachable_error
+from dripmail.stopping import sleep_unless_stopped
 
 
 def json_body(value: Any) -> bytes:
@@ -186,17 +193,19 @@ class RateLimiter:
         self._paused_until = max(self._paused_until, self._clock() + seconds)
 
     @asynccontextmanager
-    async def slot(self, messages: int) -> AsyncIterator[None]:
-        """Wait for a pacing slot, then hold one of the concurrent-request places."""
+    async def slot(self, messages: int, stop: threading.Event | None = None) -> AsyncIterator[bool]:
+        """Wait for a pacing slot, then hold one of the concurrent-request places; yields
+        True. With `stop`: a stop requested before the request may go cuts the waits short
+        and yields False (no place is held then, or it is given back as the caller leaves)."""
         wait = self.reserve(messages)
-        if wait > 0:
-            await asyncio.sleep(wait)
+        if await sleep_unless_stopped(wait, stop) or (stop is not None and stop.is_set()):
+            yield False
+            return
         async with self._sem():
             # A 429 seen by another request while we waited pauses us as well.
             late = self._paused_until - self._clock()
-            if late > 0:
-                await asyncio.sleep(late)
-            yield
+            stopped = await sleep_unless_stopped(late, stop) if late > 0 else False
+            yield not (stopped or (stop is not None and stop.is_set()))
 
 
 # Connection set-up failures: the request never left this machine.
@@ -271,6 +280,9 @@ class HttpClient:
         self._client: httpx.AsyncClient | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.requests = 0  # every attempt, for tests and the benchmark
+        # Set on Ctrl-C or SIGTERM (the core's `Dripmail.interrupted`, via `stop_on`): a
+        # request not yet on the wire is not sent (see `call`).
+        self.stop: threading.Event | None = None
 
     def with_retry(self, **changes: Any) -> None:
         """Adjust the retry policy (tests shorten delays and timeouts)."""
@@ -309,6 +321,7 @@ class HttpClient:
         messages: int = 0,
         idempotent: bool = False,
         retry_if: Callable[[httpx.Response], bool] | None = None,
+        stoppable: bool = True,
         **kwargs: Any,
     ) -> Answer:
         """Send one request with retries; see the module docstring for the classification.
@@ -317,17 +330,33 @@ class HttpClient:
         with the identical body), so an ambiguous attempt may be retried. Otherwise an
         ambiguous attempt ends the call at once. `retry_if` marks provider-specific answers
         that mean "not done yet, ask again" (Resend's 409 for a key still in progress).
+
+        A stop (`self.stop` set: Ctrl-C or SIGTERM) before an attempt goes out, also while it
+        waits for its rate-limiter slot or for a retry, ends the call unsent: NOT_SENT with
+        `stopped_error`. Only while no attempt can have reached the provider: after an
+        ambiguous attempt or a `retry_if` answer the call goes on as without a stop, and a
+        request on the wire is always answered. `stoppable` False: the stop is not heeded
+        (a look-up that settles a request already on the wire).
         """
         if "json" in kwargs:
             # Encoded once here for every attempt (see `json_body`), not by httpx per attempt.
             kwargs["content"] = json_body(kwargs.pop("json"))
             kwargs["headers"] = {"Content-Type": "application/json", **kwargs.get("headers", {})}
         ambiguous = False
+        # The provider said a request under this idempotency key is in progress (`retry_if`):
+        # an earlier one of ours may be under way there, so a stop must not end this call.
+        busy = False
         last_error = ""
         attempt = 0
         for attempt in range(1, self.retry.max_attempts + 1):
             wait: float | None = None
-            async with self.limiter.slot(messages):
+            # A stop ends the call only while nothing of it can have reached the provider:
+            # after an ambiguous attempt (or a "busy" answer) the retries go on as before.
+            heed = stoppable and not (ambiguous or busy)
+            stop = self.stop if heed else None
+            async with self.limiter.slot(messages, stop) as go:
+                if not go:
+                    return Answer(Sent.NOT_SENT, None, stopped_error(self.base_url), attempt - 1)
                 self.requests += 1
                 try:
                     response = await self._get().request(method, path, **kwargs)
@@ -351,6 +380,7 @@ class HttpClient:
                     )
                 hint = retry_after_seconds(response.headers)
                 if status == 429 or (retry_if is not None and retry_if(response)):
+                    busy = busy or status != 429
                     last_error = f"HTTP {status} {_snippet(response)}"
                     wait = hint
                     if hint is not None and hint > self.retry.max_retry_after:
@@ -368,7 +398,10 @@ class HttpClient:
             if ambiguous and not idempotent:
                 return Answer(Sent.AMBIGUOUS, response, last_error, attempt)
             if attempt < self.retry.max_attempts:
-                await asyncio.sleep(wait if wait is not None else self.retry.backoff(attempt))
+                pause = wait if wait is not None else self.retry.backoff(attempt)
+                # Cut short by a stop while nothing went out: the next turn answers "stopped".
+                heed = stoppable and not (ambiguous or busy)
+                await sleep_unless_stopped(pause, self.stop if heed else None)
         return Answer(Sent.AMBIGUOUS if ambiguous else Sent.NOT_SENT, None, last_error, attempt)
 
 

@@ -22,7 +22,7 @@ from typing import Any
 from dripmail.config import Settings
 from dripmail.message import Message
 from dripmail.providers.api import HttpProvider
-from dripmail.providers.base import Capabilities, Lookup, Outcome, SendResult
+from dripmail.providers.base import Capabilities, Lookup, Outcome, SendResult, is_stopped
 from dripmail.providers.common import KEY_FIELD, base_url, category, limits_for, require
 from dripmail.providers.http import Answer, Limits, RetryPolicy, Sent, json_body
 
@@ -134,7 +134,8 @@ class PostmarkProvider(HttpProvider):
             # Ambiguous: Postmark may hold some or all of them. Look before sending again.
             if self.settle_seconds:
                 await asyncio.sleep(self.settle_seconds)
-            looked = await self._lookup([messages[i] for i in pending])
+            # These look-ups settle a request already on the wire: a stop does not cut them.
+            looked = await self._lookup([messages[i] for i in pending], stoppable=False)
             still = []
             for i in pending:
                 found, provider_id = looked[messages[i].key]
@@ -188,7 +189,9 @@ class PostmarkProvider(HttpProvider):
             return SendResult(message.key, Outcome.TRANSIENT, error=reason)
         return SendResult(message.key, Outcome.PERMANENT, error=reason)
 
-    async def _lookup_one(self, message: Message) -> tuple[Lookup, str | None]:
+    async def _lookup_one(
+        self, message: Message, stoppable: bool = True
+    ) -> tuple[Lookup, str | None]:
         answer = await self.http.call(
             "GET",
             "/messages/outbound",
@@ -199,7 +202,10 @@ class PostmarkProvider(HttpProvider):
                 f"metadata_{KEY_FIELD}": message.key,
             },
             idempotent=True,
+            stoppable=stoppable,
         )
+        if answer.sent is Sent.NOT_SENT and is_stopped(answer.error):
+            return Lookup.NOT_ASKED, None  # a stop came first: nothing was asked
         body = answer.json()
         if answer.sent is not Sent.ANSWERED or answer.status != 200 or not isinstance(body, dict):
             return Lookup.UNKNOWN, None
@@ -208,14 +214,17 @@ class PostmarkProvider(HttpProvider):
             return Lookup.FOUND, str(found[0].get("MessageID") or "") or None
         return Lookup.ABSENT, None
 
-    async def _lookup(self, messages: Sequence[Message]) -> dict[str, tuple[Lookup, str | None]]:
+    async def _lookup(
+        self, messages: Sequence[Message], stoppable: bool = True
+    ) -> dict[str, tuple[Lookup, str | None]]:
         # One search per key (Postmark allows one metadata filter per search); the limiter
-        # bounds how many run at once.
-        found = await asyncio.gather(*(self._lookup_one(m) for m in messages))
+        # bounds how many run at once and paces them (10/s by default).
+        found = await asyncio.gather(*(self._lookup_one(m, stoppable) for m in messages))
         return {m.key: f for m, f in zip(messages, found, strict=True)}
 
     async def reconcile(self, messages: Sequence[Message]) -> dict[str, Lookup]:
-        """Look each key up by metadata: FOUND, ABSENT, or UNKNOWN when the search failed."""
+        """Look each key up by metadata: FOUND, ABSENT, UNKNOWN when the search failed, or
+        NOT_ASKED when a stop (Ctrl-C, SIGTERM) came before its search went out."""
         looked = await self._lookup(messages)
         return {key: found for key, (found, _) in looked.items()}
 

@@ -35,7 +35,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
@@ -157,6 +157,8 @@ class FakeProviders:
         # (method, path with query, headers, body) of every request, when a benchmark asks
         # (set to a list): it replays them on a bare client to measure the fake's ceiling.
         self.raw_requests: list[tuple[str, str, dict[str, str], bytes]] | None = None
+        # `on_request`: [provider, path or None, requests still to come, action].
+        self._triggers: list[list[Any]] = []
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> FakeProviders:
@@ -222,6 +224,16 @@ class FakeProviders:
                 self._refuse_all.pop(provider, None)
             else:
                 self._refuse_all[provider] = reason
+
+    def on_request(
+        self, provider: str, count: int, action: Callable[[], None], path: str | None = None
+    ) -> None:
+        """Call `action` once, when the `count`-th request to `provider` (to `path` only, if
+        given) from now on arrives, before it is answered: a test's Ctrl-C while a hand-over
+        is under way. That request is on the wire, so the client gets its answer as usual;
+        the client can see what `action` did before it sends any later request."""
+        with self.lock:
+            self._triggers.append([provider, path, count, action])
 
     def reject(self, address: str, reason: str = "inactive") -> None:
         """Make every provider refuse this recipient."""
@@ -297,10 +309,18 @@ class FakeProviders:
         body = h.rfile.read(length) if length else b""
         headers = {k: v for k, v in h.headers.items()}
         query = parse_qs(parts.query, keep_blank_values=True)
+        due: list[Callable[[], None]] = []
         with self.lock:
             self.requests.append((provider, h.command, path))
             if self.raw_requests is not None:
                 self.raw_requests.append((h.command, h.path, headers, body))
+            for trigger in self._triggers:
+                if trigger[0] == provider and trigger[1] in (None, path) and trigger[2] > 0:
+                    trigger[2] -= 1
+                    if trigger[2] == 0:
+                        due.append(trigger[3])
+        for action in due:
+            action()
         if provider not in SEND_PATHS:
             return h.reply(Reply(404, b"no such provider"))
         auth = getattr(self, f"_auth_{provider}")(headers)
