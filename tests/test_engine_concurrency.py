@@ -58,21 +58,22 @@ def _seed(url: str, root: Path, n: int) -> None:
 
 
 def _workers(root: Path, url: str, count: int, passes: int) -> None:
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                str(ROOT / "tests/engine_worker.py"),
-                str(root),
-                url,
-                NOW.isoformat(),
-                str(passes),
-            ],
-            cwd=ROOT,
-        )
-        for _ in range(count)
-    ]
-    assert [p.wait(timeout=600) for p in procs] == [0] * count
+    """`count` worker processes (forked by tests/engine_worker.py after its imports) racing
+    for the same rows until none is left."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "tests/engine_worker.py"),
+            str(root),
+            url,
+            NOW.isoformat(),
+            str(passes),
+            str(count),
+        ],
+        cwd=ROOT,
+        timeout=600,
+    )
+    assert done.returncode == 0
 
 
 def _count(root: Path, url: str) -> tuple[int, int, int]:

@@ -200,8 +200,9 @@ def test_killed_broadcast_resumes_and_each_reader_gets_one_copy(
     before = len(fake_providers.accepted("postmark"))
     assert 0 < before < len(big_list)
     # Run it again at once: the dead process's claims are taken over (same host, pid gone),
-    # batches it had in flight are looked up at the provider, the rest is sent.
-    again = _subprocess(root, "broadcast", "newsletters/hips.md", "--yes", "-q", env=env)
+    # batches it had in flight are looked up at the provider, the rest is sent. In process:
+    # the kill is what needs a process of its own, not the re-run.
+    again = _cli(root, "broadcast", "newsletters/hips.md", "--yes", "-q", env=env)
     assert again.returncode == 0, again.stderr
     accepted = fake_providers.accepted("postmark")
     assert Counter(a.to for a in accepted) == Counter(dict.fromkeys(big_list, 1))
@@ -259,7 +260,7 @@ def test_ctrl_c_stops_a_broadcast_after_the_chunk_at_the_provider(
         states = Counter(state for state, _ in rows)
     # Nothing left in flight or held: what went out is recorded, the rest is in the queue.
     assert states["sent"] == stopped_at and set(states) <= {"sent", "planned"}
-    again = _subprocess(root, "broadcast", "newsletters/hips.md", "--yes", "-q", env=env)
+    again = _cli(root, "broadcast", "newsletters/hips.md", "--yes", "-q", env=env)  # in process
     assert again.returncode == 0, again.stderr
     assert copies() == Counter(dict.fromkeys(big_list, 1))
 

@@ -15,10 +15,12 @@ from tests.store.start_together import run_together
 
 REPO = Path(__file__).resolve().parents[2]
 WORKERS = 6
-# Each worker waits at a barrier file, then opens the store and says which migrations it ran
-# (Alembic logs each one it applies on the "alembic.runtime.migration" logger).
-SCRIPT = """
-import logging, sys, time
+# Each worker process runs PRELUDE (they are forked after it), waits at a barrier file, then
+# opens the store and says which migrations it ran (Alembic logs each one it applies on the
+# "alembic.runtime.migration" logger).
+PRELUDE = """
+import sys
+import logging
 from pathlib import Path
 ran = []
 class Seen(logging.Handler):
@@ -33,9 +35,8 @@ from dripmail.store.db import open_store, shipped_head
 # version check within a few milliseconds of each other and the creations really overlap.
 import alembic.command, alembic.config, alembic.script  # noqa: E401
 shipped_head()
-go = Path(sys.argv[2])
-while not go.exists():
-    time.sleep(0.002)
+"""
+BODY = """
 open_store(sys.argv[1], Path.cwd())
 print(len(ran))
 """
@@ -43,7 +44,7 @@ print(len(ran))
 
 def test_processes_creating_a_new_sqlite_database_at_once_all_succeed(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'dripmail.db'}"
-    done = run_together(SCRIPT, [url], WORKERS, tmp_path)
+    done = run_together(PRELUDE, BODY, [url], WORKERS, tmp_path)
     codes = [code for code, _, _ in done]
     assert codes == [0] * WORKERS, [err[-600:] for _, _, err in done]
     results = [(out, err) for _, out, err in done]

@@ -19,14 +19,15 @@ from tests.store.start_together import run_together
 
 REPO = Path(__file__).resolve().parents[2]
 WORKERS = 4
-# Each worker waits at a barrier file, then opens the store: the upgrades really overlap.
-SCRIPT = """
-import os, sys, time
+# Each worker process is forked after PRELUDE (what opening the store loads, so the upgrades
+# start within milliseconds of each other), waits at a barrier file, then opens the store.
+PRELUDE = """
+import sys
 from pathlib import Path
 from dripmail.store.db import open_store
-go = Path(sys.argv[2])
-while not go.exists():
-    time.sleep(0.01)
+import alembic.command, alembic.config, alembic.script  # noqa: E401
+"""
+BODY = """
 open_store(sys.argv[1], Path.cwd())
 print("ok")
 """
@@ -47,7 +48,7 @@ def test_workers_starting_at_once_upgrade_once(tmp_path: Path) -> None:
         .render_as_string(hide_password=False)
     )
     try:
-        done = run_together(SCRIPT, [scoped], WORKERS, tmp_path)
+        done = run_together(PRELUDE, BODY, [scoped], WORKERS, tmp_path)
         codes = [code for code, _, _ in done]
         assert codes == [0] * WORKERS, [err[-600:] for _, _, err in done]
         engine = open_store(scoped, tmp_path)
