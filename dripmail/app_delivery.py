@@ -399,28 +399,41 @@ class DeliveryUseCases:
         from dripmail.store.db import small_page_cache
 
         now = at or self.clock()
-        compiled = self.renderer.newsletter(newsletter)
-        self.interrupted.clear()  # an earlier Ctrl-C, handled, does not stop this one
-        started = bc.start(self.engine, row["id"], now)
-        render = bc.render_fn(compiled, self.settings.public_url, self.signer, row["id"], started)
-        # Planning and sending walk the list in id order: each page is read once, and a
-        # large page cache would only make memory grow with the list (store.db).
-        with small_page_cache(self.engine):
-            # Planned as it goes, a page ahead of the claims: the first copies leave while
-            # the rest of the list is planned.
-            return bc.send(
-                self.engine,
-                self.provider,
-                row,
-                render,
-                now,
-                halt_after=self.settings.halt_after_failures,
-                progress=sent,
-                call=self.call_provider,
-                plan_segment=row["segment"],
-                planned=planned,
-                stop=self.interrupted.is_set,
+        try:
+            compiled = self.renderer.newsletter(newsletter)
+            self.interrupted.clear()  # an earlier Ctrl-C, handled, does not stop this one
+            started = bc.start(self.engine, row["id"], now)
+            render = bc.render_fn(
+                compiled, self.settings.public_url, self.signer, row["id"], started
             )
+            # Planning and sending walk the list in id order: each page is read once, and a
+            # large page cache would only make memory grow with the list (store.db).
+            with small_page_cache(self.engine):
+                # Planned as it goes, a page ahead of the claims: the first copies leave
+                # while the rest of the list is planned.
+                report = bc.send(
+                    self.engine,
+                    self.provider,
+                    row,
+                    render,
+                    now,
+                    halt_after=self.settings.halt_after_failures,
+                    progress=sent,
+                    call=self.call_provider,
+                    plan_segment=row["segment"],
+                    planned=planned,
+                    stop=self.interrupted.is_set,
+                )
+        except DripmailError as exc:
+            # A template error (naming its file and line), a refused credential...: the row
+            # keeps its status, so `broadcasts show` must say it stopped, and why.
+            bc.record_stop(self.engine, row["id"], _one_line(exc), now)
+            raise
+        if report.halted:
+            bc.record_stop(self.engine, row["id"], report.halted, now)
+        else:
+            bc.clear_stop(self.engine, row["id"])
+        return report
 
     def send_due_broadcasts(self, at: datetime | None = None) -> list[ScheduledBroadcast]:
         """Send the scheduled broadcasts whose time has come (`run` calls this).
@@ -445,6 +458,9 @@ class DeliveryUseCases:
                 )
                 report = self.send_broadcast(newsletter, row, now)
             except DripmailError as exc:
+                # A missing, broken or edited file, or nobody to send to: not sent at its
+                # time, kept as the reason it stopped (`send_broadcast` keeps its own).
+                bc.record_stop(self.engine, row["id"], _one_line(exc), now)
                 out.append(ScheduledBroadcast(row["id"], row["slug"], error=str(exc)))
                 continue
             stats = bc.stats(self.engine, row["id"])
@@ -489,3 +505,11 @@ class DeliveryUseCases:
             outbox = self.project.resolve(self.settings.outbox_dir)
             where = f"outbox ({Path(outbox) / (key + '.eml')})"
         return TestSent(day, address, message.subject, key, result, where)
+
+
+def _one_line(exc: BaseException) -> str:
+    """An error's message on one line (a ContentError may list several problems)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    return lines[0] + (f" (and {len(lines) - 1} more)" if len(lines) > 1 else "")

@@ -539,6 +539,35 @@ def start(engine: Engine, broadcast_id: int, now: datetime) -> datetime:
         ).scalar_one()
 
 
+def record_stop(engine: Engine, broadcast_id: int, reason: str, now: datetime) -> None:
+    """Keep why a send of this broadcast stopped (one line) and when, for `broadcasts show`
+    and `list`. Its status stays as it was: running it again continues it."""
+    with engine.begin() as conn:
+        conn.execute(
+            update(broadcasts)
+            .where(broadcasts.c.id == broadcast_id)
+            .values(stopped_reason=reason, stopped_at=now)
+        )
+
+
+def clear_stop(engine: Engine, broadcast_id: int) -> None:
+    """Forget an earlier stop once a send pass of this broadcast ended without one."""
+    with engine.begin() as conn:
+        conn.execute(
+            update(broadcasts)
+            .where(broadcasts.c.id == broadcast_id, broadcasts.c.stopped_reason.is_not(None))
+            .values(stopped_reason=None, stopped_at=None)
+        )
+
+
+def stopped(row: RowMapping) -> str:
+    """Why `row` stopped and waits to be run again, or "" (sent, cancelled, or never
+    stopped: a stop no longer matters once it is finished)."""
+    if row["status"] in ("sent", "cancelled"):
+        return ""
+    return str(row["stopped_reason"] or "")
+
+
 def render_fn(
     compiled, public_url: str, signer, broadcast_id: int, issued_at: datetime | None = None
 ) -> RenderFn[BroadcastRow]:

@@ -220,14 +220,40 @@ def _ref(value: str) -> int | str:
 
 
 NOT_STARTED = "not started"
+STOPPED = "stopped"
 
 
 def _status(row) -> str:
-    """The status to show: a broadcast opened by hand but stopped before it started (a kill in
-    its first second) is stored as `scheduled` with no time; "scheduled -" would mislead."""
+    """The status to show: one whose last send stopped (a template error, a halt...) is
+    `stopped` whatever it is stored as (scheduled or sending: running it again continues it);
+    a broadcast opened by hand but stopped before it started (a kill in its first second) is
+    stored as `scheduled` with no time, and "scheduled -" would mislead."""
+    from dripmail.broadcast import stopped
+
+    if stopped(row):
+        return STOPPED
     if row["status"] == "scheduled" and row["scheduled_at"] is None and not row["started_at"]:
         return NOT_STARTED
     return str(row["status"])
+
+
+def _stopped_lines(row) -> list[str]:
+    """Why a stopped broadcast stopped, when, and what to do (for `broadcasts show`)."""
+    from dripmail.broadcast import stopped
+
+    why = stopped(row)
+    if not why:
+        return []
+    cmd = command_name()
+    when = f" {row['stopped_at']:%Y-%m-%d %H:%M} UTC" if row["stopped_at"] else ""
+    again = f"`{cmd} broadcast newsletters/{row['slug']}.md` again"
+    if row["scheduled_at"] is not None and not row["started_at"]:
+        again = "the next `run` (it is scheduled) or " + again
+    return [
+        f"  stopped{when}: {visible(why)}",
+        f"  fix what it names, then {again} sends it: it continues where it stopped and "
+        "nobody gets a second copy",
+    ]
 
 
 @group.command("list")
@@ -250,6 +276,14 @@ def list_() -> None:
             f"{row['id']:>4}  {_status(row):<11} {row['slug']:<32} {shown:<16}"
             f" {s.recipients:>10} {s.accepted:>9} {s.failed:>7}"
         )
+    from dripmail.broadcast import stopped
+
+    for row, _ in rows:
+        if stopped(row):
+            typer.echo(
+                f"broadcast {row['id']} stopped: {visible(stopped(row))}; fix it and run it "
+                f"again (`{command_name()} broadcasts show {row['id']}` says how)"
+            )
 
 
 @group.command("show")
@@ -263,6 +297,8 @@ def show(
     row = core.find_broadcast(_ref(ref))
     s = core.broadcast_stats(row["id"])
     typer.echo(f"broadcast {row['id']}: {row['subject']!r} ({row['slug']}), {_status(row)}")
+    for line in _stopped_lines(row):
+        typer.echo(line)
     if _status(row) == NOT_STARTED:
         typer.echo(f"  stopped before its first copy: `{command_name()} broadcast FILE` starts it")
     typer.echo(f"  segment    {row['segment']}")

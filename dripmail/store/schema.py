@@ -194,6 +194,11 @@ broadcasts = Table(
     Column("created_at", UTCDateTime, nullable=False),
     Column("started_at", UTCDateTime),
     Column("finished_at", UTCDateTime),
+    # Why the last attempt to send it stopped (a template error naming its file and line, a
+    # halt, a missing file...) and when (migration 0011); cleared by a pass that ends well.
+    # The status stays what it was (scheduled or sending): running it again continues it.
+    Column("stopped_reason", Text),
+    Column("stopped_at", UTCDateTime),
 )
 
 broadcast_deliveries = Table(

@@ -519,3 +519,50 @@ def test_a_broadcast_an_older_version_marked_sent_to_nobody_can_be_sent(root: Pa
     assert set(_outbox(root)) == desk and _count(root, broadcasts) == 1
     again = _cli(root, "broadcast", "newsletters/hips.md", "--segment", "tag:desk")
     assert again.returncode == 0 and "was already sent; nothing to do" in again.stdout
+
+
+def test_a_broadcast_stopped_by_a_template_error_says_so_why_and_what_to_do(root: Path) -> None:
+    """The template error stops the send with one line (exit 1) and the row keeps its status
+    (re-running continues it); `broadcasts list/show` say it stopped, why and what to do,
+    until a run after the fix sends it (once) and the stop is forgotten."""
+    seed(open_store("sqlite:///dripmail.db", root), 10)
+    template = root / "emails" / "newsletter.txt.j2"
+    good = template.read_text()
+    template.write_text(good + "\n{{ issue.subject | nosuchfilter }}\n")
+    out = _cli(root, "broadcast", "newsletters/hips.md", "--yes", "-q")
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "emails/newsletter.txt.j2" in out.stderr and not _outbox(root)
+    listed = _cli(root, "broadcasts", "list").stdout.splitlines()
+    assert listed[1].split()[:3] == ["1", "stopped", "hips"], listed
+    assert listed[2].startswith("broadcast 1 stopped: ") and "newsletter.txt.j2" in listed[2]
+    assert "broadcasts show 1` says how" in listed[2]
+    shown = _cli(root, "broadcasts", "show", "1").stdout.splitlines()
+    assert shown[0].endswith("(hips), stopped"), shown
+    assert shown[1].startswith("  stopped ") and "emails/newsletter.txt.j2" in shown[1]
+    assert shown[2].startswith("  fix what it names, then `")
+    assert "broadcast newsletters/hips.md` again sends it: it continues" in shown[2]
+
+    template.write_text(good)
+    again = _cli(root, "broadcast", "newsletters/hips.md", "--yes", "-q")
+    assert again.returncode == 0, again.stderr
+    assert set(_outbox(root)) == eligible_emails(10) and set(_outbox(root).values()) == {1}
+    shown = _cli(root, "broadcasts", "show", "1").stdout
+    assert "(hips), sent" in shown and "stopped" not in shown
+
+
+def test_a_scheduled_broadcast_stopped_by_a_template_error_is_shown_stopped(root: Path) -> None:
+    seed(open_store("sqlite:///dripmail.db", root), 10)
+    assert _cli(root, "broadcast", "newsletters/hips.md", "--schedule", "2099-01-01T09:00Z")
+    template = root / "emails" / "newsletter.txt.j2"
+    good = template.read_text()
+    template.write_text(good + "\n{% if %}\n")
+    due = _cli(root, "run", "--now", "2099-01-01T09:05Z", "-q")
+    assert due.returncode == 3 and "scheduled broadcast 1 not sent: " in due.stdout
+    shown = _cli(root, "broadcasts", "show", "1").stdout.splitlines()
+    assert shown[0].endswith("(hips), stopped"), shown
+    assert shown[1].startswith("  stopped 2099-01-01 09:05 UTC: emails/newsletter.txt.j2")
+    assert shown[2].startswith("  fix what it names, then the next `run` (it is scheduled) or `")
+    template.write_text(good)
+    assert _cli(root, "run", "--now", "2099-01-01T09:10Z", "-q").returncode == 0
+    assert set(_outbox(root)) == eligible_emails(10)
+    assert _cli(root, "broadcasts", "list").stdout.splitlines()[1].split()[1] == "sent"
