@@ -268,6 +268,72 @@ def test_ctrl_c_stops_run_after_the_chunk_in_the_outbox(project: Path, stop) -> 
     assert len(keys) == count and set(keys.values()) == {1}
 
 
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_stops_resend_scheduled_sends_between_requests(
+    project: Path, fake_providers, stop
+) -> None:
+    """Readers who joined now get lesson 1 scheduled at Resend, one request each at two a
+    second (the loopback fake, Resend's default pacing): the pass would take 20 s. Ctrl-C
+    (or SIGTERM) after the third request: the requests out are answered and recorded, no
+    other goes out, "stopped", exit 130; the lessons not sent are back in the queue due at
+    once with no error, and the next run schedules each of them once."""
+    env = {
+        **os.environ,
+        "DRIPMAIL_PROVIDER": "resend",
+        "RESEND_API_KEY": fake_providers.RESEND_KEY,
+        "DRIPMAIL_RESEND_BASE_URL": fake_providers.base("resend"),
+        "DRIPMAIL_SECRET_KEY": "a-test-secret-that-is-long-enough",
+        "DRIPMAIL_PUBLIC_URL": "https://join.studio.example.com",
+    }
+    count = 40
+    lines = ["email,first_name,timezone"] + [
+        f"p{i}@example.org,P{i},Europe/Berlin" for i in range(count)
+    ]
+    (project / "people.csv").write_text("\n".join(lines) + "\n")
+    added = run_cli(project, "subscribers", "import", "people.csv", env=env)  # the real clock
+    assert added.returncode == 0 and f"added {count}" in added.stdout, added.stderr
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "send.py"), "--root", str(project), "run", "-q"],
+        cwd=project,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as from a terminal
+    )
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if fake_providers.send_requests["resend"] >= 3:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "run finished before it could be stopped: raise `count`"
+    proc.send_signal(stop)
+    out, err = _stop(proc)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    scheduled = {r.key: r.provider_id for r in fake_providers.accepted("resend", "scheduled")}
+    assert 3 <= len(scheduled) < count  # what was on the wire, nothing after the stop
+    assert out.splitlines()[-1] == (
+        f"stopped: {len(scheduled)} lessons handed over and recorded in this pass; the rest go "
+        "out when you run the same command again (nobody gets a lesson twice)"
+    )
+    with open_store("sqlite:///dripmail.db", project).connect() as conn:
+        rows = conn.execute(select(deliveries).where(deliveries.c.lesson_day == 1)).mappings()
+        day_one = {r["key"]: dict(r) for r in rows}
+    assert {k: r["provider_message_id"] for k, r in day_one.items() if k in scheduled} == scheduled
+    assert {day_one[k]["state"] for k in scheduled} == {"handed"}
+    back = [r for k, r in day_one.items() if k not in scheduled]
+    assert len(back) == count - len(scheduled)
+    assert all(r["state"] == "planned" and r["claimed_by"] is None for r in back)
+    assert all(r["next_attempt_at"] is None and r["last_error"] is None for r in back)
+    # The rest at once (an explicit rate replaces Resend's default pacing).
+    rerun = run_cli(project, "run", "-q", env={**env, "DRIPMAIL_RATE_PER_SECOND": "1000"})
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    keys = Counter(fake_providers.keys("resend"))
+    assert set(keys.values()) == {1}  # nobody got anything twice
+    assert set(day_one) <= set(keys)
+
+
 def test_db_upgrade_reports_the_database(tmp_path: Path) -> None:
     out = _cli(tmp_path, "db", "upgrade")
     assert out.returncode == 0 and "up to date" in out.stdout

@@ -5,14 +5,15 @@ arrives (before answering it), as `Dripmail.call_provider` sets it when Ctrl-C r
 waiting thread. The requests on the wire are answered and recorded; those not yet sent (also
 those waiting for their rate-limiter slot or a retry) are not sent, and go back to the queue
 due at once; a look-up not asked leaves its row `sending` for the next run. The next run sends
-each remaining message once. Real SQLite, the real course, the providers' default pacing (two
-requests a second for Resend, ten for Postmark) with one request at a time, so the count of
-requests that got out is exact.
+each remaining message once. Real SQLite and PostgreSQL, the real course, the providers'
+default pacing (two requests a second for Resend, ten for Postmark) with one request at a
+time, so the count of requests that got out is exact.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -22,7 +23,7 @@ import pytest
 from course_fixture import make_project
 from fakes.mail import FAST_RETRY
 from fakes.provider_server import Fault
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from dripmail import subscribers as subs
 from dripmail.app import Dripmail
@@ -31,6 +32,7 @@ from dripmail.engine import run_once
 from dripmail.providers.base import is_stopped, stopped_error
 from dripmail.providers.http import HttpClient, Limits, RetryPolicy, Sent
 from dripmail.stopping import StopRequest, sleep_unless_stopped
+from dripmail.store.db import open_store
 from dripmail.store.schema import deliveries
 
 SECRET = "test-secret-key-for-links-0123456789abcdef"
@@ -42,12 +44,28 @@ READERS = 10
 GLACIAL = Limits(requests_per_second=0.001, max_concurrency=1)
 
 
-def _core(tmp_path: Path, fake, provider: str, now: datetime) -> Dripmail:
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The store's URL: SQLite, and PostgreSQL (emptied first; its own path: rows locked as a
+    page is read, outcomes written with one ``UPDATE ... FROM unnest`` per chunk)."""
+    if request.param == "sqlite":
+        return "sqlite:///dripmail.db"
+    url = os.environ.get("DRIPMAIL_TEST_DATABASE_URL")
+    if not url:
+        pytest.skip("DRIPMAIL_TEST_DATABASE_URL is not set (CI sets it; see README)")
+    engine = open_store(url, tmp_path)
+    with engine.begin() as conn:
+        conn.execute(text("TRUNCATE subscribers, deliveries, events RESTART IDENTITY CASCADE"))
+    engine.dispose()
+    return url
+
+
+def _core(tmp_path: Path, fake, provider: str, now: datetime, database: str) -> Dripmail:
     settings = Settings(
         DRIPMAIL_PROVIDER=provider,
         DRIPMAIL_SECRET_KEY=SECRET,
         DRIPMAIL_PUBLIC_URL="https://join.studio.example.com",
-        DRIPMAIL_DATABASE_URL="sqlite:///dripmail.db",
+        DRIPMAIL_DATABASE_URL=database,
         POSTMARK_SERVER_TOKEN=fake.POSTMARK_TOKEN,
         DRIPMAIL_POSTMARK_BASE_URL=fake.base("postmark"),
         RESEND_API_KEY=fake.RESEND_KEY,
@@ -173,13 +191,13 @@ def test_a_stop_wakes_a_sleep_set_from_another_thread() -> None:
 
 
 def test_resend_scheduled_sends_stop_between_requests_and_the_next_run_sends_the_rest(
-    tmp_path, fake_providers
+    tmp_path, fake_providers, database
 ) -> None:
     """Lessons due tomorrow go to Resend one request each (``scheduled_at``), two a second.
     Stopped at the third: three are scheduled there and recorded, the other seven are back in
     the queue due at once, and the next run schedules each of them once."""
     now = datetime.now(UTC).replace(microsecond=0)
-    core = _core(tmp_path, fake_providers, "resend", now)
+    core = _core(tmp_path, fake_providers, "resend", now, database)
     _readers(core, now)
     fake_providers.on_request("resend", 3, core.interrupted.set, path="/emails")
     report = core.run(now).lessons
@@ -224,13 +242,13 @@ class Crashing:
 
 
 def test_postmark_lookups_not_asked_stay_in_flight_for_the_next_run(
-    tmp_path, fake_providers
+    tmp_path, fake_providers, database
 ) -> None:
     """A crash left ten lessons in flight (Postmark has them). The next run looks each up
     (ten a second) and is stopped at the third look-up: three are recorded as sent, the
     seven not asked stay `sending` (never review, never sent again), and the run after looks
     them up and records them. Postmark got each lesson once."""
-    core = _core(tmp_path, fake_providers, "postmark", DAY_ONE + AFTER_LEASE)
+    core = _core(tmp_path, fake_providers, "postmark", DAY_ONE + AFTER_LEASE, database)
     _readers(core, START)
     with pytest.raises(Killed):
         run_once(
