@@ -30,6 +30,7 @@ from dripmail.store.schema import broadcast_deliveries, events, subscribers
 from dripmail.tokens import Signer
 from tests.broadcast_fixture import NOW, eligible_emails, insert_sent_to_nobody, seed
 from tests.course_fixture import make_project
+from tests.store_fixture import new_store
 
 ISSUE = "---\nsubject: Hips at the desk\npreheader: Three habits for long days\n---\nHello.\n"
 PUBLIC = "https://studio.example.com"
@@ -48,7 +49,7 @@ def engine(project: Project, request: pytest.FixtureRequest) -> Engine:
     """SQLite; or, for tests parametrized with `ON_BOTH_STORES`, PostgreSQL too (its own
     path: outcomes and sending marks written with one ``UPDATE ... FROM unnest`` per chunk)."""
     if getattr(request, "param", "sqlite") == "sqlite":
-        return open_store("sqlite:///dripmail.db", project.root)
+        return new_store("sqlite:///dripmail.db", project.root)
     url = os.environ.get("DRIPMAIL_TEST_DATABASE_URL")
     if not url:
         pytest.skip("DRIPMAIL_TEST_DATABASE_URL is not set (CI sets it; see README)")
@@ -100,11 +101,15 @@ def _outbox_index(project: Project) -> list[dict]:
 
 
 @ON_BOTH_STORES
-def test_ten_thousand_each_eligible_accepted_once_ineligible_never(
+def test_thousands_each_eligible_accepted_once_ineligible_never(
     project: Project, engine: Engine, fake_providers
 ) -> None:
-    seed(engine, 10_000)
-    wanted = eligible_emails(10_000)
+    # 3,000 subscribers, 2,400 eligible: three chunks of planning and sending (CHUNK, 1,000)
+    # and five batches, the last one short. How a broadcast scales is the benchmarks' job
+    # (bench/, 100,000); 10,000 here only made each step three times longer.
+    seed(engine, 3_000)
+    wanted = eligible_emails(3_000)
+    assert len(wanted) > 2 * bc.CHUNK and len(wanted) % 500
     provider = _postmark(fake_providers)
     row = _start(project, engine)
     report = _send(project, engine, provider, row)

@@ -21,6 +21,7 @@ from dripmail.store.db import open_store
 from dripmail.store.schema import deliveries
 from tests.broadcast_fixture import seed
 from tests.course_rules import Rules
+from tests.store_fixture import new_store
 
 NOW = datetime(2026, 6, 3, 12, tzinfo=UTC)
 
@@ -48,7 +49,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Engine:
     """An empty store: SQLite, and PostgreSQL (its own path: rows locked as a page is read,
     outcomes written with one ``UPDATE ... FROM unnest`` per chunk)."""
     if request.param == "sqlite":
-        return open_store("sqlite:///dripmail.db", tmp_path)
+        return new_store("sqlite:///dripmail.db", tmp_path)
     url = os.environ.get("DRIPMAIL_TEST_DATABASE_URL")
     if not url:
         pytest.skip("DRIPMAIL_TEST_DATABASE_URL is not set (CI sets it; see README)")

@@ -18,6 +18,7 @@ from dripmail.providers.outbox import OutboxProvider
 from dripmail.store.db import open_store
 from dripmail.store.schema import deliveries, subscribers
 from tests.due_fixture import seed_due
+from tests.store_fixture import new_store
 
 NOW = datetime(2026, 6, 1, 12, tzinfo=UTC)
 SENDER = Mailbox("hello@studio.example.com")
@@ -48,7 +49,7 @@ def _rows(engine: Engine) -> dict[str, dict]:
 
 @pytest.fixture
 def store(tmp_path: Path) -> Engine:
-    engine = open_store("sqlite:///dripmail.db", tmp_path)
+    engine = new_store("sqlite:///dripmail.db", tmp_path)
     seed_due(engine, 12, NOW)
     return engine
 

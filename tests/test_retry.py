@@ -20,6 +20,7 @@ from dripmail.providers.outbox import OutboxProvider
 from dripmail.store.db import open_store
 from dripmail.store.schema import deliveries
 from tests.course_rules import Rules
+from tests.store_fixture import new_store
 
 JOINED = datetime(2026, 6, 1, 12, tzinfo=UTC)  # lesson 1: Tuesday 2 June, 07:00 Berlin
 LATER = datetime(2026, 6, 10, 12, tzinfo=UTC)
@@ -28,7 +29,7 @@ LATER = datetime(2026, 6, 10, 12, tzinfo=UTC)
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Engine:
     if request.param == "sqlite":
-        return open_store("sqlite:///dripmail.db", tmp_path)
+        return new_store("sqlite:///dripmail.db", tmp_path)
     url = os.environ.get("DRIPMAIL_TEST_DATABASE_URL")
     if not url:
         pytest.skip("DRIPMAIL_TEST_DATABASE_URL is not set (CI sets it; see README)")

@@ -12,13 +12,14 @@ from dripmail.store.db import open_store
 from dripmail.store.schema import deliveries, subscribers
 from dripmail.subscriber_io import export_csv, import_csv, safe_cell
 from tests.course_rules import Rules
+from tests.store_fixture import new_store
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 
 
 @pytest.fixture
 def engine(tmp_path: Path) -> Engine:
-    return open_store("sqlite:///dripmail.db", tmp_path)
+    return new_store("sqlite:///dripmail.db", tmp_path)
 
 
 def _csv(tmp_path: Path, text: str) -> Path:

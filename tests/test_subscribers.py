@@ -7,16 +7,16 @@ from sqlalchemy import Engine, select
 
 from dripmail import subscribers as subs
 from dripmail.errors import InputError, NotFoundError
-from dripmail.store.db import open_store
 from dripmail.store.schema import deliveries, events
 from tests.course_rules import Rules
+from tests.store_fixture import new_store
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 
 
 @pytest.fixture
 def engine(tmp_path: Path) -> Engine:
-    return open_store("sqlite:///dripmail.db", tmp_path)
+    return new_store("sqlite:///dripmail.db", tmp_path)
 
 
 def test_email_normalised_and_unique_regardless_of_case(engine: Engine) -> None:

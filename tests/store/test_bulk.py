@@ -30,6 +30,7 @@ from sqlalchemy import (
 from dripmail.store.bulk import Bulk, IdList
 from dripmail.store.db import open_store
 from dripmail.store.schema import UTCDateTime
+from tests.store_fixture import new_store
 
 NOW = datetime(2026, 6, 1, 7, 30, 15, 123456, tzinfo=UTC)
 
@@ -50,7 +51,7 @@ def _table(name: str) -> Table:
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
     if request.param == "sqlite":
-        store = open_store("sqlite:///bulk.db", tmp_path)
+        store = new_store("sqlite:///bulk.db", tmp_path)
     else:
         url = os.environ.get("DRIPMAIL_TEST_DATABASE_URL")
         if not url:

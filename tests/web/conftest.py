@@ -20,6 +20,7 @@ if str(TESTS) not in sys.path:
 
 from course_fixture import make_project  # noqa: E402
 from fakes.webhook_signing import WebhookKeys  # noqa: E402
+from store_fixture import new_store  # noqa: E402
 
 from dripmail.config import Project, Settings  # noqa: E402
 from dripmail.store import schema  # noqa: E402
@@ -121,6 +122,8 @@ def make_web(tmp_path: Path) -> Callable[..., Web]:
             make_project(root)
         keys = WebhookKeys.generate()
         settings = make_settings(root, keys, **extra)
+        if not (root / "web.db").exists() and "DRIPMAIL_DATABASE_URL" not in extra:
+            new_store(settings.database_url, root).dispose()  # the app opens it, current
         clock = clock or Clock()
         app = create_app(Project(root), settings, preview=preview, clock=clock)
         return Web(root, settings, app, clock, keys)

@@ -24,6 +24,7 @@ from dripmail.store.db import MIGRATIONS, open_store
 from dripmail.store.schema import deliveries, events, webhook_nonces
 from dripmail.webhooks import apply_events, ingest, verify_and_parse
 from tests.course_rules import Rules
+from tests.store_fixture import new_store
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 ADDR = "maya@example.com"
@@ -36,7 +37,7 @@ def keys() -> WebhookKeys:
 
 @pytest.fixture
 def engine(tmp_path: Path) -> Engine:
-    return open_store("sqlite:///dripmail.db", tmp_path)
+    return new_store("sqlite:///dripmail.db", tmp_path)
 
 
 @pytest.fixture
