@@ -100,11 +100,14 @@ def _summary(core, row, report) -> bool:
         ("failed or for review", s.failed),
         ("to retry later", s.pending),
         ("skipped (left or stopped newsletters)", report.skipped),
-        ("recovered after a crash", report.recovered),
     ):
         if value:
             parts.append(f"{value} {label}")
-    typer.echo(f"broadcast {row['id']} ({row['slug']}): " + ", ".join(parts))
+    line = f"broadcast {row['id']} ({row['slug']}): " + ", ".join(parts)
+    if report.recovered:
+        # Copies a crash left in flight are among the counts above, not more of them.
+        line += f" ({report.recovered} of these recovered after a crash)"
+    typer.echo(line)
     if report.halted:
         typer.echo(report.halted, err=True)
     elif s.pending:

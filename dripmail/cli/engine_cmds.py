@@ -90,12 +90,18 @@ def _print_report(report, now: datetime, dry_run: bool) -> None:
         ("to retry later", report.retry),
         ("failed", report.failed),
         ("for review", report.review),
-        ("recovered after a crash", report.recovered),
         ("suppressed", report.suppressed),
     ):
         if value:
             parts.append(f"{value} {label}")
-    typer.echo(f"{now:%Y-%m-%d %H:%M} UTC: " + ", ".join(parts))
+    line = f"{now:%Y-%m-%d %H:%M} UTC: " + ", ".join(parts)
+    if report.recovered:
+        # Lessons a crash left in flight are among the parts above (sent, for review...):
+        # said apart as "of them", so the parts still add up to the total.
+        total = report.sent + report.handed + report.retry + report.failed + report.review
+        total += report.suppressed
+        line += f" ({total} lessons; {report.recovered} of them recovered after a crash)"
+    typer.echo(line)
     if report.halted:
         typer.echo(report.halted, err=True)
         return

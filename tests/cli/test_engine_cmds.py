@@ -520,3 +520,34 @@ def test_run_with_a_provider_it_cannot_reach_says_why_and_exits_3(project: Path)
         "(connection refused)" in out.stderr.splitlines()
     )
     assert "Traceback" not in out.stderr
+
+
+def test_run_summary_adds_up_when_lessons_were_recovered_after_a_crash(project: Path) -> None:
+    """Issue: lessons a crash left in flight were counted in "sent" and again in "recovered",
+    so the parts added up to more than was handled. They are now said as "of them"."""
+    from sqlalchemy import update
+
+    _import(project, 4)
+    due = "2026-06-02T05:30:00+00:00"
+    engine = open_store("sqlite:///dripmail.db", project)
+    with engine.begin() as conn:
+        # What a worker killed mid-call leaves: three lessons `sending`, its lease run out.
+        conn.execute(
+            update(deliveries)
+            .where(deliveries.c.lesson_day == 1, deliveries.c.subscriber_id <= 3)
+            .values(
+                state="sending",
+                batch_key="b-lost",
+                attempts=1,
+                claimed_by="elsewhere:1",
+                lease_expires_at=deliveries.c.due_at,
+                handed_at=deliveries.c.due_at,
+            )
+        )
+    engine.dispose()
+    out = _cli(project, "run", "--now", due, "-q")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout == (
+        "2026-06-02 05:30 UTC: 4 sent, 0 scheduled at the provider "
+        "(4 lessons; 3 of them recovered after a crash)\n"
+    )
