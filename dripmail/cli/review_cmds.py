@@ -167,16 +167,25 @@ def _show_left(plan, limit: int = 50) -> None:
 def retry(
     ctx: typer.Context,
     address: list[str] = typer.Option(
-        None, "--address", help="A reader's address (repeat for several)."
+        None, "--address", metavar="EMAIL", help="A reader's address (repeat for several)."
     ),
     reason: str = typer.Option(
-        "", "--reason", help="Only lessons whose failure reason contains this text (any case)."
+        "",
+        "--reason",
+        metavar="TEXT",
+        help="Only lessons whose failure reason contains this text (any case).",
     ),
     since: str | None = typer.Option(
-        None, "--since", help="Only lessons that failed on or after this UTC day (YYYY-MM-DD)."
+        None,
+        "--since",
+        metavar="DAY",
+        help="Only lessons that failed on or after this UTC day (YYYY-MM-DD).",
     ),
     until: str | None = typer.Option(
-        None, "--until", help="Only lessons that failed on or before this UTC day (YYYY-MM-DD)."
+        None,
+        "--until",
+        metavar="DAY",
+        help="Only lessons that failed on or before this UTC day (YYYY-MM-DD).",
     ),
     all_: bool = typer.Option(False, "--all", help="Every failed lesson (no filter)."),
     dry_run: bool = typer.Option(
@@ -203,6 +212,9 @@ def retry(
 
     Above DRIPMAIL_CONFIRM_THRESHOLD lessons it asks first (--yes skips that; without a
     terminal it needs --yes). Recorded with who (--by, default $USER) and when.
+
+    Examples: `deliveries retry --reason "sender signature" --dry-run`, then without
+    --dry-run; `deliveries retry --address ann@example.org --note "name fixed"`.
 
     Exit code 0: done (or nothing matched, or --dry-run); 1: an error (an address that is
     not a subscriber or was erased, a bad date, the question answered no); 2: a usage error;
@@ -246,9 +258,10 @@ def retry(
     who = by if by is not None else (os.environ.get("USER") or getpass.getuser())
     done = core.retry_failed(plan, who, note)
     lessons = "lesson" if len(done.requeue) == 1 else "lessons"
+    them = "it" if len(done.requeue) == 1 else "them"
     typer.echo(
         f"put {len(done.requeue)} failed {lessons} back in the queue (asked by {who.strip()}); "
-        f"`{command_name()} run` sends them" + (":" if done.requeue else "")
+        f"`{command_name()} run` sends {them}" + (":" if done.requeue else "")
     )
     _show(done.requeue, now)
     _show_left(done)

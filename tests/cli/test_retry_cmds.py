@@ -244,3 +244,34 @@ def test_retry_help_teaches(project: Path) -> None:
     for said in ("--dry-run", "unsubscribed, bounced, complained, suppressed or erased",
                  "one a day", "Exit code 0", "3: done, but some"):  # fmt: skip
         assert said in text, said
+
+
+def test_lessons_the_provider_refused_go_out_once_after_the_cause_is_fixed(
+    project: Path, fake_providers
+) -> None:
+    """The case the command is for: Postmark refused every lesson (the sender signature was
+    not confirmed yet; four readers, fewer than the halt's 20 in a row). Once it is fixed,
+    a retry by reason puts them back and the next run delivers each once."""
+    env = {
+        "DRIPMAIL_PROVIDER": "postmark",
+        "POSTMARK_SERVER_TOKEN": fake_providers.POSTMARK_TOKEN,
+        "DRIPMAIL_POSTMARK_BASE_URL": fake_providers.base("postmark"),
+        "DRIPMAIL_SECRET_KEY": "a-test-secret-that-is-long-enough",
+        "DRIPMAIL_PUBLIC_URL": "https://join.studio.example.com",
+    }
+    fake_providers.refuse_all("postmark", "The From address is not a confirmed signature")
+    failed = _cli(project, "run", "--now", DAY_1, "--yes", "-q", **env)
+    assert failed.returncode == 3 and "4 failed" in failed.stdout, failed.stdout
+    fake_providers.refuse_all("postmark", None)
+    dry = _cli(
+        project, "deliveries", "retry", "--reason", "confirmed signature", "--dry-run", **env
+    )
+    assert "dry run: 4 failed lessons would go back in the queue:" in dry.stdout, dry.stdout
+    out = _cli(project, "deliveries", "retry", "--reason", "confirmed signature", **env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("put 4 failed lessons back in the queue (asked by ann)")
+    sent = _cli(project, "run", "--now", DAY_2, "--yes", "-q", **env)
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    assert "4 sent" in sent.stdout
+    keys = [a.key for a in fake_providers.accepted("postmark")]
+    assert sorted(keys) == [f"test-week-s{i}-d1" for i in range(1, 5)]
