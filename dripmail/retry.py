@@ -15,7 +15,11 @@ back to `planned`, keeping the promises the engine keeps:
   (`schedule.next_send_at`), and the lessons after it wait for it.
 - at most once: the row goes back as never handed over (no batch key, no provider id), which
   is safe because a failed lesson was refused, never accepted; the same statement checks the
-  state again, so two operators, or a `run` at the same moment, never requeue it twice.
+  state again, so two operators at the same moment never requeue it twice, and a later
+  lesson a `run` has claimed blocks it. Left open: a `run` that read the next lesson as due
+  (this one counting as done) and is still rendering its chunk claims it after the retry
+  committed; the engine checks the lesson before at read time only (its hot path), so a
+  retry during a pass can, in that window, let the next lesson go first.
 
 Each requeue is an event row (provider ``dripmail``, type ``lesson_retry``, detail ``by
 <who>[: note] (failed: <reason>)``), shown with the subscriber's timeline.
