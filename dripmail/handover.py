@@ -527,7 +527,10 @@ async def deliver(
     batch. A refused credential puts the batch back as it was and re-raises. When `streak`
     trips (too many permanent failures in a row for one reason), those deliveries go back to
     the queue and `report.halted` says why; the caller stops. `built`: these rows already
-    rendered by `build` (else they are rendered here).
+    rendered by `build` (else they are rendered here). After a stop (Ctrl-C, SIGTERM: the
+    provider's `stop_on`), messages whose request did not go out return to the queue due at
+    once (a recovered batch stays `sending` for the same batch later), and rows whose
+    look-up was not asked stay `sending` for the next run's recovery (`report.stopped`).
     """
     streak = streak if streak is not None else FailureStreak(0)
     messages, unbuilt = built if built is not None else build(held, render)

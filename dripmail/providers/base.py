@@ -170,14 +170,17 @@ class Provider(Protocol):
         before the first call and passes the same key and messages when resending.
 
         Retries of transient failures happen inside; what comes back is final for this call:
-        ACCEPTED, TRANSIENT (surely not sent: the caller retries later), PERMANENT, or REVIEW
-        (maybe sent and the provider cannot tell). Raises `ProviderAuthError` when the
-        credential is refused: nothing in the batch counts as sent.
+        ACCEPTED, TRANSIENT (surely not sent: the caller retries later; `is_stopped` on its
+        error when a stop kept the request from going out: the caller sends it on its next
+        run, without a delay), PERMANENT, or REVIEW (maybe sent and the provider cannot tell).
+        Raises `ProviderAuthError` when the credential is refused: nothing in the batch counts
+        as sent.
         """
         ...
 
     async def reconcile(self, messages: Sequence[Message]) -> dict[str, Lookup]:
-        """After a crash mid-hand-over: does the provider already hold these messages (by key)?"""
+        """After a crash mid-hand-over: does the provider already hold these messages (by key)?
+        NOT_ASKED for a key whose look-up a stop (`BaseProvider.stop_on`) kept from going out."""
         ...
 
     async def cancel(self, provider_ids: Sequence[str]) -> list[str]:
