@@ -188,6 +188,16 @@ class RateLimiter:
             self._next_request = start + 1 / self.limits.requests_per_second
         return start - now
 
+    def drop_bookings(self) -> None:
+        """Forget the slots booked by requests a stop abandoned (they will never be sent): the
+        next request waits at most one interval from now, not behind a queue of ghosts (a
+        chunk of 1,000 at 2 requests/s books 500 s ahead)."""
+        now = self._clock()
+        if self.limits.messages_per_second:
+            self._next_message = min(self._next_message, now + 1 / self.limits.messages_per_second)
+        if self.limits.requests_per_second:
+            self._next_request = min(self._next_request, now + 1 / self.limits.requests_per_second)
+
     def pause(self, seconds: float) -> None:
         """Hold every request (also those already waiting for a slot) for `seconds`."""
         self._paused_until = max(self._paused_until, self._clock() + seconds)
@@ -199,13 +209,17 @@ class RateLimiter:
         and yields False (no place is held then, or it is given back as the caller leaves)."""
         wait = self.reserve(messages)
         if await sleep_unless_stopped(wait, stop) or (stop is not None and stop.is_set()):
+            self.drop_bookings()
             yield False
             return
         async with self._sem():
             # A 429 seen by another request while we waited pauses us as well.
             late = self._paused_until - self._clock()
             stopped = await sleep_unless_stopped(late, stop) if late > 0 else False
-            yield not (stopped or (stop is not None and stop.is_set()))
+            go = not (stopped or (stop is not None and stop.is_set()))
+            if not go:
+                self.drop_bookings()
+            yield go
 
 
 # Connection set-up failures: the request never left this machine.

@@ -135,6 +135,24 @@ def test_requests_waiting_for_their_rate_limit_slot_are_not_sent_after_a_stop(
     assert (client.requests, len(fake_providers.requests)) == (1, 1)
 
 
+def test_the_slots_a_stop_abandoned_do_not_hold_back_the_next_request(fake_providers) -> None:
+    """Fifty look-ups at one a second book slots 49 s ahead; stopped after the first, those
+    bookings are forgotten: once the stop is handled, the next request waits one interval at
+    most, not behind the 49 requests that were never sent."""
+    client = _client(fake_providers, Limits(requests_per_second=1, max_concurrency=1))
+    assert client.stop is not None
+    fake_providers.on_request("postmark", 1, client.stop.set)
+
+    async def fifty():
+        return await asyncio.gather(
+            *(client.call("GET", "/server", idempotent=True) for _ in range(50))
+        )
+
+    answers = asyncio.run(fifty())
+    assert sum(a.sent is Sent.ANSWERED for a in answers) == 1
+    assert client.limiter.reserve(0) <= 1.0  # the booked wait (seconds), not a timing
+
+
 def test_a_stop_during_a_retry_wait_ends_the_call_unsent(fake_providers) -> None:
     """Refused with 429 and asked to wait 100 s (the provider surely did nothing): a stop
     during that wait ends the call as "not sent: stopped", without the retry."""
