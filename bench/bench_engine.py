@@ -17,8 +17,8 @@ each beside the peer a user would write and the limit, in one run:
   (the same statements per chunk of 1,000: read the page, take each batch of 500 straight to
   `sending`, record);
   peer: claiming and recording each delivery in its own transaction, as a first loop would;
-  beside them two cheaper protocols in raw sqlite3, which say what the "under 15 s" goal
-  needs on this disk: each delivery row written once (`_raw_floor`, the mark before the
+  beside them two cheaper protocols in raw sqlite3, which say what other storage would cost
+  on this disk: each delivery row written once (`_raw_floor`, the mark before the
   hand-over kept in a side table) and no delivery row rewritten at all (`_raw_log`, marks
   and records appended to a log);
 - peak memory (max RSS) of the process doing it, each in a fresh subprocess.
@@ -406,7 +406,7 @@ def _raw_log(con: sqlite3.Connection, stamp: str) -> int:
     delivery with an entry is no longer due. A chunk's entries are appended side by side,
     so each commit writes a few dozen pages instead of a thousand scattered ones. No
     completion check (a reader's state would be derived from the log too). Not what dripmail
-    runs: the storage a redesign would need for the 15 s goal."""
+    runs: what a log-based delivery store would cost."""
     con.execute(
         "CREATE TABLE log_entries (id INTEGER PRIMARY KEY, delivery_id INTEGER NOT NULL"
         " REFERENCES deliveries(id) ON DELETE CASCADE, state TEXT NOT NULL, held_by TEXT,"
@@ -526,7 +526,7 @@ def run(quick: bool) -> list[dict]:
         ),
         value(
             f"raw sqlite3, marks and records appended to a log, no delivery row rewritten"
-            f" ({log['count']:,}): the storage the 15 s goal needs",
+            f" ({log['count']:,}): what a log-based delivery store would cost",
             "s",
             log["seconds"],
         ),
