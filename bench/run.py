@@ -51,7 +51,8 @@ def _markdown(results: dict) -> str:
         f"{'quick' if results['quick'] else 'full'} run of {', '.join(results['benches'])}"
         f" ({results['seconds']:.0f} s)"
         + (
-            f"; measured again later on their own: {', '.join(results['updated'])}"
+            f"; measured later on their own (again, or first: a bench added since):"
+            f" {', '.join(results['updated'])}"
             if results.get("updated")
             else ""
         )
