@@ -304,7 +304,8 @@ def _unchanged(value: Any) -> Any:
 
 
 def lessons_of(conn: Connection, subscriber_ids: Collection[int]) -> list[RowMapping]:
-    """(subscriber_id, lesson_day, state, sent_at, due_at) of every lesson of these readers."""
+    """(subscriber_id, lesson_day, state, sent_at, due_at, updated_at) of every lesson of these
+    readers."""
     return list(
         conn.execute(
             select(
@@ -313,6 +314,7 @@ def lessons_of(conn: Connection, subscriber_ids: Collection[int]) -> list[RowMap
                 deliveries.c.state,
                 deliveries.c.sent_at,
                 deliveries.c.due_at,
+                deliveries.c.updated_at,
             ).where(deliveries.c.subscriber_id.in_(list(subscriber_ids)))
         ).mappings()
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -23,7 +23,7 @@ from dripmail import broadcast as bc
 from dripmail import subscribers as subs
 from dripmail.config import Project, Settings
 from dripmail.content import load_course, load_newsletter
-from dripmail.engine import run_once
+from dripmail.engine import next_send_time, run_once
 from dripmail.providers.postmark import PostmarkProvider
 from dripmail.render import Renderer
 from dripmail.runner import Runner
@@ -194,3 +194,46 @@ def test_newsletter_refused_for_everyone_stops_and_resumes(tmp_path: Path, fake_
     assert (again.sent, again.halted) == (9, "")
     assert _copies(runner.engine) == {"sent": 9}
     assert len({a.to for a in fake_providers.accepted("postmark")}) == 9
+
+
+def test_a_refused_lesson_is_its_days_lesson_for_a_catch_up_reader(
+    tmp_path: Path, fake_providers
+) -> None:
+    """Readers days behind, every message refused, four passes in one minute: each reader
+    loses lesson 1 only; lesson 2 waits for the next local morning, and goes then."""
+    runner = _runner(tmp_path, fake_providers, 5)
+    fake_providers.refuse_all("postmark", SENDER_REFUSED)
+    late = DUE + timedelta(days=4)  # 6 June 07:30 Berlin: lessons 1-5 all past their plan
+    for second in range(0, 60, 15):
+        now = late + timedelta(seconds=second)
+        run_once(
+            runner.engine,
+            runner.provider,
+            runner.render_lesson,
+            now,
+            default_send_time=runner.course.send_time,
+            halt_after=20,
+        )
+    with runner.engine.connect() as conn:
+        states = Counter(
+            tuple(row) for row in conn.execute(select(deliveries.c.lesson_day, deliveries.c.state))
+        )
+    assert states[(1, "failed")] == 5 and states[(2, "planned")] == 5
+    assert not any(state == "failed" for (day, state) in states if day > 1)
+    # The loop sleeps until the next local morning: 7 June 07:00 Berlin is 05:00 UTC.
+    morning = datetime(2026, 6, 7, 5, 0, tzinfo=UTC)
+    wake = next_send_time(runner.engine, late, default_send_time=runner.course.send_time)
+    assert wake == morning
+    fake_providers.refuse_all("postmark", None)
+    for now in (morning - timedelta(minutes=1), morning):
+        report = run_once(
+            runner.engine,
+            runner.provider,
+            runner.render_lesson,
+            now,
+            default_send_time=runner.course.send_time,
+        )
+    assert report.sent == 5
+    assert sorted(a.to for a in fake_providers.accepted("postmark")) == [
+        f"p{i}@example.org" for i in range(5)
+    ]
