@@ -53,10 +53,8 @@ class RunReport(Report):
 
 
 def _settled(report: RunReport) -> int:
-    """How many lessons `report` counts as handled and recorded (sent, scheduled at the
-    provider, left to retry, failed, for review, suppressed)."""
-    r = report
-    return r.sent + r.handed + r.retry + r.failed + r.review + r.suppressed
+    """How many lessons `report` counts as handled and recorded (`Report.settled`)."""
+    return report.settled()
 
 
 def default_worker_id() -> str:

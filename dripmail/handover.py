@@ -91,6 +91,12 @@ class Report:
     # run's recovery. Not handed over, so not among the counts above.
     stopped: int = 0
 
+    def settled(self) -> int:
+        """How many deliveries this pass handed over and recorded: sent, scheduled at the
+        provider, left to retry, failed, for review. Each once: `suppressed` counts addresses
+        a refusal suppressed, whose deliveries are among the failed."""
+        return self.sent + self.handed + self.retry + self.failed + self.review
+
     def failed_for(self, reason: str) -> None:
         """Count one delivery failed for good because of `reason`."""
         self.failed += 1

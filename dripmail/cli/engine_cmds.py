@@ -90,17 +90,23 @@ def _print_report(report, now: datetime, dry_run: bool) -> None:
         ("to retry later", report.retry),
         ("failed", report.failed),
         ("for review", report.review),
-        ("suppressed", report.suppressed),
     ):
         if value:
             parts.append(f"{value} {label}")
     line = f"{now:%Y-%m-%d %H:%M} UTC: " + ", ".join(parts)
+    notes = []
     if report.recovered:
         # Lessons a crash left in flight are among the parts above (sent, for review...):
         # said apart as "of them", so the parts still add up to the total.
-        total = report.sent + report.handed + report.retry + report.failed + report.review
-        total += report.suppressed
-        line += f" ({total} lessons; {report.recovered} of them recovered after a crash)"
+        notes.append(
+            f"{report.settled()} lessons; {report.recovered} of them recovered after a crash"
+        )
+    if report.suppressed:
+        # Addresses, not lessons: their refused lessons are among the failed above.
+        addresses = "address" if report.suppressed == 1 else "addresses"
+        notes.append(f"{report.suppressed} {addresses} suppressed")
+    if notes:
+        line += f" ({'; '.join(notes)})"
     typer.echo(line)
     if report.halted:
         typer.echo(report.halted, err=True)

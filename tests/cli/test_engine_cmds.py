@@ -551,3 +551,29 @@ def test_run_summary_adds_up_when_lessons_were_recovered_after_a_crash(project: 
         "2026-06-02 05:30 UTC: 4 sent, 0 scheduled at the provider "
         "(4 lessons; 3 of them recovered after a crash)\n"
     )
+
+
+def _postmark_env(fake) -> dict[str, str]:
+    return {
+        "DRIPMAIL_PROVIDER": "postmark",
+        "POSTMARK_SERVER_TOKEN": fake.POSTMARK_TOKEN,
+        "DRIPMAIL_POSTMARK_BASE_URL": fake.base("postmark"),
+        "DRIPMAIL_SECRET_KEY": "a-test-secret-that-is-long-enough",
+        "DRIPMAIL_PUBLIC_URL": "https://join.studio.example.com",
+    }
+
+
+def test_run_summary_adds_up_when_the_provider_suppresses_an_address(
+    project: Path, fake_providers
+) -> None:
+    """Issue: a reader Postmark refused (406, inactive) was counted as failed and again as
+    suppressed: "2 sent, 1 failed, 1 suppressed" for 3 lessons. Suppressions are addresses,
+    said apart; the parts add up to the lessons."""
+    _import(project, 3)
+    fake_providers.reject("p1@example.org")
+    env = _postmark_env(fake_providers)
+    out = _cli(project, "run", "--now", "2026-06-02T05:30:00+00:00", "--yes", "-q", env=env)
+    assert out.returncode == 3, out.stdout + out.stderr
+    assert out.stdout.splitlines()[0] == (
+        "2026-06-02 05:30 UTC: 2 sent, 0 scheduled at the provider, 1 failed (1 address suppressed)"
+    ), out.stdout
