@@ -80,6 +80,24 @@ class Added:
 
 
 @dataclass(frozen=True)
+class Renamed:
+    """`rename`: the name before and after, and what the new name can now unblock."""
+
+    id: int
+    email: str
+    status: SubscriberStatus
+    old: str
+    new: str
+    failed_days: tuple[int, ...]  # lessons failed for good (`deliveries retry` requeues them)
+    owes_confirmation: bool  # pending, its confirmation email never handed over
+
+    @property
+    def changed(self) -> bool:
+        """False when the stored name already was the new one."""
+        return self.old != self.new
+
+
+@dataclass(frozen=True)
 class SignedUp:
     """`subscribe` (web): the subscriber to send a confirmation to, or None (say nothing)."""
 
@@ -537,6 +555,25 @@ class Dripmail(DeliveryUseCases, Runner):
                 _note(conn, sid, "paused", "cli", now)
         recall = self._recall(handed, now)
         return Stopped(sid, sub["email"], SubscriberStatus.PAUSED, was != "paused", recall)
+
+    def rename(self, ref: int | str, name: str) -> Renamed:
+        """Correct a reader's first name (cleaned by the sign-up's rules), recorded as an event.
+
+        Says which failed lessons and whether an owed confirmation email the old name kept
+        from being built can now go (the caller offers them: `deliveries retry`,
+        `confirm_subscribers`).
+        """
+        from dripmail.store import confirmation_queries as cq
+
+        now = self.now()
+        with self.engine.begin() as conn:
+            sub = subs.get_subscriber(conn, ref)
+            sid = int(sub["id"])
+            old, new = subs.rename(conn, sid, name, now)
+            failed = tuple(q.failed_lesson_days(conn, sid))
+            owed = bool(cq.owed_among(conn, [sid]))
+        status = SubscriberStatus(sub["status"])
+        return Renamed(sid, sub["email"], status, old, new, failed, owed)
 
     def resume(self, ref: int | str) -> Resumed:
         """Continue a paused course: the next lesson at the next local send time."""

@@ -28,7 +28,7 @@ from hashlib import sha256
 from typing import TYPE_CHECKING, Any
 
 from dripmail import holders
-from dripmail.message import header_problem
+from dripmail.message import header_problem, rename_hint
 from dripmail.providers.base import Outcome, SendResult
 from dripmail.store import confirmation_queries as cq
 
@@ -270,7 +270,8 @@ def _hand_over(
         else:
             answer = result.error if result is not None else ""
             why = f"not accepted by the provider: {answer or 'no answer'}"
-        reasons.append(f"{why} (to {slot.email})")
+        hint = rename_hint(problem or "", slot.email, "which offers the email again")
+        reasons.append(f"{why} (to {slot.email}){hint}")
         log.warning("confirmation email for subscriber %s: %s", slot.subscriber_id, reasons[-1])
     with runner.engine.begin() as conn:
         cq.settle(conn, taken, worker, now, accepted=True)

@@ -34,7 +34,7 @@ from sqlalchemy.sql.dml import Update
 
 from dripmail import holders
 from dripmail.errors import ContentError, ProviderAuthError
-from dripmail.message import Message, ReaderProblem, header_problem
+from dripmail.message import Message, ReaderProblem, header_problem, rename_hint
 from dripmail.providers.base import Lookup, Outcome, Provider, is_stopped, is_unreachable
 from dripmail.store.bulk import Bulk, IdList, UnnestUpdate
 from dripmail.store.handover_rows import HeldRow
@@ -727,11 +727,12 @@ def record_unbuilt(
     for row, problem in unbuilt:
         reason = f"cannot build the message: {problem}"
         state = "review" if row["state"] == "sending" else "failed"
-        outcomes.append(
-            (row["id"], {"state": state, "last_error": f"{reason} (to {_address(row)})"})
-        )
+        address = _address(row)
+        then = f"then `deliveries retry --address {address}`" if state == "failed" else ""
+        why = f"{reason} (to {address})" + rename_hint(problem, address, then)
+        outcomes.append((row["id"], {"state": state, "last_error": why}))
         if state == "failed":
-            report.failed_for(f"{reason} (to {_address(row)})")
+            report.failed_for(why)
             if not isinstance(problem, ReaderProblem):
                 streak.failed(row["key"], reason)
         else:

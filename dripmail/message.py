@@ -353,6 +353,15 @@ _NOT_IN_HEADERS = re.compile("[\x00-\x08\x0a-\x1f\x7f\x85\u2028\u2029]")
 _LINE_BREAKS = frozenset("\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")
 
 
+def rename_hint(problem: str, address: str, then: str = "") -> str:
+    """What to do about `problem` when it lies in the reader's stored name: the command that
+    corrects it (and `then`, what brings the email back), as ``; correct it with ...``; else
+    "". Appended to a stored failure reason, after its ``(to ADDRESS)``."""
+    if not problem.startswith("the recipient's name"):
+        return ""
+    return f"; correct it with `subscribers rename {address} NAME`" + (f", {then}" if then else "")
+
+
 def header_problem(message: Message) -> ReaderProblem | None:
     """Why `message` cannot be put into mail headers (a line break or a control character in
     a name, address, subject or header), or None.

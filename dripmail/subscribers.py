@@ -10,6 +10,7 @@ tests and `--now` agree.
 from __future__ import annotations
 
 import hashlib
+import uuid
 from collections.abc import Collection, Iterable
 from datetime import date, datetime, time
 from typing import Any, Protocol
@@ -267,6 +268,39 @@ def activate(bind: Bind, subscriber_id: int, course: CourseRules, now: datetime)
         if revived:
             return reschedule(conn, subscriber_id, course, now) or first
     return first
+
+
+def rename(bind: Bind, subscriber_id: int, name: str, now: datetime) -> tuple[str, str]:
+    """Replace a subscriber's first name, cleaned by the sign-up's rules (`clean_name`: control
+    and line-break characters become a space; longer than the limit is an InputError).
+
+    For a name stored before those rules (or by hand) that no mail header can carry. Recorded
+    as a ``renamed`` event. Returns (old name, new name); equal when nothing changed (then no
+    event is recorded).
+    """
+    new = clean_name(name)
+    with transaction(bind) as conn:
+        row = q.by_id(conn, subscriber_id)
+        if row is None:
+            raise NotFoundError(f"no subscriber {subscriber_id}: see `subscribers list`")
+        old = str(row["first_name"] or "")
+        if old == new:
+            return old, new
+        q.set_first_name(conn, subscriber_id, new, now)
+        q.insert_event_once(
+            conn,
+            {
+                "subscriber_id": subscriber_id,
+                "delivery_key": None,
+                "provider": "dripmail",
+                "dedupe_key": f"renamed-{subscriber_id}-{uuid.uuid4().hex}",
+                "type": "renamed",
+                "detail": "first name corrected by the operator (cli)",
+                "occurred_at": now,
+                "received_at": now,
+            },
+        )
+    return old, new
 
 
 def rejoin(

@@ -316,8 +316,10 @@ def status() -> None:
         why = visible(stuck.reason or f"no reason recorded (to {stuck.email})")
         typer.echo(
             f"{stuck.count} confirmation email(s) not sent ({first}: {why}); "
-            f"`{command_name()} subscribers show ADDRESS` shows each one's reason; a new "
-            "sign-up or `subscribers import --confirm` of the address offers it again"
+            f"`{command_name()} subscribers show ADDRESS` shows each one's reason; once the "
+            "cause is fixed (a bad stored name: `subscribers rename ADDRESS NAME`, which also "
+            "offers the email again), the reader's next sign-up or `subscribers import "
+            "--confirm` of the address offers it again"
         )
     waiting = report.deliveries.get("review", 0)
     if waiting:

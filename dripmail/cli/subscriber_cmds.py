@@ -1,4 +1,5 @@
-"""`subscribers ...`: add, import, list, show, pause/resume, unsubscribe, export, forget."""
+"""`subscribers ...`: add, import, list, show, rename, pause/resume, unsubscribe, export,
+forget."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ if TYPE_CHECKING:
     from dripmail.app import Dripmail, Recall
 
 sub = typer.Typer(
-    help="Manage subscribers: add, import, list, show, pause, resume, unsubscribe, export, forget.",
+    help="Manage subscribers: add, import, list, show, rename, pause, resume, unsubscribe, "
+    "export, forget.",
     no_args_is_help=True,
 )
 
@@ -139,6 +141,58 @@ def show(email: str = typer.Argument(..., help="The subscriber's address.")) -> 
         )
     if not found.events:
         typer.echo("  none yet")
+
+
+@sub.command("rename")
+def rename(
+    email: str = typer.Argument(..., help="The subscriber's address."),
+    name: str = typer.Argument(..., metavar="NAME", help="The first name to use in greetings."),
+) -> None:
+    """Correct a reader's first name (e.g. one with a line break no email header can carry).
+
+    The name is cleaned as a sign-up's is (control and line-break characters become a space)
+    and the change is recorded as an event. A pending reader's owed confirmation email is
+    offered again at once; lessons that failed for good go back with `deliveries retry`.
+    """
+    from dripmail.cli import command_name
+
+    app = _app()
+    done = app.rename(email, name)
+    if not done.changed:
+        typer.echo(
+            f"{done.email} is already named {visible(done.new) or '(no name)'}: nothing changed"
+        )
+    else:
+        typer.echo(
+            f"renamed {done.email}: {visible(done.old) or '(no name)'} -> "
+            f"{visible(done.new) or '(no name)'}"
+        )
+    if done.failed_days:
+        days = ", ".join(str(d) for d in done.failed_days)
+        lessons = "lesson" if len(done.failed_days) == 1 else "lessons"
+        them = "it" if len(done.failed_days) == 1 else "them"
+        typer.echo(
+            f"{len(done.failed_days)} failed {lessons} ({days}): `{command_name()} deliveries "
+            f"retry --address {done.email}` puts {them} back in the queue"
+        )
+    if done.owes_confirmation:
+        mailed = app.confirm_subscribers([done.id])
+        if mailed.accepted:
+            typer.echo("confirmation email offered again: the provider accepted it")
+        elif mailed.held_elsewhere:
+            typer.echo(
+                "its confirmation email is being sent by another process: run "
+                f"`{command_name()} subscribers rename` again after it ends",
+                err=True,
+            )
+        elif mailed.failed:
+            typer.echo(f"confirmation email not sent: {visible(mailed.failure_reason)}", err=True)
+            raise typer.Exit(EXIT_ATTENTION)
+        else:
+            typer.echo(
+                "confirmation email not offered again now (sent too recently or too often); "
+                "the reader's next sign-up offers it"
+            )
 
 
 @sub.command("pause")

@@ -84,7 +84,10 @@ def test_one_bad_stored_name_fails_alone_exit_3_and_status_names_it(tmp_path: Pa
     # Why, in one line beside the count: the reason, the address, where to see them all.
     said = " ".join(terminal.split())
     assert "1 failed for good (it: cannot build the message: the recipient's name" in said
-    assert "(to p7@example.org)); `" in said and "status` lists them" in said
+    assert (
+        "(to p7@example.org); correct it with `subscribers rename p7@example.org NAME`, then "
+        "`deliveries retry --address p7@example.org`); `"
+    ) in said and "status` lists them" in said
     status = _cli(root, "status")
     assert "failed" in status.stdout and "p7@example.org" in status.stdout
     assert "line break" in status.stdout
@@ -124,7 +127,8 @@ def test_a_confirmation_email_that_cannot_be_built_makes_run_exit_3_and_status_s
     assert "0 confirmation email(s) sent after a crash, 1 not sent" in out.stdout.splitlines()
     assert (
         "1 confirmation email(s) not sent (it: cannot build the confirmation email: the "
-        "recipient's name contains a line break (U+000A) (to dan@example.org)); "
+        "recipient's name contains a line break (U+000A) (to dan@example.org); correct it "
+        "with `subscribers rename dan@example.org NAME`, which offers the email again); "
         "`python send.py status` lists them"
     ) in out.stderr.splitlines(), out.stderr
     status = _cli(root, "status")
