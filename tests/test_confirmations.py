@@ -262,7 +262,10 @@ def test_a_stored_name_no_header_can_carry_fails_its_email_alone_in_the_run_pass
     # `run` exits 3 (attention), and `status` shows it until the reader is mailed.
     assert result.confirmations_failed == 1 and result.attention
     assert result.confirmation_failure.startswith("cannot build the confirmation email: ")
-    assert result.confirmation_failure.endswith("(to p1@example.org)")
+    assert result.confirmation_failure.endswith(
+        "(to p1@example.org); correct it with `subscribers rename p1@example.org NAME`, which "
+        "offers the email again"
+    )
     stuck = core.status().unconfirmed
     assert (stuck.count, stuck.email, stuck.reason) == (
         1,
