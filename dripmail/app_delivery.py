@@ -263,14 +263,24 @@ class DeliveryUseCases:
         try:
             course = self.course
         except ContentError:
-            return collect(self.engine, recent, self.clock())
-        return collect(
-            self.engine,
-            recent,
-            self.clock(),
-            send_time=course.send_time,
-            skip_weekends=course.skip_weekends,
-        )
+            report = collect(self.engine, recent, self.clock())
+        else:
+            report = collect(
+                self.engine,
+                recent,
+                self.clock(),
+                send_time=course.send_time,
+                skip_weekends=course.skip_weekends,
+            )
+        if report.deliveries.get("failed"):
+            from datetime import time
+
+            from dripmail import retry
+
+            # What `deliveries retry --all` would leave for good, by the same checks.
+            whole = retry.plan(self.engine, retry.Selection(everything=True), report.now, time(0))
+            report.failed_final = len(whole.final)
+        return report
 
     def seconds_to_next(self, at: datetime | None = None) -> float:
         """How long `run --loop` may sleep: until a pass would find a lesson to hand over

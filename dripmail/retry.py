@@ -99,6 +99,10 @@ class Left:
     lesson: FailedLesson
     why: str
     kind: str
+    # Never requeued, whatever is fixed: the reader stopped mail (unsubscribed, bounced,
+    # complained, suppressed) or already got a later lesson. Not final: a pending reader, a
+    # later lesson in review or in flight, a lesson that changed meanwhile.
+    final: bool = False
 
 
 @dataclass
@@ -113,9 +117,22 @@ class RetryPlan:
     requeue: list[Requeue] = field(default_factory=list)
     left: list[Left] = field(default_factory=list)
 
-    def left_by_kind(self) -> list[tuple[str, int]]:
-        """(kind, count) of the lessons left, most first: "3 unsubscribed, 1 bounced"."""
-        return Counter(item.kind for item in self.left).most_common()
+    def left_by_kind(self, final: bool | None = None) -> list[tuple[str, int]]:
+        """(kind, count) of the lessons left, most first: "3 unsubscribed, 1 bounced";
+        `final` True or False: only the final (or only the other) ones."""
+        return Counter(
+            item.kind for item in self.left if final is None or item.final is final
+        ).most_common()
+
+    @property
+    def final(self) -> list[Left]:
+        """The lessons left that no retry will ever requeue (`Left.final`)."""
+        return [item for item in self.left if item.final]
+
+    @property
+    def open(self) -> list[Left]:
+        """The lessons left that a later retry may still requeue (not `Left.final`)."""
+        return [item for item in self.left if not item.final]
 
 
 def _day_bounds(day: date) -> datetime:
@@ -207,26 +224,33 @@ def _suppressed_words(reason: str) -> str:
     return "erased (`subscribers forget`)" if reason == "forgotten" else f"suppressed ({reason})"
 
 
-def _why_left(row: FailedLesson, suppressed: str | None) -> tuple[str, str] | None:
-    """(why, kind) a failed lesson may not go out again, or None when it may."""
+def _why_left(row: FailedLesson, suppressed: str | None) -> tuple[str, str, bool] | None:
+    """(why, kind, final) a failed lesson may not go out again, or None when it may."""
     status = row.subscriber_status
     if status in STOPPED:
-        return f"{row.email} is {status}", status
+        return f"{row.email} is {status}", status, True
     if suppressed:
-        return f"{row.email} is {_suppressed_words(suppressed)}", "suppressed"
+        return f"{row.email} is {_suppressed_words(suppressed)}", "suppressed", True
     if status not in retry_queries.REQUEUABLE_STATUSES:
-        return f"{row.email} is {status} (not confirmed)", status
+        return f"{row.email} is {status} (not confirmed)", status, False
     if row.later_day is not None:
+        gone = row.later_state in ("sent", "handed")
         went = (
             "already went out"
-            if row.later_state in ("sent", "handed")
-            else (f"is {row.later_state}")
+            if gone
+            else _LATER_STATES.get(row.later_state or "", "is on its way")
         )
         return (
-            f"{_label(row.later_day)} {went}: {_label(row.lesson_day)} would arrive after it",
+            f"{row.email}'s {_label(row.later_day)} {went}: {_label(row.lesson_day)} would "
+            "arrive after it",
             "a later lesson went out",
+            gone,
         )
     return None
+
+
+# How a later lesson that has not gone out yet stands in the way, in words.
+_LATER_STATES = {"review": "is in review", "claimed": "is in flight", "sending": "is in flight"}
 
 
 def _when(

@@ -29,6 +29,9 @@ class Status:
     # Pending readers whose confirmation email was not handed over (it could not be built,
     # the provider did not take it or could not be reached) and nobody is sending it now.
     unconfirmed: NotSent = field(default_factory=lambda: NotSent(0))
+    # Failed lessons no retry will ever requeue (`retry.Left.final`: the reader stopped mail
+    # or already got a later lesson); the other failed ones may go back with a retry.
+    failed_final: int = 0
 
     def next_due_line(self) -> str:
         """`Next due: ...`, saying plainly when that time is already past (never silently)."""

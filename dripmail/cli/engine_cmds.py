@@ -304,11 +304,17 @@ def status() -> None:
             typer.echo(f"  {row['key']:<28} {row['state']:<8} {visible(row['last_error'] or '')}")
     from dripmail.cli import command_name
 
-    failed = report.deliveries.get("failed", 0)
+    failed = report.deliveries.get("failed", 0) - report.failed_final
     if failed:
         typer.echo(
             f"{failed} lesson(s) failed for good: once the cause is fixed, "
             f"`{command_name()} deliveries retry --dry-run` shows what would go back in the queue"
+        )
+    if report.failed_final:
+        typer.echo(
+            f"{report.failed_final} failed lesson(s) are final: the reader stopped mail "
+            "(unsubscribed, bounced, complained, suppressed) or already got a later lesson; "
+            "no retry sends them"
         )
     stuck = report.unconfirmed
     if stuck.count:

@@ -150,17 +150,30 @@ def _show(items, now: datetime, limit: int = 50) -> None:
         typer.echo(f"  ... and {len(items) - limit} more")
 
 
-def _show_left(plan, limit: int = 50) -> None:
-    if not plan.left:
+def _show_left(plan, everything: bool = False, limit: int = 50) -> None:
+    """The lessons left as they are, on stderr, one line each with why. With `everything`
+    (--all), those no retry will ever requeue (`Left.final`) are one line on stdout instead:
+    a sweep over every failed lesson is not a request for them."""
+    left = plan.open if everything else plan.left
+    if everything and plan.final:
+        final = plan.final
+        kinds = ", ".join(f"{count} {kind}" for kind, count in plan.left_by_kind(final=True))
+        lessons = "lesson is" if len(final) == 1 else "lessons are"
+        typer.echo(
+            f"left out {len(final)} failed {lessons} final ({kinds}): the reader stopped mail "
+            "or already got a later lesson, so no retry requeues them"
+        )
+    if not left:
         return
-    kinds = ", ".join(f"{count} {kind}" for kind, count in plan.left_by_kind())
-    lessons = "lesson" if len(plan.left) == 1 else "lessons"
-    typer.echo(f"left {len(plan.left)} failed {lessons} as they are ({kinds}):", err=True)
-    for item in plan.left[:limit]:
+    counts = plan.left_by_kind(final=False) if everything else plan.left_by_kind()
+    kinds = ", ".join(f"{count} {kind}" for kind, count in counts)
+    lessons = "lesson" if len(left) == 1 else "lessons"
+    typer.echo(f"left {len(left)} failed {lessons} as they are ({kinds}):", err=True)
+    for item in left[:limit]:
         row = item.lesson
         typer.echo(f"  {row.key}: {visible(item.why)}", err=True)
-    if len(plan.left) > limit:
-        typer.echo(f"  ... and {len(plan.left) - limit} more", err=True)
+    if len(left) > limit:
+        typer.echo(f"  ... and {len(left) - limit} more", err=True)
 
 
 @group.command("retry")
@@ -218,7 +231,9 @@ def retry(
 
     Exit code 0: done (or nothing matched, or --dry-run); 1: an error (an address that is
     not a subscriber or was erased, a bad date, the question answered no); 2: a usage error;
-    3: done, but some selected lessons were left as they are (listed on stderr).
+    3: done, but some selected lessons were left as they are (listed on stderr). With --all,
+    lessons no retry will ever requeue (the reader stopped mail or already got a later lesson)
+    are left out in one line on stdout, without exit 3.
     """
     if all_ and (address or reason or since or until):
         ctx.fail("--all means every failed lesson: leave out the filters, or --all")
@@ -247,13 +262,15 @@ def retry(
             + (":" if plan.requeue else "")
         )
         _show(plan.requeue, now)
-        _show_left(plan)
+        _show_left(plan, all_)
         typer.echo("nothing was written")
         return
     if not plan.requeue:
-        _show_left(plan)
+        _show_left(plan, all_)
         typer.echo("nothing was requeued")
-        raise typer.Exit(EXIT_ATTENTION)
+        if plan.open or not all_:
+            raise typer.Exit(EXIT_ATTENTION)
+        return
     _confirm_retry(len(plan.requeue), core.settings.confirm_threshold, yes)
     who = by if by is not None else (os.environ.get("USER") or getpass.getuser())
     done = core.retry_failed(plan, who, note)
@@ -264,8 +281,8 @@ def retry(
         f"`{command_name()} run` sends {them}" + (":" if done.requeue else "")
     )
     _show(done.requeue, now)
-    _show_left(done)
-    if done.left:
+    _show_left(done, all_)
+    if done.open if all_ else done.left:
         raise typer.Exit(EXIT_ATTENTION)
 
 

@@ -147,15 +147,31 @@ def test_retry_never_requeues_for_a_reader_who_stopped_and_says_why(project: Pat
     suppress(engine, sid, "complained", _lesson(project, "p2@example.org", 1)["updated_at"])
     engine.dispose()
 
+    status = _cli(project, "status").stdout
+    # Only the lesson a retry can requeue is pointed at; the other two are said to be final.
+    assert "1 lesson(s) failed for good: once the cause is fixed" in status
+    assert "2 failed lesson(s) are final: the reader stopped mail" in status
+    named = _cli(project, "deliveries", "retry", "--address", "p1@example.org", "--dry-run")
+    assert "test-week-s2-d1: p1@example.org is unsubscribed" in named.stderr  # asked: listed
+
     out = _cli(project, "deliveries", "retry", "--all")
-    assert out.returncode == 3, out.stdout + out.stderr
+    assert out.returncode == 0, out.stdout + out.stderr
     assert out.stdout.startswith("put 1 failed lesson back in the queue")
-    assert "p0@example.org" in out.stdout
-    assert "left 2 failed lessons as they are (1 unsubscribed, 1 complained):" in out.stderr
-    assert "test-week-s2-d1: p1@example.org is unsubscribed" in out.stderr
-    assert "test-week-s3-d1: p2@example.org is complained" in out.stderr
+    assert "p0@example.org" in out.stdout and out.stderr == ""
+    assert (
+        "left out 2 failed lessons are final (1 unsubscribed, 1 complained): the reader "
+        "stopped mail or already got a later lesson, so no retry requeues them"
+    ) in out.stdout.splitlines()
     assert _lesson(project, "p1@example.org", 1)["state"] == "failed"
     assert _lesson(project, "p2@example.org", 1)["state"] == "failed"
+    # Every time after: nothing to do, exit 0, the same one line; status no longer points at
+    # a retry.
+    again = _cli(project, "deliveries", "retry", "--all")
+    assert again.returncode == 0 and again.stderr == "", again.stderr
+    assert "left out 2 failed lessons are final" in again.stdout
+    assert "nothing was requeued" in again.stdout
+    status = _cli(project, "status").stdout
+    assert "failed for good" not in status and "2 failed lesson(s) are final" in status
 
     assert _cli(project, "subscribers", "forget", "p1@example.org", "--yes").returncode == 0
     gone = _cli(project, "deliveries", "retry", "--address", "p1@example.org")
@@ -178,8 +194,9 @@ def test_retry_leaves_a_lesson_whose_reader_got_a_later_one(project: Path) -> No
     assert out.returncode == 3
     assert "nothing was requeued" in out.stdout
     assert (
-        "test-week-s1-d1: lesson 2 already went out: lesson 1 would arrive after it" in out.stderr
-    )
+        "test-week-s1-d1: p0@example.org's lesson 2 already went out: lesson 1 would arrive "
+        "after it"
+    ) in out.stderr
     assert "(1 a later lesson went out)" in out.stderr
     assert _lesson(project, "p0@example.org", 1)["state"] == "failed"
 
