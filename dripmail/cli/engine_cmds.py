@@ -320,6 +320,15 @@ def status() -> None:
     if stuck.count:
         first = "the first" if stuck.count > 1 else "it"
         why = visible(stuck.reason or f"no reason recorded (to {stuck.email})")
+        if stuck.count > 1:
+            # Each reader owed one, with their own reason: `run` says "status lists them".
+            typer.echo(f"Confirmation emails not sent ({stuck.count})")
+            for email, reason in stuck.listed:
+                # A recorded reason names its address already: "... (to ADDRESS)".
+                line = reason if email in reason else f"{email}: {reason or 'no reason recorded'}"
+                typer.echo(f"  {visible(line)}")
+            if stuck.count > len(stuck.listed):
+                typer.echo(f"  ... and {stuck.count - len(stuck.listed)} more")
         typer.echo(
             f"{stuck.count} confirmation email(s) not sent ({first}: {why}); "
             f"`{command_name()} subscribers show ADDRESS` shows each one's reason; once the "

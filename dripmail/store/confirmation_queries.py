@@ -256,25 +256,40 @@ def record_not_sent(conn: Connection, slot: Slot, why: str, now: datetime) -> No
 @dataclass(frozen=True)
 class NotSent:
     """Pending readers whose confirmation email was not handed over and nobody is handing it
-    over now: how many, and the first of them (by id) with the last reason recorded."""
+    over now: how many, and the first of them (by id) with the last reason recorded.
+
+    `listed`: (address, last reason) of the first `LISTED` of them by id, the first included.
+    """
 
     count: int
     email: str = ""
     reason: str = ""
+    listed: tuple[tuple[str, str], ...] = ()
 
 
-def not_sent(conn: Connection) -> NotSent:
+# How many readers owed a confirmation `status` names one by one (the rest are counted).
+LISTED = 20
+
+
+def not_sent(conn: Connection, most: int = LISTED) -> NotSent:
     """`NotSent` for `status`: owed slots with no holder (released after the email could not
-    be built, the provider did not take it, or it could not be reached)."""
+    be built, the provider did not take it, or it could not be reached). Two queries and one
+    per listed reader (at most `most`)."""
     stuck = and_(_owed(), _s.confirm_claimed_by.is_(None))
     count = conn.execute(select(func.count()).select_from(subscribers).where(stuck)).scalar_one()
     if not count:
         return NotSent(0)
-    first = conn.execute(select(_s.id, _s.email).where(stuck).order_by(_s.id).limit(1)).one()
-    reason = conn.execute(
-        select(events.c.detail)
-        .where(events.c.subscriber_id == first.id, events.c.type == NOT_SENT)
-        .order_by(events.c.occurred_at.desc(), events.c.id.desc())
-        .limit(1)
-    ).scalar()
-    return NotSent(int(count), first.email, reason or "")
+    rows = conn.execute(
+        select(_s.id, _s.email).where(stuck).order_by(_s.id).limit(max(1, most))
+    ).all()
+    listed = []
+    for row in rows:
+        reason = conn.execute(
+            select(events.c.detail)
+            .where(events.c.subscriber_id == row.id, events.c.type == NOT_SENT)
+            .order_by(events.c.occurred_at.desc(), events.c.id.desc())
+            .limit(1)
+        ).scalar()
+        listed.append((str(row.email), reason or ""))
+    first_email, first_reason = listed[0]
+    return NotSent(int(count), first_email, first_reason, tuple(listed))

@@ -159,3 +159,34 @@ def test_rename_of_a_pending_reader_offers_the_owed_confirmation_again(tmp_path:
     later = _cli(root, "subscribers", "rename", "ivy@example.org", "Ivy R")
     assert "confirmation" not in later.stdout + later.stderr
     assert _row(root, "ivy@example.org")["confirm_count"] == row["confirm_count"]
+
+
+def test_status_lists_every_reader_owed_a_confirmation_up_to_twenty(tmp_path: Path) -> None:
+    """`run` says "`status` lists them": it does, each with its reason, the rest counted."""
+    root = make_project(tmp_path)
+    rows = [f"r{i:02d}@example.org,R{i},Europe/Berlin" for i in range(22)]
+    (root / "people.csv").write_text("email,first_name,timezone\n" + "\n".join(rows) + "\n")
+    first = _cli(root, "subscribers", "import", "people.csv", "--confirm", "--now", JOINED)
+    assert first.returncode == 0, first.stderr
+    engine = open_store("sqlite:///dripmail.db", root)
+    with engine.begin() as conn:
+        conn.execute(
+            update(subscribers).values(
+                first_name=BAD,
+                confirm_handed_at=None,
+                confirm_claimed_by="elsewhere:1",
+                confirm_lease_expires_at=subscribers.c.confirm_sent_at,
+            )
+        )
+    engine.dispose()
+    run = _cli(root, "run", "--now", DAY_1, "-q")
+    assert run.returncode == 3 and "22 confirmation email(s) not sent" in run.stderr
+    assert "status` lists them" in run.stderr
+    lines = _cli(root, "status").stdout.splitlines()
+    at = lines.index("Confirmation emails not sent (22)")
+    listed = lines[at + 1 : at + 21]
+    for i, line in enumerate(listed):
+        assert line.startswith("  cannot build the confirmation email: the recipient's name")
+        assert f"(to r{i:02d}@example.org); correct it with `subscribers rename" in line
+    assert lines[at + 21] == "  ... and 2 more"
+    assert lines[at + 22].startswith("22 confirmation email(s) not sent (the first: ")
