@@ -440,7 +440,9 @@ class DeliveryUseCases:
             bc.record_stop(self.engine, row["id"], _one_line(exc), now)
             raise
         if report.halted:
-            bc.record_stop(self.engine, row["id"], report.halted, now)
+            from dripmail.handover import stop_reason
+
+            bc.record_stop(self.engine, row["id"], stop_reason(report.halted), now)
         else:
             bc.clear_stop(self.engine, row["id"])
         return report

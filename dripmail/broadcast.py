@@ -71,6 +71,7 @@ from dripmail.handover import (
     record_unbuilt,
     release,
     run_in_new_loop,
+    stop_reason,
     store_answers,
     unmark,
 )
@@ -565,7 +566,8 @@ def stopped(row: RowMapping) -> str:
     stopped: a stop no longer matters once it is finished)."""
     if row["status"] in ("sent", "cancelled"):
         return ""
-    return str(row["stopped_reason"] or "")
+    # A row stored before the reason was kept alone still carries "stopped: ... run again".
+    return stop_reason(str(row["stopped_reason"] or ""))
 
 
 def render_fn(

@@ -766,11 +766,26 @@ def _halt(
                 or 0
             )
     report.failed -= back
-    report.halted = (
-        f"stopped: {len(keys)} deliveries in a row failed with the same reason "
-        f"({streak.reason}); they went back to the queue, nothing else was sent. "
-        "Fix the cause and run again"
+    report.halted = f"stopped: {halt_reason(len(keys), streak.reason)}. {HALT_ADVICE}"
+
+
+# What `run` and `broadcast` print after a halt's reason; not stored with a broadcast's stop
+# (`broadcasts list` and `show` say what to do in their own words).
+HALT_ADVICE = "Fix the cause and run again"
+
+
+def halt_reason(count: int, reason: str) -> str:
+    """Why a pass stopped early, as one clause (kept as a broadcast's stop reason)."""
+    return (
+        f"{count} deliveries in a row failed with the same reason ({reason}); they went back "
+        "to the queue, nothing else was sent"
     )
+
+
+def stop_reason(halted: str) -> str:
+    """The reason in `Report.halted` without its "stopped: " and the advice after it: what a
+    broadcast keeps as the reason it stopped, said once (also for rows stored before)."""
+    return halted.removeprefix("stopped: ").removesuffix(f". {HALT_ADVICE}")
 
 
 @dataclass

@@ -573,3 +573,36 @@ def test_a_scheduled_broadcast_stopped_by_a_template_error_is_shown_stopped(root
     assert _cli(root, "run", "--now", "2099-01-01T09:10Z", "-q").returncode == 0
     assert set(_outbox(root)) == eligible_emails(10)
     assert _cli(root, "broadcasts", "list").stdout.splitlines()[1].split()[1] == "sent"
+
+
+def test_a_halted_broadcast_says_its_reason_once_in_list_and_show(
+    root: Path, fake_providers
+) -> None:
+    """Postmark refuses every copy (an unconfirmed sender): the failure streak stops the
+    broadcast. `broadcasts list` and `show` name the reason once, with their own advice."""
+    seed(open_store("sqlite:///dripmail.db", root), 10)
+    env = {**_postmark_env(fake_providers), "DRIPMAIL_HALT_AFTER_FAILURES": "3"}
+    fake_providers.refuse_all("postmark", "The From address is not a confirmed signature")
+    out = _cli(root, "broadcast", "newsletters/hips.md", "--yes", "-q", env=env)
+    assert out.returncode != 0
+    assert "in a row failed with the same reason" in out.stdout + out.stderr
+    listed = [x for x in _cli(root, "broadcasts", "list", env=env).stdout.splitlines()]
+    line = next(x for x in listed if x.startswith("broadcast 1 stopped: "))
+    assert line.count("stopped") == 1 and "Fix the cause" not in line, line
+    assert line.count("run it again") == 1 and "in a row failed with the same reason" in line
+    shown = _cli(root, "broadcasts", "show", "1", env=env).stdout
+    said = next(x for x in shown.splitlines() if x.startswith("  stopped 2"))
+    assert said.count("stopped") == 1 and "Fix the cause" not in said, said
+    assert re.search(r"UTC: \d+ deliveries in a row failed with the same reason", said), said
+    # A reason stored by the version that kept it doubled is printed once too.
+    engine = open_store("sqlite:///dripmail.db", root)
+    with engine.begin() as conn:
+        old = conn.execute(select(broadcasts.c.stopped_reason)).scalar_one()
+        conn.execute(
+            broadcasts.update().values(
+                stopped_reason=f"stopped: {old}. Fix the cause and run again"
+            )
+        )
+    engine.dispose()
+    again = _cli(root, "broadcasts", "list", env=env).stdout
+    assert next(x for x in again.splitlines() if x.startswith("broadcast 1 ")) == line
