@@ -21,12 +21,13 @@ back to `planned`, keeping the promises the engine keeps:
   committed; the engine checks the lesson before at read time only (its hot path), so a
   retry during a pass can, in that window, let the next lesson go first.
 
-Each requeue is an event row (provider ``dripmail``, type ``lesson_retry``, detail ``by
-<who>[: note] (failed: <reason>)``), shown with the subscriber's timeline.
+Each requeue is an event row (provider ``dripmail``, type ``lesson_retry``, detail ``lesson
+<day> by <who>[: note] (failed: <reason>)``), shown with the subscriber's timeline.
 """
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
@@ -280,6 +281,24 @@ def _when(
     return Requeue(row, max(due, now))
 
 
+# What one line of recorded text may not hold: every character `str.splitlines` breaks at,
+# the other C0 controls (tab aside), DEL and the C1 controls (a BEL rings, an ESC drives a
+# terminal when `subscribers show` prints it).
+_NOT_ON_ONE_LINE = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def check_text(value: str, option: str) -> str:
+    """`value` (`--by`, `--note`) as given, or InputError naming `option` and the first
+    control or line-break character in it (U+XXXX): it is recorded and printed on one line."""
+    found = _NOT_ON_ONE_LINE.search(value)
+    if found is not None:
+        raise InputError(
+            f"{option} contains a control or line-break character (U+{ord(found.group()):04X}): "
+            "give it on one line of plain text"
+        )
+    return value
+
+
 def apply(engine: Engine, planned: RetryPlan, by: str, note: str, now: datetime) -> RetryPlan:
     """Requeue the lessons `planned.requeue` holds; returns what was done.
 
@@ -288,9 +307,10 @@ def apply(engine: Engine, planned: RetryPlan, by: str, note: str, now: datetime)
     asked (recorded with `now`, aware UTC, and `note` in an event row); InputError when empty.
     Written in transactions of up to 500 lessons.
     """
-    who = by.strip()
+    who = check_text(by, "--by").strip()
     if not who:
         raise InputError("--by is empty: say who puts these lessons back in the queue")
+    note = check_text(note, "--note")
     asked = f"by {who}" + (f": {note.strip()}" if note.strip() else "")
     out = RetryPlan(now, left=list(planned.left))
     items = planned.requeue
@@ -300,7 +320,9 @@ def apply(engine: Engine, planned: RetryPlan, by: str, note: str, now: datetime)
                 row = item.lesson
                 was = row.last_error or "no reason recorded"
                 if retry_queries.requeue(conn, row, now, f"back in the queue, asked {asked}"):
-                    retry_queries.record(conn, row, f"{asked} (failed: {was})", now)
+                    # Which lesson: the timeline lists events without their delivery key.
+                    detail = f"{_label(row.lesson_day)} {asked} (failed: {was})"
+                    retry_queries.record(conn, row, detail, now)
                     out.requeue.append(item)
                 else:
                     out.left.append(Left(row, "it changed meanwhile (see `status`)", "changed"))

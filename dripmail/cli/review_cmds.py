@@ -207,8 +207,15 @@ def retry(
     yes: bool = typer.Option(
         False, "--yes", "-y", help="Do not ask, above DRIPMAIL_CONFIRM_THRESHOLD lessons."
     ),
-    by: str = typer.Option(None, "--by", help="Who asks (recorded with the time). Default: $USER."),
-    note: str = typer.Option("", "--note", help="Why, e.g. what was fixed."),
+    by: str = typer.Option(
+        None,
+        "--by",
+        metavar="NAME",
+        help="Who asks (recorded with the time; one line). Default: $USER.",
+    ),
+    note: str = typer.Option(
+        "", "--note", metavar="TEXT", help="Why, e.g. what was fixed (one line)."
+    ),
 ) -> None:
     """Put lessons that failed for good back in the queue, once their cause is fixed.
 
@@ -240,8 +247,12 @@ def retry(
     if not all_ and not (address or reason.strip() or since or until):
         ctx.fail("say which failed lessons to retry: --address, --reason, --since, --until, "
                  "or --all for every one")  # fmt: skip
-    from dripmail.retry import Selection
+    from dripmail.retry import Selection, check_text
 
+    # Refused before anything is looked up: they are recorded and printed on one line.
+    if by is not None:
+        check_text(by, "--by")
+    check_text(note, "--note")
     selection = Selection(
         addresses=tuple(address or ()),
         reason=reason,
@@ -271,13 +282,14 @@ def retry(
         if plan.open or not all_:
             raise typer.Exit(EXIT_ATTENTION)
         return
-    _confirm_retry(len(plan.requeue), core.settings.confirm_threshold, yes)
+    _confirm_retry(plan, core.settings.confirm_threshold, yes)
     who = by if by is not None else (os.environ.get("USER") or getpass.getuser())
     done = core.retry_failed(plan, who, note)
     lessons = "lesson" if len(done.requeue) == 1 else "lessons"
     them = "it" if len(done.requeue) == 1 else "them"
     typer.echo(
-        f"put {len(done.requeue)} failed {lessons} back in the queue (asked by {who.strip()}); "
+        f"put {len(done.requeue)} failed {lessons} back in the queue (asked by "
+        f"{visible(who.strip())}); "
         f"`{command_name()} run` sends {them}" + (":" if done.requeue else "")
     )
     _show(done.requeue, now)
@@ -286,8 +298,10 @@ def retry(
         raise typer.Exit(EXIT_ATTENTION)
 
 
-def _confirm_retry(count: int, threshold: int, yes: bool) -> None:
-    """Ask before a large retry, as a large broadcast asks (`DRIPMAIL_CONFIRM_THRESHOLD`)."""
+def _confirm_retry(plan, threshold: int, yes: bool) -> None:
+    """Ask before a large retry, as a large broadcast asks (`DRIPMAIL_CONFIRM_THRESHOLD`),
+    after listing the lessons it would requeue (the first 50), so the answer is informed."""
+    count = len(plan.requeue)
     if count <= threshold or yes:
         return
     if not sys.stdin.isatty():
@@ -297,7 +311,10 @@ def _confirm_retry(count: int, threshold: int, yes: bool) -> None:
         )
     from dripmail.cli.exits import ask_or_stop
 
-    ask_or_stop(f"Put {count} failed lessons back in the queue?", "nothing was requeued")
+    lessons = "lesson" if count == 1 else "lessons"
+    typer.echo(f"{count} failed {lessons} would go back in the queue:")
+    _show(plan.requeue, plan.now)
+    ask_or_stop(f"Put {count} failed {lessons} back in the queue?", "nothing was requeued")
 
 
 def register(app: typer.Typer) -> None:

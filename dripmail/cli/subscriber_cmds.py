@@ -135,7 +135,8 @@ def show(email: str = typer.Argument(..., help="The subscriber's address.")) -> 
         typer.echo("  none planned (pending confirmation?)")
     typer.echo("Events")
     for e in found.events:
-        detail = f"  {e['detail']}" if e["detail"] else ""
+        # Stored text (a provider's words, a note typed by someone): one line each, always.
+        detail = f"  {visible(e['detail'])}" if e["detail"] else ""
         typer.echo(
             f"  {e['occurred_at']:%Y-%m-%d %H:%M} UTC  {e['type']:<13} {e['provider']}{detail}"
         )

@@ -120,7 +120,7 @@ def test_retry_puts_a_fixed_lesson_back_and_run_sends_it_once_in_order(project: 
         ).all()
     engine.dispose()
     assert len(kinds) == 1 and kinds[0][0] == "lesson_retry"
-    assert kinds[0][1].startswith("by ann (failed: cannot build the message")
+    assert kinds[0][1].startswith("lesson 1 by ann (failed: cannot build the message")
 
     # Lesson 2 was due on day 2 but waits for lesson 1: the day-2 run sends lesson 1 only.
     sent = _cli(project, "run", "--now", DAY_2, "-q")
@@ -292,3 +292,75 @@ def test_lessons_the_provider_refused_go_out_once_after_the_cause_is_fixed(
     assert "4 sent" in sent.stdout
     keys = [a.key for a in fake_providers.accepted("postmark")]
     assert sorted(keys) == [f"test-week-s{i}-d1" for i in range(1, 5)]
+
+
+@pytest.mark.parametrize("bad", ["Ann\nBob", "Ann\u2028Bob", "Ann\x07"])
+@pytest.mark.parametrize("option", ["--by", "--note"])
+def test_retry_refuses_by_or_note_that_would_break_a_line(
+    project: Path, option: str, bad: str
+) -> None:
+    _fail_lesson_1(project, "p0@example.org")
+    _name(project, "p0@example.org", "Dan")
+    out = _cli(project, "deliveries", "retry", "--all", option, bad)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
+    code = f"U+{ord(bad[3]):04X}"
+    assert f"{option} contains a control or line-break character ({code})" in out.stderr
+    assert _lesson(project, "p0@example.org", 1)["state"] == "failed"  # nothing requeued
+
+
+def test_a_stored_retry_note_is_shown_on_one_line_and_names_its_lesson(project: Path) -> None:
+    """A note stored before the check (or by hand) cannot split `subscribers show`'s lines;
+    each `lesson_retry` event says which lesson it put back."""
+    _fail_lesson_1(project, "p0@example.org")
+    _name(project, "p0@example.org", "Dan")
+    out = _cli(project, "deliveries", "retry", "--all", "--by", "ops", "--note", "name fixed")
+    assert out.returncode == 0 and "(asked by ops)" in out.stdout
+    engine = _store(project)
+    with engine.begin() as conn:
+        conn.execute(
+            update(events)
+            .where(events.c.type == "lesson_retry")
+            .values(detail="lesson 1 by ops: fixed\nBcc\u2028x\x07 (failed: y)")
+        )
+    engine.dispose()
+    shown = _cli(project, "subscribers", "show", "p0@example.org").stdout.splitlines()
+    (line,) = [x for x in shown if "lesson_retry" in x]
+    assert line.endswith("lesson 1 by ops: fixed\\u000aBcc\\u2028x\\u0007 (failed: y)"), line
+
+
+def test_retry_lists_the_lessons_then_asks_in_the_right_number(project: Path) -> None:
+    """On a terminal above the threshold: which lessons first, then "1 failed lesson"."""
+    import pty
+    import sys
+
+    from tests.terminal import read_to_end, read_until
+
+    _fail_lesson_1(project, "p0@example.org")
+    _name(project, "p0@example.org", "Dan")
+    send = Path(__file__).resolve().parents[2] / "send.py"
+    leader, follower = pty.openpty()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DRIPMAIL_")}
+    proc = subprocess.Popen(
+        [sys.executable, str(send), "--root", str(project), "deliveries", "retry", "--all"],
+        stdin=follower,
+        stdout=follower,
+        stderr=follower,
+        env={**env, "DRIPMAIL_CONFIRM_THRESHOLD": "0", "COLUMNS": "200", "USER": "ann"},
+    )
+    os.close(follower)
+    seen = read_until(leader, b"back in the queue?")
+    os.write(leader, b"n\n")
+    assert proc.wait(timeout=300) == 1
+    said = (seen + read_to_end(leader)).decode()
+    listed = said.index("test-week-s1-d1")
+    assert listed < said.index("Put 1 failed lesson back in the queue? [y/N]"), said
+    assert "1 failed lesson would go back in the queue:" in said and "to p0@example.org" in said
+    assert "nothing was requeued" in said
+    assert _lesson(project, "p0@example.org", 1)["state"] == "failed"
+
+
+def test_retry_help_names_the_values_of_by_and_note() -> None:
+    out = run_cli(Path.cwd(), "deliveries", "retry", "--help", env={**os.environ, "COLUMNS": "200"})
+    said = " ".join(out.stdout.split())
+    assert "--by NAME" in said and "--note TEXT" in said and "<str>" not in said
