@@ -27,7 +27,6 @@ Each requeue is an event row (provider ``dripmail``, type ``lesson_retry``, deta
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
@@ -41,7 +40,7 @@ from dripmail.states import DONE, STOPPED
 from dripmail.store import delivery_queries, retry_queries
 from dripmail.store.retry_queries import FailedLesson
 from dripmail.subscribers import email_hash
-from dripmail.validation import normalise_email
+from dripmail.validation import normalise_email, one_line
 
 __all__ = ["FailedLesson", "Left", "Requeue", "RetryPlan", "Selection", "apply", "plan"]
 
@@ -281,24 +280,6 @@ def _when(
     return Requeue(row, max(due, now))
 
 
-# What one line of recorded text may not hold: every character `str.splitlines` breaks at,
-# the other C0 controls (tab aside), DEL and the C1 controls (a BEL rings, an ESC drives a
-# terminal when `subscribers show` prints it).
-_NOT_ON_ONE_LINE = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
-
-
-def check_text(value: str, option: str) -> str:
-    """`value` (`--by`, `--note`) as given, or InputError naming `option` and the first
-    control or line-break character in it (U+XXXX): it is recorded and printed on one line."""
-    found = _NOT_ON_ONE_LINE.search(value)
-    if found is not None:
-        raise InputError(
-            f"{option} contains a control or line-break character (U+{ord(found.group()):04X}): "
-            "give it on one line of plain text"
-        )
-    return value
-
-
 def apply(engine: Engine, planned: RetryPlan, by: str, note: str, now: datetime) -> RetryPlan:
     """Requeue the lessons `planned.requeue` holds; returns what was done.
 
@@ -307,10 +288,10 @@ def apply(engine: Engine, planned: RetryPlan, by: str, note: str, now: datetime)
     asked (recorded with `now`, aware UTC, and `note` in an event row); InputError when empty.
     Written in transactions of up to 500 lessons.
     """
-    who = check_text(by, "--by").strip()
+    who = one_line(by, "--by").strip()
     if not who:
         raise InputError("--by is empty: say who puts these lessons back in the queue")
-    note = check_text(note, "--note")
+    note = one_line(note, "--note")
     asked = f"by {who}" + (f": {note.strip()}" if note.strip() else "")
     out = RetryPlan(now, left=list(planned.left))
     items = planned.requeue

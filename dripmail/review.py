@@ -26,6 +26,7 @@ from sqlalchemy import Engine
 from dripmail.errors import InputError, NotFoundError
 from dripmail.store import reviews
 from dripmail.store.reviews import ReviewRow
+from dripmail.validation import one_line
 
 Decision = Literal["sent", "resend"]
 # A reader in these states must not be mailed again, whatever the review decides.
@@ -64,9 +65,10 @@ def settle(
     `Settled.refused`; the others are settled. Each key is settled in its own transaction,
     and only if it is still in review (two operators cannot both settle it).
     """
-    who = by.strip()
+    who = one_line(by, "--by").strip()
     if not who:
         raise InputError("--by is empty: say who settles these deliveries")
+    note = one_line(note, "--note")
     rows = reviews.waiting(engine, keys)
     if keys is not None:
         missing = sorted(set(keys) - {r.key for r in rows})

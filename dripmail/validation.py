@@ -298,3 +298,23 @@ _ADDRESS = re.compile(r"[^\s<>\"'(),;:\[\]]+@[^\s<>\"'(),;:\[\]]+\.[^\s<>\"'(),;
 def scrub_addresses(text: str) -> str:
     """`text` with every email address replaced by ``<address>`` (provider reasons quote them)."""
     return _ADDRESS.sub("<address>", text)
+
+
+# -- one line of text an operator types (`--by`, `--note`) -------------------------------
+
+# What one line of recorded text may not hold: every character `str.splitlines` breaks at,
+# the other C0 controls (tab aside), DEL and the C1 controls (a BEL rings, an ESC drives a
+# terminal when `subscribers show` prints it).
+_NOT_ON_ONE_LINE = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def one_line(value: str, option: str) -> str:
+    """`value` (`--by`, `--note`) as given, or InputError naming `option` and the first
+    control or line-break character in it (U+XXXX): it is recorded and printed on one line."""
+    found = _NOT_ON_ONE_LINE.search(value)
+    if found is not None:
+        raise InputError(
+            f"{option} contains a control or line-break character (U+{ord(found.group()):04X}): "
+            "give it on one line of plain text"
+        )
+    return value

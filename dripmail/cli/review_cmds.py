@@ -83,9 +83,14 @@ def settle(
         ..., "--as", help="sent: it did arrive; resend: it did not, send it again."
     ),
     by: str = typer.Option(
-        None, "--by", help="Who decides (recorded with the time). Default: $USER."
+        None,
+        "--by",
+        metavar="NAME",
+        help="Who decides (recorded with the time; one line). Default: $USER.",
     ),
-    note: str = typer.Option("", "--note", help="Why, e.g. what the activity log showed."),
+    note: str = typer.Option(
+        "", "--note", metavar="TEXT", help="Why, e.g. what the activity log showed (one line)."
+    ),
 ) -> None:
     """Settle deliveries waiting for review: as sent, or send them again.
 
@@ -94,6 +99,12 @@ def settle(
     if bool(keys) == all_:
         # A command line that cannot mean anything: click's usage error (exit 2, with usage).
         ctx.fail("name the delivery keys to settle, or --all (not both)")
+    from dripmail.validation import one_line
+
+    # Recorded and printed on one line, as `deliveries retry`'s.
+    if by is not None:
+        one_line(by, "--by")
+    one_line(note, "--note")
     who = by if by is not None else (os.environ.get("USER") or getpass.getuser())
     result = _core().settle_review(None if all_ else keys, as_.value, who, note)
     if not result.done and not result.refused:
@@ -101,7 +112,7 @@ def settle(
         return
     for row in result.done:
         if as_ is As.sent:
-            typer.echo(f"{row.key}: settled as sent by {who.strip()}")
+            typer.echo(f"{row.key}: settled as sent by {visible(who.strip())}")
         elif row.kind == "lesson":
             typer.echo(f"{row.key}: back in the queue, goes out on the next `run`")
         else:
@@ -247,12 +258,13 @@ def retry(
     if not all_ and not (address or reason.strip() or since or until):
         ctx.fail("say which failed lessons to retry: --address, --reason, --since, --until, "
                  "or --all for every one")  # fmt: skip
-    from dripmail.retry import Selection, check_text
+    from dripmail.retry import Selection
+    from dripmail.validation import one_line
 
     # Refused before anything is looked up: they are recorded and printed on one line.
     if by is not None:
-        check_text(by, "--by")
-    check_text(note, "--note")
+        one_line(by, "--by")
+    one_line(note, "--note")
     selection = Selection(
         addresses=tuple(address or ()),
         reason=reason,

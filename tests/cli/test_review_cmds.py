@@ -209,6 +209,11 @@ def test_settle_errors_are_one_line_and_change_nothing(studio, cli) -> None:
     assert "test-week-s1-d7 is planned, not waiting for review" in planned.stderr
     bad = cli(root, env, "deliveries", "settle", LESSON, "--as", "maybe")
     assert bad.returncode == 2 and "Invalid value for '--as'" in bad.stderr
+    # --by and --note are recorded and printed on one line: a break or a control is refused.
+    for option, value in (("--by", "ann\nbob"), ("--note", "seen\u2028x"), ("--note", "a\x07")):
+        split = cli(root, env, "deliveries", "settle", LESSON, "--as", "sent", option, value)
+        assert split.returncode == 1 and split.stderr.count("\n") == 1, split.stderr
+        assert f"{option} contains a control or line-break character (U+" in split.stderr
     gone = cli(root, env, "subscribers", "unsubscribe", "ana@example.org")
     assert gone.returncode == 0, gone.stderr
     refused = cli(root, env, "deliveries", "settle", "--all", "--as", "resend")
