@@ -423,6 +423,7 @@ class Dripmail(DeliveryUseCases, Runner):
         that is not usable falls back to the course's zone instead of refusing the reader.
         A suppressed address gets `subscriber_id` None: the page says the same either way.
         Someone who unsubscribed earlier is reopened as pending with a fresh consent record.
+        A reader still pending who gives a name gets it stored (a ``renamed`` event).
         """
         now = self.now()
         raw = email.strip()
@@ -463,6 +464,12 @@ class Dripmail(DeliveryUseCases, Runner):
                 return SignedUp(None, fallback)
             if not created:
                 subs.rejoin(conn, sid, now, **consent)  # type: ignore[arg-type]
+                if first_name and subs.get_subscriber(conn, sid)["status"] == "pending":
+                    # Not confirmed yet, they consent again: the name they give now is the
+                    # one to greet them by (it also replaces a stored name no header can
+                    # carry, so the confirmation offered again can be built). An empty field
+                    # keeps the stored name; an active reader's is never changed this way.
+                    subs.rename(conn, sid, first_name, now, "replaced by a new sign-up")
         return SignedUp(sid, fallback)
 
     def send_confirmations(self, subscriber_ids: Iterable[int]) -> int:

@@ -270,13 +270,19 @@ def activate(bind: Bind, subscriber_id: int, course: CourseRules, now: datetime)
     return first
 
 
-def rename(bind: Bind, subscriber_id: int, name: str, now: datetime) -> tuple[str, str]:
+def rename(
+    bind: Bind,
+    subscriber_id: int,
+    name: str,
+    now: datetime,
+    by: str = "corrected by the operator (cli)",
+) -> tuple[str, str]:
     """Replace a subscriber's first name, cleaned by the sign-up's rules (`clean_name`: control
     and line-break characters become a space; longer than the limit is an InputError).
 
     For a name stored before those rules (or by hand) that no mail header can carry. Recorded
-    as a ``renamed`` event. Returns (old name, new name); equal when nothing changed (then no
-    event is recorded).
+    as a ``renamed`` event (detail ``first name <by>``). Returns (old name, new name); equal
+    when nothing changed (then no event is recorded).
     """
     new = clean_name(name)
     with transaction(bind) as conn:
@@ -295,7 +301,7 @@ def rename(bind: Bind, subscriber_id: int, name: str, now: datetime) -> tuple[st
                 "provider": "dripmail",
                 "dedupe_key": f"renamed-{subscriber_id}-{uuid.uuid4().hex}",
                 "type": "renamed",
-                "detail": "first name corrected by the operator (cli)",
+                "detail": f"first name {by}",
                 "occurred_at": now,
                 "received_at": now,
             },

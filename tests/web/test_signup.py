@@ -265,3 +265,37 @@ async def test_control_characters_in_the_name_become_spaces(web):
         data={"email": "dan@example.com", "first_name": "Dan\r\nBcc: eve@example.com\u2028x"},
     )
     assert web.subscriber("dan@example.com")["first_name"] == "Dan Bcc: eve@example.com x"
+
+
+async def test_a_pending_readers_new_signup_replaces_a_name_no_header_can_carry(web):
+    """A stored name with U+2028 (a hand edit, an older version) kept the confirmation email
+    from being built; the reader signs up again with their name: it replaces the stored one
+    and the email goes out. An empty name field keeps the stored name."""
+    from datetime import timedelta
+
+    from sqlalchemy import select, update
+
+    from dripmail.store.schema import events
+
+    client = web.client()
+    await client.post("/subscribe", data=FORM)
+    with web.engine.begin() as conn:
+        conn.execute(
+            update(subscribers)
+            .where(subscribers.c.email == "ann@example.com")
+            .values(first_name="Ivy\u2028Z", confirm_handed_at=None)
+        )
+    for path in web.emails():
+        path.unlink()  # so the email built now is the one looked at
+    web.clock.now += timedelta(hours=1)
+    answer = await client.post("/subscribe", data={**FORM, "first_name": "Ann"})
+    assert answer.status_code == 200
+    row = web.subscriber("ann@example.com")
+    assert row["first_name"] == "Ann" and row["confirm_handed_at"] is not None
+    (sent,) = confirm_emails(web)
+    assert sent["To"].addresses[0].display_name == "Ann"
+    with web.engine.connect() as conn:
+        kinds = [r.type for r in conn.execute(select(events.c.type, events.c.detail))]
+    assert "renamed" in kinds and "confirm_not_sent" not in kinds
+    await client.post("/subscribe", data={"email": "ann@example.com"})
+    assert web.subscriber("ann@example.com")["first_name"] == "Ann"
