@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 
 from dripmail.cli import command_name, parse_now, state
-from dripmail.cli.exits import EXIT_ATTENTION, EXIT_STOPPED, sigterm_as_ctrl_c
+from dripmail.cli.exits import EXIT_ATTENTION, EXIT_STOPPED, stop_signals_as_ctrl_c
 from dripmail.cli.printing import visible
 from dripmail.errors import InputError
 
@@ -197,7 +197,7 @@ def broadcast(
         _confirm(plan.recipients, threshold, yes, "Send it")
     row = core.open_broadcast(plan)
     try:
-        with sigterm_as_ctrl_c():  # `kill`, systemd, `docker stop`: stop as Ctrl-C does
+        with stop_signals_as_ctrl_c():  # `kill [-INT]`, systemd, `docker stop`: as Ctrl-C
             report = send_broadcast(core, plan.newsletter, row, clock, quiet)
     except KeyboardInterrupt:
         # Safe to stop: the chunk at the provider was recorded, the rest went back to the

@@ -5,11 +5,12 @@ from __future__ import annotations
 import time as wallclock
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from dripmail.cli import parse_now, state
-from dripmail.cli.exits import EXIT_ATTENTION, EXIT_STOPPED, sigterm_as_ctrl_c
+from dripmail.cli.exits import EXIT_ATTENTION, EXIT_STOPPED, stop_signals_as_ctrl_c
 from dripmail.cli.printing import visible
 from dripmail.errors import InputError
 
@@ -195,18 +196,24 @@ def run(
     attention = False
     passes = 0
     handled = [0]  # lessons handed over and recorded in the current pass
+    unsaid: tuple[Any, datetime] | None = None  # a finished pass's report, being printed
     # Why each scheduled broadcast could not be sent, as last printed: a loop says it once,
     # and again only when the reason changes, not every minute until someone looks.
     said: dict[int, str] = {}
     try:
-        with sigterm_as_ctrl_c():
+        with stop_signals_as_ctrl_c():
             while True:
                 current = clock_at or datetime.now(UTC)
                 result = _one_pass(core, current, limit, dry_run, quiet, handled)
+                # The pass is over: a stop from here on stopped no pass (a stopped loop said
+                # "1 lesson handed over" for what an earlier pass had handed over and said).
+                handled[0] = 0
                 if not passes or _did_something(result.lessons):
                     # A loop reports its first pass, then only passes that did something: a
                     # minute-by-minute "0 sent" all day would bury the lines that matter.
+                    unsaid = (result.lessons, current)
                     _print_report(result.lessons, current, dry_run)
+                unsaid = None
                 passes += 1
                 if result.confirmations or result.confirmations_failed:
                     # Counted in the summary like lessons: sent, and not sent (stderr: why).
@@ -228,6 +235,8 @@ def run(
         # anything in flight is reconciled by the next run. A loop stops the same way, with
         # the same code, whatever earlier passes reported: those were printed when they
         # happened, and a service manager reads 130 as "stopped as asked".
+        if unsaid is not None:  # stopped between a finished pass and its line: say it first
+            _print_report(unsaid[0], unsaid[1], dry_run)
         typer.echo(stopped_line(handled[0]))
         raise typer.Exit(EXIT_STOPPED) from None
     finally:

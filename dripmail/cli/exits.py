@@ -64,6 +64,16 @@ def sigint_even_if_ignored() -> AbstractContextManager[None]:
 
 
 @contextmanager
+def stop_signals_as_ctrl_c() -> Iterator[None]:
+    """Within: SIGTERM and SIGINT (also one a shell set to be ignored: a script's
+    `dripmail run > out 2>&1 &` then `kill -INT $!`) raise KeyboardInterrupt, so `run` and
+    `broadcast` stop as they do on Ctrl-C: the chunk at the provider recorded, the rest back
+    in the queue, "stopped", exit 130. Without it a background `run` ignored `kill -INT`."""
+    with sigterm_as_ctrl_c(), sigint_even_if_ignored():
+        yield
+
+
+@contextmanager
 def stopped_by_ctrl_c() -> Iterator[None]:
     """Within: Ctrl-C, SIGINT (`kill -INT`, even to a background job that inherited it
     ignored: `sigint_even_if_ignored`) or SIGTERM ends the command with "stopped" and exit
@@ -72,7 +82,7 @@ def stopped_by_ctrl_c() -> Iterator[None]:
     are gone, which SIGTERM's default turned into a silent death (exit -15), SIGINT into
     "Interrupted." and an inherited ignored SIGINT into exit 0."""
     try:
-        with sigterm_as_ctrl_c(), sigint_even_if_ignored():
+        with stop_signals_as_ctrl_c():
             yield
     except KeyboardInterrupt:
         typer.echo("stopped")
