@@ -77,10 +77,10 @@ class RunResult:
 
     @property
     def attention(self) -> bool:
-        """Some delivery failed or waits for review, or the provider could not be reached
-        (lessons wait for it; unlike a rate limit, that does not pass by itself): `run`
-        exits 3."""
-        lessons = bool(self.lessons.failed or self.lessons.review or self.lessons.unreachable)
+        """Some delivery failed or waits for review, or the provider kept the lessons from
+        going out (`Report.provider_down`: unreachable, or none taken for a reason other
+        than a rate limit; unlike a 429 pause, that does not pass by itself): `run` exits 3."""
+        lessons = bool(self.lessons.failed or self.lessons.review or self.lessons.provider_down())
         confirmations = bool(self.confirmations_failed)
         return lessons or confirmations or any(b.attention for b in self.broadcasts)
 

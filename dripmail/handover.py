@@ -35,7 +35,14 @@ from sqlalchemy.sql.dml import Update
 from dripmail import holders
 from dripmail.errors import ContentError, ProviderAuthError
 from dripmail.message import Message, ReaderProblem, header_problem, rename_hint
-from dripmail.providers.base import Lookup, Outcome, Provider, is_stopped, is_unreachable
+from dripmail.providers.base import (
+    Lookup,
+    Outcome,
+    Provider,
+    is_rate_limited,
+    is_stopped,
+    is_unreachable,
+)
 from dripmail.store.bulk import Bulk, IdList, UnnestUpdate
 from dripmail.store.handover_rows import HeldRow
 from dripmail.store.schema import in_flight
@@ -96,6 +103,16 @@ class Report:
         provider, left to retry, failed, for review. Each once: `suppressed` counts addresses
         a refusal suppressed, whose deliveries are among the failed."""
         return self.sent + self.handed + self.retry + self.failed + self.review
+
+    def provider_down(self) -> bool:
+        """Whether the provider kept this pass's deliveries from going out in a way that does
+        not pass by itself: it could not be reached, or it took none of them and they wait
+        for a reason other than a rate limit (5xx every attempt, an account refusal). The
+        commands exit 3 on it; a routine 429 pause, or some taken and some waiting, is 0."""
+        if self.unreachable:
+            return True
+        took = self.sent or self.handed
+        return bool(self.retry) and not took and not is_rate_limited(self.retry_reason)
 
     def failed_for(self, reason: str) -> None:
         """Count one delivery failed for good because of `reason`."""

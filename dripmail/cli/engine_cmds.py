@@ -181,8 +181,9 @@ def run(
 
     Exit code 0: all went out; 1: an error stopped the run (nothing half-done is lost; re-run
     after fixing it); 3: finished, but some deliveries failed or need review (see `status`), a
-    confirmation email could not be sent, or the provider could not be reached (the lessons
-    wait; the reason is printed); 130: stopped
+    confirmation email could not be sent, or the provider could not be reached or took none of
+    the lessons for a reason other than a rate limit (they wait; the reason is printed); 130:
+    stopped
     by Ctrl-C or SIGTERM, with or without --loop (it says how many lessons this pass handed
     over; claims not yet handed over go back to the queue; re-run).
 

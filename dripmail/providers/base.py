@@ -127,6 +127,17 @@ def summary_reason(error: str) -> str:
     return error.removeprefix(NOT_SENT)
 
 
+# A rate limit as the HTTP layer records it ("HTTP 429 ...") or inside Postmark's answer to a
+# whole batch ("HTTP 422 ErrorCode 429: ..."): a pause that passes by itself.
+_RATE_LIMITED = re.compile(r"HTTP 429\b|\bErrorCode 429\b")
+
+
+def is_rate_limited(error: str | None) -> bool:
+    """Whether a message's error says the provider asked us to slow down (HTTP 429, or
+    Postmark's ErrorCode 429): routine, the next run sends it."""
+    return bool(error) and _RATE_LIMITED.search(str(error)) is not None
+
+
 def is_unreachable(error: str | None) -> bool:
     """Whether a message's error says the provider could not be reached (`unreachable_error`)."""
     return bool(error) and str(error).startswith(UNREACHABLE)

@@ -590,3 +590,28 @@ def test_run_summary_adds_up_when_the_provider_suppresses_an_address(
     assert out.stdout.splitlines()[0] == (
         "2026-06-02 05:30 UTC: 2 sent, 0 scheduled at the provider, 1 failed (1 address suppressed)"
     ), out.stdout
+
+
+@pytest.mark.parametrize(
+    ("fault", "code"), [("503", 3), ("429", 0)], ids=["5xx-every-attempt", "rate-limited"]
+)
+def test_run_exits_3_when_the_provider_took_none_of_the_lessons(
+    project: Path, fake_providers, fault: str, code: int
+) -> None:
+    """Issue: Postmark answering 503 to every attempt left the lessons waiting with exit 0,
+    while a refused connection, the same summary, exited 3. The rule: exit 3 when the
+    provider took none of a pass's lessons for a reason other than a rate limit; a 429
+    pause passes by itself (exit 0), like a pass where some went out."""
+    _import(project, 3)
+    fake_providers.chaos("postmark", 1.0, (fault,))
+    env = _postmark_env(fake_providers)
+    out = _cli(project, "run", "--now", "2026-06-02T05:30:00+00:00", "--yes", "-q", env=env)
+    assert out.returncode == code, out.stdout + out.stderr
+    assert "0 sent" in out.stdout and "3 to retry later" in out.stdout, out.stdout
+    assert f"3 lessons wait for the next run: HTTP {fault}" in out.stderr, out.stderr
+    assert not fake_providers.accepted("postmark")
+    # The provider is back: a pass where some (here all) go out is 0.
+    fake_providers.calm()
+    again = _cli(project, "run", "--now", "2026-06-02T09:00:00+00:00", "--yes", "-q", env=env)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "3 sent" in again.stdout, again.stdout
