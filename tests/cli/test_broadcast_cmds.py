@@ -157,10 +157,15 @@ def volume_fake() -> Iterator:
 
 
 def _broadcast_until(
-    root: Path, env: dict[str, str], reached: Callable[[], bool], pipe: bool = False
+    root: Path,
+    env: dict[str, str],
+    reached: Callable[[], bool],
+    pipe: bool = False,
+    sigint: signal.Handlers = signal.SIG_DFL,
 ) -> subprocess.Popen[str]:
     """`broadcast --yes -q` as a real process, returned once `reached()` holds (looked at
-    every 10 ms, for two minutes at most) and still running: ready to be stopped."""
+    every 10 ms, for two minutes at most) and still running: ready to be stopped. `sigint`:
+    how it starts with SIGINT (SIG_IGN: as a script's background job `broadcast ... &`)."""
     out = subprocess.PIPE if pipe else subprocess.DEVNULL
     proc = subprocess.Popen(
         _argv(root, "broadcast", "newsletters/hips.md", "--yes", "-q"),
@@ -169,10 +174,9 @@ def _broadcast_until(
         stdout=out,
         stderr=out,
         text=True,
-        # Ctrl-C as from a terminal: a suite started in the background (`cmd &` in a script,
-        # as CI runners may do) passes SIGINT on ignored, and Python then never raises
-        # KeyboardInterrupt in the child.
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        # SIG_DFL: Ctrl-C as from a terminal (a suite started in the background, `cmd &` in a
+        # script as CI runners may do, passes SIGINT on ignored).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, sigint),
     )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None and not reached():
@@ -227,28 +231,41 @@ def test_killed_broadcast_resumes_and_each_reader_gets_one_copy(
 
 # Each signal and each kind of provider once: Ctrl-C at a terminal into the quick start's
 # outbox, SIGTERM (systemd, docker stop) to an HTTP provider. After its handler both take the
-# same path, so the other two pairings would cost the suite ~20 s and test nothing more.
+# same path, so the other two pairings would cost the suite ~20 s and test nothing more. And
+# `kill -INT` to a broadcast a script started in the background (SIGINT inherited ignored).
 @pytest.mark.slow  # 4,000 subscribers (3,200 eligible), through the fake or into the outbox
 @pytest.mark.parametrize(
-    ("stop", "provider"),
-    [(signal.SIGINT, "outbox"), (signal.SIGTERM, "postmark")],
-    ids=["ctrl-c-outbox", "sigterm-postmark"],
+    ("stop", "provider", "sigint"),
+    [
+        (signal.SIGINT, "outbox", signal.SIG_DFL),
+        (signal.SIGTERM, "postmark", signal.SIG_DFL),
+        (signal.SIGINT, "postmark", signal.SIG_IGN),
+    ],
+    ids=["ctrl-c-outbox", "sigterm-postmark", "kill-int-to-a-background-job-postmark"],
 )
 def test_ctrl_c_stops_a_broadcast_after_the_chunk_at_the_provider(
-    root: Path, big_list: set[str], request: pytest.FixtureRequest, provider: str, stop
+    root: Path,
+    big_list: set[str],
+    request: pytest.FixtureRequest,
+    provider: str,
+    stop,
+    sigint: signal.Handlers,
 ) -> None:
     """A whole broadcast is one call on the provider loop: Ctrl-C (or SIGTERM, as systemd
-    sends it) must stop it at the next chunk, not after the last reader, whatever the
-    provider (the outbox, the quick start's default, writes the chunk's files itself). The
-    chunk at the provider is recorded, the one prepared meanwhile goes back to the queue,
-    and the next run sends the rest once."""
+    sends it, or `kill -INT` to a background job, which starts with SIGINT ignored) must
+    stop it at the next chunk, not after the last reader, whatever the provider (the
+    outbox, the quick start's default, writes the chunk's files itself). The chunk at the
+    provider is recorded, the one prepared meanwhile goes back to the queue, and the next
+    run sends the rest once."""
     from dripmail.broadcast import CHUNK
 
     fake = request.getfixturevalue("volume_fake") if provider == "postmark" else None
     env = _postmark_env(fake) if fake else _env()
     copies = _copies(root, provider, fake)
     # Stopped within the first chunk: its first batch is at the provider (or being written).
-    proc = _broadcast_until(root, env, lambda: sum(copies().values()) >= 300, pipe=True)
+    proc = _broadcast_until(
+        root, env, lambda: sum(copies().values()) >= 300, pipe=True, sigint=sigint
+    )
     proc.send_signal(stop)
     at_signal = sum(copies().values())
     out, err = proc.communicate(timeout=300)
