@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Connection, Engine, RowMapping, bindparam, literal_column, select, update
+from sqlalchemy import Connection, Engine, bindparam, literal_column, select, update
 
 from dripmail import schedule
 from dripmail.handover import (
@@ -33,7 +33,7 @@ from dripmail.handover import (
     run_in_new_loop,
 )
 from dripmail.providers.base import Provider
-from dripmail.states import DONE, DeliveryState
+from dripmail.states import DONE
 from dripmail.store import delivery_queries as dq
 from dripmail.store.bulk import IdList
 from dripmail.store.delivery_queries import DueRow
@@ -85,26 +85,9 @@ def _due_candidates(
         return dq.due_page(conn, now, horizon, limit, after)
 
 
-def lesson_day_time(lesson: RowMapping) -> datetime:
-    """The instant (UTC) whose local day a finished lesson (`lessons_of` row) took: the next
-    lesson waits for the following local send time (`schedule.next_send_at`).
-
-    Sent: when it went out. Failed or for review: when it was settled (`updated_at`), or its
-    plan if that is later (handed ahead of its time): a lesson tried and refused is that day's
-    lesson, or a catch-up reader's whole course would be burnt in one pass after another
-    within minutes while the provider refuses everything. Handed (the provider sends it at its
-    time), skipped, cancelled (nothing was tried for the reader): its plan.
-    """
-    if lesson["sent_at"] is not None:
-        return lesson["sent_at"]
-    if lesson["state"] in (DeliveryState.FAILED, DeliveryState.REVIEW):
-        return max(lesson["due_at"], lesson["updated_at"])
-    return lesson["due_at"]
-
-
 def _previous_done(engine: Engine, rows: list[DueRow]) -> dict[tuple[int, int], datetime | None]:
     """For each (subscriber, day): when the day before took its local day
-    (`lesson_day_time`), or absent if not done yet."""
+    (`delivery_queries.day_taken_at`), or absent if not done yet."""
     wanted = {(r["subscriber_id"], r["lesson_day"] - 1) for r in rows if r["lesson_day"] > 1}
     if not wanted:
         return {}
@@ -114,7 +97,9 @@ def _previous_done(engine: Engine, rows: list[DueRow]) -> dict[tuple[int, int], 
         for p in dq.lessons_of(conn, sids):
             k = (p["subscriber_id"], p["lesson_day"])
             if k in wanted and p["state"] in DONE:
-                out[(k[0], k[1] + 1)] = lesson_day_time(p)
+                out[(k[0], k[1] + 1)] = dq.day_taken_at(
+                    p["state"], p["sent_at"], p["due_at"], p["updated_at"]
+                )
     return out
 
 

@@ -46,23 +46,45 @@ class NextLesson:
     previous_sent_at: datetime | None
 
 
-def previous_sent_at(conn: Connection, subscriber_id: int, lesson_day: int) -> datetime | None:
-    """When lesson `lesson_day - 1` of this subscriber went out (or was due), if it is done.
+def day_taken_at(
+    state: str, sent_at: datetime | None, due_at: datetime, updated_at: datetime
+) -> datetime:
+    """The instant (UTC) whose local day a finished lesson took: the next lesson waits for
+    the following local send time (`schedule.next_send_at`). The engine's catch-up rule and
+    the pages' promises both read it here.
 
-    The same reading as the engine's catch-up rule: a done lesson counts from its `sent_at`,
-    or its due time when it has none (skipped, cancelled).
+    Sent: when it went out. Failed or for review: when it was settled (`updated_at`), or its
+    plan if that is later (handed ahead of its time): a lesson tried and refused is that day's
+    lesson, or a catch-up reader's whole course would burn in a few runs a minute apart while
+    the provider refuses everything. Handed (the provider sends it at its time), skipped,
+    cancelled (nothing was tried for the reader): its plan.
     """
+    if sent_at is not None:
+        return sent_at
+    if state in (DeliveryState.FAILED, DeliveryState.REVIEW):
+        return max(due_at, updated_at)
+    return due_at
+
+
+def previous_sent_at(conn: Connection, subscriber_id: int, lesson_day: int) -> datetime | None:
+    """When lesson `lesson_day - 1` of this subscriber took its local day (`day_taken_at`),
+    if it is done (the engine's catch-up rule)."""
     if lesson_day <= 1:
         return None
     row = conn.execute(
-        select(deliveries.c.state, deliveries.c.sent_at, deliveries.c.due_at).where(
+        select(
+            deliveries.c.state,
+            deliveries.c.sent_at,
+            deliveries.c.due_at,
+            deliveries.c.updated_at,
+        ).where(
             deliveries.c.subscriber_id == subscriber_id,
             deliveries.c.lesson_day == lesson_day - 1,
         )
     ).first()
     if row is None or row.state not in DONE:
         return None
-    return row.sent_at or row.due_at
+    return day_taken_at(row.state, row.sent_at, row.due_at, row.updated_at)
 
 
 def previous_sent_before(conn: Connection, delivery_id: int) -> datetime | None:

@@ -27,6 +27,7 @@ from dripmail.engine import next_send_time, run_once
 from dripmail.providers.postmark import PostmarkProvider
 from dripmail.render import Renderer
 from dripmail.runner import Runner
+from dripmail.store.delivery_queries import previous_sent_at
 from dripmail.store.schema import broadcast_deliveries, deliveries, subscribers
 from dripmail.tokens import Signer
 
@@ -224,6 +225,10 @@ def test_a_refused_lesson_is_its_days_lesson_for_a_catch_up_reader(
     morning = datetime(2026, 6, 7, 5, 0, tzinfo=UTC)
     wake = next_send_time(runner.engine, late, default_send_time=runner.course.send_time)
     assert wake == morning
+    # The preferences page promises the same time (it reads the rule where the engine does).
+    with runner.engine.connect() as conn:
+        failed_at = previous_sent_at(conn, 1, 2)
+    assert failed_at == late  # the first pass, which failed it (not its plan, 2 June)
     fake_providers.refuse_all("postmark", None)
     for now in (morning - timedelta(minutes=1), morning):
         report = run_once(
