@@ -45,7 +45,7 @@ from dripmail.providers.base import (
 )
 from dripmail.store.bulk import Bulk, IdList, UnnestUpdate
 from dripmail.store.handover_rows import HeldRow
-from dripmail.store.schema import in_flight
+from dripmail.store.schema import back_in_queue, in_flight
 from dripmail.store.transactions import transaction
 from dripmail.subscribers import suppress
 
@@ -932,18 +932,7 @@ def _unsend(conn: Connection, table: Table, ids: Sequence[int], now: datetime) -
         conn.execute(
             update(table)
             .where(table.c.id.in_(list(ids[start : start + 500])), table.c.state == "sending")
-            .values(
-                state="planned",
-                batch_key=None,
-                handed_at=None,
-                provider=None,
-                attempts=table.c.attempts - 1,
-                last_error=None,
-                next_attempt_at=None,
-                claimed_by=None,
-                lease_expires_at=None,
-                updated_at=now,
-            )
+            .values({**back_in_queue(now, None), "attempts": table.c.attempts - 1})
         )
 
 

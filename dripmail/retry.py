@@ -182,8 +182,12 @@ def plan(
             out.left.append(Left(row, *why))
         else:
             going.add((row.subscriber_id, row.lesson_day))
+    # The engine's own reading of the day the lesson before took (a failed one counts from
+    # when it failed), so the time promised here is the time `run` keeps.
     done = {
-        (h["subscriber_id"], h["lesson_day"]): (h["sent_at"] or h["due_at"])
+        (h["subscriber_id"], h["lesson_day"]): delivery_queries.day_taken_at(
+            h["state"], h["sent_at"], h["due_at"], h["updated_at"]
+        )
         for h in history
         if h["state"] in DONE
     }

@@ -19,7 +19,13 @@ from sqlalchemy import Connection, Select, and_, exists, insert, select, update
 from sqlalchemy.orm import aliased
 
 from dripmail.states import DeliveryState
-from dripmail.store.schema import deliveries, events, subscribers, suppressions
+from dripmail.store.schema import (
+    back_in_queue,
+    deliveries,
+    events,
+    subscribers,
+    suppressions,
+)
 
 # A later lesson in one of these states has reached the reader, may have (review), or is
 # being handed over right now: the failed lesson before it must not follow it.
@@ -165,17 +171,7 @@ def requeue(conn: Connection, lesson: FailedLesson, now: datetime, note: str) ->
             deliveries.c.state == DeliveryState.FAILED.value,
             and_(~exists(later), may_be_mailed),
         )
-        .values(
-            state=DeliveryState.PLANNED.value,
-            batch_key=None,
-            handed_at=None,
-            provider_message_id=None,
-            claimed_by=None,
-            lease_expires_at=None,
-            next_attempt_at=None,
-            last_error=note,
-            updated_at=now,
-        )
+        .values(back_in_queue(now, note))
     ).rowcount
     if not done:
         return False

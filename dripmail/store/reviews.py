@@ -27,6 +27,7 @@ from sqlalchemy import (
 )
 
 from dripmail.store.schema import (
+    back_in_queue,
     broadcast_deliveries,
     broadcasts,
     deliveries,
@@ -191,17 +192,7 @@ def settle_resend(conn: Connection, row: ReviewRow, now: datetime, note: str) ->
     done = conn.execute(
         update(table)
         .where(table.c.key == row.key, table.c.state == "review")
-        .values(
-            state="planned",
-            batch_key=None,
-            handed_at=None,
-            provider_message_id=None,
-            claimed_by=None,
-            lease_expires_at=None,
-            next_attempt_at=None,
-            last_error=note,
-            updated_at=now,
-        )
+        .values(back_in_queue(now, note))
     ).rowcount
     if not done:
         return False

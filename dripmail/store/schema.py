@@ -55,6 +55,26 @@ def in_flight(table: Table) -> ColumnElement[bool]:
     return table.c.state.in_([literal_column("'claimed'"), literal_column("'sending'")])
 
 
+def back_in_queue(now: datetime, last_error: str | None) -> dict[str, object]:
+    """The column values that put a lesson or newsletter copy (`deliveries` and
+    `broadcast_deliveries` alike) back in the queue as if never handed over: `planned`, due at
+    once, no batch key, hand-over time, provider, provider id or claim; `last_error` as given
+    (an operator's note, or None). A stop's unsent rows, review's resend and retry's requeue
+    all use it, so "never handed over" means one thing."""
+    return {
+        "state": "planned",
+        "batch_key": None,
+        "handed_at": None,
+        "provider": None,
+        "provider_message_id": None,
+        "claimed_by": None,
+        "lease_expires_at": None,
+        "next_attempt_at": None,
+        "last_error": last_error,
+        "updated_at": now,
+    }
+
+
 metadata = MetaData(
     naming_convention={
         "ix": "ix_%(column_0_label)s",
