@@ -9,11 +9,11 @@ from sqlalchemy import Engine, select, update
 
 from dripmail import subscribers as subs
 from dripmail.engine import next_send_time, run_once
-from dripmail.message import Mailbox, Message
 from dripmail.providers.outbox import OutboxProvider
 from dripmail.store.db import open_store
 from dripmail.store.schema import deliveries
 from tests.course_rules import Rules
+from tests.lesson_message import plain_lesson
 
 START = datetime(2026, 3, 5, 12, 0, tzinfo=UTC)  # the week crosses US/EU DST changes
 ZONES = {
@@ -21,19 +21,6 @@ ZONES = {
     "berlin@example.org": "Europe/Berlin",
     "kolkata@example.org": "Asia/Kolkata",
 }
-
-
-def _render(row: dict) -> Message:
-    return Message(
-        key=row["key"],
-        kind="lesson",
-        ref=str(row["lesson_day"]),
-        sender=Mailbox("hello@studio.example.com"),
-        to=Mailbox(row["email"]),
-        subject=f"Day {row['lesson_day']}",
-        html="<p>x</p>",
-        text="x",
-    )
 
 
 @pytest.fixture
@@ -50,7 +37,7 @@ def engine(tmp_path: Path) -> Engine:
 def _simulate(engine: Engine, outbox: OutboxProvider, hours: list[datetime]) -> None:
     for now in hours:
         outbox._clock = lambda now=now: now
-        run_once(engine, outbox, _render, now, default_send_time=time(7), worker_id="t")
+        run_once(engine, outbox, plain_lesson, now, default_send_time=time(7), worker_id="t")
 
 
 def test_week_in_three_zones_each_lesson_once_at_local_seven(
@@ -105,11 +92,11 @@ def test_a_lesson_held_back_by_the_one_per_day_rule_wakes_the_loop_when_it_can_g
     assert ahead == wake - timedelta(hours=1)
     # It is the time the engine really sends by: nothing a minute before, Kolkata's lesson 2 then.
     report = run_once(
-        engine, outbox, _render, wake - timedelta(minutes=1), default_send_time=time(7)
+        engine, outbox, plain_lesson, wake - timedelta(minutes=1), default_send_time=time(7)
     )
     assert report.sent == 0
     outbox._clock = lambda: wake
-    assert run_once(engine, outbox, _render, wake, default_send_time=time(7)).sent == 1
+    assert run_once(engine, outbox, plain_lesson, wake, default_send_time=time(7)).sent == 1
     last = json.loads((tmp_path / "outbox/index.jsonl").read_text().splitlines()[-1])
     assert (last["to"], last["ref"]) == ("kolkata@example.org", "2")
     # Next: Berlin's 07:00 CET, 06:00 UTC.
@@ -127,7 +114,7 @@ def test_nothing_planned_has_no_next_send_time(engine: Engine, tmp_path: Path) -
 def test_crashed_sending_claim_is_reconciled_not_resent(engine: Engine, tmp_path: Path) -> None:
     outbox = OutboxProvider(tmp_path / "outbox")
     now = START + timedelta(days=1, hours=12)
-    run_once(engine, outbox, _render, now, default_send_time=time(7), worker_id="a")
+    run_once(engine, outbox, plain_lesson, now, default_send_time=time(7), worker_id="a")
     # Simulate a worker that died after the provider accepted but before the commit.
     with engine.begin() as conn:
         conn.execute(
@@ -138,7 +125,7 @@ def test_crashed_sending_claim_is_reconciled_not_resent(engine: Engine, tmp_path
     report = run_once(
         engine,
         outbox,
-        _render,
+        plain_lesson,
         now + timedelta(minutes=1),
         default_send_time=time(7),
         worker_id="b",
@@ -192,11 +179,13 @@ def test_refused_credential_returns_every_claim_unchanged(engine: Engine, tmp_pa
     before = _states(engine)
     now = START + timedelta(days=1, hours=12)
     with pytest.raises(ProviderAuthError, match="POSTMARK_SERVER_TOKEN"):
-        run_once(engine, _RefusingProvider(tmp_path / "x"), _render, now, default_send_time=time(7))
+        run_once(
+            engine, _RefusingProvider(tmp_path / "x"), plain_lesson, now, default_send_time=time(7)
+        )
     assert _states(engine) == before
     # The next run with a working provider sends all of day 1.
     report = run_once(
-        engine, OutboxProvider(tmp_path / "outbox"), _render, now, default_send_time=time(7)
+        engine, OutboxProvider(tmp_path / "outbox"), plain_lesson, now, default_send_time=time(7)
     )
     assert report.sent == 3
 
@@ -206,9 +195,9 @@ def test_small_chunks_and_limit_walk_the_queue_without_skipping(
 ) -> None:
     outbox = OutboxProvider(tmp_path / "outbox")
     now = START + timedelta(days=1, hours=12)
-    first = run_once(engine, outbox, _render, now, default_send_time=time(7), limit=2, chunk=1)
+    first = run_once(engine, outbox, plain_lesson, now, default_send_time=time(7), limit=2, chunk=1)
     assert first.sent == 2
-    rest = run_once(engine, outbox, _render, now, default_send_time=time(7), chunk=1)
+    rest = run_once(engine, outbox, plain_lesson, now, default_send_time=time(7), chunk=1)
     assert rest.sent == 1
     assert len(list((tmp_path / "outbox").glob("*.eml"))) == 3
 
@@ -239,7 +228,7 @@ def test_permanent_rejection_with_suppress_stops_the_address(
 
     now = START + timedelta(days=1, hours=12)
     report = run_once(
-        engine, Rejecting(tmp_path / "outbox"), _render, now, default_send_time=time(7)
+        engine, Rejecting(tmp_path / "outbox"), plain_lesson, now, default_send_time=time(7)
     )
     assert report.failed == 1 and report.suppressed == 1 and report.sent == 2
     assert subs.get_subscriber(engine, "ny@example.org")["status"] == "bounced"

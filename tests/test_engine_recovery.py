@@ -15,28 +15,15 @@ from sqlalchemy import Engine, insert, select, text
 
 from dripmail import subscribers as subs
 from dripmail.engine import run_once
-from dripmail.message import Mailbox, Message
 from dripmail.providers.outbox import OutboxProvider
 from dripmail.store.db import open_store
 from dripmail.store.schema import deliveries
 from tests.broadcast_fixture import seed
 from tests.course_rules import Rules
+from tests.lesson_message import plain_lesson
 from tests.store_fixture import new_store
 
 NOW = datetime(2026, 6, 3, 12, tzinfo=UTC)
-
-
-def _render(row: dict) -> Message:
-    return Message(
-        key=row["key"],
-        kind="lesson",
-        ref=str(row["lesson_day"]),
-        sender=Mailbox("hello@studio.example.com"),
-        to=Mailbox(row["email"]),
-        subject=f"Day {row['lesson_day']}",
-        html="<p>x</p>",
-        text="x",
-    )
 
 
 def _states(engine: Engine) -> Counter:
@@ -84,7 +71,7 @@ def test_every_row_left_in_flight_is_finished_in_one_run(store: Engine, tmp_path
         conn.execute(insert(deliveries), rows)
     outbox = OutboxProvider(tmp_path / "outbox", clock=lambda: NOW)
     report = run_once(
-        engine, outbox, _render, NOW, default_send_time=time(7), worker_id="t", chunk=500
+        engine, outbox, plain_lesson, NOW, default_send_time=time(7), worker_id="t", chunk=500
     )
     assert _states(engine) == {"sent": readers}
     assert report.sent == readers
@@ -114,7 +101,7 @@ def test_catch_up_skips_the_weekend(tmp_path: Path) -> None:
             continue  # the Thursday the cron host was down
         outbox._clock = lambda now=now: now
         run_once(
-            engine, outbox, _render, now, default_send_time=time(7), skip_weekends=True,
+            engine, outbox, plain_lesson, now, default_send_time=time(7), skip_weekends=True,
             worker_id="t",
         )  # fmt: skip
     lines = [json.loads(x) for x in (tmp_path / "outbox/index.jsonl").read_text().splitlines()]
@@ -152,7 +139,14 @@ def test_limit_caps_new_sends_not_the_recovery_of_what_a_crash_left(tmp_path: Pa
         conn.execute(insert(deliveries), rows)
     outbox = OutboxProvider(tmp_path / "outbox", clock=lambda: NOW)
     run_once(
-        engine, outbox, _render, NOW, default_send_time=time(7), worker_id="t", chunk=10, limit=1
+        engine,
+        outbox,
+        plain_lesson,
+        NOW,
+        default_send_time=time(7),
+        worker_id="t",
+        chunk=10,
+        limit=1,
     )
     assert _states(engine) == {"sent": 26, "planned": 14}
 

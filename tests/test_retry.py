@@ -15,11 +15,11 @@ from sqlalchemy import Engine, select, text, update
 from dripmail import retry
 from dripmail import subscribers as subs
 from dripmail.engine import run_once
-from dripmail.message import Mailbox, Message
 from dripmail.providers.outbox import OutboxProvider
 from dripmail.store.db import open_store
 from dripmail.store.schema import deliveries
 from tests.course_rules import Rules
+from tests.lesson_message import plain_lesson
 from tests.store_fixture import new_store
 
 JOINED = datetime(2026, 6, 1, 12, tzinfo=UTC)  # lesson 1: Tuesday 2 June, 07:00 Berlin
@@ -72,19 +72,6 @@ def _state(engine: Engine, sid: int, day: int) -> str:
         ).scalar_one()
 
 
-def _render(row: dict) -> Message:
-    return Message(
-        key=row["key"],
-        kind="lesson",
-        ref=str(row["lesson_day"]),
-        sender=Mailbox("hello@studio.example.com"),
-        to=Mailbox(row["email"]),
-        subject=f"Day {row['lesson_day']}",
-        html="<p>x</p>",
-        text="x",
-    )
-
-
 def _plan(engine: Engine, now: datetime = LATER, **selection) -> retry.RetryPlan:
     return retry.plan(engine, retry.Selection(**selection), now, time(7))
 
@@ -132,7 +119,7 @@ def test_requeued_lessons_go_out_in_order_one_a_day(store: Engine, tmp_path: Pat
     outbox = OutboxProvider(tmp_path / "outbox", clock=lambda: now)
 
     def run(at: datetime) -> None:
-        run_once(store, outbox, _render, at, default_send_time=time(7), worker_id="t")
+        run_once(store, outbox, plain_lesson, at, default_send_time=time(7), worker_id="t")
 
     run(now)
     assert [_state(store, sid, d) for d in (2, 3, 4)] == ["sent", "planned", "planned"]
