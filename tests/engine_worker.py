@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dripmail.engine import pending_keys, run_once
 from dripmail.providers.outbox import OutboxProvider
 from dripmail.store.db import open_store
-from tests.test_engine import _render
+from tests.lesson_message import plain_lesson
 
 root, url, now, passes, workers = (
     Path(sys.argv[1]),
@@ -33,7 +33,7 @@ def work() -> None:
     box = OutboxProvider(root / "outbox", clock=lambda: when)
     # Keep going while anything is left (other workers may hold rows), bounded by `passes`.
     for _ in range(passes):
-        run_once(engine, box, _render, when, default_send_time=time(7), limit=50)
+        run_once(engine, box, plain_lesson, when, default_send_time=time(7), limit=50)
         if not pending_keys(engine, ("planned", "claimed", "sending")):
             break
 
