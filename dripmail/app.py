@@ -570,6 +570,7 @@ class Dripmail(DeliveryUseCases, Runner):
         from being built can now go (the caller offers them: `deliveries retry`,
         `confirm_subscribers`).
         """
+        from dripmail import retry
         from dripmail.store import confirmation_queries as cq
 
         now = self.now()
@@ -577,8 +578,12 @@ class Dripmail(DeliveryUseCases, Runner):
             sub = subs.get_subscriber(conn, ref)
             sid = int(sub["id"])
             old, new = subs.rename(conn, sid, name, now)
-            failed = tuple(q.failed_lesson_days(conn, sid))
             owed = bool(cq.owed_among(conn, [sid]))
+        # Only the failed lessons a retry would put back (retry's own plan; the send time
+        # does not matter for which, and the course need not load): a reader who stopped
+        # mail, or whose later lesson went out, has none to offer.
+        planned = retry.plan(self.engine, retry.Selection(addresses=(sub["email"],)), now, time(0))
+        failed = tuple(sorted(item.lesson.lesson_day for item in planned.requeue))
         status = SubscriberStatus(sub["status"])
         return Renamed(sid, sub["email"], status, old, new, failed, owed)
 

@@ -26,6 +26,10 @@ class Status:
     # caught up: cron stopped, or a simulated `--now` ran ahead of the real clock; or the
     # one-lesson-per-local-day rule holds them, which is no fault).
     overdue: int = 0
+    # Of those, lessons a provider's temporary error (a 5xx, a 429 pause) put back with a retry
+    # time still ahead, and the earliest such time: they wait for it, not for the day rule.
+    retrying: int = 0
+    retry_at: datetime | None = None
     # Pending readers whose confirmation email was not handed over (it could not be built,
     # the provider did not take it or could not be reached) and nobody is sending it now.
     unconfirmed: NotSent = field(default_factory=lambda: NotSent(0))
@@ -39,12 +43,18 @@ class Status:
             return "Next due: nothing planned"
         line = f"Next due: {self.next_due:%Y-%m-%d %H:%M} UTC"
         if self.next_due > self.now:
-            if self.overdue:
-                return (
-                    f"{line} ({self.overdue} lesson(s) planned earlier wait for it: at most one "
-                    "lesson per reader per local day)"
+            waits = []
+            if self.retrying and self.retry_at is not None:
+                waits.append(
+                    f"{self.retrying} lesson(s) wait to be tried again after a provider error, "
+                    f"the first at {self.retry_at:%H:%M} UTC"
                 )
-            return line
+            if self.overdue > self.retrying:
+                waits.append(
+                    f"{self.overdue - self.retrying} lesson(s) planned earlier wait for it: at "
+                    "most one lesson per reader per local day"
+                )
+            return f"{line} ({'; '.join(waits)})" if waits else line
         # Past its planned time; `run` sends late lessons at most one per reader per local day
         # (the catch-up rule), so a lesson can stay late a day without anything being wrong.
         return (
@@ -130,4 +140,18 @@ def collect(
                     deliveries.c.due_at <= out.now,
                 )
             ).scalar_one()
+            out.retrying, out.retry_at = conn.execute(
+                select(func.count(), func.min(deliveries.c.next_attempt_at))
+                .select_from(deliveries.join(subscribers))
+                .where(
+                    deliveries.c.state == "planned",
+                    subscribers.c.status == "active",
+                    deliveries.c.due_at <= out.now,
+                    deliveries.c.next_attempt_at > out.now,
+                )
+            ).one()
+        # A lesson waiting for its retry goes then (`run --loop` looks every minute), which
+        # the day rule's time above does not count.
+        if out.retry_at is not None and out.next_due is not None and out.next_due > out.now:
+            out.next_due = min(out.next_due, out.retry_at)
     return out

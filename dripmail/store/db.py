@@ -200,6 +200,13 @@ def open_store(url: str, root: Path, migrate: bool = True) -> Engine:
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
     try:
+        if migrate and _brand_new_sqlite(engine):
+            # Processes opening a database that does not exist yet would all create the file
+            # and switch it to WAL at the same instant, and SQLite may refuse that switch at
+            # once ("database is locked") instead of waiting. One at a time, under the lock
+            # file the upgrade uses: the first creates it in WAL, the others find it so.
+            with _sqlite_upgrade_lock(engine):
+                engine.connect().close()
         if migrate and not _is_current(engine):
             upgrade(engine)
     except OperationalError as exc:
@@ -238,6 +245,15 @@ def shipped_head() -> str | None:
             parents.add(found["down_revision"])
     heads = revisions - parents
     return heads.pop() if len(heads) == 1 and parents <= revisions else None
+
+
+def _brand_new_sqlite(engine: Engine) -> bool:
+    """Whether `engine` is a SQLite file database whose file does not exist yet (or is empty)."""
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or database in (None, "", ":memory:"):
+        return False
+    path = Path(database)
+    return not path.exists() or path.stat().st_size == 0
 
 
 def _is_current(engine: Engine) -> bool:

@@ -89,17 +89,6 @@ def set_first_name(conn: Connection, subscriber_id: int, name: str, now: datetim
     return result.rowcount or 0
 
 
-def failed_lesson_days(conn: Connection, subscriber_id: int) -> list[int]:
-    """The lesson days of this subscriber that failed for good, in order."""
-    return list(
-        conn.execute(
-            select(deliveries.c.lesson_day)
-            .where(deliveries.c.subscriber_id == subscriber_id, deliveries.c.state == "failed")
-            .order_by(deliveries.c.lesson_day)
-        ).scalars()
-    )
-
-
 def reopen_unsubscribed(
     conn: Connection, subscriber_id: int, now: datetime, consent: dict[str, Any]
 ) -> bool:

@@ -9,11 +9,14 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from datetime import UTC, datetime
+from datetime import time as dt_time
 from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
 
+from dripmail import stats
 from dripmail.store.db import open_store
 from dripmail.store.schema import deliveries
 from tests.cli_in_process import run_cli
@@ -610,6 +613,14 @@ def test_run_exits_3_when_the_provider_took_none_of_the_lessons(
     assert "0 sent" in out.stdout and "3 to retry later" in out.stdout, out.stdout
     assert f"3 lessons wait for the next run: HTTP {fault}" in out.stderr, out.stderr
     assert not fake_providers.accepted("postmark")
+    # Status says they wait for their retry, and when; not for the day rule (it did).
+    store = open_store("sqlite:///dripmail.db", project)
+    line = stats.collect(
+        store, now=datetime(2026, 6, 2, 5, 31, tzinfo=UTC), send_time=dt_time(7)
+    ).next_due_line()
+    store.dispose()
+    assert "3 lesson(s) wait to be tried again after a provider error, the first at" in line
+    assert "per local day" not in line, line
     # The provider is back: a pass where some (here all) go out is 0.
     fake_providers.calm()
     again = _cli(project, "run", "--now", "2026-06-02T09:00:00+00:00", "--yes", "-q", env=env)

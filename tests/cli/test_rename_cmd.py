@@ -108,6 +108,18 @@ def test_a_failed_lesson_names_rename_and_rename_then_retry_sends_it(project: Pa
     assert sum("Ivy Rose" in m and "ivy@example.org" in m for m in mails) == 1
 
 
+def test_rename_of_a_reader_who_unsubscribed_offers_no_retry(project: Path) -> None:
+    # Her lesson failed for the name, then she unsubscribed: the lesson is final, and
+    # rename must not point at a retry that would leave it (and exit 3).
+    _set(project, "ivy@example.org", first_name=BAD)
+    assert _cli(project, "run", "--now", DAY_1, "-q").returncode == 3
+    _set(project, "ivy@example.org", status="unsubscribed")
+    out = _cli(project, "subscribers", "rename", "ivy@example.org", "Ivy")
+    assert out.returncode == 0, out.stderr
+    assert "renamed ivy@example.org" in out.stdout
+    assert "deliveries retry" not in out.stdout + out.stderr
+
+
 def test_rename_refuses_a_name_too_long_and_an_unknown_address(project: Path) -> None:
     long = _cli(project, "subscribers", "rename", "ivy@example.org", "x" * 500)
     assert long.returncode == 1 and long.stderr.count("\n") == 1
