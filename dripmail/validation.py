@@ -304,8 +304,9 @@ def scrub_addresses(text: str) -> str:
 
 # What one line of recorded text may not hold: every character `str.splitlines` breaks at,
 # the other C0 controls (tab aside), DEL and the C1 controls (a BEL rings, an ESC drives a
-# terminal when `subscribers show` prints it).
-_NOT_ON_ONE_LINE = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+# terminal when `subscribers show` prints it), and the text-direction embeddings, overrides and
+# isolates (U+202A-202E, U+2066-2069), which make a note read in another order than stored.
+_NOT_ON_ONE_LINE = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 
 def one_line(value: str, option: str) -> str:

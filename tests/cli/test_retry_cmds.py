@@ -294,7 +294,7 @@ def test_lessons_the_provider_refused_go_out_once_after_the_cause_is_fixed(
     assert sorted(keys) == [f"test-week-s{i}-d1" for i in range(1, 5)]
 
 
-@pytest.mark.parametrize("bad", ["Ann\nBob", "Ann\u2028Bob", "Ann\x07"])
+@pytest.mark.parametrize("bad", ["Ann\nBob", "Ann\u2028Bob", "Ann\x07", "Ann\u202eboB"])
 @pytest.mark.parametrize("option", ["--by", "--note"])
 def test_retry_refuses_by_or_note_that_would_break_a_line(
     project: Path, option: str, bad: str
