@@ -34,6 +34,17 @@ def _core():
     return Dripmail(state.project, state.settings)
 
 
+def _who(by: str | None, note: str) -> str:
+    """Who decides (`--by`, default $USER), once `--by` and `--note` are known to fit on one
+    line (they are recorded and printed so); InputError naming the option otherwise."""
+    from dripmail.validation import one_line
+
+    if by is not None:
+        one_line(by, "--by")
+    one_line(note, "--note")
+    return by if by is not None else (os.environ.get("USER") or getpass.getuser())
+
+
 def _when(value: datetime | None) -> str:
     return f"{value:%Y-%m-%d %H:%M} UTC" if value else "-"
 
@@ -99,13 +110,7 @@ def settle(
     if bool(keys) == all_:
         # A command line that cannot mean anything: click's usage error (exit 2, with usage).
         ctx.fail("name the delivery keys to settle, or --all (not both)")
-    from dripmail.validation import one_line
-
-    # Recorded and printed on one line, as `deliveries retry`'s.
-    if by is not None:
-        one_line(by, "--by")
-    one_line(note, "--note")
-    who = by if by is not None else (os.environ.get("USER") or getpass.getuser())
+    who = _who(by, note)
     result = _core().settle_review(None if all_ else keys, as_.value, who, note)
     if not result.done and not result.refused:
         typer.echo("nothing waits for review")
@@ -259,12 +264,8 @@ def retry(
         ctx.fail("say which failed lessons to retry: --address, --reason, --since, --until, "
                  "or --all for every one")  # fmt: skip
     from dripmail.retry import Selection
-    from dripmail.validation import one_line
 
-    # Refused before anything is looked up: they are recorded and printed on one line.
-    if by is not None:
-        one_line(by, "--by")
-    one_line(note, "--note")
+    who = _who(by, note)  # refused before anything is looked up
     selection = Selection(
         addresses=tuple(address or ()),
         reason=reason,
@@ -295,7 +296,6 @@ def retry(
             raise typer.Exit(EXIT_ATTENTION)
         return
     _confirm_retry(plan, core.settings.confirm_threshold, yes)
-    who = by if by is not None else (os.environ.get("USER") or getpass.getuser())
     done = core.retry_failed(plan, who, note)
     lessons = "lesson" if len(done.requeue) == 1 else "lessons"
     them = "it" if len(done.requeue) == 1 else "them"

@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from uuid import uuid4
 
-from sqlalchemy import ColumnElement, Connection, and_, bindparam, func, insert, or_, select, update
+from sqlalchemy import ColumnElement, Connection, and_, bindparam, func, or_, select, update
 
 from dripmail.states import SubscriberStatus
 from dripmail.store.schema import events, subscribers
+from dripmail.store.subscriber_queries import insert_own_event
 
 _s = subscribers.c
 CHUNK = 500  # values per IN (...): well under every database's parameter limit
@@ -239,18 +240,9 @@ NOT_SENT = "confirm_not_sent"
 def record_not_sent(conn: Connection, slot: Slot, why: str, now: datetime) -> None:
     """Keep why `slot`'s email was not handed over (it could not be built, or the provider
     did not take it) as an event row: `status` and the reader's timeline show it."""
-    conn.execute(
-        insert(events).values(
-            subscriber_id=slot.subscriber_id,
-            provider="dripmail",
-            # Every attempt is its own row: two at the same clock (a simulated `--now`) too.
-            dedupe_key=f"{NOT_SENT}-{slot.subscriber_id}-n{slot.number}-{uuid4().hex}",
-            type=NOT_SENT,
-            detail=why,
-            occurred_at=now,
-            received_at=now,
-        )
-    )
+    # Every attempt is its own row: two at the same clock (a simulated `--now`) too.
+    key = f"{NOT_SENT}-{slot.subscriber_id}-n{slot.number}-{uuid4().hex}"
+    insert_own_event(conn, NOT_SENT, key, why, now, subscriber_id=slot.subscriber_id)
 
 
 @dataclass(frozen=True)

@@ -15,17 +15,17 @@ from dataclasses import dataclass
 from datetime import datetime
 from uuid import uuid4
 
-from sqlalchemy import Connection, Select, and_, exists, insert, select, update
+from sqlalchemy import Connection, Select, and_, exists, select, update
 from sqlalchemy.orm import aliased
 
 from dripmail.states import DeliveryState
 from dripmail.store.schema import (
     back_in_queue,
     deliveries,
-    events,
     subscribers,
     suppressions,
 )
+from dripmail.store.subscriber_queries import insert_own_event
 
 # A later lesson in one of these states has reached the reader, may have (review), or is
 # being handed over right now: the failed lesson before it must not follow it.
@@ -36,6 +36,7 @@ ON_ITS_WAY = (
     DeliveryState.CLAIMED.value,
     DeliveryState.SENDING.value,
 )
+
 # Readers whose failed lessons may go out again. `completed` readers are made active again
 # when one is requeued; `paused` ones get it when they resume. Everyone else (pending, and
 # the stopped statuses) is refused in the requeue statement itself.
@@ -185,15 +186,12 @@ def requeue(conn: Connection, lesson: FailedLesson, now: datetime, note: str) ->
 
 def record(conn: Connection, lesson: FailedLesson, detail: str, now: datetime) -> None:
     """The requeue as an event row (who, when, the reason it had failed), for the timeline."""
-    conn.execute(
-        insert(events).values(
-            subscriber_id=lesson.subscriber_id,
-            delivery_key=lesson.key,
-            provider="dripmail",
-            dedupe_key=f"retry-{lesson.key}-{uuid4().hex}",  # each requeue is its own row
-            type="lesson_retry",
-            detail=detail,
-            occurred_at=now,
-            received_at=now,
-        )
+    insert_own_event(
+        conn,
+        "lesson_retry",
+        f"retry-{lesson.key}-{uuid4().hex}",  # each requeue is its own row
+        detail,
+        now,
+        subscriber_id=lesson.subscriber_id,
+        delivery_key=lesson.key,
     )

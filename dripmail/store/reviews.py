@@ -18,7 +18,6 @@ from sqlalchemy import (
     String,
     Table,
     cast,
-    insert,
     literal_column,
     null,
     select,
@@ -34,6 +33,7 @@ from dripmail.store.schema import (
     events,
     subscribers,
 )
+from dripmail.store.subscriber_queries import insert_own_event
 
 
 @dataclass(frozen=True)
@@ -213,17 +213,14 @@ def settle_resend(conn: Connection, row: ReviewRow, now: datetime, note: str) ->
 
 def record(conn: Connection, row: ReviewRow, type_: str, detail: str, now: datetime) -> None:
     """The settlement as an event row: who and when, next to the provider's own events."""
-    conn.execute(
-        insert(events).values(
-            subscriber_id=row.subscriber_id,
-            delivery_key=row.key,
-            provider="dripmail",
-            dedupe_key=f"{type_}-{row.key}-{now.isoformat()}",
-            type=type_,
-            detail=detail,
-            occurred_at=now,
-            received_at=now,
-        )
+    insert_own_event(
+        conn,
+        type_,
+        f"{type_}-{row.key}-{now.isoformat()}",
+        detail,
+        now,
+        subscriber_id=row.subscriber_id,
+        delivery_key=row.key,
     )
 
 

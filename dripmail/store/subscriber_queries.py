@@ -378,6 +378,32 @@ def scrub_unmatched_events(conn: Connection, address: str) -> int:
     return len(found)
 
 
+def insert_own_event(
+    conn: Connection,
+    type_: str,
+    dedupe_key: str,
+    detail: str,
+    now: datetime,
+    *,
+    subscriber_id: int,
+    delivery_key: str | None = None,
+) -> None:
+    """Store an event dripmail itself records (provider "dripmail": a settlement, a requeue,
+    a confirmation email not sent), occurring and received at `now`, for the timeline."""
+    conn.execute(
+        insert(events).values(
+            subscriber_id=subscriber_id,
+            delivery_key=delivery_key,
+            provider="dripmail",
+            dedupe_key=dedupe_key,
+            type=type_,
+            detail=detail,
+            occurred_at=now,
+            received_at=now,
+        )
+    )
+
+
 def insert_event_once(conn: Connection, values: dict[str, Any]) -> bool:
     """Store an event unless (provider, dedupe_key) is already stored; True when stored."""
     seen = conn.execute(
