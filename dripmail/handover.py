@@ -504,6 +504,7 @@ def read_answers(
             told.failure = told.failure or answer
         else:
             _outcomes(told, batch, answer, out.by_key, now, report, streak, recovered)
+    told.halts = streak.tripped
     return told
 
 
@@ -512,7 +513,8 @@ def store_answers(
 ) -> None:
     """Store what `read_answers` made of a chunk: batches whose credential was refused back
     to the queue, outcomes in one transaction, addresses suppressed; and when the failure
-    streak tripped, its deliveries back to the queue with `report.halted` saying why."""
+    streak tripped as these answers were read (`Told.halts`), its deliveries back to the
+    queue with `report.halted` saying why."""
     for keys, recovered in told.refused:
         undo: dict = {"attempts": table.c.attempts - 1}
         if not recovered:
@@ -525,7 +527,7 @@ def store_answers(
                 .values(**undo)
             )
     _store_told(engine, table, told, now, report)
-    if streak.tripped and not report.halted:
+    if told.halts and not report.halted:
         _halt(engine, table, streak, now, report)
 
 
@@ -820,6 +822,11 @@ class Told:
     # Batches whose credential was refused: (their delivery keys, whether recovered).
     refused: list[tuple[list[str], bool]] = field(default_factory=list)
     failure: BaseException | None = None  # raised once the rest is stored
+    # Whether these answers tripped the failure streak. Decided when they are read, not when
+    # stored: a broadcast stores chunk N-1 while chunk N is at the provider, and N-1's rows
+    # must be recorded as failed (not halted) even if N's answers tripped the streak
+    # meanwhile, else N's rows, failed only after the halt, would stay failed.
+    halts: bool = False
 
 
 def _outcomes(

@@ -9,6 +9,7 @@ cause is fixed the next pass sends them all, once.
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -195,6 +196,45 @@ def test_newsletter_refused_for_everyone_stops_and_resumes(tmp_path: Path, fake_
     assert (again.sent, again.halted) == (9, "")
     assert _copies(runner.engine) == {"sent": 9}
     assert len({a.to for a in fake_providers.accepted("postmark")}) == 9
+
+
+def test_a_halt_read_before_the_chunk_before_is_stored_still_holds_back_both(
+    tmp_path: Path, fake_providers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a busy machine the provider can answer chunk 2 before chunk 1's answers are stored
+    (the pipeline stores N-1 while N is out). Forced here: chunk 1's store waits for chunk
+    2's answers, which trip the streak. Both chunks still go back to the queue."""
+    runner = _runner(tmp_path, fake_providers, 9)
+    row, render = _broadcast(runner)
+    fake_providers.refuse_all("postmark", SENDER_REFUSED)
+    answered = [0]  # chunks whose answers were read
+    changed = threading.Condition()
+    real_read, real_store = bc.read_answers, bc.store_answers
+
+    def read_answers(*args, **kwargs):
+        told = real_read(*args, **kwargs)
+        with changed:
+            answered[0] += 1
+            changed.notify_all()
+        return told
+
+    def store_answers(engine, table, told, *args, **kwargs):
+        if not told.halts:
+            with changed:
+                # A liveness bound only: chunk 2 is answered long before on any machine.
+                assert changed.wait_for(lambda: answered[0] >= 2, timeout=120)
+        return real_store(engine, table, told, *args, **kwargs)
+
+    monkeypatch.setattr(bc, "read_answers", read_answers)
+    monkeypatch.setattr(bc, "store_answers", store_answers)
+    report = bc.send(runner.engine, runner.provider, row, render, DUE, chunk=3, halt_after=4)
+    monkeypatch.undo()
+    assert report.halted and SENDER_REFUSED in report.halted
+    assert report.failed == 0
+    assert _copies(runner.engine) == {"planned": 9}
+    fake_providers.refuse_all("postmark", None)
+    again = bc.send(runner.engine, runner.provider, row, render, DUE, chunk=3, halt_after=4)
+    assert (again.sent, again.failed, again.halted) == (9, 0, "")
 
 
 def test_a_refused_lesson_is_its_days_lesson_for_a_catch_up_reader(
