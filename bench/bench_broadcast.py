@@ -12,13 +12,15 @@
 
 Each measured run is its own process, the subscribers are written by another process
 beforehand (so building the test list does not count), and the fake provider runs in a third
-(its bookkeeping does not count against ours either).
+(its bookkeeping does not count against ours either). The peer, the ceiling and ours each
+run twice, alternately, and the faster run of each is kept (`_best_of_two`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -241,6 +243,29 @@ def _measure_fresh(root: Path, mode: str, sample: int = 0) -> dict:
         server.wait(timeout=60)
 
 
+def _best_of_two(root: Path, tmp: Path, sample: int, ceiling_messages: int) -> list[dict]:
+    """The peer, the ceiling and ours, alternately and twice each: the faster run of each.
+
+    On a shared machine one run of the same broadcast took 9.6 s and the next 12.3 s (its
+    own CPU time varied as much: the neighbours slow the core, not only take turns on it);
+    the better of two, for all three alike, is the steadier ratio (as `bench_engine` does).
+    Each of our runs sends from its own copy of the prepared list, and each run gets a
+    fresh fake: what it keeps of earlier sends must not slow later ones.
+    """
+    runs: dict[str, list[dict]] = {"naive": [], "ceiling": [], "ours": []}
+    for attempt in range(2):
+        for mode in runs:
+            if mode == "ours":
+                copy = tmp / f"ours{attempt}"
+                shutil.copytree(root, copy)
+                runs[mode].append(_measure_fresh(copy, mode))
+                shutil.rmtree(copy)
+            else:
+                size = sample if mode == "naive" else ceiling_messages
+                runs[mode].append(_measure_fresh(root, mode, size))
+    return [min(runs[mode], key=lambda r: r["seconds"]) for mode in runs]
+
+
 def run(quick: bool) -> list[dict]:
     """The figures described in the module docstring."""
     big, small = (20_000, 2_000) if quick else (100_000, 10_000)
@@ -254,10 +279,7 @@ def run(quick: bool) -> list[dict]:
         roots = {n: Path(tmp) / f"p{n}" for n in (small, big)}
         for size, root in roots.items():
             _call("--prepare", str(root), str(size))
-        # A fresh fake for each: what it keeps of earlier sends must not slow later ones.
-        naive = _measure_fresh(roots[big], "naive", sample)
-        ceiling = _measure_fresh(roots[big], "ceiling", ceiling_messages)
-        ours = _measure_fresh(roots[big], "ours")
+        naive, ceiling, ours = _best_of_two(roots[big], Path(tmp), sample, ceiling_messages)
         small_run = _measure_fresh(roots[small], "ours")
     ours_rate = ours["count"] / ours["seconds"]
     naive_rate = naive["count"] / naive["seconds"]
@@ -278,6 +300,13 @@ def run(quick: bool) -> list[dict]:
             " no database, rendering or encoding inside the timer)",
         ),
         value(f"broadcast to {big:,}: total time", "s", ours["seconds"]),
+        value(
+            "the fake's ceiling over the peer: the most any client can be ahead of one request"
+            " per message against this fake on this machine (issue 13's goal of 20x needs it"
+            " above 20)",
+            "x",
+            ceiling_rate / naive_rate,
+        ),
         value(
             "the ceiling client's own CPU per second of its run (well below 1: the fake, not"
             " the minimal client, sets the ceiling)",
