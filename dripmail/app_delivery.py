@@ -280,6 +280,7 @@ class DeliveryUseCases:
             # What `deliveries retry --all` would leave for good, by the same checks.
             whole = retry.plan(self.engine, retry.Selection(everything=True), report.now, time(0))
             report.failed_final = len(whole.final)
+            report.failed_waiting = whole.left_by_kind(final=False)
         return report
 
     def seconds_to_next(self, at: datetime | None = None) -> float:

@@ -247,7 +247,7 @@ def _why_left(row: FailedLesson, suppressed: str | None) -> tuple[str, str, bool
         return (
             f"{row.email}'s {_label(row.later_day)} {went}: {_label(row.lesson_day)} would "
             "arrive after it",
-            "a later lesson went out",
+            "a later lesson went out" if gone else "a later lesson is on its way",
             gone,
         )
     return None

@@ -36,6 +36,9 @@ class Status:
     # Failed lessons no retry will ever requeue (`retry.Left.final`: the reader stopped mail
     # or already got a later lesson); the other failed ones may go back with a retry.
     failed_final: int = 0
+    # Failed lessons a retry leaves for now, by why (`retry.Left` not final: the reader has
+    # not confirmed, a later lesson is in review or in flight), most first.
+    failed_waiting: list[tuple[str, int]] = field(default_factory=list)
 
     def next_due_line(self) -> str:
         """`Next due: ...`, saying plainly when that time is already past (never silently)."""

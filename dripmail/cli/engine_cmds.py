@@ -314,11 +314,18 @@ def status() -> None:
             typer.echo(f"  {row['key']:<28} {row['state']:<8} {visible(row['last_error'] or '')}")
     from dripmail.cli import command_name
 
-    failed = report.deliveries.get("failed", 0) - report.failed_final
+    waiting = sum(count for _, count in report.failed_waiting)
+    failed = report.deliveries.get("failed", 0) - report.failed_final - waiting
     if failed:
         typer.echo(
             f"{failed} lesson(s) failed for good: once the cause is fixed, "
             f"`{command_name()} deliveries retry --dry-run` shows what would go back in the queue"
+        )
+    if waiting:
+        kinds = ", ".join(f"{count} {kind}" for kind, count in report.failed_waiting)
+        typer.echo(
+            f"{waiting} failed lesson(s) cannot go back in the queue yet ({kinds}): a retry "
+            "requeues them once the reader confirms or the later lesson is settled"
         )
     if report.failed_final:
         typer.echo(

@@ -364,3 +364,27 @@ def test_retry_help_names_the_values_of_by_and_note() -> None:
     out = run_cli(Path.cwd(), "deliveries", "retry", "--help", env={**os.environ, "COLUMNS": "200"})
     said = " ".join(out.stdout.split())
     assert "--by NAME" in said and "--note TEXT" in said and "<str>" not in said
+
+
+def test_status_tells_failed_lessons_a_retry_leaves_for_now_from_those_it_requeues(
+    project: Path,
+) -> None:
+    """A reader back to `pending` (asked to confirm again) keeps a failed lesson that no
+    retry requeues until they confirm: `status` does not point a retry at it."""
+    _fail_lesson_1(project, "p0@example.org", "p1@example.org")
+    for email in ("p0@example.org", "p1@example.org"):
+        _name(project, email, "Fixed")
+    engine = _store(project)
+    with engine.begin() as conn:
+        conn.execute(
+            update(subscribers)
+            .where(subscribers.c.email == "p1@example.org")
+            .values(status="pending")
+        )
+    engine.dispose()
+    status = _cli(project, "status").stdout
+    assert "1 lesson(s) failed for good: once the cause is fixed" in status
+    assert "1 failed lesson(s) cannot go back in the queue yet (1 pending)" in status
+    out = _cli(project, "deliveries", "retry", "--all")
+    assert out.stdout.startswith("put 1 failed lesson back in the queue")
+    assert "p1@example.org is pending (not confirmed)" in out.stderr
