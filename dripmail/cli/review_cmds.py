@@ -37,10 +37,14 @@ def _core():
 def _who(by: str | None, note: str) -> str:
     """Who decides (`--by`, default $USER), once `--by` and `--note` are known to fit on one
     line (they are recorded and printed so); InputError naming the option otherwise."""
+    from dripmail.errors import InputError
     from dripmail.validation import one_line
 
     if by is not None:
         one_line(by, "--by")
+        if not by.strip():
+            # The record would say nobody decided: who did matters when it is read later.
+            raise InputError("--by is empty: give who decides, or leave --by out for $USER")
     one_line(note, "--note")
     return by if by is not None else (os.environ.get("USER") or getpass.getuser())
 

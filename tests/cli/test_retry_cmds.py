@@ -309,6 +309,16 @@ def test_retry_refuses_by_or_note_that_would_break_a_line(
     assert _lesson(project, "p0@example.org", 1)["state"] == "failed"  # nothing requeued
 
 
+@pytest.mark.parametrize("who", ["", "   "])
+def test_retry_refuses_an_empty_by(project: Path, who: str) -> None:
+    _fail_lesson_1(project, "p0@example.org")
+    _name(project, "p0@example.org", "Dan")
+    out = _cli(project, "deliveries", "retry", "--all", "--by", who)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert out.stderr == "error: --by is empty: give who decides, or leave --by out for $USER\n"
+    assert _lesson(project, "p0@example.org", 1)["state"] == "failed"  # nothing requeued
+
+
 def test_a_stored_retry_note_is_shown_on_one_line_and_names_its_lesson(project: Path) -> None:
     """A note stored before the check (or by hand) cannot split `subscribers show`'s lines;
     each `lesson_retry` event says which lesson it put back."""
