@@ -54,6 +54,11 @@ def find_issue(engine: Engine, slug: str) -> Issue:
     raise NotFoundError(f"no sent newsletter {slug!r}")
 
 
+# Where the public copy's "Unsubscribe" and "Change your preferences" lead: the archive's
+# paragraph saying that each reader's own links are in the email they got.
+ABOUT_LINKS = "/newsletters#your-links"
+
+
 def web_version(project: Project, renderer, issue: Issue, banner: str = "") -> str:
     """The issue's HTML as readers got it, for a blank reader, with `banner` (HTML) on top.
 
@@ -65,8 +70,9 @@ def web_version(project: Project, renderer, issue: Issue, banner: str = "") -> s
     if not path.is_file():
         raise NotFoundError(f"newsletters/{issue.slug}.md is no longer there")
     newsletter = load_newsletter(project, path)
-    # No personal links on a public page: the footer's links lead back to the archive.
-    reader = Recipient(email="", unsubscribe_url="/newsletters", preferences_url="/newsletters")
+    # No personal links on a public page: the footer's links lead to the archive's note on
+    # where a reader's own links are (`ABOUT_LINKS`), not back to the list without a word.
+    reader = Recipient(email="", unsubscribe_url=ABOUT_LINKS, preferences_url=ABOUT_LINKS)
     message = renderer.newsletter(newsletter).personalise(
         reader, key=f"archive-{issue.slug}", kind="broadcast", ref="archive"
     )

@@ -176,7 +176,9 @@ def broadcast(
         f"{plan.newsletter.subject!r} to segment {plan.segment}: {plan.recipients} recipient(s)"
     )
     for person in plan.sample:
-        typer.echo(f"  e.g. {visible(person['first_name'] or '-')} <{visible(person['email'])}>")
+        address = visible(person["email"])
+        name = visible(person["first_name"] or "")
+        typer.echo(f"  e.g. {name} <{address}>" if name else f"  e.g. {address} (no name)")
     if dry_run:
         core.check_broadcast_template(plan)
         if plan.nobody:

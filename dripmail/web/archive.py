@@ -57,6 +57,9 @@ INDEX = _PAGES.from_string(
 {% endfor %}</ol>
 {% else %}<p>No issues yet.</p>
 {% endif %}<p class="muted"><a href="/">Sign up</a> to get the next one by email.</p>
+<p class="muted" id="your-links">Already a reader? To unsubscribe or change your preferences,
+use the links at the foot of the newsletter in your inbox: they are yours alone, and
+unsubscribing there takes one click. The copies here are the same for everyone.</p>
 </main></body></html>
 """
 )

@@ -81,14 +81,17 @@ def _key(record: Mapping[str, Any]) -> str | None:
 def _bounce(record: Mapping[str, Any]) -> Rule:
     """A Bounce record: its `Type` says whether it is a bounce, a complaint or an unsubscribe."""
     bounce_type = optional_str(record.get("Type")) or ""
-    detail = clip(record.get("Description") or record.get("Details") or bounce_type)
+    said = clip(record.get("Description") or record.get("Details") or "")
+    detail = said or bounce_type
     if bounce_type == "SpamComplaint":
         return Rule("complained", detail=detail)
     if bounce_type == "Unsubscribe":  # a "please unsubscribe me" reply, classed as bounce
         return Rule("unsubscribed", detail=detail)
     # `Inactive` means Postmark deactivated the address: it will not deliver there again.
     hard = bounce_type in HARD_TYPES or record.get("Inactive") is True
-    return Rule("bounced", hard=hard, detail=f"{bounce_type}: {detail}")
+    # The type, then Postmark's words when it gave any (never "HardBounce: HardBounce").
+    typed = f"{bounce_type}: {said}" if bounce_type and said else detail
+    return Rule("bounced", hard=hard, detail=typed)
 
 
 def _complaint(record: Mapping[str, Any]) -> Rule:
@@ -99,7 +102,10 @@ def _complaint(record: Mapping[str, Any]) -> Rule:
 
 
 def _suppression_detail(record: Mapping[str, Any]) -> str:
-    return f"{optional_str(record.get('SuppressionReason')) or ''} ({record.get('Origin', '')})"
+    """ "HardBounce (origin: Recipient)": the reason, and who asked when Postmark says."""
+    reason = optional_str(record.get("SuppressionReason")) or "suppressed"
+    origin = optional_str(record.get("Origin"))
+    return f"{reason} (origin: {origin})" if origin else reason
 
 
 # SubscriptionChange `SuppressionReason` -> what it means for the person.

@@ -289,6 +289,17 @@ def test_ctrl_c_stops_a_broadcast_after_the_chunk_at_the_provider(
     assert copies() == Counter(dict.fromkeys(big_list, 1))
 
 
+def test_a_dry_run_shows_a_reader_without_a_name_by_address_alone(root: Path) -> None:
+    engine = open_store("sqlite:///dripmail.db", root)
+    seed(engine, 1)
+    with engine.begin() as conn:
+        conn.execute(subscribers_table.update().values(first_name=""))
+    engine.dispose()
+    out = _cli(root, "broadcast", "newsletters/hips.md", "--dry-run")
+    assert out.returncode == 0, out.stderr
+    assert "  e.g. p0@example.org (no name)\n" in out.stdout
+
+
 def test_show_says_why_copies_failed_and_stored_text_cannot_break_the_terminal(
     root: Path,
 ) -> None:

@@ -75,6 +75,11 @@ def test_issue_is_the_email_for_a_blank_reader(project: Project) -> None:
     # No one's personal links, no token of any reader on a public page.
     assert "/unsubscribe/" not in page.text and "/preferences/" not in page.text
     assert "p0@example.org" not in page.text
+    # Its footer's "Unsubscribe" and "Change your preferences" lead to the note saying where
+    # a reader's own links are, which the index carries.
+    assert page.text.count('href="/newsletters#your-links"') == 2
+    index = _get(project, "/newsletters").text
+    assert 'id="your-links"' in index and "links at the foot of the newsletter" in index
 
 
 def test_unsent_or_unknown_issues_are_not_found(project: Project) -> None:

@@ -218,6 +218,7 @@ async def test_pressing_the_button_unsubscribes_and_says_so(web):
     answer = await web.client().post(f"/unsubscribe/{token}", data={"confirm": "yes"})
     assert answer.status_code == 200
     assert "You are unsubscribed" in answer.text
+    assert '<a href="/">sign up again</a>' in answer.text  # "welcome back": the way back
     assert web.subscriber("ann@example.com")["status"] == "unsubscribed"
     assert {x["state"] for x in lessons(web, sid)} == {"cancelled"}
 
