@@ -15,11 +15,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import frontmatter
-import yaml
-
 from dripmail.config import Project
 from dripmail.errors import ContentError, NotFoundError
+from dripmail.front_matter import (
+    CONTENT_ENCODING,
+    key_line,
+    not_utf8,
+    read_front_matter,
+    unknown_field,
+)
 from dripmail.lesson_extras import EXTRA_FIELDS, SafetyNote, read_extras
 from dripmail.message import Mailbox
 from dripmail.welcome import WELCOME_FILE, Welcome, read_welcome
@@ -41,6 +45,9 @@ LESSON_FIELDS = {
     "image_alt",
     *EXTRA_FIELDS,
 }
+# `sources` are the references behind the issue's claims, for the reviewing teacher.
+NEWSLETTER_FIELDS = frozenset({"subject", "preheader", "segment", "sources"})
+IGNORED = "— it is ignored: correct its name or delete the line"
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,28 +159,6 @@ def _at(where: str, line: int | None, message: str) -> str:
     return f"{where}:{line}: {message}" if line else f"{where}: {message}"
 
 
-def not_utf8(exc: UnicodeDecodeError) -> tuple[int, str]:
-    """(1-based line, message) for a file that is not UTF-8 text; templates say the same."""
-    data = exc.object if isinstance(exc.object, bytes) else bytes(exc.object)
-    line = data[: exc.start].count(b"\n") + 1
-    return line, (
-        f"cannot read: not UTF-8 text (byte {data[exc.start]:#04x} at position {exc.start}); "
-        "save it as UTF-8"
-    )
-
-
-def read_text(path: Path, where: str, problems: Problems) -> str | None:
-    """A file's UTF-8 text, or None after reporting why it cannot be read (one line)."""
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        line, message = not_utf8(exc)
-        problems.error(where, line, message)
-    except OSError as exc:
-        problems.error(where, None, f"cannot read ({exc.strerror or exc})")
-    return None
-
-
 def insecure_image(src: str) -> str:
     """The warning for an image loaded over plain http (clients block or flag it)."""
     return f"image is not https ({src}): mail clients block or flag it"
@@ -186,15 +171,6 @@ def url_problem(value: object) -> str | None:
     parts = urlsplit(value.strip())
     if parts.scheme not in ("http", "https") or not parts.netloc or " " in value.strip():
         return f'not a URL ("{value}")'
-    return None
-
-
-def _key_line(lines: list[str], key: str, start: int = 0, stop: int | None = None) -> int | None:
-    """1-based line of ``key:`` or ``key =`` within lines[start:stop]."""
-    pattern = re.compile(rf"^\s*{re.escape(key)}\s*[:=]")
-    for number, text in enumerate(lines[start:stop], start=start + 1):
-        if pattern.match(text):
-            return number
     return None
 
 
@@ -216,7 +192,7 @@ def _toml_sections(lines: list[str]) -> dict[str, tuple[int, int]]:
 
 def _load_toml(path: Path, where: str, problems: Problems) -> tuple[dict, list[str]]:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding=CONTENT_ENCODING)
     except FileNotFoundError:
         problems.error(where, None, "missing: every course needs course/course.toml")
         return {}, []
@@ -243,7 +219,7 @@ def _course_settings(
 
     def line(section: str, key: str) -> int | None:
         begin, stop = spans.get(section, (0, len(lines)))
-        return _key_line(lines, key, begin, stop) or (begin if section else None)
+        return key_line(lines, key, begin, stop) or (begin if section else None)
 
     def text(section: str, key: str, required: bool = True) -> str:
         table = data.get(section, {}) if section else data
@@ -355,63 +331,16 @@ def _course_settings(
 # -- Markdown files with front matter -----------------------------------------------------
 
 
-def _read_front_matter(
-    path: Path, where: str, problems: Problems
-) -> tuple[dict, str, list[str], int] | None:
-    """(metadata, body, front-matter lines, body line) or None after reporting the problem."""
-    text = read_text(path, where, problems)
-    if text is None:
-        return None
-    lines = text.splitlines()
-    if not lines or lines[0].strip() != "---":
-        problems.error(where, 1, "front matter missing: start the file with a line of ---")
-        return None
-    try:
-        close = next(i for i, t in enumerate(lines[1:], start=1) if t.strip() == "---")
-    except StopIteration:
-        problems.error(where, 1, "front matter not closed: add a line of --- after it")
-        return None
-    try:
-        post = frontmatter.loads(text)
-    except yaml.YAMLError as exc:
-        # python-frontmatter hands YAML the text right after the opening "---" (its newline
-        # included), so a 0-based mark line is the file's 1-based line. The context mark
-        # (where the broken construct began) is the line a person needs to look at.
-        mark = getattr(exc, "context_mark", None) or getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        reason = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        tabbed = next((i + 1 for i, t in enumerate(lines[1:close], start=1) if "\t" in t), None)
-        if tabbed is not None:
-            # YAML forbids tabs for indentation, and its own words ("found character that
-            # cannot start any token") do not say that a tab is the character.
-            problems.error(
-                where,
-                tabbed,
-                "front matter has a tab: YAML allows only spaces there; replace the tab with "
-                "spaces (or remove the indentation)",
-            )
-            return None
-        problems.error(where, line, f"front matter is not valid YAML: {reason}")
-        return None
-    # python-frontmatter turns front matter that is not a mapping (a list, a bare string) into
-    # {} without a word; a person wrote something there, so say what is expected.
-    written = any(t.strip() and not t.lstrip().startswith("#") for t in lines[1:close])
-    if not isinstance(post.metadata, dict) or (written and not post.metadata):
-        problems.error(where, 2, "front matter must be key: value lines (e.g. day: 3)")
-        return None
-    return post.metadata, post.content, lines[: close + 1], close + 2
-
-
 def _lesson(path: Path, project: Project, problems: Problems) -> Lesson | None:
     where = project.display(path)
-    read = _read_front_matter(path, where, problems)
+    read = read_front_matter(path, where, problems)
     if read is None:
         return None
-    meta, body, head, body_line = read
+    meta, body, head, body_line = read.meta, read.body, read.head, read.body_line
     before = len(problems.errors)
 
     def at(key: str) -> int | None:
-        return _key_line(head, key) or 1
+        return key_line(head, key) or 1
 
     def text(key: str, required: bool = True) -> str | None:
         value = meta.get(key)
@@ -463,7 +392,7 @@ def _lesson(path: Path, project: Project, problems: Problems) -> Lesson | None:
         )
     for key in meta:
         if key not in LESSON_FIELDS:
-            problems.warn(where, at(key), f"{key}: unknown field (ignored)")
+            problems.warn(where, at(key), f"{unknown_field(key, LESSON_FIELDS)} {IGNORED}")
     extras = read_extras(meta, at, where, problems)
     if not body.strip():
         problems.error(where, body_line, "the lesson has no text after the front matter")
@@ -578,21 +507,30 @@ def load_newsletter_checked(project: Project, path: Path) -> tuple[Newsletter | 
     if not path.is_file():
         problems.error(where, None, "no such newsletter file")
         return None, problems
-    read = _read_front_matter(path, where, problems)
+    read = read_front_matter(path, where, problems)
     if read is None:
         return None, problems
-    meta, body, head, body_line = read
+    meta, body, head, body_line = read.meta, read.body, read.head, read.body_line
+    for key in meta:
+        if key not in NEWSLETTER_FIELDS:
+            # A broadcast cannot be recalled: a misspelt `segment` would mail everyone.
+            problems.error(
+                where,
+                key_line(head, str(key)) or 1,
+                f"{unknown_field(str(key), NEWSLETTER_FIELDS)} — nothing is sent while a "
+                "newsletter has a field dripmail does not know: correct its name or delete it",
+            )
     values = {}
     for key in ("subject", "preheader"):
         value = meta.get(key)
         if not isinstance(value, str) or not value.strip():
-            problems.error(where, _key_line(head, key) or 1, f"{key}: missing")
+            problems.error(where, key_line(head, key) or 1, f"{key}: missing")
         values[key] = str(value or "").strip()
     segment = str(meta.get("segment", "all")).strip()
     if not SEGMENT.match(segment):
         problems.error(
             where,
-            _key_line(head, "segment") or 1,
+            key_line(head, "segment") or 1,
             f'segment: all, in-course, graduates or tag:NAME, not "{segment}"',
         )
     if not body.strip():

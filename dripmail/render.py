@@ -31,8 +31,9 @@ from jinja2.sandbox import SandboxedEnvironment, SecurityError
 from markupsafe import Markup, escape
 
 from dripmail.config import Project
-from dripmail.content import Course, Newsletter, not_utf8
+from dripmail.content import Course, Newsletter
 from dripmail.errors import ContentError, NotFoundError
+from dripmail.front_matter import CONTENT_ENCODING, not_utf8
 from dripmail.markdown import to_html, to_text
 from dripmail.message import Mailbox, Message, MessageKind
 from dripmail.mjml_check import structure_problems
@@ -493,7 +494,7 @@ class Renderer:
     def __init__(self, project: Project, course: Course) -> None:
         self.project = project
         self.course = course
-        loader = FileSystemLoader(str(project.emails_dir))
+        loader = FileSystemLoader(str(project.emails_dir), encoding=CONTENT_ENCODING)
         common = {"loader": loader, "undefined": FieldUndefined, "keep_trailing_newline": True}
         self._html_env = _CourseEnvironment(
             autoescape=True,

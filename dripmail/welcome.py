@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from dripmail.content import Problems
 
 WELCOME_FILE = "welcome.md"
+WELCOME_FIELDS = ("subject", "preheader", "sources")
 WELCOME_DAY = 0  # the delivery's lesson_day: before lesson 1, never a lesson itself
 
 
@@ -42,26 +43,29 @@ def read_welcome(project: Project, problems: Problems) -> Welcome | None:
 
     A course without the file simply sends no welcome email.
     """
-    from dripmail.content import _check_markdown, _key_line, _read_front_matter
+    from dripmail.content import IGNORED, _check_markdown
+    from dripmail.front_matter import key_line, read_front_matter, unknown_field
 
     path = project.course_dir / WELCOME_FILE
     if not path.is_file():
         return None
     where = project.display(path)
-    read = _read_front_matter(path, where, problems)
+    read = read_front_matter(path, where, problems)
     if read is None:
         return None
-    meta, body, head, body_line = read
+    meta, body, head, body_line = read.meta, read.body, read.head, read.body_line
     before = len(problems.errors)
     values: dict[str, str] = {}
     for key in ("subject", "preheader"):
         value = meta.get(key)
         if not isinstance(value, str) or not value.strip():
-            problems.error(where, _key_line(head, key) or 1, f"{key}: missing")
+            problems.error(where, key_line(head, key) or 1, f"{key}: missing")
         values[key] = str(value or "").strip()
     for key in meta:
-        if key not in ("subject", "preheader", "sources"):
-            problems.warn(where, _key_line(head, key), f"{key}: unknown field (ignored)")
+        if key not in WELCOME_FIELDS:
+            problems.warn(
+                where, key_line(head, key), f"{unknown_field(key, WELCOME_FIELDS)} {IGNORED}"
+            )
     if not body.strip():
         problems.error(where, body_line, "the welcome email has no text after the front matter")
     _check_markdown(body, where, body_line, problems)

@@ -86,3 +86,11 @@ def make_project(root: Path) -> Path:
         (course / f"day-{day}-stretch-{day}.md").write_text(lesson_text(day))
     shutil.copytree(REPO / "emails", root / "emails", dirs_exist_ok=True)
     return root
+
+
+def copy_real_project(root: Path) -> Path:
+    """The repository's own course/, newsletters/ and emails/ copied into `root` (real files:
+    what a marketer edits), for tests that reproduce an edit to them."""
+    for folder in ("course", "newsletters", "emails"):
+        shutil.copytree(REPO / folder, root / folder, dirs_exist_ok=True)
+    return root

@@ -186,7 +186,7 @@ def test_each_lesson_error_names_file_line_and_field(
         ({"video_url": "http://studio.example.com/v"}, ":8: video_url: not https"),
         ({"subject": "x" * 90}, ":4: subject: 90 characters"),
         ({"preheader": "Short."}, ":5: preheader: 6 characters"),
-        ({"teacher": "Sam"}, ":11: teacher: unknown field (ignored)"),
+        ({"teacher": "Sam"}, ":11: teacher: unknown field (the fields are: day, duration"),
     ],
     ids=["http-video", "long-subject", "short-preheader", "unknown-field"],
 )

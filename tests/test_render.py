@@ -232,7 +232,7 @@ def test_markdown_html_in_a_lesson_is_shown_as_text(project: Project) -> None:
         (
             "Hi {{ recipient.first_name }}",
             "H\udcffi {{ recipient.first_name }}",
-            "emails/lesson.mjml.j2:13: cannot read: not UTF-8 text (byte 0xff at position",
+            "emails/lesson.mjml.j2:13: cannot read: not UTF-8 text (byte 0xff at column 34)",
         ),
     ],
     ids=["missing-include", "runtime-error", "sandbox", "not-utf8"],

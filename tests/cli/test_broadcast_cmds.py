@@ -25,7 +25,7 @@ from dripmail.store.schema import broadcast_deliveries, broadcasts
 from dripmail.store.schema import subscribers as subscribers_table
 from tests.broadcast_fixture import eligible_emails, insert_sent_to_nobody, seed
 from tests.cli_in_process import run_cli
-from tests.course_fixture import make_project
+from tests.course_fixture import copy_real_project, make_project
 from tests.terminal import read_to_end, read_until, run_with_stderr_on_a_terminal
 
 REPO = Path(__file__).resolve().parents[2]
@@ -634,3 +634,37 @@ def test_a_halted_broadcast_says_its_reason_once_in_list_and_show(
     engine.dispose()
     again = _cli(root, "broadcasts", "list", env=env).stdout
     assert next(x for x in again.splitlines() if x.startswith("broadcast 1 ")) == line
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "said"),
+    [
+        ("segment: all\n", "segmnt: tag:vip\n", "segmnt: unknown field (did you mean 'segment'?)"),
+        (
+            'preheader: "Why',
+            'subject: "An older draft"\npreheader: "Why',
+            "subject: written twice, on lines 2 and 3",
+        ),
+    ],
+    ids=["misspelt-segment", "subject-twice"],
+)
+def test_a_newsletter_with_a_misspelt_or_doubled_key_is_refused_by_check_and_broadcast(
+    tmp_path: Path, old: str, new: str, said: str
+) -> None:
+    """Tester's report: `segmnt: tag:vip` passed check and `broadcast --dry-run` targeted
+    everyone (segment fell back to all); a second `subject:` sent the older draft. A
+    broadcast cannot be recalled: both are errors in check and refuse the broadcast, the
+    dry run included, and nothing is written."""
+    root = copy_real_project(tmp_path)
+    path = root / "newsletters" / "hips-at-the-desk.md"
+    path.write_text(path.read_text().replace(old, new, 1))
+    seed(open_store("sqlite:///dripmail.db", root), 30)
+    check = _cli(root, "check")
+    assert check.returncode == 1
+    (error,) = [x for x in check.stderr.splitlines() if x.startswith("error:")]
+    assert error.startswith("error: newsletters/hips-at-the-desk.md:") and said in error
+    for extra in (["--dry-run"], ["--yes"]):
+        out = _cli(root, "broadcast", "newsletters/hips-at-the-desk.md", *extra)
+        assert out.returncode == 1 and said in out.stderr, out.stderr
+        assert "Traceback" not in out.stderr and "recipient(s)" not in out.stdout
+    assert _count(root, broadcasts) == 0 and not _outbox(root)
