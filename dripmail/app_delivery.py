@@ -340,24 +340,48 @@ class DeliveryUseCases:
         self, file: Path, segment: str | None = None, when: datetime | None = None
     ) -> BroadcastPlan:
         """Load a newsletter and check it can be sent (or continued) to `segment` (default:
-        the file's) at `when` (UTC; None or past: now). Writes nothing.
+        the file's; for a broadcast already started, the one it started with) at `when` (UTC;
+        None: now). Writes nothing.
 
         InputError in one line: an unknown segment, a file edited after its broadcast started
-        or cancelled, a scheduled file outside newsletters/ (`run` would not find it).
+        or cancelled, a scheduled file outside newsletters/ (`run` would not find it), a
+        `when` already past, no `segment` for a broadcast scheduled to another segment than
+        the file names.
         """
         from dripmail import broadcast as bc
         from dripmail.content import load_newsletter
 
         newsletter = load_newsletter(self.project, file)
-        chosen = segment or newsletter.segment
-        bc.eligible(chosen)  # validates the segment before anything is written
         row = bc.existing(self.engine, newsletter.slug)
         if row is not None and bc.sent_to_nobody(self.engine, row):
             row = None  # nobody got it: planned as new (`open_broadcast` opens it again)
+        started = row is not None and row["started_at"] is not None
+        chosen = segment or newsletter.segment
+        if segment is None and row is not None and row["segment"] != newsletter.segment:
+            if started:
+                # Running the same command again continues it, to the readers it began with.
+                chosen = row["segment"]
+            elif row["status"] != "cancelled":
+                # Scheduled for one audience, the file names another: which one is meant is
+                # the operator's call, never a silent change of who gets it.
+                raise InputError(
+                    f"{newsletter.path.name} (broadcast {row['id']}) is scheduled for segment "
+                    f"{row['segment']}, the file says {newsletter.segment}: give --segment "
+                    f"{row['segment']} to keep it, or --segment {newsletter.segment} to change it"
+                )
+        bc.eligible(chosen)  # validates the segment before anything is written
         if row is not None:
             bc.check_resumable(row, newsletter, chosen)
-        started = row is not None and row["started_at"] is not None
-        later = when if when is not None and when > self.clock() and not started else None
+        now = self.clock()
+        if when is not None and when <= now and not started:
+            # A time already past is a typo more often than a wish to send now: a broadcast
+            # cannot be recalled, so it is refused rather than sent at once.
+            raise InputError(
+                f"--schedule {when:%Y-%m-%d %H:%M} UTC is in the past (it is "
+                f"{now:%Y-%m-%d %H:%M} UTC): give a later time, or leave --schedule out to "
+                "send now"
+            )
+        later = when if when is not None and not started else None
         if later is not None:
             inside = self.project.newsletters_dir.resolve()
             if newsletter.path.resolve().parent != inside:
@@ -439,6 +463,11 @@ class DeliveryUseCases:
             # A template error (naming its file and line), a refused credential...: the row
             # keeps its status, so `broadcasts show` must say it stopped, and why.
             bc.record_stop(self.engine, row["id"], _one_line(exc), now)
+            raise
+        except KeyboardInterrupt:
+            # Ctrl-C or SIGTERM: this is why it stopped now; a reason kept from an earlier
+            # stop (a template error since fixed) would tell the operator to fix what is fine.
+            bc.record_stop(self.engine, row["id"], bc.INTERRUPTED, now)
             raise
         if report.halted:
             from dripmail.handover import stop_reason

@@ -540,6 +540,10 @@ def start(engine: Engine, broadcast_id: int, now: datetime) -> datetime:
         ).scalar_one()
 
 
+# The reason kept when a send was stopped by Ctrl-C or SIGTERM (nothing to fix: run it again).
+INTERRUPTED = "interrupted by Ctrl-C or SIGTERM"
+
+
 def record_stop(engine: Engine, broadcast_id: int, reason: str, now: datetime) -> None:
     """Keep why a send of this broadcast stopped (one line) and when, for `broadcasts show`
     and `list`. Its status stays as it was: running it again continues it."""

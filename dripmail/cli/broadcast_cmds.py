@@ -254,10 +254,16 @@ def _stopped_lines(row) -> list[str]:
     again = f"`{cmd} broadcast newsletters/{row['slug']}.md` again"
     if row["scheduled_at"] is not None and not row["started_at"]:
         again = "the next `run` (it is scheduled) or " + again
+    from dripmail.broadcast import INTERRUPTED
+
+    then = (
+        f"{again} sends the rest"
+        if why == INTERRUPTED
+        else f"fix what it names, then {again} sends it"
+    )
     return [
         f"  stopped{when}: {visible(why)}",
-        f"  fix what it names, then {again} sends it: it continues where it stopped and "
-        "nobody gets a second copy",
+        f"  {then}: it continues where it stopped and nobody gets a second copy",
     ]
 
 

@@ -284,9 +284,16 @@ def test_ctrl_c_stops_a_broadcast_after_the_chunk_at_the_provider(
         states = Counter(state for state, _ in rows)
     # Nothing left in flight or held: what went out is recorded, the rest is in the queue.
     assert states["sent"] == stopped_at and set(states) <= {"sent", "planned"}
+    # `broadcasts show` says this stop, not a reason kept from an earlier one, and that
+    # running it again sends the rest (nothing to fix).
+    shown = _cli(root, "broadcasts", "show", "1", env=env).stdout
+    assert "UTC: interrupted by Ctrl-C or SIGTERM\n" in shown, shown
+    assert "again sends the rest: it continues where it stopped" in shown
+    assert "fix what it names" not in shown
     again = _cli(root, "broadcast", "newsletters/hips.md", "--yes", "-q", env=env)  # in process
     assert again.returncode == 0, again.stderr
     assert copies() == Counter(dict.fromkeys(big_list, 1))
+    assert "interrupted" not in _cli(root, "broadcasts", "show", "1", env=env).stdout
 
 
 def test_a_dry_run_shows_a_reader_without_a_name_by_address_alone(root: Path) -> None:
@@ -324,6 +331,36 @@ def test_show_says_why_copies_failed_and_stored_text_cannot_break_the_terminal(
     assert "why copies failed or wait for review (1):" in shown.stdout
     failure = next(line for line in shown.stdout.splitlines() if line.startswith("    failed"))
     assert "line break (U+2028)" in failure and "p5@example.org" in failure
+
+
+def test_a_schedule_already_past_is_refused_not_sent_at_once(root: Path) -> None:
+    """A year typo (2025 for 2026) must not mail everyone on the spot."""
+    seed(open_store("sqlite:///dripmail.db", root), 3)
+    args = ("broadcast", "newsletters/hips.md", "--now", "2026-12-01T09:00Z")
+    out = _cli(root, *args, "--schedule", "2025-12-01T08:00Z")
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert out.stderr == (
+        "error: --schedule 2025-12-01 08:00 UTC is in the past (it is 2026-12-01 09:00 UTC): "
+        "give a later time, or leave --schedule out to send now\n"
+    )
+    assert not _outbox(root) and _count(root, broadcasts) == 0
+
+
+def test_rescheduling_without_segment_never_changes_who_gets_it(root: Path) -> None:
+    seed(open_store("sqlite:///dripmail.db", root), 10)  # desk: p0, p6, p9 (and p3: no news)
+    first = ("broadcast", "newsletters/hips.md", "--schedule")
+    assert _cli(root, *first, "2099-01-01T09:00Z", "--segment", "tag:desk").returncode == 0
+    moved = _cli(root, *first, "2099-01-02T09:00Z")
+    assert moved.returncode == 1
+    assert moved.stderr == (
+        "error: hips.md (broadcast 1) is scheduled for segment tag:desk, the file says all: "
+        "give --segment tag:desk to keep it, or --segment all to change it\n"
+    )
+    kept = _cli(root, *first, "2099-01-02T09:00Z", "--segment", "tag:desk")
+    assert kept.returncode == 0, kept.stderr
+    assert "to segment tag:desk: 3 recipient(s)" in kept.stdout
+    assert _cli(root, "run", "--now", "2099-01-02T09:05Z", "-q").returncode == 0
+    assert set(_outbox(root)) == {"p0@example.org", "p6@example.org", "p9@example.org"}
 
 
 def test_schedule_run_then_list_and_show(root: Path) -> None:
