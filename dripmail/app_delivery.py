@@ -69,6 +69,8 @@ class RunResult:
     # lesson failed for good (`run` exits 3, `status` lists them).
     confirmations_failed: int = 0
     confirmation_failure: str = ""
+    # A dry run: the scheduled broadcasts a real run would send (none is sent).
+    would_broadcast: list[DueBroadcast] = field(default_factory=list)
 
     @property
     def halted(self) -> str:
@@ -83,6 +85,17 @@ class RunResult:
         lessons = bool(self.lessons.failed or self.lessons.review or self.lessons.provider_down())
         confirmations = bool(self.confirmations_failed)
         return lessons or confirmations or any(b.attention for b in self.broadcasts)
+
+
+@dataclass(frozen=True)
+class DueBroadcast:
+    """A scheduled broadcast a real `run` at that time would send (what a dry run shows):
+    its id, file slug, segment and how many readers the segment has now."""
+
+    id: int
+    slug: str
+    segment: str
+    recipients: int
 
 
 @dataclass(frozen=True)
@@ -202,7 +215,7 @@ class DeliveryUseCases:
         emails a crash kept from the provider are offered again. One message that
         cannot be built or that the provider refuses fails alone; `DRIPMAIL_HALT_AFTER_FAILURES`
         permanent failures in a row with one reason stop the pass (`RunResult.halted`). A dry
-        run writes and sends nothing (and skips broadcasts).
+        run writes and sends nothing; it lists the broadcasts due (`RunResult.would_broadcast`).
         """
         from dripmail.engine import run_once
         from dripmail.heap import collector_for_a_pass
@@ -242,6 +255,8 @@ class DeliveryUseCases:
             confirmed = self.resend_interrupted_confirmations()
         if broadcasts and not dry_run:
             done = self.send_due_broadcasts(now)
+        if broadcasts and dry_run:
+            return RunResult(now, report, done, would_broadcast=self.due_broadcasts(now))
         if confirmed is None:
             return RunResult(now, report, done)
         return RunResult(
@@ -476,6 +491,22 @@ class DeliveryUseCases:
         else:
             bc.clear_stop(self.engine, row["id"])
         return report
+
+    def due_broadcasts(self, at: datetime | None = None) -> list[DueBroadcast]:
+        """The scheduled broadcasts whose time has come at `at` (default: now): what
+        `send_due_broadcasts` would send. Writes nothing."""
+        from dripmail import broadcast as bc
+
+        now = at or self.clock()
+        return [
+            DueBroadcast(
+                row["id"],
+                row["slug"],
+                row["segment"],
+                bc.count_eligible(self.engine, row["segment"]),
+            )
+            for row in bc.due(self.engine, now)
+        ]
 
     def send_due_broadcasts(self, at: datetime | None = None) -> list[ScheduledBroadcast]:
         """Send the scheduled broadcasts whose time has come (`run` calls this).

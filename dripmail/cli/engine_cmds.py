@@ -71,7 +71,7 @@ def _one_pass(
         return result
 
 
-def _print_report(report, now: datetime, dry_run: bool) -> None:
+def _print_report(report, now: datetime, dry_run: bool, broadcasts=()) -> None:
     if dry_run:
         typer.echo(f"dry run at {now:%Y-%m-%d %H:%M} UTC: {len(report.due)} lesson(s) would go out")
         for row in report.due[:50]:
@@ -83,6 +83,11 @@ def _print_report(report, now: datetime, dry_run: bool) -> None:
                 f"also {report.in_flight} lesson(s) held in flight by a worker: a real run "
                 "first settles those whose worker is gone (looked up at the provider or sent "
                 "again as the same batch, never blindly), whatever --limit says"
+            )
+        for due in broadcasts:
+            typer.echo(
+                f"and scheduled broadcast {due.id} ({visible(due.slug)}) to segment "
+                f"{due.segment}: {due.recipients} recipient(s)"
             )
         typer.echo("nothing was written")
         return
@@ -213,7 +218,7 @@ def run(
                     # A loop reports its first pass, then only passes that did something: a
                     # minute-by-minute "0 sent" all day would bury the lines that matter.
                     unsaid = (result.lessons, current)
-                    _print_report(result.lessons, current, dry_run)
+                    _print_report(result.lessons, current, dry_run, result.would_broadcast)
                 unsaid = None
                 passes += 1
                 if result.confirmations or result.confirmations_failed:

@@ -369,6 +369,11 @@ def test_schedule_run_then_list_and_show(root: Path) -> None:
     assert out.returncode == 0 and "scheduled for 2099-01-01 09:00 UTC" in out.stdout
     early = _cli(root, "run", "--now", "2099-01-01T08:00Z", "-q")
     assert early.returncode == 0 and not _outbox(root)
+    # A dry run at the time shows the broadcast a real run then sends, and sends nothing.
+    dry = _cli(root, "run", "--now", "2099-01-01T09:05Z", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "and scheduled broadcast 1 (hips) to segment all: 8 recipient(s)\n" in dry.stdout
+    assert dry.stdout.endswith("nothing was written\n") and not _outbox(root)
     due = _cli(root, "run", "--now", "2099-01-01T09:05Z", "-q")
     assert due.returncode == 0, due.stderr
     assert set(_outbox(root)) == eligible_emails(10) and set(_outbox(root).values()) == {1}
