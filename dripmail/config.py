@@ -7,6 +7,7 @@ Course settings (sender, send time, colours...) live in ``course/course.toml`` a
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -71,8 +72,15 @@ class Settings(BaseSettings):
 
 
 def load_settings(root: Path | None = None) -> Settings:
-    """Read settings from the environment, then ``<root>/.env``; the environment wins."""
+    """Read settings from the environment, then ``<root>/.env``; the environment wins.
+
+    ConfigError naming ``.env:LINE`` for a line python-dotenv cannot read: it would skip
+    it (with a warning naming neither file nor variable), and a skipped
+    ``DRIPMAIL_PROVIDER`` line turns a real provider into the local outbox without a word.
+    """
     env_file = (root or Path.cwd()) / ".env"
+    if env_file.is_file():
+        check_env_file(env_file)
     try:
         return Settings(_env_file=env_file if env_file.is_file() else None)  # type: ignore[call-arg]
     except ValidationError as exc:
@@ -81,6 +89,33 @@ def load_settings(root: Path | None = None) -> Settings:
             name = ".".join(str(p) for p in err["loc"])
             problems.append(f"{name}: {err['msg']}")
         raise ConfigError("invalid setting " + "; ".join(problems)) from None
+
+
+def check_env_file(path: Path) -> None:
+    """ConfigError for the first line of a ``.env`` file that python-dotenv cannot read (its
+    own parser, so what passes here is what it loads). The message names the file, the line
+    and the variable the line starts with, never the rest: it may hold a secret."""
+    import io
+
+    from dotenv.parser import parse_stream
+
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}): save it as UTF-8") from None
+    for binding in parse_stream(io.StringIO(text)):
+        if binding.error:
+            line = binding.original.line
+            # The blank lines dotenv keeps in front of the bad one: name the line itself.
+            raw = binding.original.string
+            line += len(raw) - len(raw.lstrip("\n"))
+            start = raw.strip().split("\n", 1)[0]
+            name = re.split(r"[\s:=]", start, maxsplit=1)[0] if start else ""
+            starts = f" (it starts with {name})" if name else ""
+            raise ConfigError(
+                f"{path}:{line}: cannot read this line{starts}: write NAME=value, one setting "
+                "per line, quoting a value that has spaces or # in it"
+            )
 
 
 # HMAC keys shorter than the hash output (32 bytes for SHA-256) make links forgeable sooner.
