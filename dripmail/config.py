@@ -139,6 +139,26 @@ def _host_problem(host: str) -> str | None:
     return None
 
 
+# The API credential of each HTTP provider: (provider, settings field, variable).
+_CREDENTIALS = (
+    ("postmark", "postmark_server_token", "POSTMARK_SERVER_TOKEN"),
+    ("sendgrid", "sendgrid_api_key", "SENDGRID_API_KEY"),
+    ("mailgun", "mailgun_api_key", "MAILGUN_API_KEY"),
+    ("resend", "resend_api_key", "RESEND_API_KEY"),
+)
+
+
+def unused_credentials(settings: Settings) -> list[str]:
+    """The API credentials set for a provider other than `settings.provider`, as
+    ``"POSTMARK_SERVER_TOKEN (postmark)"``: a sign that DRIPMAIL_PROVIDER is not what the
+    operator meant (mail would go to the local outbox or another account)."""
+    return [
+        f"{variable} ({name})"
+        for name, field, variable in _CREDENTIALS
+        if name != settings.provider and getattr(settings, field, None) is not None
+    ]
+
+
 def deployment_problems(settings: Settings) -> list[str]:
     """What makes these settings unfit for a real provider, one line each naming the variable.
 

@@ -66,3 +66,15 @@ def test_a_well_formed_env_file_loads_as_before(tmp_path: Path) -> None:
     )
     settings = load_settings(tmp_path)
     assert settings.provider == "outbox" and settings.public_url == "https://a.example.com"
+
+
+def test_providers_check_warns_of_a_credential_for_another_provider(tmp_path: Path) -> None:
+    root = make_project(tmp_path)
+    env = {**_env(), "POSTMARK_SERVER_TOKEN": SECRET}
+    out = run_cli(root, "providers", "check", env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stderr == (
+        "warning: DRIPMAIL_PROVIDER is outbox, yet POSTMARK_SERVER_TOKEN (postmark) is set: "
+        "set DRIPMAIL_PROVIDER to the provider you mean to send with\n"
+    )
+    assert out.stdout.startswith("outbox: ")

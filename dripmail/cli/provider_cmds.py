@@ -20,7 +20,7 @@ def check() -> None:
     """
     import asyncio
 
-    from dripmail.config import deployment_problems
+    from dripmail.config import deployment_problems, unused_credentials
     from dripmail.providers import get_provider
 
     settings = state.settings
@@ -37,6 +37,13 @@ def check() -> None:
     # check call (no network, a refused token) must not hide them.
     for problem in problems:
         typer.echo(f"refused: {problem}", err=True)
+    unused = unused_credentials(settings)
+    if unused:
+        typer.echo(
+            f"warning: DRIPMAIL_PROVIDER is {settings.provider}, yet {', '.join(unused)} "
+            "is set: set DRIPMAIL_PROVIDER to the provider you mean to send with",
+            err=True,
+        )
     typer.echo(asyncio.run(run()))
     if problems:
         raise typer.Exit(1)
