@@ -404,6 +404,10 @@ class Dripmail(DeliveryUseCases, Runner):
             dry_run=dry_run,
             progress=progress,
         )
+        if report.handed:
+            # Readers the file marks as unsubscribed, bounced or complained were stopped
+            # here: what the provider holds for them is taken back, as `unsubscribe` does.
+            self._recall(report.handed, self.now())
         return report
 
     def subscribe(

@@ -12,19 +12,35 @@ from pathlib import Path
 from dripmail.checks import sample_recipient
 from dripmail.config import Project
 from dripmail.content import Course, load_newsletter
+from dripmail.errors import InputError
 from dripmail.message import Message
+from dripmail.output_files import Kept, check_target, write_atomically
 from dripmail.render import Renderer
 
 
-def _write(folder: Path, stem: str, message: Message) -> None:
-    (folder / f"{stem}.html").write_text(message.html, encoding="utf-8")
-    (folder / f"{stem}.txt").write_text(message.text, encoding="utf-8")
-    (folder / f"{stem}.eml").write_bytes(message.to_bytes())
+def _write(folder: Path, stem: str, message: Message, keep: Kept | None) -> None:
+    write_atomically(folder / f"{stem}.html", message.html, keep)
+    write_atomically(folder / f"{stem}.txt", message.text, keep)
+    write_atomically(folder / f"{stem}.eml", message.to_bytes(), keep)
 
 
-def write_preview(project: Project, course: Course, folder: Path) -> list[str]:
-    """Write `<stem>.html/.txt/.eml` per email and `index.html`; returns the stems."""
-    folder.mkdir(parents=True, exist_ok=True)
+def write_preview(
+    project: Project, course: Course, folder: Path, keep: Kept | None = None
+) -> list[str]:
+    """Write `<stem>.html/.txt/.eml` per email and `index.html`; returns the stems.
+
+    The folder is created if missing; each file is written whole or not at all
+    (`output_files.write_atomically`), and none may be one of `keep` (the database's files).
+    InputError when `folder` is a file or cannot be created.
+    """
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"--out {folder} is a file, not a folder: give a folder to write into")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(
+            f"--out {folder}: cannot create the folder ({exc.strerror}); choose another path"
+        ) from None
     renderer = Renderer(project, course)
     reader = sample_recipient()
     entries: list[tuple[str, Message]] = []
@@ -50,8 +66,13 @@ def write_preview(project: Project, course: Course, folder: Path) -> list[str]:
                 renderer.newsletter(issue).personalise(reader, key=stem, kind="broadcast", ref="-"),
             )
         )
+    # Every target is checked before the first is written: a refusal leaves the folder as it was.
+    for stem, _ in entries:
+        for suffix in (".html", ".txt", ".eml"):
+            check_target(folder / f"{stem}{suffix}", keep)
+    check_target(folder / "index.html", keep)
     for stem, message in entries:
-        _write(folder, stem, message)
+        _write(folder, stem, message, keep)
     rows = "\n".join(
         f"<tr><td><a href='{stem}.html'>{html.escape(m.subject)}</a></td>"
         f"<td>{html.escape(m.preheader)}</td>"
@@ -59,7 +80,8 @@ def write_preview(project: Project, course: Course, folder: Path) -> list[str]:
         f"<td>{len(m.html.encode()) / 1024:.1f} KB</td></tr>"
         for stem, m in entries
     )
-    (folder / "index.html").write_text(
+    write_atomically(
+        folder / "index.html",
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
         "<meta name='viewport' content='width=device-width'>"
         f"<title>{html.escape(course.title)}: preview</title>"
@@ -68,7 +90,7 @@ def write_preview(project: Project, course: Course, folder: Path) -> list[str]:
         f"<h1>{html.escape(course.title)}</h1><p>Rendered for a sample reader (Alex).</p>"
         "<table><tr><th>subject</th><th>preheader</th><th>parts</th><th>HTML size</th></tr>"
         f"{rows}</table></body></html>\n",
-        encoding="utf-8",
+        keep,
     )
     return [stem for stem, _ in entries]
 

@@ -36,7 +36,8 @@ from sqlalchemy import Engine, RowMapping
 from dripmail import schedule
 from dripmail import subscribers as subs
 from dripmail.errors import InputError
-from dripmail.states import SubscriberStatus
+from dripmail.output_files import Kept, replaced_atomically
+from dripmail.states import STOPPED, SubscriberStatus
 from dripmail.store import confirmation_queries as cq
 from dripmail.store import import_queries as iq
 from dripmail.store import subscriber_queries as q
@@ -85,11 +86,24 @@ class ImportReport:
     # Pending subscribers (this import or an interrupted earlier one) still owed the email.
     to_confirm: list[int] = field(default_factory=list)
     delimiter: str = ","
+    # Added with the status the file gave them rather than active (or pending, --confirm):
+    # status -> count ("unsubscribed": 2, "pending": 1, "completed": 4, ...).
+    kept_status: dict[str, int] = field(default_factory=dict)
+    # Readers already here whom the file marks as stopped, stopped now: (line, address, status).
+    stopped_existing: list[tuple[int, str, str]] = field(default_factory=list)
+    # Provider ids of lessons those readers had handed over: the caller cancels them there.
+    handed: list[str] = field(default_factory=list)
+    # Readers already here whose newsletters the file turns off (the reader's choice there).
+    newsletters_off: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class ImportRow:
-    """One valid row of an import file."""
+    """One valid row of an import file.
+
+    `status` None: the import decides (active, or pending with --confirm); otherwise the
+    file's own (`subscribers export` writes it). `send_time` "HH:MM" or None (the course's).
+    """
 
     line: int
     email: str
@@ -97,6 +111,9 @@ class ImportRow:
     timezone: str
     start_date: date | None
     tags: str = ""
+    status: SubscriberStatus | None = None
+    newsletters: bool = True
+    send_time: str | None = None
 
 
 # -- reading --------------------------------------------------------------------------------
@@ -186,6 +203,7 @@ def read_rows(
     at = {name: where.get(name, width) for name in COLUMNS}
     at_email, at_zone, at_start = at["email"], at["timezone"], at["start_date"]
     at_tags, at_name = at["tags"], at["first_name"]
+    at_status, at_news, at_send = at["status"], at["newsletters"], at["send_time"]
     seen: dict[str, int] = {}
     line = 1
     try:
@@ -208,10 +226,19 @@ def read_rows(
                 email = normalise_email(raw_email)
                 if email in seen:
                     raise InputError(f"{email} is already on line {seen[email]} of this file")
+                status = _status_of(cells[at_status])
                 zone, zone_warning = _checked(_zone_of(cells[at_zone].strip(), default_timezone))
-                start, start_warning = _checked(_start_of(cells[at_start].strip(), today, lessons))
+                if status in _UNPLANNED:
+                    # No lesson will be planned from it: any real date is kept as it is.
+                    start, start_warning = _checked(_any_date_of(cells[at_start].strip()))
+                else:
+                    start, start_warning = _checked(
+                        _start_of(cells[at_start].strip(), today, lessons)
+                    )
                 tags, _ = _checked(_tags_of(cells[at_tags]))
                 first = clean_name(cells[at_name])
+                newsletters = _flag_of(cells[at_news])
+                send_time = _send_time_of(cells[at_send])
             except InputError as exc:
                 report.rejected.append((line, str(exc)))
                 continue
@@ -219,9 +246,54 @@ def read_rows(
             for warning in (zone_warning, start_warning):
                 if warning:
                     report.warnings.append((line, warning))
-            yield ImportRow(line, email, first, zone, start, tags)
+            yield ImportRow(line, email, first, zone, start, tags, status, newsletters, send_time)
     except csv.Error as exc:
         raise InputError(f"{source}:{reader.line_num}: not valid CSV ({exc})") from None
+
+
+# Statuses a file may give (`subscribers export` writes them) for which no lesson is planned:
+# the reader stopped mail or had the whole course already.
+_UNPLANNED = frozenset(STOPPED | {SubscriberStatus.COMPLETED})
+_YES = frozenset({"yes", "y", "true", "1", "on"})
+_NO = frozenset({"no", "n", "false", "0", "off"})
+
+
+def _status_of(cell: str) -> SubscriberStatus | None:
+    """The `status` cell: None when empty (the import decides), else a known status."""
+    given = cell.strip().lower()
+    if not given:
+        return None
+    try:
+        return SubscriberStatus(given)
+    except ValueError:
+        names = ", ".join(s.value for s in SubscriberStatus)
+        raise InputError(
+            f"status: {cell.strip()[:30]!r} is not a status dripmail knows: use one of {names}, "
+            "or leave it empty (active)"
+        ) from None
+
+
+def _flag_of(cell: str) -> bool:
+    """The `newsletters` cell: yes (also empty) or no, as export writes it (true/1/no/0...)."""
+    given = cell.strip().lower()
+    if not given or given in _YES:
+        return True
+    if given in _NO:
+        return False
+    raise InputError(f"newsletters: {cell.strip()[:30]!r} is not yes or no (empty means yes)")
+
+
+def _send_time_of(cell: str) -> str | None:
+    """The `send_time` cell as "HH:MM" (None when empty: the course's send time)."""
+    given = cell.strip()
+    if not given:
+        return None
+    try:
+        return time.fromisoformat(given).strftime("%H:%M")
+    except ValueError:
+        raise InputError(
+            f"send_time: {given[:30]!r} is not a local time like 07:00 (or leave it empty)"
+        ) from None
 
 
 # The cells most files repeat on every row (a zone, a start date, a tag list) are checked once
@@ -256,6 +328,16 @@ def _start_of(given: str, today: date, lessons: int) -> _Checked:
 
 
 @lru_cache(maxsize=1024)
+def _any_date_of(given: str) -> _Checked:
+    if not given:
+        return None, None, ""
+    try:
+        return date.fromisoformat(given), None, ""
+    except ValueError:
+        return None, None, f"start_date: {given[:40]!r} is not a date (YYYY-MM-DD)"
+
+
+@lru_cache(maxsize=1024)
 def _tags_of(given: str) -> _Checked:
     try:
         return normalise_tags(given), None, ""
@@ -267,7 +349,7 @@ def _tags_of(given: str) -> _Checked:
 
 
 class _Planner:
-    """Start dates and due times per (zone, start date), computed once per import."""
+    """Start dates and due times per (zone, send time, start date), computed once per import."""
 
     def __init__(
         self, course: subs.CourseRules, now: datetime, store: Callable[[datetime], Any]
@@ -276,32 +358,55 @@ class _Planner:
         self.now = now
         self.days = [lesson.day for lesson in course.lessons]
         self.store = store  # due time -> its stored form (`import_queries.stored_due`)
-        self._starts: dict[str, date] = {}
-        self._dues: dict[tuple[str, date], list[Any]] = {}
+        self._starts: dict[tuple[str, str | None], date] = {}
+        self._dues: dict[tuple[str, str | None, date], list[Any]] = {}
 
-    def first(self, zone: str, given: date | None) -> date:
+    def send_time(self, send: str | None) -> time:
+        """A reader's local send time: their own ("HH:MM") or the course's."""
+        return time.fromisoformat(send) if send else self.course.send_time
+
+    def first(self, zone: str, given: date | None, send: str | None = None) -> date:
         if given is not None:
             return given
-        if zone not in self._starts:
-            self._starts[zone] = schedule.start_date(
+        key = (zone, send)
+        if key not in self._starts:
+            self._starts[key] = schedule.start_date(
                 self.now,
                 ZoneInfo(zone),
-                self.course.send_time,
+                self.send_time(send),
                 self.course.start,  # type: ignore[arg-type]
                 self.course.skip_weekends,
             )
-        return self._starts[zone]
+        return self._starts[key]
 
-    def dues(self, zone: str, first: date) -> list[Any]:
+    def dues(self, zone: str, first: date, send: str | None = None) -> list[Any]:
         """The due time of each lesson, in stored form, for a reader of `zone` from `first`."""
-        key = (zone, first)
+        key = (zone, send, first)
         if key not in self._dues:
             due_times = schedule.due_times(
-                first, len(self.days), self.course.send_time, ZoneInfo(zone),
+                first, len(self.days), self.send_time(send), ZoneInfo(zone),
                 self.course.skip_weekends,
             )  # fmt: skip
             self._dues[key] = [self.store(due) for due in due_times]
         return self._dues[key]
+
+
+# Which status a new row gets: the file's, except that no status (or `active`) means active,
+# or pending when the operator asked for the double opt-in (--confirm).
+def _status_for(row: ImportRow, confirm: bool) -> SubscriberStatus:
+    if row.status is None or row.status is SubscriberStatus.ACTIVE:
+        return SubscriberStatus.PENDING if confirm else SubscriberStatus.ACTIVE
+    return row.status
+
+
+# Readers in these statuses get their lessons planned on import (a paused one keeps them
+# until `resume`, which plans them from the next morning).
+_PLANNED = frozenset({SubscriberStatus.ACTIVE, SubscriberStatus.PAUSED})
+# Confirmed on arrival: the operator (or the machine the file came from) vouches for consent.
+# A pending reader is not; a stopped one confirms again if they ever sign up again.
+_CONFIRMED = frozenset(
+    {SubscriberStatus.ACTIVE, SubscriberStatus.PAUSED, SubscriberStatus.COMPLETED}
+)
 
 
 def _write_batch(
@@ -312,8 +417,10 @@ def _write_batch(
     *,
     confirm: bool,
     dry_run: bool,
+    source: str = "",
 ) -> None:
-    """Add, activate (or leave pending) and plan one batch of rows in one transaction."""
+    """Add (with their status), plan and, for stopped rows, suppress one batch of rows in one
+    transaction; stop readers already here whom the file marks as stopped."""
     now = planner.now
     with engine.connect() if dry_run else engine.begin() as conn:
         known = iq.ids_by_email(conn, [r.email for r in batch])
@@ -323,6 +430,7 @@ def _write_batch(
         for row in batch:
             if row.email in known:
                 report.existing += 1
+                _less_mail(conn, known[row.email], row, report, now, source, dry_run)
             elif hashes[row.email] in blocked:
                 report.rejected.append(
                     (row.line, f"{row.email} is suppressed (forgotten, bounced or complained)")
@@ -332,37 +440,90 @@ def _write_batch(
         if confirm and known:
             report.to_confirm.extend(cq.owed_among(conn, known.values()))
         report.added += len(fresh)
+        # Nearly every file is one group (no status column, or all active): one statement.
+        groups: dict[tuple[SubscriberStatus, bool, str | None], list[ImportRow]] = {}
+        for row in fresh:
+            status = _status_for(row, confirm)
+            if row.status is not None and status is not SubscriberStatus.ACTIVE:
+                report.kept_status[status.value] = report.kept_status.get(status.value, 0) + 1
+            groups.setdefault((status, row.newsletters, row.send_time), []).append(row)
         if dry_run or not fresh:
-            return
-        people: list[Person] = [
-            (
-                row.email,
-                row.first_name,
-                row.timezone,
-                row.start_date if confirm else planner.first(row.timezone, row.start_date),
-                row.tags,
-            )
-            for row in fresh
-        ]
-        ids = iq.add_imported(
-            conn,
-            people,
-            status=(SubscriberStatus.PENDING if confirm else SubscriberStatus.ACTIVE).value,
-            now=now,
-            confirmed=not confirm,
-        )
-        added = [ids[p[0]] for p in people]
-        report.added_ids.extend(added)
-        if confirm:
-            report.to_confirm.extend(added)
             return
         course_id, days = planner.course.id, planner.days
         lessons: list[Lesson] = []
-        for sid, (_, _, zone, first, _) in zip(added, people, strict=True):
-            assert first is not None  # active rows always have a start date
-            keys = subs.delivery_keys(course_id, sid, days)
-            lessons.extend(zip(repeat(sid), days, keys, planner.dues(zone, first), strict=False))
+        for (status, newsletters, send), rows in groups.items():
+            planned = status in _PLANNED
+            people: list[Person] = [
+                (
+                    row.email,
+                    row.first_name,
+                    row.timezone,
+                    planner.first(row.timezone, row.start_date, send)
+                    if planned
+                    else row.start_date,
+                    row.tags,
+                )
+                for row in rows
+            ]
+            ids = iq.add_imported(
+                conn,
+                people,
+                status=status.value,
+                now=now,
+                confirmed=status in _CONFIRMED,
+                newsletters=newsletters,
+                send_time=send,
+            )
+            added = [ids[p[0]] for p in people]
+            report.added_ids.extend(added)
+            if status is SubscriberStatus.PENDING and confirm:
+                report.to_confirm.extend(added)
+            if status.stopped:
+                # As the machine the file came from: a bounce or a complaint keeps the
+                # address's hash, so no sign-up or later import brings it back.
+                for row in rows:
+                    if status is not SubscriberStatus.UNSUBSCRIBED:
+                        q.suppress_hash(conn, hashes[row.email], status.value, now)
+            if not planned:
+                continue
+            for sid, (_, _, zone, first, _) in zip(added, people, strict=True):
+                assert first is not None  # planned rows always have a start date
+                keys = subs.delivery_keys(course_id, sid, days)
+                dues = planner.dues(zone, first, send)
+                lessons.extend(zip(repeat(sid), days, keys, dues, strict=False))
         iq.plan_imported(conn, lessons, now)
+
+
+def _less_mail(
+    conn: Any,
+    sid: int,
+    row: ImportRow,
+    report: ImportReport,
+    now: datetime,
+    source: str,
+    dry_run: bool,
+) -> None:
+    """A reader already here whom the file marks as stopped (or off newsletters): the file
+    carries their own choice from elsewhere, so it is applied. An import only ever takes
+    mail away from a reader already here, never adds any: re-importing stays idempotent."""
+    if row.status is None or (not row.status.stopped and row.newsletters):
+        return
+    current = q.by_id(conn, sid)
+    if current is None:
+        return
+    if row.status is not None and row.status.stopped and current["status"] not in subs.STOPPED:
+        report.stopped_existing.append((row.line, row.email, row.status.value))
+        if not dry_run:
+            if row.status is SubscriberStatus.UNSUBSCRIBED:
+                report.handed.extend(
+                    subs.unsubscribe(conn, sid, now, source=f"import {source}:{row.line}")
+                )
+            else:
+                report.handed.extend(subs.suppress(conn, sid, row.status.value, now))
+    if not row.newsletters and current["newsletters"]:
+        report.newsletters_off += 1
+        if not dry_run:
+            q.update_subscriber(conn, sid, now, newsletters=False)
 
 
 def import_csv(
@@ -386,17 +547,23 @@ def import_csv(
     report = ImportReport()
     planner = _Planner(course, now, iq.stored_due(engine.dialect))
     today = now.astimezone(ZoneInfo(validate_timezone(default_timezone))).date()
+
+    def write(batch: list[ImportRow]) -> None:
+        _write_batch(
+            engine, batch, planner, report, confirm=confirm, dry_run=dry_run, source=str(path)
+        )
+
     with path.open(newline="", encoding="utf-8-sig") as handle:
         batch: list[ImportRow] = []
         for row in read_rows(handle, str(path), default_timezone, report, today, len(planner.days)):
             batch.append(row)
             if len(batch) >= BATCH:
-                _write_batch(engine, batch, planner, report, confirm=confirm, dry_run=dry_run)
+                write(batch)
                 if progress:
                     progress(row.line, total)
                 batch = []
         if batch:
-            _write_batch(engine, batch, planner, report, confirm=confirm, dry_run=dry_run)
+            write(batch)
         if progress:
             progress(total, total)
     report.rejected.sort()
@@ -439,3 +606,14 @@ def export_rows(rows: Iterator[RowMapping], out: IO[str]) -> int:
 def export_csv(engine: Engine, out: IO[str], status: str | None = None, chunk: int = 1000) -> int:
     """Write subscribers as CSV to `out`, streaming by id; returns the number of rows."""
     return export_rows(q.iter_subscribers(engine, status, chunk), out)
+
+
+def export_file(rows: Iterator[RowMapping], target: Path, keep: Kept | None = None) -> int:
+    """Write subscriber rows as CSV to the file `target`; returns the number of rows.
+
+    `output_files.replaced_atomically`: a target among `keep` (the database's own files) is
+    refused before anything is opened, and the file is renamed into place only once complete,
+    so an error or Ctrl-C leaves an existing file as it was.
+    """
+    with replaced_atomically(target, keep) as handle:
+        return export_rows(rows, handle)

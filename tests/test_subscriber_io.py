@@ -206,3 +206,127 @@ def test_imported_lessons_are_stored_exactly_as_one_by_one_planning_stores_them(
     for bulk, one in by_day.values():  # the raw stored text is identical, column by column
         assert (bulk[0], one[0]) == ("bulk@example.org", "one@example.org")
         assert bulk[1:] == one[1:]
+
+
+def _planned(engine: Engine, address: str) -> list[str]:
+    from dripmail.store.schema import deliveries as d
+
+    sid = subs.get_subscriber(engine, address)["id"]
+    with engine.connect() as conn:
+        return list(
+            conn.execute(
+                select(d.c.state).where(d.c.subscriber_id == sid).order_by(d.c.lesson_day)
+            ).scalars()
+        )
+
+
+EXPORTED_HEADER = (
+    "email,first_name,timezone,status,start_date,send_time,newsletters,tags,consent_source,"
+    "consent_at,created_at\n"
+)
+
+
+def test_an_exported_file_keeps_stopped_readers_stopped_and_pending_ones_pending(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """The tester's repro: an export's `status` and `newsletters` were ignored, so readers
+    who had unsubscribed (bounced, complained) came back active with 7 lessons planned."""
+    tail = ",import,2026-05-01T08:00:00+00:00,2026-05-01T08:00:00+00:00\n"
+    path = _csv(
+        tmp_path,
+        EXPORTED_HEADER
+        + "act@example.org,Act,Europe/Berlin,active,,06:30,no,desk" + tail
+        + "uns@example.org,Uns,UTC,unsubscribed,2024-01-05,,yes," + tail
+        + "bou@example.org,Bou,UTC,Bounced,,,yes," + tail
+        + "com@example.org,Com,UTC,complained,,,yes," + tail
+        + "pen@example.org,Pen,UTC,pending,,,yes," + tail
+        + "don@example.org,Don,UTC,completed,2025-01-05,,yes," + tail
+        + "pau@example.org,Pau,UTC,paused,,,false," + tail
+        + "odd@example.org,Odd,UTC,vip,,,yes," + tail
+        + "nws@example.org,Nws,UTC,,,,maybe," + tail
+        + "snd@example.org,Snd,UTC,,,25:00,yes," + tail,
+    )  # fmt: skip
+    report = import_csv(engine, path, Rules(), "UTC", NOW)
+    assert report.added == 7 and report.to_confirm == []
+    assert [line for line, _ in report.rejected] == [9, 10, 11]
+    assert (
+        "status: 'vip' is not a status dripmail knows: use one of pending, active, paused"
+        in (report.rejected[0][1])
+    )
+    assert "newsletters: 'maybe' is not yes or no" in report.rejected[1][1]
+    assert "send_time: '25:00' is not a local time like 07:00" in report.rejected[2][1]
+    assert report.kept_status == {
+        "unsubscribed": 1, "bounced": 1, "complained": 1, "pending": 1, "completed": 1,
+        "paused": 1,
+    }  # fmt: skip
+    act = subs.get_subscriber(engine, "act@example.org")
+    assert (act["status"], act["newsletters"], act["send_time"]) == ("active", False, "06:30")
+    # The reader's own send time plans the lessons: 06:30 in Berlin is 04:30 UTC in June.
+    with engine.connect() as conn:
+        due = conn.execute(
+            select(deliveries.c.due_at).where(deliveries.c.subscriber_id == act["id"])
+        ).scalars()
+        assert {(d.hour, d.minute) for d in due} == {(4, 30)}
+    for address, status in (
+        ("uns@example.org", "unsubscribed"),
+        ("bou@example.org", "bounced"),
+        ("com@example.org", "complained"),
+        ("pen@example.org", "pending"),
+        ("don@example.org", "completed"),
+    ):
+        row = subs.get_subscriber(engine, address)
+        assert row["status"] == status and _planned(engine, address) == [], address
+    assert subs.get_subscriber(engine, "pen@example.org")["confirmed_at"] is None
+    pau = subs.get_subscriber(engine, "pau@example.org")
+    assert pau["status"] == "paused" and pau["newsletters"] is False
+    assert _planned(engine, "pau@example.org") == ["planned"] * 7  # for `resume`
+    assert subs.is_suppressed(engine, "bou@example.org")
+    assert subs.is_suppressed(engine, "com@example.org")
+    assert not subs.is_suppressed(engine, "uns@example.org")
+    # A later import of an older list without the status column mails none of them.
+    old = tmp_path / "old.csv"
+    old.write_text("email\nuns@example.org\nbou@example.org\npen@example.org\n")
+    later = import_csv(engine, old, Rules(), "UTC", NOW)
+    assert later.added == 0 and later.existing == 3
+    assert subs.get_subscriber(engine, "uns@example.org")["status"] == "unsubscribed"
+    assert subs.get_subscriber(engine, "pen@example.org")["status"] == "pending"
+    # Re-importing the exported file changes nothing.
+    again = import_csv(engine, path, Rules(), "UTC", NOW)
+    assert again.added == 0 and again.existing == 7 and not again.stopped_existing
+
+
+def test_a_file_that_marks_a_reader_here_as_stopped_stops_them(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """Imported earlier from an older list (active), then the export that says they left:
+    their choice is applied; an import only ever takes mail away from a reader already here."""
+    import_csv(engine, _csv(tmp_path, "email\nana@example.org\nbo@example.org\n"), Rules(),
+               "UTC", NOW)  # fmt: skip
+    path = _csv(
+        tmp_path,
+        "email,status,newsletters\nana@example.org,unsubscribed,\nbo@example.org,active,no\n",
+    )
+    dry = import_csv(engine, path, Rules(), "UTC", NOW, dry_run=True)
+    assert dry.stopped_existing == [(2, "ana@example.org", "unsubscribed")]
+    assert subs.get_subscriber(engine, "ana@example.org")["status"] == "active"
+    report = import_csv(engine, path, Rules(), "UTC", NOW)
+    assert report.stopped_existing == [(2, "ana@example.org", "unsubscribed")]
+    assert report.newsletters_off == 1
+    assert subs.get_subscriber(engine, "ana@example.org")["status"] == "unsubscribed"
+    assert set(_planned(engine, "ana@example.org")) == {"cancelled"}
+    bo = subs.get_subscriber(engine, "bo@example.org")
+    assert bo["status"] == "active" and bo["newsletters"] is False
+    assert set(_planned(engine, "bo@example.org")) == {"planned"}
+    again = import_csv(engine, path, Rules(), "UTC", NOW)
+    assert not again.stopped_existing and again.newsletters_off == 0
+
+
+def test_pending_in_the_file_is_asked_to_confirm_only_with_confirm(
+    engine: Engine, tmp_path: Path
+) -> None:
+    path = _csv(tmp_path, "email,status\npen@example.org,pending\nuns@example.org,unsubscribed\n")
+    first = import_csv(engine, path, Rules(), "UTC", NOW)
+    assert first.to_confirm == []
+    confirmed = import_csv(engine, path, Rules(), "UTC", NOW, confirm=True)
+    pen = subs.get_subscriber(engine, "pen@example.org")["id"]
+    assert confirmed.to_confirm == [pen]  # owed its email; the unsubscribed reader is not

@@ -36,11 +36,13 @@ def render(
 ) -> None:
     """Write every email for a sample reader as .html, .txt and .eml, plus an index.html."""
     from dripmail.content import load_course
+    from dripmail.output_files import store_files
     from dripmail.preview_files import write_preview
 
     course = load_course(state.project)
     folder = out if out.is_absolute() else state.root / out
-    written = write_preview(state.project, course, folder)
+    keep = store_files(state.settings.database_url, state.root)
+    written = write_preview(state.project, course, folder, keep)
     typer.echo(f"wrote {len(written)} emails to {folder}; open {folder / 'index.html'}")
 
 

@@ -15,6 +15,7 @@ from dripmail.cli.printing import visible
 
 if TYPE_CHECKING:
     from dripmail.app import Dripmail, Recall
+    from dripmail.subscriber_io import ImportReport
 
 sub = typer.Typer(
     help="Manage subscribers: add, import, list, show, rename, pause, resume, unsubscribe, "
@@ -312,6 +313,17 @@ def import_(
     typer.echo(
         f"{verb} {report.added}, already there {report.existing}, rejected {len(report.rejected)}"
     )
+    for said in _kept_lines(report, file, confirm):
+        typer.echo(said)
+    for line_no, address, status in report.stopped_existing:
+        done = "would stop" if dry_run else "stopped"
+        typer.echo(f"{file}:{line_no}: {done} {address}: {status} in the file (no more mail)")
+    if report.newsletters_off:
+        done = "would turn" if dry_run else "turned"
+        typer.echo(
+            f"{done} newsletters off for {report.newsletters_off} reader(s) already here "
+            "(newsletters: no in the file)"
+        )
     if confirm and report.to_confirm and not dry_run:
         mailed = app.confirm_subscribers(report.to_confirm)
         typer.echo(f"sent {mailed.sent} confirmation email(s)")
@@ -342,6 +354,37 @@ def import_(
         raise typer.Exit(EXIT_ATTENTION)
 
 
+# What the status column made of the rows added (README, "Moving subscribers").
+_KEPT = {
+    "unsubscribed": "unsubscribed (never mailed; only they can sign up again)",
+    "bounced": "bounced (never mailed; the address stays suppressed)",
+    "complained": "complained (never mailed; the address stays suppressed)",
+    "completed": "completed (newsletters only: the course is not sent again)",
+    "paused": "paused (lessons planned; `subscribers resume EMAIL` continues them)",
+}
+
+
+def _kept_lines(report: ImportReport, file: Path, confirm: bool) -> list[str]:
+    """One line for the rows the file's status column kept from becoming active."""
+    from dripmail.cli import command_name
+
+    lines = []
+    parts = [f"{count} {_KEPT[status]}" for status, count in sorted(report.kept_status.items())
+             if status in _KEPT]  # fmt: skip
+    if parts:
+        lines.append("kept as the file says: " + "; ".join(parts))
+    pending = report.kept_status.get("pending", 0)
+    if pending and not confirm:
+        lines.append(
+            f"{pending} pending in the file: added as pending, not mailed until they confirm; "
+            f"`{command_name()} subscribers import {file} --confirm` sends them the "
+            "confirmation email"
+        )
+    elif pending:
+        lines.append(f"{pending} pending in the file: added as pending, asked to confirm")
+    return lines
+
+
 @sub.command("export")
 def export(
     out: Path | None = typer.Option(None, "--out", "-o", help="File to write (default: stdout)."),
@@ -350,17 +393,20 @@ def export(
     """Export subscribers as CSV: flags as yes/no, dates and times as ISO 8601 (UTC).
 
     Cells a spreadsheet would run as formulas are neutralised with a leading apostrophe.
+    --out is written whole or not at all (a temporary file renamed into place); the
+    database's own files are refused.
     """
     import sys
 
-    from dripmail.subscriber_io import export_rows
+    from dripmail.output_files import store_files
+    from dripmail.subscriber_io import export_file, export_rows
 
     rows = _app().list_subscribers(status)
     if out is None:
         export_rows(rows, sys.stdout)
         return
-    with out.open("w", newline="", encoding="utf-8") as handle:
-        count = export_rows(rows, handle)
+    keep = store_files(state.settings.database_url, state.root)
+    count = export_file(rows, out, keep)
     typer.echo(f"exported {count} subscriber(s) to {out}", err=True)
 
 

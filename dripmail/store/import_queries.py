@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Date, DateTime, String, bindparam, insert
+from sqlalchemy import Boolean, Connection, Date, DateTime, String, bindparam, insert
 from sqlalchemy.engine import Dialect
 
 from dripmail.store import subscriber_queries as q
@@ -35,7 +35,8 @@ _ADD = Bulk(
         status=bindparam("status"),
         consent_source="import",
         consent_at=bindparam("now", type_=UTCDateTime()),
-        newsletters=True,
+        newsletters=bindparam("newsletters", type_=Boolean()),
+        send_time=bindparam("send_time", type_=String()),
         confirm_count=0,
         confirmed_at=bindparam("confirmed", type_=UTCDateTime()),
         created_at=bindparam("now", type_=UTCDateTime()),
@@ -73,15 +74,25 @@ def add_imported(
     status: str,
     now: datetime,
     confirmed: bool,
+    newsletters: bool = True,
+    send_time: str | None = None,
 ) -> dict[str, int]:
     """Insert new subscribers (consent source `import`); returns {email: id} for them.
 
-    `confirmed`: added as active, so `confirmed_at` is `now` (else NULL: pending). The
+    `confirmed`: `confirmed_at` is `now` (else NULL: pending, or stopped in the file). The
+    status, newsletter choice and send time ("HH:MM" or None: the course's) are the same for
+    every row of one call: the caller groups a batch by them (nearly always one group). The
     addresses must not be in the table yet (the caller checked within the same transaction).
     """
     if not people:
         return {}
-    constants = {"status": status, "now": now, "confirmed": now if confirmed else None}
+    constants = {
+        "status": status,
+        "now": now,
+        "confirmed": now if confirmed else None,
+        "newsletters": newsletters,
+        "send_time": send_time,
+    }
     _ADD.run(conn, people, constants)
     return ids_by_email(conn, [p[0] for p in people])
 

@@ -67,6 +67,31 @@ def test_render_writes_html_text_eml_and_index(root: Path) -> None:
     assert index.count("<tr>") == 1 + 8 and "Day 4: a stretch for your hips" in index
 
 
+def test_render_out_refuses_a_file_and_never_writes_over_the_database(root: Path) -> None:
+    """Every file `render --out` writes goes through `output_files`: the database's files are
+    refused even where a rendered file's name would land on them, and a file given as the
+    folder is one line."""
+    (root / "notes.txt").write_text("mine")
+    as_folder = run_cli(root, "render", "--out", "notes.txt")
+    assert as_folder.returncode == 1 and as_folder.stdout == ""
+    assert as_folder.stderr.strip() == (
+        f"error: --out {root / 'notes.txt'} is a file, not a folder: give a folder to write into"
+    )
+    assert (root / "notes.txt").read_text() == "mine"
+    # A database kept where `index.html` would be written (an odd setting, but an --out the
+    # operator chose must never cost the data).
+    env = {**os.environ, "DRIPMAIL_DATABASE_URL": "sqlite:///site/index.html"}
+    (root / "site").mkdir()
+    run_cli(root, "subscribers", "add", "ana@example.org", env=env)
+    before = (root / "site" / "index.html").read_bytes()
+    clash = run_cli(root, "render", "--out", "site", env=env)
+    assert clash.returncode == 1
+    assert "index.html: that is the SQLite database (index.html)" in clash.stderr
+    assert (root / "site" / "index.html").read_bytes() == before
+    assert not list((root / "site").glob("day-*"))  # refused before the first file
+    assert "ana@example.org" in run_cli(root, "subscribers", "list", env=env).stdout
+
+
 def test_test_send_writes_once_to_the_outbox(root: Path) -> None:
     first = _invoke(root, "test-send", "2", "--to", "Me@Example.org")
     assert first.exit_code == 0, first.output

@@ -142,3 +142,61 @@ def test_show_prints_a_stored_name_with_control_characters_escaped(tmp_path: Pat
     assert shown.returncode == 0, shown.stderr
     assert "  name: N\\u000aL\\u001b[31m   zone: Europe/Berlin" in shown.stdout
     assert "\x1b" not in shown.stdout
+
+
+def test_export_never_overwrites_the_database_and_says_what_to_do(tmp_path: Path) -> None:
+    """The tester's repro: `export --out dripmail.db` truncated the live database before
+    reading it; afterwards every command failed "file is not a database"."""
+    _with_ana(tmp_path).dispose()
+    (tmp_path / "plain").write_text("x")
+    refused = {
+        "dripmail.db": "that is the SQLite database (dripmail.db)",
+        "dripmail.db-wal": "part of the SQLite database (dripmail.db-wal)",
+        "dripmail.db-shm": "part of the SQLite database (dripmail.db-shm)",
+        "dripmail.db-journal": "part of the SQLite database (dripmail.db-journal)",
+        str(tmp_path / "nofolder" / "x.csv"): "does not exist; create it or choose another path",
+        str(tmp_path): "is a folder: give a file name in it",
+        "plain/x.csv": "plain is a file, not a folder",
+    }
+    for target, said in refused.items():
+        out = _run(tmp_path, "subscribers", "export", "--out", target)
+        assert out.returncode == 1, (target, out.stdout)
+        (line,) = out.stderr.splitlines()
+        assert line.startswith(f"error: --out {target}") and said in line, line
+    listed = _run(tmp_path, "subscribers", "list")
+    assert listed.returncode == 0 and "ana@example.org" in listed.stdout
+    done = _run(tmp_path, "subscribers", "export", "--out", "people.csv")
+    assert done.returncode == 0 and "exported 1 subscriber(s) to people.csv" in done.stderr
+    assert "ana@example.org" in (tmp_path / "people.csv").read_text()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_an_export_imported_on_a_new_machine_mails_nobody_who_left(tmp_path: Path) -> None:
+    """The tester's repro: import, unsubscribe one reader, export, a new project, import the
+    export: that reader came back active with 7 lessons planned."""
+    from tests.course_fixture import make_project
+
+    old, new = make_project(tmp_path / "old"), make_project(tmp_path / "new")
+    people = tmp_path / "people.csv"
+    people.write_text("email,first_name\nx@example.com,X\ny@example.com,Y\np@example.com,P\n")
+    assert run_cli(old, "subscribers", "import", str(people)).returncode == 0
+    assert run_cli(old, "subscribers", "unsubscribe", "y@example.com").returncode == 0
+    assert run_cli(old, "subscribers", "pause", "p@example.com").returncode == 0
+    moved = tmp_path / "moved.csv"
+    assert run_cli(old, "subscribers", "export", "--out", str(moved)).returncode == 0
+    done = run_cli(new, "subscribers", "import", str(moved))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "added 3, already there 0, rejected 0",
+        "kept as the file says: 1 paused (lessons planned; `subscribers resume EMAIL` continues"
+        " them); 1 unsubscribed (never mailed; only they can sign up again)",
+    ]
+    assert "ignored columns: consent_source, consent_at, created_at" in done.stderr
+    engine = open_store("sqlite:///dripmail.db", new)
+    assert subs.get_subscriber(engine, "y@example.com")["status"] == "unsubscribed"
+    assert subs.get_subscriber(engine, "p@example.com")["status"] == "paused"
+    assert subs.get_subscriber(engine, "x@example.com")["status"] == "active"
+    # The original list imported again later leaves them as they are.
+    again = run_cli(new, "subscribers", "import", str(people))
+    assert again.stdout.splitlines() == ["added 0, already there 3, rejected 0"]
+    assert subs.get_subscriber(engine, "y@example.com")["status"] == "unsubscribed"
