@@ -15,11 +15,13 @@ from typing import TYPE_CHECKING
 from dripmail.config import Project
 from dripmail.content import (
     Problems,
-    insecure_image,
     load_course_checked,
     load_newsletter_checked,
+    unread_markdown,
+    warn_unread,
 )
 from dripmail.errors import ContentError
+from dripmail.markdown_checks import insecure_image, is_relative, relative_image, relative_link
 
 if TYPE_CHECKING:
     from dripmail.render import CompiledEmail
@@ -92,25 +94,30 @@ def check_email(where: str, html: str, problems: Problems) -> None:
     for src in scan.images_without_alt:
         problems.error(where, None, f"image without alt text ({src})")
     for href in dict.fromkeys(scan.links):
-        if not href.startswith(("https://", "mailto:")):
-            _warn_once(problems, where, f"link is not https ({href})", href)
+        if is_relative(href):
+            _once(problems, where, relative_link(href), href)
+        elif not href.startswith(("https://", "mailto:")):
+            _once(problems, where, f"link is not https ({href})", href)
     for src in dict.fromkeys(scan.images):
-        if src.startswith("http://"):
-            _warn_once(problems, where, insecure_image(src), src)
+        if is_relative(src):
+            _once(problems, where, relative_image(src), src, error=True)
+        elif src.startswith("http://"):
+            _once(problems, where, insecure_image(src), src)
     if not scan.lang:
         problems.warn(where, None, 'no lang on <html>: add lang="en" to <mjml>')
     if not scan.headings:
         problems.warn(where, None, "no heading (h1/h2): screen readers navigate by them")
 
 
-def _warn_once(problems: Problems, where: str, message: str, url: str) -> None:
-    """Warn unless this insecure URL was already warned about (at its file and line when the
-    lesson or course.toml wrote it, as a link, an image or a field such as video_url, or for
-    an earlier email when a template did)."""
-    # Every not-https warning names its URL as "not https (URL)", whatever the wording before.
-    if any(f"not https ({url})" in w for w in problems.warnings):
+def _once(problems: Problems, where: str, message: str, url: str, error: bool = False) -> None:
+    """Report a URL problem unless this URL was already reported (at its file and line when
+    the lesson or course.toml wrote it, as a link, an image or a field such as video_url, or
+    for an earlier email when a template did)."""
+    # Every such message names its URL the same way: "not https (URL)", "is relative (URL)".
+    said = (f"not https ({url})", f"is relative ({url})")
+    if any(x in line for line in (*problems.errors, *problems.warnings) for x in said):
         return
-    problems.warn(where, None, message)
+    (problems.error if error else problems.warn)(where, None, message)
 
 
 def check_project(project: Project) -> tuple[Problems, int]:
@@ -130,6 +137,7 @@ def check_project(project: Project) -> tuple[Problems, int]:
         jobs.append((project.display(course.welcome.path), renderer.welcome))
     jobs.append(("emails/confirm.mjml.j2", renderer.confirm))
     folder = project.newsletters_dir
+    warn_unread(project, unread_markdown(folder), problems)
     for path in sorted(folder.glob("*.md")) if folder.is_dir() else []:
         newsletter, found = load_newsletter_checked(project, path)
         problems.errors.extend(found.errors)

@@ -25,6 +25,7 @@ from dripmail.front_matter import (
     unknown_field,
 )
 from dripmail.lesson_extras import EXTRA_FIELDS, SafetyNote, read_extras
+from dripmail.markdown_checks import check_front_matter_text, check_markdown, insecure_image
 from dripmail.message import Mailbox
 from dripmail.welcome import WELCOME_FILE, Welcome, read_welcome
 
@@ -157,11 +158,6 @@ class Problems:
 
 def _at(where: str, line: int | None, message: str) -> str:
     return f"{where}:{line}: {message}" if line else f"{where}: {message}"
-
-
-def insecure_image(src: str) -> str:
-    """The warning for an image loaded over plain http (clients block or flag it)."""
-    return f"image is not https ({src}): mail clients block or flag it"
 
 
 def url_problem(value: object) -> str | None:
@@ -396,7 +392,8 @@ def _lesson(path: Path, project: Project, problems: Problems) -> Lesson | None:
     extras = read_extras(meta, at, where, problems)
     if not body.strip():
         problems.error(where, body_line, "the lesson has no text after the front matter")
-    _check_markdown(body, where, body_line, problems)
+    check_markdown(body, where, body_line, problems, "lesson")
+    check_front_matter_text(meta, head, where, problems, "lesson")
     if day is not None and not path.name.startswith(f"day-{day}-"):
         problems.warn(
             where, at("day"), f"day: {day} but the file name does not start with day-{day}-"
@@ -422,28 +419,6 @@ def _lesson(path: Path, project: Project, problems: Problems) -> Lesson | None:
     )
 
 
-def _check_markdown(body: str, where: str, first_line: int, problems: Problems) -> None:
-    """Links that are not https and images without alt, at their line in the file."""
-    from dripmail.markdown import parse
-
-    for token in parse(body):
-        if token.type != "inline" or not token.children:
-            continue
-        line = first_line + (token.map[0] if token.map else 0)
-        for child in token.children:
-            if child.type == "link_open":
-                href = str(child.attrGet("href") or "")
-                if href.startswith("mailto:") or href.startswith("https://"):
-                    continue
-                problems.warn(where, line, f"link is not https ({href})")
-            elif child.type == "image":
-                src = str(child.attrGet("src") or "")
-                if not child.content.strip():
-                    problems.error(where, line, f"image without alt text ({src})")
-                if src.startswith("http://"):
-                    problems.warn(where, line, insecure_image(src))
-
-
 def load_course_checked(project: Project) -> tuple[Course | None, Problems]:
     """The course and every problem found; the course is None when there are errors."""
     problems = Problems()
@@ -458,19 +433,30 @@ def load_course_checked(project: Project) -> tuple[Course | None, Problems]:
     for lesson in lessons:
         by_day.setdefault(lesson.day, []).append(lesson)
     for day, same in sorted(by_day.items()):
-        if len(same) > 1:
-            names = ", ".join(project.display(x.path) for x in same)
-            problems.error(project.display(same[1].path), 2, f"day: {day} is also in {names}")
+        for lesson in same[1:]:
+            others = ", ".join(project.display(x.path) for x in same if x is not lesson)
+            problems.error(
+                project.display(lesson.path),
+                _day_line(lesson.path),
+                f"day: {day} is also in {others} — give each lesson its own day from 1 to 7",
+            )
+    unread = unread_markdown(project.course_dir)
     if files or settings:
         missing = [d for d in range(1, 8) if d not in by_day]
         bad_files = len(files) - len(lessons)
         if missing and not bad_files:
             listed = ", ".join(str(d) for d in missing)
+            named = [p for p in unread if any(p.name.startswith(f"day-{d}-") for d in missing)]
+            unread = [p for p in unread if p not in named]
+            hint = "".join(
+                f"; {project.display(p)} is not read: rename it to {md_name(p)}" for p in named
+            )
             problems.error(
                 project.display(project.course_dir),
                 None,
-                f"no lesson for day {listed}: add course/day-N-<slug>.md for each day 1-7",
+                f"no lesson for day {listed}: add course/day-N-<slug>.md for each day 1-7{hint}",
             )
+    warn_unread(project, unread, problems)
     welcome = read_welcome(project, problems)
     if problems.errors or settings is None:
         return None, problems
@@ -481,6 +467,51 @@ def load_course_checked(project: Project) -> tuple[Course | None, Problems]:
         **settings,
     )
     return course, problems
+
+
+# Names people give Markdown files that dripmail does not read (only ``*.md``).
+_MARKDOWN_SUFFIXES = frozenset({".md", ".markdown", ".mdown", ".mkd", ".mkdn", ".txt"})
+
+
+def md_name(path: Path) -> str:
+    """The file name `path` should have to be read: ``day-4-x.markdown`` -> ``day-4-x.md``."""
+    base = path.name
+    while Path(base).suffix.lower() in _MARKDOWN_SUFFIXES:
+        base = Path(base).stem
+    return f"{base}.md"
+
+
+def unread_markdown(folder: Path) -> list[Path]:
+    """Markdown-looking files in `folder` that are not read (``.markdown``, ``.MD``,
+    ``.md.txt``: only ``*.md`` is read)."""
+    if not folder.is_dir():
+        return []
+    return [
+        path
+        for path in sorted(folder.iterdir())
+        if path.is_file()
+        and not path.name.startswith(".")
+        and path.suffix != ".md"
+        and path.suffix.lower() in _MARKDOWN_SUFFIXES
+    ]
+
+
+def warn_unread(project: Project, files: list[Path], problems: Problems) -> None:
+    """One warning per file that is not read, with the name it needs."""
+    for path in files:
+        problems.warn(
+            project.display(path),
+            None,
+            f"not read: only .md files are — rename it to {md_name(path)}",
+        )
+
+
+def _day_line(path: Path) -> int:
+    try:
+        lines = path.read_text(encoding=CONTENT_ENCODING).splitlines()
+    except (OSError, UnicodeDecodeError):
+        return 1
+    return key_line(lines, "day") or 1
 
 
 def load_course(project: Project) -> Course:
@@ -535,7 +566,8 @@ def load_newsletter_checked(project: Project, path: Path) -> tuple[Newsletter | 
         )
     if not body.strip():
         problems.error(where, body_line, "the newsletter has no text after the front matter")
-    _check_markdown(body, where, body_line, problems)
+    check_markdown(body, where, body_line, problems, "newsletter")
+    check_front_matter_text(meta, head, where, problems, "newsletter")
     if problems.errors:
         return None, problems
     return (

@@ -1,7 +1,7 @@
 """Markdown for lessons and newsletters: HTML for the email body, plain text for the text part.
 
 CommonMark via markdown-it-py with raw HTML off: a lesson file cannot smuggle markup into the
-email. The plain-text part is built from the same tokens, so it follows the lesson's own
+email (`check` warns where raw HTML would be shown as typed: `dripmail.markdown_checks`). The plain-text part is built from the same tokens, so it follows the lesson's own
 structure (headings, numbered steps, links written out) instead of being scraped from HTML.
 """
 
@@ -21,9 +21,23 @@ def _md() -> MarkdownIt:
     return MarkdownIt("commonmark", {"html": False, "typographer": False})
 
 
+@lru_cache(maxsize=1)
+def _md_with_html() -> MarkdownIt:
+    return MarkdownIt("commonmark", {"html": True, "typographer": False})
+
+
 def parse(source: str) -> list[Token]:
     """The token stream of a Markdown text."""
     return _md().parse(source)
+
+
+def parse_raw_html(source: str) -> list[Token]:
+    """The token stream with raw HTML recognised (``html_block``, ``html_inline`` tokens).
+
+    Only for `check`: the email itself is rendered with raw HTML off, so every such token is
+    text a reader sees as typed.
+    """
+    return _md_with_html().parse(source)
 
 
 def to_html(source: str) -> str:
@@ -33,18 +47,23 @@ def to_html(source: str) -> str:
 
 def _inline_text(token: Token) -> str:
     out: list[str] = []
-    href_stack: list[str] = []
+    links: list[tuple[str, int]] = []  # per open link: its href, where its text starts
     for child in token.children or []:
         if child.type in ("text", "code_inline"):
             out.append(child.content)
         elif child.type in ("softbreak", "hardbreak"):
             out.append(" " if child.type == "softbreak" else "\n")
         elif child.type == "link_open":
-            href_stack.append(str(child.attrGet("href") or ""))
+            links.append((str(child.attrGet("href") or ""), len(out)))
         elif child.type == "link_close":
-            href = href_stack.pop() if href_stack else ""
-            if href and not href.startswith("mailto:"):
-                out.append(f" ({href})")
+            href, start = links.pop() if links else ("", len(out))
+            # A mailto link shows its address, as other links show their URL; a link whose
+            # text already is its target (an autolink, <https://...>) is not written twice.
+            target = href
+            if href.startswith("mailto:"):
+                target = href.removeprefix("mailto:").split("?")[0]  # no ?subject=...
+            if target and target not in "".join(out[start:]):
+                out.append(f" ({target})")
         elif child.type == "image":
             out.append(f"[{child.content}]")
     return "".join(out)

@@ -37,7 +37,7 @@ from dripmail.front_matter import CONTENT_ENCODING, not_utf8
 from dripmail.markdown import to_html, to_text
 from dripmail.message import Mailbox, Message, MessageKind
 from dripmail.mjml_check import structure_problems
-from dripmail.template_undefined import FieldUndefined
+from dripmail.template_undefined import FieldUndefined, rendering
 from dripmail.tokens import PURPOSES, Purpose, Signer
 from dripmail.welcome import WELCOME_FILE
 
@@ -584,9 +584,11 @@ class Renderer:
         where = f"emails/{name}"
         try:
             template = env.get_template(name)
-            return template.render(
-                course=self.course, recipient=_RecipientPlaceholders(), **context
-            )
+            email = name.split(".", 1)[0]
+            with rendering(email, ("course", "recipient", *context)):
+                return template.render(
+                    course=self.course, recipient=_RecipientPlaceholders(), **context
+                )
         except _PlaceholderSyntax as exc:
             file = f"emails/{exc.name}" if exc.name else where
             raise ContentError.at(file, exc.lineno, str(exc.message)) from None

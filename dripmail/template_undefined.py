@@ -9,6 +9,9 @@ attribute 'titel'", which names a Python class a marketer never sees. `FieldUnde
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from difflib import get_close_matches
 from typing import Any
 
@@ -16,7 +19,34 @@ from jinja2 import StrictUndefined
 from jinja2.utils import missing
 
 # The names templates get (see the README's table of template variables).
-TEMPLATE_VARIABLES = ("course", "lesson", "newsletter", "recipient", "body_html", "body_text")
+TEMPLATE_VARIABLES = (
+    "course",
+    "lesson",
+    "newsletter",
+    "welcome",
+    "recipient",
+    "body_html",
+    "body_text",
+    "body_top",
+    "body_rest",
+)
+# The email being rendered and the names its templates get (set by the renderer around each
+# render), so a variable of another email is said to be missing here, not suggested as itself.
+_THIS_EMAIL: ContextVar[tuple[str, tuple[str, ...]] | None] = ContextVar(
+    "dripmail_template_email", default=None
+)
+
+
+@contextmanager
+def rendering(email: str, names: tuple[str, ...]) -> Iterator[None]:
+    """While rendering `email` ("lesson", "welcome", ...), whose templates get `names`."""
+    token = _THIS_EMAIL.set((email, names))
+    try:
+        yield
+    finally:
+        _THIS_EMAIL.reset(token)
+
+
 # How templates reach each kind of object, by class name.
 _NAMES = {
     "Course": "course",
@@ -69,12 +99,23 @@ def undefined_message(obj: Any, name: Any, hint: str | None) -> str:
     if hint:
         return hint
     if obj is missing:
-        close = get_close_matches(str(name), TEMPLATE_VARIABLES, n=1, cutoff=0.6)
-        maybe = f" (did you mean {close[0]!r}?)" if close else ""
-        return f"unknown variable {name!r}{maybe}"
+        return _unknown_variable(str(name))
     owner = _NAMES.get(type(obj).__name__, type(obj).__name__.lower())
     what = "field" if isinstance(name, str) else "element"
     return f"{owner} has no {what} {name!r}{_suggest(owner, str(name), fields_of(obj))}"
+
+
+def _unknown_variable(name: str) -> str:
+    this = _THIS_EMAIL.get()
+    email, names = this if this is not None else ("", TEMPLATE_VARIABLES)
+    listed = ", ".join(names)
+    if this is not None and name in TEMPLATE_VARIABLES:
+        # e.g. `lesson` in the welcome email: a real name, of another email.
+        return f"variable {name!r} is not available in the {email} email — it has: {listed}"
+    close = get_close_matches(name, [x for x in names if x != name], n=1, cutoff=0.6)
+    if close:
+        return f"unknown variable {name!r} (did you mean {close[0]!r}?)"
+    return f"unknown variable {name!r}" + (f" (the {email} email has: {listed})" if this else "")
 
 
 class FieldUndefined(StrictUndefined):

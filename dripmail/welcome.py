@@ -43,8 +43,9 @@ def read_welcome(project: Project, problems: Problems) -> Welcome | None:
 
     A course without the file simply sends no welcome email.
     """
-    from dripmail.content import IGNORED, _check_markdown
+    from dripmail.content import IGNORED
     from dripmail.front_matter import key_line, read_front_matter, unknown_field
+    from dripmail.markdown_checks import check_front_matter_text, check_markdown
 
     path = project.course_dir / WELCOME_FILE
     if not path.is_file():
@@ -68,7 +69,8 @@ def read_welcome(project: Project, problems: Problems) -> Welcome | None:
             )
     if not body.strip():
         problems.error(where, body_line, "the welcome email has no text after the front matter")
-    _check_markdown(body, where, body_line, problems)
+    check_markdown(body, where, body_line, problems, "welcome")
+    check_front_matter_text(meta, head, where, problems, "welcome")
     if len(problems.errors) > before:
         return None
     return Welcome(values["subject"], values["preheader"], body, path, body_line)

@@ -61,6 +61,49 @@ def test_gap_and_duplicate_days(project: Project) -> None:
     assert any("day: 5 is also in" in e for e in _errors(project))
 
 
+def test_a_day_written_in_two_files_names_the_other_files_only(project: Project) -> None:
+    """Tester's report: the error listed the file itself among the others."""
+    (project.course_dir / "day-3-stretch-3.md").write_text(lesson_text(2))
+    (project.course_dir / "day-4-stretch-4.md").write_text(lesson_text(2))
+    errors = [e for e in _errors(project) if "is also in" in e]
+    also = "— give each lesson its own day from 1 to 7"
+    assert errors == [
+        "course/day-3-stretch-3.md:2: day: 2 is also in course/day-2-stretch-2.md, "
+        f"course/day-4-stretch-4.md {also}",
+        "course/day-4-stretch-4.md:2: day: 2 is also in course/day-2-stretch-2.md, "
+        f"course/day-3-stretch-3.md {also}",
+    ]
+
+
+@pytest.mark.parametrize("suffix", [".markdown", ".MD", ".md.txt"])
+def test_a_lesson_with_another_markdown_suffix_is_named(project: Project, suffix: str) -> None:
+    """Tester's report: `day-4-....markdown` or `.MD` only gave "no lesson for day 4"."""
+    lesson = project.course_dir / "day-4-stretch-4.md"
+    lesson.rename(lesson.with_name(f"day-4-stretch-4{suffix}"))
+    _, problems = load_course_checked(project)
+    assert problems.errors == [
+        "course: no lesson for day 4: add course/day-N-<slug>.md for each day 1-7; "
+        f"course/day-4-stretch-4{suffix} is not read: rename it to day-4-stretch-4.md"
+    ]
+    assert problems.warnings == []
+
+
+def test_other_unread_markdown_files_are_warnings(project: Project) -> None:
+    (project.course_dir / "notes.markdown").write_text("ideas\n")
+    (project.course_dir / ".draft.MD").write_text("hidden\n")
+    folder = project.newsletters_dir
+    folder.mkdir()
+    (folder / "spring.MD").write_text("---\nsubject: a\npreheader: b\n---\nHi\n")
+    from dripmail.checks import check_project
+
+    problems, _ = check_project(project)
+    assert problems.errors == []
+    assert [w for w in problems.warnings if "not read" in w] == [
+        "course/notes.markdown: not read: only .md files are — rename it to notes.md",
+        "newsletters/spring.MD: not read: only .md files are — rename it to spring.md",
+    ]
+
+
 def test_course_toml_errors_name_their_line(project: Project) -> None:
     toml = project.course_dir / "course.toml"
     good = toml.read_text()

@@ -234,3 +234,20 @@ def test_each_sample_lesson_reads_the_same_as_the_stdlib_built_message(tmp_path)
         data = message.to_bytes(when)
         assert _parsed(data) == _parsed(message.to_mime(when).as_bytes())
         assert max(len(line) for line in _lines(data)) <= 76
+
+
+def test_the_text_part_keeps_a_mailto_address_as_other_links_keep_their_url() -> None:
+    """Tester's report: `[mail](mailto:a@b.c)` became just `mail` in the text part."""
+    assert to_text("Write [to Maya](mailto:maya@studio.example.com).") == (
+        "Write to Maya (maya@studio.example.com).\n"
+    )
+    # The address once, without the mailto's ?subject=, when the text already shows it.
+    assert to_text("[maya@studio.example.com](mailto:maya@studio.example.com?subject=Hi)") == (
+        "maya@studio.example.com\n"
+    )
+    assert to_text("See <https://studio.example.com/help>.") == (
+        "See https://studio.example.com/help.\n"
+    )
+    assert to_text("[help](https://studio.example.com/help?a=1)") == (
+        "help (https://studio.example.com/help?a=1)\n"
+    )

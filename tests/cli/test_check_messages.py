@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from dripmail.cli import app
 from tests.cli_in_process import run_cli
-from tests.course_fixture import make_project
+from tests.course_fixture import copy_real_project, make_project
 
 
 @pytest.fixture
@@ -157,4 +157,35 @@ def test_check_messages_through_the_entry_point(root: Path) -> None:
     assert (
         f"error: emails/lesson.txt.j2:{line}: course has no field 'titel' (did you mean 'title'?)"
         in out.stderr.splitlines()
+    )
+
+
+def test_a_lesson_variable_in_the_welcome_says_it_is_not_there_and_what_is(
+    tmp_path: Path,
+) -> None:
+    """Tester's report: `{{ lesson.subject }}` in emails/welcome.mjml.j2 said "unknown
+    variable 'lesson' (did you mean 'lesson'?)". A name is never suggested as itself."""
+    root = copy_real_project(tmp_path)
+    template = root / "emails" / "welcome.mjml.j2"
+    text = template.read_text()
+    template.write_text(text.replace("{{ welcome.subject }}", "{{ lesson.subject }}", 1))
+    line = next(i for i, x in enumerate(text.splitlines(), 1) if "{{ welcome.subject }}" in x)
+    code, out = _check(root)
+    assert code == 1
+    assert [x for x in out if x.startswith("error:")] == [
+        f"error: emails/welcome.mjml.j2:{line}: variable 'lesson' is not available in the "
+        "welcome email — it has: course, recipient, welcome, body_html, body_top, body_rest, "
+        "body_text"
+    ]
+    template.write_text(text.replace("{{ welcome.subject }}", "{{ welcom.subject }}", 1))
+    code, out = _check(root)
+    assert [x for x in out if x.startswith("error:")] == [
+        f"error: emails/welcome.mjml.j2:{line}: unknown variable 'welcom' (did you mean 'welcome'?)"
+    ]
+    template.write_text(text.replace("{{ welcome.subject }}", "{{ zzz }}", 1))
+    code, out = _check(root)
+    (error,) = [x for x in out if x.startswith("error:")]
+    assert error.endswith(
+        "unknown variable 'zzz' (the welcome email has: course, recipient, "
+        "welcome, body_html, body_top, body_rest, body_text)"
     )
