@@ -1,8 +1,9 @@
 """Markdown for lessons and newsletters: HTML for the email body, plain text for the text part.
 
 CommonMark via markdown-it-py with raw HTML off: a lesson file cannot smuggle markup into the
-email (`check` warns where raw HTML would be shown as typed: `dripmail.markdown_checks`). The plain-text part is built from the same tokens, so it follows the lesson's own
-structure (headings, numbered steps, links written out) instead of being scraped from HTML.
+email (`check` warns where raw HTML would be shown as typed: `dripmail.markdown_checks`).
+The plain-text part is built from the same tokens, so it follows the lesson's own structure
+(headings, numbered steps, links written out) instead of being scraped from HTML.
 """
 
 from __future__ import annotations
