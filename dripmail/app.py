@@ -315,7 +315,8 @@ class Dripmail(DeliveryUseCases, Runner):
             if found is None:
                 return None
             sub = subs.get_subscriber(conn, subscriber_id)
-        course = self.course
+        # Rules only (a lesson with a typo must not take the preferences page down).
+        course = self.rules
         send = time.fromisoformat(sub["send_time"]) if sub["send_time"] else course.send_time
         due = schedule.next_send_at(
             found.due_at,
@@ -442,10 +443,12 @@ class Dripmail(DeliveryUseCases, Runner):
             detail = detail.removeprefix("email: ").rstrip(".")
             raise InputError(f"email: that does not look like an email address. {detail}") from None
         fallback = False
+        # The course's zone from its rules: a sign-up is stored while a lesson is broken (its
+        # confirmation email waits until the files load: `send_confirmations`).
         try:
-            zone = validate_timezone(timezone.strip()) if timezone.strip() else self.course.timezone
+            zone = validate_timezone(timezone.strip()) if timezone.strip() else self.rules.timezone
         except InputError:
-            zone, fallback = self.course.timezone, True
+            zone, fallback = self.rules.timezone, True
         first_name = clean_name(name, "first_name")
         consent = {
             "consent_source": source,
@@ -596,7 +599,7 @@ class Dripmail(DeliveryUseCases, Runner):
         now = self.now()
         with self.engine.begin() as conn:
             sub = subs.get_subscriber(conn, ref)
-            first = subs.resume(conn, int(sub["id"]), self.course, now)
+            first = subs.resume(conn, int(sub["id"]), self.rules, now)
             _note(conn, int(sub["id"]), "resumed", "cli", now)
         return Resumed(int(sub["id"]), sub["email"], first)
 
@@ -616,7 +619,7 @@ class Dripmail(DeliveryUseCases, Runner):
         provider holds are taken back first where it can. A stopped subscriber is refused.
         """
         now = self.now()
-        rules = self.course
+        rules = self.rules  # send time and weekends: kept while a lesson is broken
         with self.engine.begin() as conn:
             sub = subs.get_subscriber(conn, subscriber_id)
             if sub["status"] in subs.STOPPED:
@@ -665,7 +668,7 @@ class Dripmail(DeliveryUseCases, Runner):
     def replan(self, subscriber_id: int) -> date | None:
         """Re-plan a subscriber's lessons not yet handed over, by the one planning function."""
         with self.engine.begin() as conn:
-            return subs.reschedule(conn, subscriber_id, self.course, self.now())
+            return subs.reschedule(conn, subscriber_id, self.rules, self.now())
 
     def forget(self, ref: int | str) -> Forgotten:
         """Erase a subscriber: rows and events deleted, a hashed suppression kept."""

@@ -160,6 +160,8 @@ class DeliveryUseCases:
     engine: Any
     course: Any
     renderer: Any
+    rules: Any
+    refresh_content: Callable[[], bool]
     signer: Any
     provider: Provider
     render_lesson: Callable[[DueRow], Any]
@@ -222,6 +224,9 @@ class DeliveryUseCases:
 
         now = at or self.clock()
         self.interrupted.clear()  # an earlier Ctrl-C, handled, does not stop this pass
+        # The files as they are now (`run --loop` keeps one core for days); ContentError,
+        # before anything is claimed, while they do not load.
+        self.refresh_content()
         engine, provider, course, handover = (
             self.engine,
             self.provider,
@@ -304,14 +309,21 @@ class DeliveryUseCases:
         when the rule lets it go), at most a minute (new sign-ups and retries appear
         meanwhile), at least a second."""
         from dripmail.engine import next_send_time
+        from dripmail.errors import ContentError
 
         now = at or self.clock()
         wait = LOOP_RECHECK.total_seconds()
+        try:
+            rules = self.course
+        except ContentError:
+            # Nothing goes out until the files load (lessons due now would wake it every
+            # second): the loop looks again in a minute.
+            return wait
         upcoming = next_send_time(
             self.engine,
             now,
-            default_send_time=self.course.send_time,
-            skip_weekends=self.course.skip_weekends,
+            default_send_time=rules.send_time,
+            skip_weekends=rules.skip_weekends,
             handover=self.handover(),
         )
         if upcoming is not None:

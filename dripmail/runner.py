@@ -10,17 +10,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine
 
 from dripmail.config import Project, Settings, deployment_problems
 from dripmail.errors import ConfigError
+from dripmail.live_content import LiveContent
 from dripmail.message import Message
 from dripmail.providers.base import BaseProvider, Provider
 from dripmail.welcome import WELCOME_DAY, first_lesson_phrase
 
 if TYPE_CHECKING:
+    from dripmail.content import Course
+    from dripmail.render import Renderer
     from dripmail.store.delivery_queries import DueRow
 
 DEV_SECRET = "dev-only-insecure-key"
@@ -98,16 +101,35 @@ class Runner:
         return forget_stored(self.engine)
 
     @cached_property
-    def course(self):  # -> dripmail.content.Course
-        from dripmail.content import load_course
+    def content(self) -> LiveContent:
+        """The course files as loaded, dropped when they change (`refresh_content`)."""
+        return LiveContent(self.project)
 
-        return load_course(self.project)
+    def refresh_content(self) -> bool:
+        """Forget the loaded course and compiled emails if their files changed since they
+        were loaded (a stat per file); True when they did. Long-running processes call it at
+        the start of each loop pass and each web request, so they use the files as they are."""
+        return self.content.refresh()
 
-    @cached_property
-    def renderer(self):  # -> dripmail.render.Renderer
-        from dripmail.render import Renderer
+    @property
+    def course(self) -> Course:
+        """The course as loaded (ContentError listing every problem when it does not load)."""
+        return self.content.course()
 
-        return Renderer(self.project, self.course)
+    @property
+    def renderer(self) -> Renderer:
+        """The renderer of the loaded course (each email compiled once per version)."""
+        return self.content.renderer()
+
+    @property
+    def rules(self) -> Any:
+        """Schedule rules and title for re-planning and pages, kept while a lesson is broken
+        (`LiveContent.rules`); never lesson text, never a new reader's week."""
+        return self.content.rules()
+
+    def content_problems(self) -> list[str]:
+        """The content's errors as `check` prints them (``file:line: message``), or []."""
+        return self.content.problems()
 
     @cached_property
     def provider(self) -> Provider:

@@ -12,7 +12,7 @@ import typer
 from dripmail.cli import parse_now, state
 from dripmail.cli.exits import EXIT_ATTENTION, EXIT_STOPPED, stop_signals_as_ctrl_c
 from dripmail.cli.printing import visible
-from dripmail.errors import InputError
+from dripmail.errors import ContentError, InputError
 
 db = typer.Typer(help="Database maintenance.", no_args_is_help=True)
 
@@ -192,6 +192,9 @@ def run(
     by Ctrl-C or SIGTERM, with or without --loop (it says how many lessons this pass handed
     over; claims not yet handed over go back to the queue; re-run).
 
+    --loop reads the course's files again whenever they change; while they have errors it
+    prints them (file:line) and sends nothing, and goes on once they are fixed.
+
     --now with a real provider needs --yes (or --dry-run).
     """
     clock_at = parse_now(now)
@@ -206,11 +209,25 @@ def run(
     # Why each scheduled broadcast could not be sent, as last printed: a loop says it once,
     # and again only when the reason changes, not every minute until someone looks.
     said: dict[int, str] = {}
+    # The content errors a loop printed last: said once, again only when they change.
+    broken: list[str] = []
     try:
         with stop_signals_as_ctrl_c():
             while True:
                 current = clock_at or datetime.now(UTC)
-                result = _one_pass(core, current, limit, dry_run, quiet, handled)
+                try:
+                    result = _one_pass(core, current, limit, dry_run, quiet, handled)
+                except ContentError as exc:
+                    if not loop or dry_run:
+                        raise  # one run: exit 1 with the problems (the error handler prints)
+                    handled[0] = 0
+                    _say_content_error(exc, current, broken)
+                    passes += 1
+                    wallclock.sleep(core.seconds_to_next())
+                    continue
+                if broken:
+                    typer.echo(f"{current:%Y-%m-%d %H:%M} UTC: the course loads again; sending")
+                    broken.clear()
                 # The pass is over: a stop from here on stopped no pass (a stopped loop said
                 # "1 lesson handed over" for what an earlier pass had handed over and said).
                 handled[0] = 0
@@ -249,6 +266,21 @@ def run(
         core.close()
     if attention:
         raise typer.Exit(EXIT_ATTENTION)
+
+
+def _say_content_error(exc: ContentError, now: datetime, said: list[str]) -> None:
+    """A loop pass the course's files kept from sending: its problems on stderr, one per line
+    as `check` prints them (``file:line: field: message``), unless the last pass said the same."""
+    if exc.problems == said:
+        return
+    said[:] = exc.problems
+    typer.echo(
+        f"{now:%Y-%m-%d %H:%M} UTC: no lessons sent: the course has errors; fix them and the "
+        "loop sends on its next pass (it looks again every minute):",
+        err=True,
+    )
+    for line in exc.problems:
+        typer.echo(f"  {visible(line)}", err=True)
 
 
 def stopped_line(handled: int) -> str:

@@ -37,6 +37,8 @@ def serve(
     logger.setLevel(logging.INFO)
     logger.addHandler(handler)
     app = create_app(state.project, state.settings, preview=preview)
+    for line in content_warning(app.state.ctx.app.content_problems()):
+        typer.echo(line, err=True)
     if preview and not is_loopback(host):
         typer.echo(exposed_warning(host), err=True)
     # Bound here, not by uvicorn: a port in use is one line, and port 0 prints the real one.
@@ -54,6 +56,21 @@ def serve(
     # (FORWARDED_ALLOW_IPS, default 127.0.0.1); the sign-up rate limit keys on it.
     with stopped_by_ctrl_c():
         serving.run(app, sock, access_log=False, proxy_headers=True)
+
+
+def content_warning(problems: list[str]) -> list[str]:
+    """What `serve` prints when it starts with a course whose files have errors: it serves
+    anyway (unsubscribe, preferences and webhooks need no lesson text), and says what waits."""
+    if not problems:
+        return []
+    from dripmail.cli.printing import visible
+
+    head = (
+        "warning: the course has errors; serving anyway (unsubscribe, preferences and "
+        "webhooks work; sign-ups are stored, their confirmation emails are not sent and "
+        "confirm links answer 503 until the files are fixed, which needs no restart):"
+    )
+    return [head, *(f"  {visible(line)}" for line in problems)]
 
 
 def is_loopback(host: str) -> bool:

@@ -87,11 +87,21 @@ def _redact(path: str) -> str:
     return path
 
 
-class EdgeMiddleware:
-    """Security headers on every answer and a one-line access log with tokens redacted."""
+# Answers that never use the course: no need to look at its files first.
+_NO_CONTENT = ("/static/", "/healthz")
 
-    def __init__(self, app: ASGIApp) -> None:
+
+class EdgeMiddleware:
+    """Security headers on every answer and a one-line access log with tokens redacted.
+
+    Each request first asks the core whether the course's files changed since they were
+    loaded (`Dripmail.refresh_content`, a stat per file): a running server answers with the
+    files as they are now, without a restart.
+    """
+
+    def __init__(self, app: ASGIApp, context: WebContext) -> None:
         self.app = app
+        self.context = context
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -106,6 +116,8 @@ class EdgeMiddleware:
             csp = _PAGE_CSP
         started = time.perf_counter()
         status = 0
+        if not path.startswith(_NO_CONTENT):
+            self.context.app.refresh_content()
 
         async def send_with_headers(message: Message) -> None:
             nonlocal status
@@ -255,13 +267,14 @@ def create_app(
 
     `clock` gives "now" (aware UTC) for tests and simulations; the real clock by default. The
     database is opened (and migrated) here, so a wrong URL fails at start instead of on the
-    first sign-up; so do a broken course and a missing provider credential, unless this is a
-    preview (which shows the course's problems on the page instead).
+    first sign-up; so does a missing provider credential, unless this is a preview. A course
+    whose files have errors does not stop it: unsubscribing, preferences and webhooks do not
+    need the lesson text, sign-ups are stored and their confirmation emails wait for the fix
+    (`Dripmail.content_problems` says what is wrong; `serve` prints it as a warning).
     """
     context = WebContext(project, settings, clock=clock or _utc_now, preview=preview)
     context.runner.engine  # noqa: B018 - open and migrate now
     if not preview:
-        context.course()  # ContentError now, not on the first visitor
         context.runner.provider  # noqa: B018 - ConfigError (missing credential) now
         context.runner.signer  # noqa: B018 - TokenError (empty key) now
 
@@ -280,7 +293,7 @@ def create_app(
         exception_handlers=_handlers(),
         lifespan=lifespan,
         max_body_size=MAX_BODY,
-        middleware=[Middleware(EdgeMiddleware)],
+        middleware=[Middleware(EdgeMiddleware, context=context)],
     )
     app.state.ctx = context
     return app

@@ -84,8 +84,14 @@ class WebContext:
         return self.runner.engine
 
     def course(self):  # -> dripmail.content.Course
-        """The course (loaded once; ContentError when the files are wrong)."""
+        """The course as loaded (again after its files change; ContentError when they are
+        wrong)."""
         return self.runner.course
+
+    def rules(self) -> Any:
+        """Title, zone, send time and weekends (`Dripmail.rules`): kept while a lesson is
+        broken, so pages that need no lesson text keep working."""
+        return self.runner.rules
 
     def brand(self) -> dict[str, Any]:
         """The course's brand colours for page styling, or neutral ones if it cannot load."""

@@ -11,7 +11,6 @@ The course is loaded and compiled again only then.
 
 from __future__ import annotations
 
-import hashlib
 import re
 import threading
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from starlette.routing import Route
 
 from dripmail.config import Project
 from dripmail.errors import ContentError, NotFoundError
+from dripmail.live_content import files_version
 from dripmail.preview_files import CourseWatcher
 from dripmail.web.context import ctx
 
@@ -34,26 +34,6 @@ _LIGHT_QUERY = re.compile(r"@media\s*\(\s*prefers-color-scheme\s*:\s*light\s*\)"
 
 # How long one long poll waits before answering "no change" (the page then asks again).
 LONG_POLL_SECONDS = 25.0
-
-
-def files_version(project: Project) -> str:
-    """A digest that changes whenever a file in course/, emails/ or newsletters/ changes.
-
-    Used by a `PreviewState` without a watcher (one-off renders, benchmarks); the live preview
-    asks its `CourseWatcher` instead.
-    """
-    digest = hashlib.sha256()
-    for folder in (project.course_dir, project.emails_dir, project.newsletters_dir):
-        if not folder.is_dir():
-            continue
-        for path in sorted(folder.rglob("*")):
-            try:
-                stat = path.stat()
-            except OSError:  # deleted while we looked: the next poll sees it
-                continue
-            if path.is_file():
-                digest.update(f"{path}\0{stat.st_mtime_ns}\0{stat.st_size}\n".encode())
-    return digest.hexdigest()[:16]
 
 
 @dataclass

@@ -45,7 +45,7 @@ def _source(fields: dict[str, str], request: Request) -> str | None:
 async def signup_page(request: Request) -> Response:
     """``GET /``: the sign-up form on a page of its own."""
     c = ctx(request)
-    course = c.course()
+    course = c.rules()  # no lesson text: the form stays up while a lesson is broken
     return c.render(
         request,
         "signup.html",
