@@ -28,6 +28,7 @@ from hashlib import sha256
 from typing import TYPE_CHECKING, Any
 
 from dripmail import holders
+from dripmail.errors import ContentError
 from dripmail.message import header_problem, rename_hint
 from dripmail.providers.base import Outcome, SendResult
 from dripmail.store import confirmation_queries as cq
@@ -181,9 +182,22 @@ def resend_interrupted(
         with runner.engine.begin() as conn:
             dead = {h for h in cq.owed_holders(conn, found, now) if holder_gone(h, host)}
             slots = cq.take_over(conn, found, worker, now, lease=LEASE, dead=dead, released=False)
-        if slots:
+        if not slots:
+            continue
+        try:
             handed = _hand_over(runner, slots, worker, now, call)
-            report.add(handed, {s.subscriber_id for s in slots})
+        except ContentError as exc:
+            # The templates do not compile (file:line): the chunk's emails wait, each with
+            # its reason recorded, and the pass goes on (a loop must not end on a typo).
+            report.add(Handed([], [_not_built(exc, slot) for slot in slots]))
+            continue
+        report.add(handed, {s.subscriber_id for s in slots})
+
+
+def _not_built(exc: ContentError, slot: cq.Slot) -> str:
+    """Why `slot`'s email was not handed over, as `_hand_over` records it."""
+    line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return f"not handed to the provider: {line} (to {slot.email})"
 
 
 @dataclass(frozen=True)

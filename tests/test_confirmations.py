@@ -353,3 +353,33 @@ def test_a_reader_who_left_and_signs_up_again_gets_a_new_first_email(
     assert again.send_confirmations([signed.subscriber_id]) == 1
     assert len(_mailed(tmp_path)) == 2  # two keys: n1 of each sign-up, told apart by time
     core.close()
+
+
+def test_a_confirmation_template_that_does_not_compile_fails_the_run_pass_s_emails_not_the_pass(
+    root: Path, tmp_path: Path
+) -> None:
+    """`run --loop` must not end on a template typo: the interrupted confirmation emails it
+    offers again are counted as not sent, each with the file:line, and the pass goes on."""
+    core = _core(root, tmp_path)
+    ids = _pending(core, 2)
+    with core.engine.begin() as conn:
+        conn.execute(  # taken by a process on another host whose lease ran out
+            update(subscribers)
+            .where(subscribers.c.id.in_(ids))
+            .values(
+                confirm_count=1,
+                confirm_sent_at=NOW - timedelta(hours=1),
+                confirm_claimed_by="elsewhere:1:1",
+                confirm_lease_expires_at=NOW - timedelta(minutes=1),
+            )
+        )
+    template = Path(root) / "emails" / "confirm.txt.j2"
+    template.write_text("Hello {{ recipient.first_name \n")
+    result = core.run(NOW)
+    assert result.confirmations == 0 and result.confirmations_failed == 2
+    assert "emails/confirm.txt.j2:1" in result.confirmation_failure
+    assert result.confirmation_failure.endswith("(to p0@example.org)")
+    assert _mailed(tmp_path) == []
+    slots = _slots(core)
+    assert all(slots[i][1] is None and slots[i][2] is None for i in ids)  # released, owed
+    core.close()
