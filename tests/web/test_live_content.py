@@ -90,10 +90,8 @@ async def test_started_with_a_broken_lesson_unsubscribe_preferences_and_webhooks
     activate(web.engine, other, web.app.state.ctx.course(), NOW)
     path, _good, line = break_lesson(web.root)
     web = make_web()  # a restart (a deploy) with the typo in place: it starts
-    assert web.app.state.ctx.app.content_problems() == [
-        f"course/{path.name}:{line}: front matter is not valid YAML: did not find expected ',' "
-        "or ']'"
-    ]
+    (problem,) = web.app.state.ctx.app.content_problems()
+    assert problem.startswith(f"course/{path.name}:{line}: front matter is not valid YAML")
     client = web.client()
     # RFC 8058 one-click, as a mail client sends it.
     one_click = await client.post(
