@@ -386,12 +386,14 @@ class Dripmail(DeliveryUseCases, Runner):
         confirm: bool = False,
         dry_run: bool = False,
         progress: Callable[[int, int], None] | None = None,
+        stop: threading.Event | None = None,
     ) -> ImportReport:
         """Import a CSV file (see `dripmail.subscriber_io`).
 
         Encoding checked before anything is written; every row is validated like every other
         door; each batch of rows is added, activated (or left pending with `confirm`) and
-        planned in one transaction. `progress(lines_done, lines_total)` is called per batch.
+        planned in one transaction. `progress(lines_done, lines_total)` is called per batch;
+        `stop`, once set (Ctrl-C), ends it between two batches (`ImportReport.stopped`).
         """
         from dripmail.subscriber_io import import_csv
 
@@ -404,6 +406,7 @@ class Dripmail(DeliveryUseCases, Runner):
             confirm=confirm,
             dry_run=dry_run,
             progress=progress,
+            stop=stop,
         )
         if report.handed:
             # Readers the file marks as unsubscribed, bounced or complained were stopped

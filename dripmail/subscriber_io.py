@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime, time
@@ -95,6 +96,24 @@ class ImportReport:
     handed: list[str] = field(default_factory=list)
     # Readers already here whose newsletters the file turns off (the reader's choice there).
     newsletters_off: int = 0
+    # The last line of the last batch committed: a stop (Ctrl-C) says how far it got.
+    committed_line: int = 0
+    # Stopped by the caller's `stop` between two batches: the rest of the file was not read.
+    stopped: bool = False
+
+    def merge(self, batch: ImportReport) -> None:
+        """Add what one committed batch did (`import_csv` merges only after the commit, so a
+        batch a Ctrl-C rolled back is not counted)."""
+        self.added += batch.added
+        self.existing += batch.existing
+        self.rejected.extend(batch.rejected)
+        self.added_ids.extend(batch.added_ids)
+        self.to_confirm.extend(batch.to_confirm)
+        for status, count in batch.kept_status.items():
+            self.kept_status[status] = self.kept_status.get(status, 0) + count
+        self.stopped_existing.extend(batch.stopped_existing)
+        self.handed.extend(batch.handed)
+        self.newsletters_off += batch.newsletters_off
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,10 +138,11 @@ class ImportRow:
 # -- reading --------------------------------------------------------------------------------
 
 
-def check_encoding(path: Path) -> int:
+def check_encoding(path: Path, stop: threading.Event | None = None) -> int:
     """Decode the whole file as UTF-8 (streamed); returns its number of lines.
 
     InputError naming the line and byte of the first undecodable byte: nothing was imported.
+    Returns early (the count so far) once `stop` is set.
     """
     decoder = codecs.getincrementaldecoder("utf-8-sig")()
     lines, offset = 1, 0
@@ -132,6 +152,8 @@ def check_encoding(path: Path) -> int:
         raise InputError(f"{path}: cannot read ({exc.strerror})") from None
     with handle:
         while chunk := handle.read(READ_CHUNK):
+            if stop is not None and stop.is_set():
+                return lines
             try:
                 decoder.decode(chunk)
             except UnicodeDecodeError as exc:
@@ -158,6 +180,10 @@ def check_encoding(path: Path) -> int:
 # `Time Zone`, `time-zone`, `TimeZone` and `timezone` are one column, as are `First Name` and
 # `first_name`. TZ is the name spreadsheets and the tz database itself use for the zone.
 _SQUASHED = {name.replace("_", ""): name for name in COLUMNS} | {"tz": "timezone"}
+# The headers email services write for the same columns: Mailchimp's `Email Address` and
+# `First Name`, Kit's `email_address`, `E-mail` (squashed to `email` already), `FNAME`
+# (Mailchimp's merge tag), `Given Name`.
+_SQUASHED |= {"emailaddress": "email", "fname": "first_name", "givenname": "first_name"}
 
 
 def _key(name: str) -> str:
@@ -181,21 +207,45 @@ def read_rows(
     today: date,
     lessons: int = 7,
 ) -> Iterator[ImportRow]:
-    """Yield valid rows; record refused ones (and in-file duplicates) in `report` by line."""
+    """Yield valid rows; record refused ones (and in-file duplicates) in `report` by line.
+
+    A row's line is the line it starts on. A quoted cell that runs over line breaks is read as
+    one row: in a column dripmail reads (an address, a name, a zone...) the row is refused,
+    and a quote left open (the cell runs to the end of the file, swallowing the rows after
+    it) is refused naming the line it opened on. InputError for a header dripmail cannot use.
+    """
     report.delimiter = _sniff(handle.read(READ_CHUNK))
     handle.seek(0)
-    # The csv module refuses a NUL anywhere; as a control character it becomes a space (and
-    # in an address, a refused row) like at every other door.
-    lines = (line.replace("\x00", " ") for line in handle)
-    reader = csv.reader(lines, delimiter=report.delimiter)
+    # The lines of the record being read, for the rare one that spans lines (an open quote).
+    raw: list[str] = []
+
+    def lines() -> Iterator[str]:
+        for text in handle:
+            # The csv module refuses a NUL anywhere; as a control character it becomes a
+            # space (and in an address, a refused row) like at every other door.
+            text = text.replace("\x00", " ")
+            raw.append(text)
+            yield text
+
+    reader = csv.reader(lines(), delimiter=report.delimiter)
     try:
         raw_header = next(reader, [])
     except csv.Error as exc:
         raise InputError(f"{source}:1: not valid CSV ({exc})") from None
+    if reader.line_num > 1:
+        raise InputError(
+            f"{source}:1: a quote in the header row is not closed on its line (the header "
+            f"runs to line {reader.line_num}); fix the header and import again"
+        )
+    raw.clear()
     header = [_key(h) for h in raw_header]
     if "email" not in header:
-        found = ", ".join(h.strip() for h in raw_header) or "nothing"
-        raise InputError(f"{source}:1: the header row needs an `email` column (found: {found})")
+        found = ", ".join(h.strip()[:40] for h in raw_header[:20]) or "nothing"
+        raise InputError(
+            f"{source}:1: the header row needs an `email` column (found: {found}); "
+            f"`Email`, `Email Address` and `E-mail` also name it"
+        )
+    _refuse_twice_named(source, raw_header, header)
     report.ignored_columns = [h for h in raw_header if h.strip() and _key(h) not in COLUMNS]
     where = {name: header.index(name) for name in COLUMNS if name in header}
     width = len(header)
@@ -204,51 +254,121 @@ def read_rows(
     at_email, at_zone, at_start = at["email"], at["timezone"], at["start_date"]
     at_tags, at_name = at["tags"], at["first_name"]
     at_status, at_news, at_send = at["status"], at["newsletters"], at["send_time"]
+    read_columns = sorted(where.items(), key=lambda item: item[1])
     seen: dict[str, int] = {}
-    line = 1
+    ended = 1  # the line the previous record ended on
+    while True:
+        line = ended + 1  # the line this record starts on
+        try:
+            record = next(reader, None)
+        except csv.Error as exc:
+            # The reader cannot find where the next row starts: nothing after it is read.
+            report.rejected.append(
+                (line, f"not valid CSV ({exc}); the rest of the file was not read: fix this "
+                 "line and import again (rows already imported are left as they are)")
+            )  # fmt: skip
+            return
+        if record is None:
+            return
+        ended = reader.line_num
+        spans = ended > line
+        if spans:
+            problem = _spanning(raw, record, read_columns, line, ended, report.delimiter)
+            raw.clear()
+            if problem is not None:
+                refused, said = problem
+                (report.rejected if refused else report.warnings).append((line, said))
+                if refused:
+                    continue
+        else:
+            raw.clear()
+        if not any(cell.strip() for cell in record):
+            continue
+        if len(record) > width:
+            report.rejected.append((line, "more cells than header columns"))
+            continue
+        # Short rows (fewer cells than the header) read empty cells for the rest.
+        cells = record + [""] * (width + 1 - len(record))
+        raw_email = cells[at_email].strip()
+        if not raw_email:
+            report.rejected.append((line, "email: empty"))
+            continue
+        try:
+            email = normalise_email(raw_email)
+            if email in seen:
+                raise InputError(f"{email} is already on line {seen[email]} of this file")
+            status = _status_of(cells[at_status])
+            zone, zone_warning = _checked(_zone_of(cells[at_zone].strip(), default_timezone))
+            if status in _UNPLANNED:
+                # No lesson will be planned from it: any real date is kept as it is.
+                start, start_warning = _checked(_any_date_of(cells[at_start].strip()))
+            else:
+                start, start_warning = _checked(_start_of(cells[at_start].strip(), today, lessons))
+            tags, _ = _checked(_tags_of(cells[at_tags]))
+            first = clean_name(cells[at_name])
+            newsletters = _flag_of(cells[at_news])
+            send_time = _send_time_of(cells[at_send])
+        except InputError as exc:
+            report.rejected.append((line, str(exc)))
+            continue
+        seen[email] = line
+        for warning in (zone_warning, start_warning):
+            if warning:
+                report.warnings.append((line, warning))
+        yield ImportRow(line, email, first, zone, start, tags, status, newsletters, send_time)
+
+
+def _refuse_twice_named(source: str, raw_header: list[str], header: list[str]) -> None:
+    """InputError when two header cells name the same column (`email,email`, `timezone,tz`):
+    one of them would be silently ignored."""
+    first_at: dict[str, int] = {}
+    for index, name in enumerate(header):
+        if name not in COLUMNS:
+            continue
+        if name in first_at:
+            one, other = raw_header[first_at[name]].strip(), raw_header[index].strip()
+            raise InputError(
+                f"{source}:1: columns {first_at[name] + 1} ({one!r}) and {index + 1} "
+                f"({other!r}) both name `{name}`: keep one of them and import again"
+            )
+        first_at[name] = index
+
+
+def _spanning(
+    raw: list[str],
+    record: list[str],
+    read_columns: list[tuple[str, int]],
+    line: int,
+    ended: int,
+    delimiter: str,
+) -> tuple[bool, str] | None:
+    """A record that runs over lines `line`..`ended`: (refused?, what to say), or None.
+
+    A quote left open runs to the end of the file (the non-strict reader takes it all as one
+    cell); read again strictly, that record says "unexpected end of data".
+    """
     try:
-        for record in reader:
-            joined = "".join(record)
-            # A quoted cell may span lines: the row starts that many lines before its end.
-            line = reader.line_num - joined.count("\n")
-            if not joined.strip():
-                continue
-            if len(record) > width:
-                report.rejected.append((line, "more cells than header columns"))
-                continue
-            # Short rows (fewer cells than the header) read empty cells for the rest.
-            cells = record + [""] * (width + 1 - len(record))
-            raw_email = cells[at_email].strip()
-            if not raw_email:
-                report.rejected.append((line, "email: empty"))
-                continue
-            try:
-                email = normalise_email(raw_email)
-                if email in seen:
-                    raise InputError(f"{email} is already on line {seen[email]} of this file")
-                status = _status_of(cells[at_status])
-                zone, zone_warning = _checked(_zone_of(cells[at_zone].strip(), default_timezone))
-                if status in _UNPLANNED:
-                    # No lesson will be planned from it: any real date is kept as it is.
-                    start, start_warning = _checked(_any_date_of(cells[at_start].strip()))
-                else:
-                    start, start_warning = _checked(
-                        _start_of(cells[at_start].strip(), today, lessons)
-                    )
-                tags, _ = _checked(_tags_of(cells[at_tags]))
-                first = clean_name(cells[at_name])
-                newsletters = _flag_of(cells[at_news])
-                send_time = _send_time_of(cells[at_send])
-            except InputError as exc:
-                report.rejected.append((line, str(exc)))
-                continue
-            seen[email] = line
-            for warning in (zone_warning, start_warning):
-                if warning:
-                    report.warnings.append((line, warning))
-            yield ImportRow(line, email, first, zone, start, tags, status, newsletters, send_time)
+        list(csv.reader(raw, delimiter=delimiter, strict=True))
     except csv.Error as exc:
-        raise InputError(f"{source}:{reader.line_num}: not valid CSV ({exc})") from None
+        if "unexpected end of data" in str(exc):
+            return True, (
+                f"a quote opened on this line is never closed: the cell runs over the line "
+                f"breaks to the end of the file, so lines {line}-{ended} were read as one row "
+                "and not imported; close the quote and import again"
+            )
+    for name, index in read_columns:
+        cell = record[index] if index < len(record) else ""
+        if "\n" in cell or "\r" in cell:
+            return True, (
+                f"{name}: the quoted cell that starts on this line runs over a line break "
+                f"(to line {ended}); a {name} is one line: close the quote where the cell "
+                "ends, or remove the line break"
+            )
+    return False, (
+        f"a quoted cell runs over lines {line}-{ended} (a column dripmail does not read); "
+        "the row was imported as one: if a quote was left open there, the lines after it "
+        "were read into that cell"
+    )
 
 
 # Statuses a file may give (`subscribers export` writes them) for which no lesson is planned:
@@ -536,22 +656,31 @@ def import_csv(
     confirm: bool = False,
     dry_run: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    stop: threading.Event | None = None,
 ) -> ImportReport:
     """Import subscribers from a CSV file (see module doc).
 
     Imported subscribers are active with consent source `import` and their lessons planned,
     unless `confirm` is set: then they stay pending and the caller sends the double opt-in
     email to `report.to_confirm`. `progress(lines_done, lines_total)` is called per batch.
+    `stop` (set by Ctrl-C or SIGTERM) is looked at between two batches: the import returns
+    with `report.stopped`, every batch before it committed and counted, none half-written.
     """
-    total = check_encoding(path)
     report = ImportReport()
+    total = check_encoding(path, stop)
+    if stop is not None and stop.is_set():
+        report.stopped = True
+        return report
     planner = _Planner(course, now, iq.stored_due(engine.dialect))
     today = now.astimezone(ZoneInfo(validate_timezone(default_timezone))).date()
 
     def write(batch: list[ImportRow]) -> None:
+        part = ImportReport()
         _write_batch(
-            engine, batch, planner, report, confirm=confirm, dry_run=dry_run, source=str(path)
+            engine, batch, planner, part, confirm=confirm, dry_run=dry_run, source=str(path)
         )
+        report.merge(part)  # committed: counted
+        report.committed_line = batch[-1].line
 
     with path.open(newline="", encoding="utf-8-sig") as handle:
         batch: list[ImportRow] = []
@@ -562,10 +691,14 @@ def import_csv(
                 if progress:
                     progress(row.line, total)
                 batch = []
-        if batch:
-            write(batch)
-        if progress:
-            progress(total, total)
+                if stop is not None and stop.is_set():
+                    report.stopped = True
+                    break
+        else:
+            if batch:
+                write(batch)
+            if progress:
+                progress(total, total)
     report.rejected.sort()
     return report
 

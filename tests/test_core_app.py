@@ -73,6 +73,8 @@ def test_every_valid_row_is_sent_exactly_once(
                 writer.writerow([f"r{i}@example.org", name, start.isoformat() if start else ""])
         valid = set()
         for i, (name, start) in enumerate(rows):
+            if "\n" in name or "\r" in name:
+                continue  # a quoted cell over a line break: refused (it may be a quote left open)
             try:
                 clean_name(name.replace("\x00", " "))
             except InputError:

@@ -1,5 +1,6 @@
 import csv
 import io
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -70,7 +71,7 @@ def test_suppressed_long_and_multi_line_rows_are_refused_by_their_own_line(
     path = _csv(
         tmp_path,
         "email,first_name,tags\n"
-        'ana@example.org,"Ana\nMaria",desk\n'  # lines 2-3: one row
+        'ana@example.org,"Ana\nMaria",desk\n'  # lines 2-3: one row, a name over two lines
         "GONE@example.org,Gone,\n"  # line 4: forgotten, so suppressed
         "bo@example.org,Bo,desk,extra\n"  # line 5: a cell more than the header
         ",,\n"  # line 6: blank, skipped
@@ -78,12 +79,14 @@ def test_suppressed_long_and_multi_line_rows_are_refused_by_their_own_line(
         "di@example.org,Di,no!\n",  # line 8: a bad tag
     )
     report = import_csv(engine, path, Rules(), "UTC", NOW)
-    assert report.added == 2
-    assert [line for line, _ in report.rejected] == [4, 5, 8]
-    assert "suppressed" in report.rejected[0][1]
-    assert "more cells" in report.rejected[1][1]
-    assert "tags: 'no!'" in report.rejected[2][1]
-    assert subs.get_subscriber(engine, "ana@example.org")["first_name"] == "Ana Maria"
+    assert report.added == 1
+    assert [line for line, _ in report.rejected] == [2, 4, 5, 8]
+    assert report.rejected[0][1].startswith(
+        "first_name: the quoted cell that starts on this line runs over a line break (to line 3)"
+    )
+    assert "suppressed" in report.rejected[1][1]
+    assert "more cells" in report.rejected[2][1]
+    assert "tags: 'no!'" in report.rejected[3][1]
     assert subs.get_subscriber(engine, "cy@example.org")["tags"] == "desk,runners"
 
 
@@ -330,3 +333,103 @@ def test_pending_in_the_file_is_asked_to_confirm_only_with_confirm(
     confirmed = import_csv(engine, path, Rules(), "UTC", NOW, confirm=True)
     pen = subs.get_subscriber(engine, "pen@example.org")["id"]
     assert confirmed.to_confirm == [pen]  # owed its email; the unsubscribed reader is not
+
+
+def test_an_unclosed_quote_is_refused_at_the_line_it_opens_on(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """The tester's repro: the rows after an unclosed quote were swallowed into one name
+    ("added 2", l@example.com named "Ell m2@example.com,Em n@example.com,En")."""
+    path = _csv(
+        tmp_path,
+        'email,first_name\nk@example.com,Kay\nl@example.com,"Ell\nm2@example.com,Em\n'
+        "n@example.com,En\n",
+    )
+    report = import_csv(engine, path, Rules(), "UTC", NOW)
+    assert report.added == 1 and _count(engine, subscribers) == 1
+    assert report.rejected == [
+        (
+            3,
+            "a quote opened on this line is never closed: the cell runs over the line breaks "
+            "to the end of the file, so lines 3-5 were read as one row and not imported; close "
+            "the quote and import again",
+        )
+    ]
+    # A quote opened on the first row was reported at line 1, the header's.
+    second = _csv(tmp_path, 'email,first_name\n"k@example.com,Kay\nl@example.com,Ell\n')
+    again = import_csv(engine, second, Rules(), "UTC", NOW)
+    assert [line for line, _ in again.rejected] == [2] and again.added == 0
+    assert "lines 2-3 were read as one row" in again.rejected[0][1]
+
+
+def test_a_line_break_in_a_read_column_is_refused_and_in_another_one_warned(
+    engine: Engine, tmp_path: Path
+) -> None:
+    path = _csv(
+        tmp_path,
+        "email,timezone,notes\n"
+        'ana@example.org,"Europe/\nBerlin",\n'  # lines 2-3
+        'bo@example.org,UTC,"first\nsecond"\n'  # lines 4-5: a column dripmail ignores
+        '"cy@exa\nmple.org",UTC,\n'  # lines 6-7
+        "di@example.org,UTC,\n",  # line 8
+    )
+    report = import_csv(engine, path, Rules(), "UTC", NOW)
+    assert [line for line, _ in report.rejected] == [2, 6]
+    assert report.rejected[0][1].startswith("timezone: the quoted cell that starts on this line")
+    assert report.rejected[1][1].startswith("email: the quoted cell that starts on this line")
+    assert [line for line, _ in report.warnings] == [4]
+    assert "a quoted cell runs over lines 4-5" in report.warnings[0][1]
+    assert report.added == 2  # bo and di
+
+
+@pytest.mark.parametrize(
+    ("header", "named"),
+    [
+        ("email,email,first_name", "columns 1 ('email') and 2 ('email') both name `email`"),
+        ("email,timezone,TZ", "columns 2 ('timezone') and 3 ('TZ') both name `timezone`"),
+        ("Email,Email Address", "columns 1 ('Email') and 2 ('Email Address') both name `email`"),
+        ("email,First Name,FNAME", "columns 2 ('First Name') and 3 ('FNAME') both name"),
+    ],
+)
+def test_two_columns_for_one_field_refuse_the_file(
+    engine: Engine, tmp_path: Path, header: str, named: str
+) -> None:
+    path = _csv(tmp_path, f"{header}\nk@example.com,z@example.com,UTC\n")
+    with pytest.raises(InputError, match=rf"people.csv:1: {re.escape(named)}.*keep one of them"):
+        import_csv(engine, path, Rules(), "UTC", NOW)
+    assert _count(engine, subscribers) == 0
+
+
+def test_a_mailchimp_export_header_names_the_email_and_first_name(
+    engine: Engine, tmp_path: Path
+) -> None:
+    path = _csv(
+        tmp_path,
+        "Email Address,First Name,Last Name,MEMBER_RATING\nmc@example.com,Mia,Chimp,2\n",
+    )
+    report = import_csv(engine, path, Rules(), "UTC", NOW)
+    assert report.added == 1 and report.ignored_columns == ["Last Name", "MEMBER_RATING"]
+    assert subs.get_subscriber(engine, "mc@example.com")["first_name"] == "Mia"
+    open_quote = _csv(tmp_path, '"email,first_name\nk@example.com,Kay\n')
+    with pytest.raises(InputError, match=r"people.csv:1: a quote in the header row is not closed"):
+        import_csv(engine, open_quote, Rules(), "UTC", NOW)
+
+
+def test_a_stop_ends_the_import_between_two_batches(engine: Engine, tmp_path: Path) -> None:
+    """Ctrl-C (the CLI sets the event) is looked at after each committed batch: everything
+    before it is in and counted, nothing after it is read; the same import again finishes."""
+    import threading
+
+    path = _csv(tmp_path, "email\n" + "".join(f"k{i}@example.org\n" for i in range(1200)))
+    stop = threading.Event()
+    report = import_csv(
+        engine, path, Rules(), "UTC", NOW, progress=lambda done, total: stop.set(), stop=stop
+    )
+    assert report.stopped and report.added == 500 and report.committed_line == 501
+    assert _count(engine, subscribers) == 500 and _count(engine, deliveries) == 3500
+    rest = import_csv(engine, path, Rules(), "UTC", NOW)
+    assert not rest.stopped and (rest.added, rest.existing) == (700, 500)
+    stop.clear()
+    stop.set()
+    before = import_csv(engine, path, Rules(), "UTC", NOW, stop=stop)
+    assert before.stopped and before.added == before.existing == 0

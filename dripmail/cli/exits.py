@@ -87,3 +87,24 @@ def stopped_by_ctrl_c() -> Iterator[None]:
     except KeyboardInterrupt:
         typer.echo("stopped")
         raise typer.Exit(EXIT_STOPPED) from None
+
+
+@contextmanager
+def stop_signals_set(stop: threading.Event) -> Iterator[None]:
+    """Within: Ctrl-C, SIGINT (also one a shell set to be ignored, as `sigint_even_if_ignored`)
+    and SIGTERM set `stop` instead of raising KeyboardInterrupt, for a command that stops at
+    a point of its own choosing (`subscribers import`, between two committed batches): an
+    exception raised just after a commit could not tell whether the batch went in."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def request(_signum: int, _frame: object) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, request) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

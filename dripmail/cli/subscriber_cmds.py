@@ -14,6 +14,8 @@ from dripmail.cli.exits import EXIT_ATTENTION
 from dripmail.cli.printing import visible
 
 if TYPE_CHECKING:
+    import threading
+
     from dripmail.app import Dripmail, Recall
     from dripmail.subscriber_io import ImportReport
 
@@ -56,6 +58,24 @@ def add(
     for warning in added.warnings:
         typer.echo(f"warning: {warning}", err=True)
     if not added.created:
+        if added.status.stopped:
+            from dripmail.errors import InputError
+
+            # An operator cannot undo a reader's own stop: only an unsubscribed reader comes
+            # back, by signing up again and confirming (`Dripmail.subscribe`, `rejoin`).
+            why = {
+                "unsubscribed": "unsubscribed: only they can sign up again (the sign-up form "
+                "asks them to confirm)",
+                "bounced": "bounced: their address does not take mail, and is not mailed again",
+                "complained": "complained (marked mail as spam): they are not mailed again",
+            }[added.status.value]
+            raise InputError(f"{added.email} (id {added.id}) {why}; nothing changed")
+        if added.status == "pending":
+            typer.echo(
+                f"{added.email} is already signed up and has not confirmed yet (id {added.id}, "
+                "pending): nothing changed"
+            )
+            return
         typer.echo(f"{added.email} is already subscribed (id {added.id}, {added.status}).")
         return
     typer.echo(f"added {added.email} (id {added.id}); lesson 1 on {added.first_lesson} local time")
@@ -285,24 +305,89 @@ def import_(
     Imported subscribers are active (consent source `import`) and start by the course's start
     rule (or their start_date), unless --confirm. The file is checked to be UTF-8 before
     anything is written. Every refused row is listed with its line number and reason, the
-    other rows are imported, and the exit code is 3 when some rows were refused.
+    other rows are imported, and the exit code is 3 when some rows were refused. Ctrl-C or
+    SIGTERM stops it between two batches of rows (exit 130) and says how many went in;
+    running the same import again continues safely.
     """
+    import threading
+
+    from dripmail.cli.exits import EXIT_STOPPED, stop_signals_as_ctrl_c, stop_signals_set
+
+    app = _app(now)
+    stop = threading.Event()
+    try:
+        with stop_signals_set(stop):  # Ctrl-C, `kill`, systemd: stop between two batches
+            report = _import_rows(app, file, confirm, dry_run, stop)
+        _print_import(report, file, confirm, dry_run)
+        if report.stopped:
+            typer.echo(_stopped_line(report, file, dry_run))
+            raise typer.Exit(EXIT_STOPPED)
+        if confirm and report.to_confirm and not dry_run:
+            try:
+                with stop_signals_as_ctrl_c():
+                    _send_confirmations(app, report)
+            except KeyboardInterrupt:
+                typer.echo(_stopped_line(report, file, dry_run, confirming=True))
+                raise typer.Exit(EXIT_STOPPED) from None
+        if report.rejected:
+            raise typer.Exit(EXIT_ATTENTION)
+    finally:
+        app.close()
+
+
+def _stopped_line(
+    report: ImportReport, file: Path, dry_run: bool, *, confirming: bool = False
+) -> str:
+    """What a stopped import says, as `run` and `broadcast` do: how far it got, and that the
+    same command again continues (an address already in is counted and left alone)."""
+    from dripmail.cli import command_name
+
+    again = f"`{command_name()} subscribers import {file}"
+    if dry_run:
+        return f"stopped: a dry run, nothing was written; {again} --dry-run` checks the whole file"
+    if confirming:
+        return (
+            f"stopped: every row was imported, but some confirmation emails may not have gone "
+            f"out; {again} --confirm` offers them (under the same key: nobody gets two)"
+        )
+    # The counts were just printed: say how far the file was read and what to do.
+    through = (
+        f"after line {report.committed_line} of {file}: the rows up to it are in, the rest "
+        "was not read"
+        if report.committed_line
+        else f"before any row of {file} was written"
+    )
+    return (
+        f"stopped {through}; "
+        f"{again}` again continues safely: rows already in are left as they are, nothing is "
+        "added twice"
+    )
+
+
+def _import_rows(
+    app: Dripmail, file: Path, confirm: bool, dry_run: bool, stop: threading.Event
+) -> ImportReport:
+    """The import itself, with a progress bar on a terminal."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     from dripmail.cli.progress import terminal_bar
 
-    app = _app(now)
     columns = (BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     # Piped or redirected, a bar on stdout left an empty line before the summary or even
     # before an error: `terminal_bar` draws on stderr, only on a terminal.
     with terminal_bar(*Progress.get_default_columns()[:1], *columns, transient=True) as bar:
         task = bar.add_task("importing lines", total=None)
-        report = app.import_subscribers(
+        return app.import_subscribers(
             file,
             confirm=confirm,
             dry_run=dry_run,
             progress=lambda done, total: bar.update(task, completed=done, total=total),
+            stop=stop,
         )
+
+
+def _print_import(report: ImportReport, file: Path, confirm: bool, dry_run: bool) -> None:
+    """Refused rows and warnings by FILE:LINE on stderr; the counts on stdout."""
     for line, reason in report.rejected:
         typer.echo(f"{file}:{line}: {reason}", err=True)
     for line, warning in report.warnings:
@@ -324,33 +409,34 @@ def import_(
             f"{done} newsletters off for {report.newsletters_off} reader(s) already here "
             "(newsletters: no in the file)"
         )
-    if confirm and report.to_confirm and not dry_run:
-        mailed = app.confirm_subscribers(report.to_confirm)
-        typer.echo(f"sent {mailed.sent} confirmation email(s)")
-        if mailed.offered_again:
-            typer.echo(
-                f"offered again {mailed.offered_again} confirmation email(s) a killed run had"
-                " not recorded as handed over (same key: a provider that deduplicates, like the"
-                " outbox, keeps one copy)"
-            )
-        for holder, (count, until) in sorted(mailed.held_elsewhere.items()):
-            host, _, pid = holder.partition(":")
-            typer.echo(
-                f"{count} confirmation email(s) still being sent by another process"
-                f" (pid {pid.partition(':')[0]} on {host}); run again after it ends, or after"
-                f" {until:%Y-%m-%d %H:%M:%S} UTC when its hold runs out",
-                err=True,
-            )
-        if mailed.failed:
-            # As `run` reports them: the count, the first reason with its address.
-            first = "the first" if mailed.failed > 1 else "it"
-            typer.echo(
-                f"{mailed.failed} confirmation email(s) not sent ({first}: "
-                f"{visible(mailed.failure_reason)}); `status` lists them",
-                err=True,
-            )
-            raise typer.Exit(EXIT_ATTENTION)
-    if report.rejected:
+
+
+def _send_confirmations(app: Dripmail, report: ImportReport) -> None:
+    """The double opt-in emails of `import --confirm`; exit 3 when some were not sent."""
+    mailed = app.confirm_subscribers(report.to_confirm)
+    typer.echo(f"sent {mailed.sent} confirmation email(s)")
+    if mailed.offered_again:
+        typer.echo(
+            f"offered again {mailed.offered_again} confirmation email(s) a killed run had"
+            " not recorded as handed over (same key: a provider that deduplicates, like the"
+            " outbox, keeps one copy)"
+        )
+    for holder, (count, until) in sorted(mailed.held_elsewhere.items()):
+        host, _, pid = holder.partition(":")
+        typer.echo(
+            f"{count} confirmation email(s) still being sent by another process"
+            f" (pid {pid.partition(':')[0]} on {host}); run again after it ends, or after"
+            f" {until:%Y-%m-%d %H:%M:%S} UTC when its hold runs out",
+            err=True,
+        )
+    if mailed.failed:
+        # As `run` reports them: the count, the first reason with its address.
+        first = "the first" if mailed.failed > 1 else "it"
+        typer.echo(
+            f"{mailed.failed} confirmation email(s) not sent ({first}: "
+            f"{visible(mailed.failure_reason)}); `status` lists them",
+            err=True,
+        )
         raise typer.Exit(EXIT_ATTENTION)
 
 

@@ -200,3 +200,110 @@ def test_an_export_imported_on_a_new_machine_mails_nobody_who_left(tmp_path: Pat
     again = run_cli(new, "subscribers", "import", str(people))
     assert again.stdout.splitlines() == ["added 0, already there 3, rejected 0"]
     assert subs.get_subscriber(engine, "y@example.com")["status"] == "unsubscribed"
+
+
+def test_an_unclosed_quote_is_a_refused_row_by_its_line_exit_3(tmp_path: Path) -> None:
+    from tests.course_fixture import make_project
+
+    root = make_project(tmp_path / "p")
+    (root / "bq.csv").write_text(
+        'email,first_name\nk@example.com,Kay\nl@example.com,"Ell\nm2@example.com,Em\n'
+        "n@example.com,En\n"
+    )
+    out = run_cli(root, "subscribers", "import", "bq.csv")
+    assert out.returncode == 3
+    assert out.stdout == "added 1, already there 0, rejected 1\n"
+    assert out.stderr == (
+        "bq.csv:3: a quote opened on this line is never closed: the cell runs over the line "
+        "breaks to the end of the file, so lines 3-5 were read as one row and not imported; "
+        "close the quote and import again\n"
+    )
+    twice = root / "twice.csv"
+    twice.write_text("email,timezone,tz\nk@example.com,UTC,UTC\n")
+    refused = run_cli(root, "subscribers", "import", str(twice))
+    assert refused.returncode == 1 and refused.stderr == (
+        f"error: {twice}:1: columns 2 ('timezone') and 3 ('tz') both name `timezone`: keep one "
+        "of them and import again\n"
+    )
+
+
+def test_adding_a_reader_who_unsubscribed_says_only_they_can_sign_up_again(
+    tmp_path: Path,
+) -> None:
+    from tests.course_fixture import make_project
+
+    root = make_project(tmp_path / "p")
+    assert run_cli(root, "subscribers", "add", "y@example.com").returncode == 0
+    again = run_cli(root, "subscribers", "add", "y@example.com")
+    assert again.returncode == 0 and "is already subscribed (id 1, active)" in again.stdout
+    assert run_cli(root, "subscribers", "unsubscribe", "y@example.com").returncode == 0
+    out = run_cli(root, "subscribers", "add", "Y@example.com")
+    assert out.returncode == 1 and out.stdout == ""
+    assert out.stderr == (
+        "error: y@example.com (id 1) unsubscribed: only they can sign up again (the sign-up "
+        "form asks them to confirm); nothing changed\n"
+    )
+    engine = open_store("sqlite:///dripmail.db", root)
+    assert subs.get_subscriber(engine, "y@example.com")["status"] == "unsubscribed"
+
+
+def _stopped_import(root: Path, sig: int) -> tuple[subprocess.CompletedProcess[str], int]:
+    """`subscribers import people.csv` as a real process, sent `sig` once its first batch
+    of rows is in; returns what it said and how many subscribers were in at the end."""
+    import os
+    import sys
+    import time
+
+    from sqlalchemy import func, select
+
+    from dripmail.store.schema import subscribers
+
+    send = Path(__file__).resolve().parents[2] / "send.py"
+    engine = open_store("sqlite:///dripmail.db", root)
+    proc = subprocess.Popen(
+        [sys.executable, str(send), "--root", str(root), "subscribers", "import", "people.csv"],
+        cwd=root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+    def count() -> int:
+        with engine.connect() as conn:
+            return conn.execute(select(func.count()).select_from(subscribers)).scalar_one()
+
+    before = count()
+    while proc.poll() is None and count() == before:
+        time.sleep(0.05)  # until the first batch of this run is committed
+    os.kill(proc.pid, sig)
+    out, err = proc.communicate(timeout=600)
+    done = count()
+    engine.dispose()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err), done
+
+
+def test_ctrl_c_or_sigterm_during_an_import_says_how_far_it_got_and_a_rerun_continues(
+    tmp_path: Path,
+) -> None:
+    """The tester's repro: a stopped import exited 130 or 143 without a word."""
+    import signal
+
+    from tests.course_fixture import make_project
+
+    root = make_project(tmp_path / "p")
+    total = 10_000  # 20 batches: the signal lands while most are still to come
+    (root / "people.csv").write_text(
+        "email\n" + "".join(f"k{i}@example.org\n" for i in range(total))
+    )
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        out, inside = _stopped_import(root, sig)
+        assert out.returncode == 130, (sig, out.stdout, out.stderr)
+        assert out.stderr == ""
+        summary, stopped = out.stdout.splitlines()
+        assert summary.startswith("added ") and summary.endswith(", rejected 0")
+        assert stopped.startswith(f"stopped after line {inside + 1} of people.csv: the rows up to")
+        assert "subscribers import people.csv` again continues safely" in stopped
+        assert inside < total
+    final = run_cli(root, "subscribers", "import", "people.csv")
+    assert final.returncode == 0
+    assert final.stdout == f"added {total - inside}, already there {inside}, rejected 0\n"
