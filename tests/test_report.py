@@ -100,8 +100,9 @@ def test_since_after_today_is_accepted_when_there_is_data_from_it_on(history: Hi
 
 def test_an_empty_since_is_a_one_line_error(tmp_path: Path) -> None:
     from tests.cli_in_process import run_cli
+    from tests.course_fixture import make_project
 
-    out = run_cli(tmp_path, "report", "--since", "")
+    out = run_cli(make_project(tmp_path), "report", "--since", "")
     assert out.returncode != 0
     assert (
         out.stderr.strip()
@@ -117,7 +118,9 @@ def test_empty_database_report_says_so_with_a_hint(tmp_path: Path) -> None:
     from tests.cli_in_process import run_cli
 
     clean = {k: v for k, v in os.environ.items() if not k.startswith("DRIPMAIL_")}
-    out = run_cli(tmp_path, "report", env=clean)
+    from tests.course_fixture import make_project
+
+    out = run_cli(make_project(tmp_path), "report", env=clean)
     assert out.returncode == 0, out.stderr
     assert "Nothing recorded in this span yet" in out.stdout
     assert "`report --demo`" in out.stdout

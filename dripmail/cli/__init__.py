@@ -44,6 +44,24 @@ class State:
 
     @property
     def project(self):  # -> dripmail.config.Project
+        """The course project at `root`; ConfigError when `root` holds none (no
+        course/course.toml): a command run in the wrong folder, or a mistyped --root, would
+        otherwise make an empty database there and report "no subscribers"."""
+        from dripmail.config import Project
+        from dripmail.errors import ConfigError
+
+        project = Project(self.root)
+        if not (project.course_dir / "course.toml").is_file():
+            where = "this folder" if self.root == Path.cwd().resolve() else str(self.root)
+            raise ConfigError(
+                f"{where} is not a dripmail project (no course/course.toml in {self.root}): "
+                f"cd to your project or give --root PATH; `{command_name()} init DIR` makes one"
+            )
+        return project
+
+    @property
+    def folder(self):  # -> dripmail.config.Project
+        """`root` as a Project whether or not it holds a course (`demo` works anywhere)."""
         from dripmail.config import Project
 
         return Project(self.root)

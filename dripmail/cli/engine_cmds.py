@@ -431,7 +431,7 @@ def demo(
     Console(width=80).print(table)
     for line in result.events:  # they describe the week above: printed after it
         typer.echo(line)
-    typer.echo(f"{result.written} emails written to {state.project.display(result.outbox)}")
+    typer.echo(f"{result.written} emails written to {state.folder.display(result.outbox)}")
     cmd = command_name()
     here = state.root == Path.cwd().resolve()
     if not here:  # the hint must work from the folder the user is in
@@ -454,7 +454,7 @@ def upgrade() -> None:
     """Create or upgrade the database schema to this version (also done on first use)."""
     from dripmail.runner import Runner
 
-    url = Runner(state.project, state.settings).upgrade_database()
+    url = Runner(state.folder, state.settings).upgrade_database()
     typer.echo(f"database is up to date: {url}")
 
 

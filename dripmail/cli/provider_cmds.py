@@ -25,7 +25,7 @@ def check() -> None:
 
     settings = state.settings
     problems = deployment_problems(settings) if settings.provider != "outbox" else []
-    provider = get_provider(settings, state.project)
+    provider = get_provider(settings, state.folder)
 
     async def run() -> str:
         try:

@@ -266,7 +266,7 @@ def _demo_runner():  # -> dripmail.runner.Runner
     folder = state.root / DEMO_DIR
     if not (folder / DATABASE).is_file():
         raise InputError(f"no demo has run in {state.root}: run `demo` first")
-    content = state.project
+    content = state.folder
     if not (content.course_dir / "course.toml").is_file():
         from dripmail.scaffold import sample_root
 

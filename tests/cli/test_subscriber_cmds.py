@@ -2,12 +2,20 @@ import subprocess
 from datetime import UTC, date, datetime
 from pathlib import Path
 
+import pytest
 from sqlalchemy import Engine
 
 from dripmail import subscribers as subs
 from dripmail.store.db import open_store
 from tests.cli_in_process import run_cli
+from tests.course_fixture import make_project
 from tests.terminal import read_to_end, read_until
+
+
+@pytest.fixture(autouse=True)
+def _project(tmp_path: Path) -> None:
+    """Every test here runs in a course project (commands refuse a folder without one)."""
+    make_project(tmp_path)
 
 
 def _run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
