@@ -135,6 +135,7 @@ class Resumed:
     id: int
     email: str
     next_lesson_date: date | None
+    changed: bool = True  # False: the course was not paused (already active), nothing done
 
 
 @dataclass(frozen=True)
@@ -598,10 +599,14 @@ class Dripmail(DeliveryUseCases, Runner):
         return Renamed(sid, sub["email"], status, old, new, failed, owed)
 
     def resume(self, ref: int | str) -> Resumed:
-        """Continue a paused course: the next lesson at the next local send time."""
+        """Continue a paused course: the next lesson at the next local send time. An active
+        course is left as it is (`Resumed.changed` False); InputError for any other status."""
         now = self.now()
         with self.engine.begin() as conn:
             sub = subs.get_subscriber(conn, ref)
+            if sub["status"] == SubscriberStatus.ACTIVE:
+                # As a second `pause` is: asked twice, the second time finds it done.
+                return Resumed(int(sub["id"]), sub["email"], None, changed=False)
             first = subs.resume(conn, int(sub["id"]), self.rules, now)
             _note(conn, int(sub["id"]), "resumed", "cli", now)
         return Resumed(int(sub["id"]), sub["email"], first)

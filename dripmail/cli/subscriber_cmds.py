@@ -231,6 +231,9 @@ def resume(
 ) -> None:
     """Continue a paused course: the next lesson at the next local send time."""
     result = _app(now).resume(email)
+    if not result.changed:
+        typer.echo(f"{result.email} is already active: nothing to resume")
+        return
     first = result.next_lesson_date
     when = f"next lesson on {first} local time" if first else "no lessons left"
     typer.echo(f"resumed {result.email}: {when}")

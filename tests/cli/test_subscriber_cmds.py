@@ -79,8 +79,14 @@ def test_list_show_and_export_through_typers_runner(tmp_path: Path) -> None:
     assert wrong.exit_code == 1
     assert runner.invoke(app, [*root, "subscribers", "pause", "ana@example.org"]).exit_code == 0
     assert runner.invoke(app, [*root, "subscribers", "resume", "ana@example.org"]).exit_code == 0
+    # Asked twice, like a second pause: the second finds it done and says so (exit 0).
+    again = runner.invoke(app, [*root, "subscribers", "resume", "ana@example.org"])
+    assert again.exit_code == 0, again.output
+    assert again.output == "ana@example.org is already active: nothing to resume\n"
     stop = runner.invoke(app, [*root, "subscribers", "unsubscribe", "ana@example.org"])
     assert stop.exit_code == 0
+    gone = runner.invoke(app, [*root, "subscribers", "resume", "ana@example.org"])
+    assert gone.exit_code == 1 and "is unsubscribed, not paused" in str(gone.exception)
     shown = runner.invoke(app, [*root, "subscribers", "show", "ana@example.org"])
     events = shown.output.split("Events", 1)[1]
     for kind in ("paused", "resumed", "unsubscribed"):
