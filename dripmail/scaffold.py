@@ -112,7 +112,14 @@ def init_project(dest: Path) -> list[Path]:
     running `dripmail check`) already present are left as they are. Returns what it created.
     """
     source = sample_root()
-    dest.mkdir(parents=True, exist_ok=True)
+    if dest.exists() and not dest.is_dir():
+        raise InputError(f"init {dest}: that is a file, not a folder: give a new folder's name")
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(
+            f"init {dest}: cannot create the folder ({exc.strerror}); choose another path"
+        ) from None
     taken = [dest / part for part in PARTS if (dest / part).exists()]
     if taken:
         names = ", ".join(str(p) for p in taken)

@@ -289,7 +289,7 @@ def read_rows(
             continue
         # Short rows (fewer cells than the header) read empty cells for the rest.
         cells = record + [""] * (width + 1 - len(record))
-        raw_email = cells[at_email].strip()
+        raw_email = _as_written(cells[at_email].strip())
         if not raw_email:
             report.rejected.append((line, "email: empty"))
             continue
@@ -305,7 +305,7 @@ def read_rows(
             else:
                 start, start_warning = _checked(_start_of(cells[at_start].strip(), today, lessons))
             tags, _ = _checked(_tags_of(cells[at_tags]))
-            first = clean_name(cells[at_name])
+            first = clean_name(_as_written(cells[at_name]))
             newsletters = _flag_of(cells[at_news])
             send_time = _send_time_of(cells[at_send])
         except InputError as exc:
@@ -369,6 +369,15 @@ def _spanning(
         "the row was imported as one: if a quote was left open there, the lines after it "
         "were read into that cell"
     )
+
+
+def _as_written(cell: str) -> str:
+    """A cell as it was before `safe_cell` neutralised it for spreadsheets on export (`'-Bo`
+    back to `-Bo`, `'+ana@example.org` back to the address): an exported file imports as
+    it was stored."""
+    if cell.startswith("'") and cell[1:2] and cell[1:].startswith(FORMULA_START):
+        return cell[1:]
+    return cell
 
 
 # Statuses a file may give (`subscribers export` writes them) for which no lesson is planned:

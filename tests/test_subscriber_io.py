@@ -433,3 +433,23 @@ def test_a_stop_ends_the_import_between_two_batches(engine: Engine, tmp_path: Pa
     stop.set()
     before = import_csv(engine, path, Rules(), "UTC", NOW, stop=stop)
     assert before.stopped and before.added == before.existing == 0
+
+
+def test_cells_export_neutralised_for_spreadsheets_import_as_they_were(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """`safe_cell` writes `'-Bo` for a name starting with `-`; moving machines must not turn
+    it into a name with an apostrophe, nor an address starting with `+` into a refused row."""
+    for address, name in (("+ana@example.org", "-Bo"), ("cy@example.org", "=Cy")):
+        subs.add_subscriber(
+            engine, address, first_name=name, timezone="UTC", status="active",
+            consent_source="test", now=NOW,
+        )  # fmt: skip
+    out = io.StringIO()
+    export_csv(engine, out)
+    assert "'+ana@example.org,'-Bo" in out.getvalue()
+    other = new_store("sqlite:///other.db", tmp_path)
+    report = import_csv(other, _csv(tmp_path, out.getvalue()), Rules(), "UTC", NOW)
+    assert report.added == 2 and not report.rejected
+    assert subs.get_subscriber(other, "+ana@example.org")["first_name"] == "-Bo"
+    assert subs.get_subscriber(other, "cy@example.org")["first_name"] == "=Cy"

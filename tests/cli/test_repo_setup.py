@@ -47,6 +47,19 @@ def test_init_writes_ignore_rules_hook_and_ci_and_names_the_console_script(tmp_p
     assert again.exit_code == 1  # never overwrites a course
 
 
+def test_init_onto_a_file_says_so_and_leaves_it(tmp_path: Path) -> None:
+    """`init dripmail.db` said "unexpected FileExistsError"."""
+    from tests.cli_in_process import run_cli
+
+    data = tmp_path / "dripmail.db"
+    data.write_bytes(b"SQLite format 3\x00")
+    out = run_cli(tmp_path, "init", str(data))
+    assert out.returncode == 1 and out.stderr == (
+        f"error: init {data}: that is a file, not a folder: give a new folder's name\n"
+    )
+    assert data.read_bytes() == b"SQLite format 3\x00"
+
+
 def test_init_from_a_checkout_names_send_py(tmp_path: Path) -> None:
     out = _run(
         tmp_path,
