@@ -4,15 +4,20 @@ Import, in order:
 1. The whole file is decoded once (streamed) before anything is written: a byte that is not
    UTF-8 stops the import naming its line, with nothing added.
 2. The delimiter is sniffed (comma, semicolon or tab); header names match without regard to
-   case, spaces, hyphens or underscores (`Email`, `First Name`, `first-name`, `Time Zone`).
+   case, spaces, hyphens or underscores (`Email`, `First Name`, `first-name`, `Time Zone`),
+   plus the names email services export (`Email Address`); two columns for one field refuse
+   the file.
 3. Every row is validated the same way as every other door (`dripmail.validation`); a refused
-   row, and a second row for an address already in the file, is reported with its line number
-   and reason, and the other rows go on.
-4. Valid rows are written in batches: each batch adds its subscribers, activates them (or
-   leaves them pending for the double opt-in email) and plans their lessons in ONE
+   row, and a second row for an address already in the file, is reported with the line it
+   starts on and the reason, and the other rows go on. A quoted cell over a line break in a
+   column read here, and a quote never closed, are refused rows.
+4. Valid rows are written in batches: each batch adds its subscribers with their status (the
+   file's `status` as `export` writes it: a reader who stopped mail stays stopped; otherwise
+   active, or pending for the double opt-in email) and plans their lessons in ONE
    transaction, so a crash at any moment leaves every row either fully imported or not at all.
-   Re-running is idempotent (an address already present is counted and left alone), and a
-   pending import row whose confirmation email never went out is offered again.
+   Re-running is idempotent (an address already present is counted and left alone, except
+   that a file marking it as stopped stops it), and a pending import row whose confirmation
+   email never went out is offered again. A stop request is looked at between batches.
 
 `--dry-run` runs the same checks against the same database and reports the same counts.
 Export streams by id and neutralises cells a spreadsheet would run as a formula.
