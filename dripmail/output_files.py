@@ -147,3 +147,17 @@ def write_atomically(target: Path, content: str | bytes, keep: Kept | None = Non
     """`replaced_atomically` for content already in memory (a rendered email)."""
     with replaced_atomically(target, keep, text=isinstance(content, str)) as handle:
         handle.write(content)
+
+
+def make_folder(folder: Path, named: str, instead: str) -> None:
+    """Create `folder` (and its parents) unless it is there: InputError, one line starting
+    with `named` (e.g. "--out PATH", "init PATH"), when it is a file (then `instead` says
+    what to give) or cannot be created (the system's reason)."""
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"{named}: that is a file, not a folder: {instead}")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(
+            f"{named}: cannot create the folder ({exc.strerror}); choose another path"
+        ) from None

@@ -12,9 +12,8 @@ from pathlib import Path
 from dripmail.checks import sample_recipient
 from dripmail.config import Project
 from dripmail.content import Course, load_newsletter
-from dripmail.errors import InputError
 from dripmail.message import Message
-from dripmail.output_files import Kept, check_target, write_atomically
+from dripmail.output_files import Kept, check_target, make_folder, write_atomically
 from dripmail.render import Renderer
 
 
@@ -33,14 +32,7 @@ def write_preview(
     (`output_files.write_atomically`), and none may be one of `keep` (the database's files).
     InputError when `folder` is a file or cannot be created.
     """
-    if folder.exists() and not folder.is_dir():
-        raise InputError(f"--out {folder} is a file, not a folder: give a folder to write into")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(
-            f"--out {folder}: cannot create the folder ({exc.strerror}); choose another path"
-        ) from None
+    make_folder(folder, f"--out {folder}", "give a folder to write into")
     renderer = Renderer(project, course)
     reader = sample_recipient()
     entries: list[tuple[str, Message]] = []

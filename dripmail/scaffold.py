@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 from dripmail.errors import InputError
+from dripmail.output_files import make_folder
 
 PARTS = ("course", "emails", "newsletters")
 ENV_EXAMPLE = """\
@@ -112,14 +113,7 @@ def init_project(dest: Path) -> list[Path]:
     running `dripmail check`) already present are left as they are. Returns what it created.
     """
     source = sample_root()
-    if dest.exists() and not dest.is_dir():
-        raise InputError(f"init {dest}: that is a file, not a folder: give a new folder's name")
-    try:
-        dest.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(
-            f"init {dest}: cannot create the folder ({exc.strerror}); choose another path"
-        ) from None
+    make_folder(dest, f"init {dest}", "give a new folder's name")
     taken = [dest / part for part in PARTS if (dest / part).exists()]
     if taken:
         names = ", ".join(str(p) for p in taken)

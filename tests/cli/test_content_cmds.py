@@ -75,7 +75,8 @@ def test_render_out_refuses_a_file_and_never_writes_over_the_database(root: Path
     as_folder = run_cli(root, "render", "--out", "notes.txt")
     assert as_folder.returncode == 1 and as_folder.stdout == ""
     assert as_folder.stderr.strip() == (
-        f"error: --out {root / 'notes.txt'} is a file, not a folder: give a folder to write into"
+        f"error: --out {root / 'notes.txt'}: that is a file, not a folder: "
+        "give a folder to write into"
     )
     assert (root / "notes.txt").read_text() == "mine"
     # A database kept where `index.html` would be written (an odd setting, but an --out the
