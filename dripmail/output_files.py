@@ -49,6 +49,28 @@ def store_files(database_url: str, root: Path) -> dict[Path, str]:
     return files
 
 
+def kept_files(database_url: str, root: Path, outbox_dir: str = "outbox") -> dict[Path, str]:
+    """Everything an `--out` must never overwrite in a project at `root`: the database's
+    files (`store_files`), the `.env` with its secrets, and any file inside the course's
+    content folders or the outbox (an export over `outbox/index.jsonl` kept a forgotten
+    reader's address there, which `forget` erases)."""
+    kept = store_files(database_url, root)
+    kept[root / ".env"] = "the project's settings file (.env)"
+    for folder in ("course", "emails", "newsletters"):
+        kept[root / folder] = f"the course's own files ({folder}/)"
+    outbox = Path(outbox_dir)
+    kept[outbox if outbox.is_absolute() else root / outbox] = "the outbox's files"
+    return kept
+
+
+def _inside(target: Path, folder: Path) -> bool:
+    """True when `target` would be written inside the existing folder `folder`."""
+    try:
+        return folder.is_dir() and target.resolve().is_relative_to(folder.resolve())
+    except OSError:
+        return False
+
+
 def _same(a: Path, b: Path) -> bool:
     """True when `a` and `b` name one file (also through a symlink or a hard link)."""
     try:
@@ -66,11 +88,18 @@ def check_target(target: Path, keep: Kept | None = None, option: str = "--out") 
     folder must exist (it is not created: a typo in it would scatter files) and be writable.
     """
     for kept, what in (keep or {}).items():
-        if _same(target, kept):
+        if _same(target, kept) or _inside(target, kept):
             raise InputError(
                 f"{option} {target}: that is {what}, which this command must not overwrite; "
                 "give another file name"
             )
+    try:
+        _check_place(target, option)
+    except OSError as exc:  # a name too long, a loop of symlinks...: the system's reason
+        raise InputError(f"{option} {target}: {exc.strerror or exc}; choose another path") from None
+
+
+def _check_place(target: Path, option: str) -> None:
     if target.is_dir():
         raise InputError(
             f"{option} {target} is a folder: give a file name in it, e.g. "
@@ -114,8 +143,25 @@ def replaced_atomically(
     writing (a full disk) is an InputError saying so.
     """
     check_target(target, keep, option)
+    if target.exists() and not target.is_file():
+        # A device, a FIFO or a socket (`--out /dev/stdout`, a named pipe): written to as a
+        # shell redirect would; renaming over it would replace the device with a plain file.
+        try:
+            stream: IO = (
+                open(target, "w", encoding="utf-8", newline="") if text else open(target, "wb")  # noqa: SIM115
+            )
+            with stream:
+                yield stream
+        except OSError as exc:
+            raise InputError(
+                f"{option} {target}: cannot write it ({exc.strerror or exc})"
+            ) from None
+        return
+    if target.is_symlink():
+        # The link stays a link: the file it points to is the one replaced.
+        target = target.resolve()
     try:
-        fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        fd, name = tempfile.mkstemp(prefix=".dripmail-", suffix=".tmp", dir=target.parent)
     except OSError as exc:
         raise InputError(f"{option} {target}: cannot write there ({exc.strerror})") from None
     temporary = Path(name)

@@ -70,3 +70,43 @@ def test_a_failure_midway_leaves_the_old_file_and_no_temporary_one(tmp_path: Pat
         handle.write("new\n")
     assert target.read_text() == "new\n"
     assert oct(target.stat().st_mode & 0o777) == oct(0o640)  # the old file's permissions kept
+
+
+def test_a_device_is_written_to_and_a_link_stays_a_link(tmp_path: Path) -> None:
+    """A rename over the target replaced `--out /dev/null` (the device itself, as root) and
+    turned a symlink into a plain file. Here through a link to /dev/null in tmp_path, so a
+    regression replaces the link, never the machine's device."""
+    null = tmp_path / "null"
+    null.symlink_to("/dev/null")
+    with replaced_atomically(null) as out:
+        out.write("email\nann@example.org\n")
+    assert null.is_symlink() and Path("/dev/null").is_char_device()
+    (tmp_path / "t.csv").write_text("old\n")
+    link = tmp_path / "link.csv"
+    link.symlink_to("t.csv")
+    with replaced_atomically(link) as out:
+        out.write("email\n")
+    assert link.is_symlink() and (tmp_path / "t.csv").read_text() == "email\n"
+
+
+def test_the_projects_own_files_are_refused(tmp_path: Path) -> None:
+    from dripmail.output_files import kept_files
+
+    for folder in ("course", "outbox"):
+        (tmp_path / folder).mkdir()
+    (tmp_path / "outbox" / "index.jsonl").write_text('{"to": "ann@example.org"}\n')
+    kept = kept_files("sqlite:///dripmail.db", tmp_path)
+    cases = {
+        tmp_path / "outbox" / "index.jsonl": "the outbox's files",
+        tmp_path / ".env": r"the project's settings file \(.env\)",
+        tmp_path / "course" / "new.md": r"the course's own files \(course/\)",
+    }
+    for target, said in cases.items():
+        with pytest.raises(InputError, match=said):
+            check_target(target, kept)
+    assert (tmp_path / "outbox" / "index.jsonl").read_text() == '{"to": "ann@example.org"}\n'
+
+
+def test_a_name_too_long_is_one_line_naming_it(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="File name too long; choose another path"):
+        check_target(tmp_path / ("x" * 300 + ".csv"))

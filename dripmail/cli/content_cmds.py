@@ -36,12 +36,12 @@ def render(
 ) -> None:
     """Write every email for a sample reader as .html, .txt and .eml, plus an index.html."""
     from dripmail.content import load_course
-    from dripmail.output_files import store_files
+    from dripmail.output_files import kept_files
     from dripmail.preview_files import write_preview
 
     course = load_course(state.project)
     folder = out if out.is_absolute() else state.root / out
-    keep = store_files(state.settings.database_url, state.root)
+    keep = kept_files(state.settings.database_url, state.root, state.settings.outbox_dir)
     written = write_preview(state.project, course, folder, keep)
     typer.echo(f"wrote {len(written)} emails to {folder}; open {folder / 'index.html'}")
 

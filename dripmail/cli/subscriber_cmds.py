@@ -487,14 +487,14 @@ def export(
     """
     import sys
 
-    from dripmail.output_files import store_files
+    from dripmail.output_files import kept_files
     from dripmail.subscriber_io import export_file, export_rows
 
     rows = _app().list_subscribers(status)
     if out is None:
         export_rows(rows, sys.stdout)
         return
-    keep = store_files(state.settings.database_url, state.root)
+    keep = kept_files(state.settings.database_url, state.root, state.settings.outbox_dir)
     count = export_file(rows, out, keep)
     typer.echo(f"exported {count} subscriber(s) to {out}", err=True)
 
