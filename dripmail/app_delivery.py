@@ -89,13 +89,14 @@ class RunResult:
 
 @dataclass(frozen=True)
 class DueBroadcast:
-    """A scheduled broadcast a real `run` at that time would send (what a dry run shows):
-    its id, file slug, segment and how many readers the segment has now."""
+    """A scheduled broadcast due at a dry run's time: its id, file slug, segment, how many
+    readers the segment has now, and why a real `run` would not send it (or "")."""
 
     id: int
     slug: str
     segment: str
     recipients: int
+    problem: str = ""  # why a real run would not send it now (one line), or ""
 
 
 @dataclass(frozen=True)
@@ -505,20 +506,30 @@ class DeliveryUseCases:
         return report
 
     def due_broadcasts(self, at: datetime | None = None) -> list[DueBroadcast]:
-        """The scheduled broadcasts whose time has come at `at` (default: now): what
-        `send_due_broadcasts` would send. Writes nothing."""
+        """The scheduled broadcasts whose time has come at `at` (default: now) and what
+        `send_due_broadcasts` would do with each: send it, or not and why
+        (`DueBroadcast.problem`, by the same checks). Writes nothing."""
         from dripmail import broadcast as bc
 
         now = at or self.clock()
-        return [
-            DueBroadcast(
-                row["id"],
-                row["slug"],
-                row["segment"],
-                bc.count_eligible(self.engine, row["segment"]),
-            )
-            for row in bc.due(self.engine, now)
-        ]
+        out = []
+        for row in bc.due(self.engine, now):
+            problem = ""
+            try:
+                self._due_newsletter(row)
+            except DripmailError as exc:
+                problem = _one_line(exc)
+            segment = row["segment"]
+            count = bc.count_eligible(self.engine, segment)
+            out.append(DueBroadcast(row["id"], row["slug"], segment, count, problem))
+        return out
+
+    def _due_newsletter(self, row: RowMapping) -> Newsletter:
+        """The file of a scheduled broadcast that is due, loaded as `run` sends it;
+        InputError/ContentError when it is missing or broken."""
+        from dripmail.content import load_newsletter
+
+        return load_newsletter(self.project, self.project.newsletters_dir / f"{row['slug']}.md")
 
     def send_due_broadcasts(self, at: datetime | None = None) -> list[ScheduledBroadcast]:
         """Send the scheduled broadcasts whose time has come (`run` calls this).
@@ -529,14 +540,12 @@ class DeliveryUseCases:
         the next run.
         """
         from dripmail import broadcast as bc
-        from dripmail.content import load_newsletter
 
         now = at or self.clock()
         out: list[ScheduledBroadcast] = []
         for row in bc.due(self.engine, now):
-            path = self.project.newsletters_dir / f"{row['slug']}.md"
             try:
-                newsletter = load_newsletter(self.project, path)
+                newsletter = self._due_newsletter(row)
                 # Edits before the start are sent as they are now; after the start, refused.
                 row = bc.open_broadcast(
                     self.engine, newsletter, row["segment"], now, row["scheduled_at"]

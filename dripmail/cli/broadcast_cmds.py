@@ -287,13 +287,16 @@ def list_() -> None:
             f"{row['id']:>4}  {_status(row):<11} {row['slug']:<32} {shown:<16}"
             f" {s.recipients:>10} {s.accepted:>9} {s.failed:>7}"
         )
-    from dripmail.broadcast import stopped
+    from dripmail.broadcast import INTERRUPTED, stopped
 
     for row, _ in rows:
-        if stopped(row):
+        why = stopped(row)
+        if why:
+            # Nothing to fix after a Ctrl-C: running it again is all there is to do.
+            then = "run it again" if why == INTERRUPTED else "fix it and run it again"
             typer.echo(
-                f"broadcast {row['id']} stopped: {visible(stopped(row))}; fix it and run it "
-                f"again (`{command_name()} broadcasts show {row['id']}` says how)"
+                f"broadcast {row['id']} stopped: {visible(why)}; {then} "
+                f"(`{command_name()} broadcasts show {row['id']}` says how)"
             )
 
 

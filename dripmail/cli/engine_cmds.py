@@ -85,10 +85,11 @@ def _print_report(report, now: datetime, dry_run: bool, broadcasts=()) -> None:
                 "again as the same batch, never blindly), whatever --limit says"
             )
         for due in broadcasts:
-            typer.echo(
-                f"and scheduled broadcast {due.id} ({visible(due.slug)}) to segment "
-                f"{due.segment}: {due.recipients} recipient(s)"
-            )
+            said = f"and scheduled broadcast {due.id} ({visible(due.slug)})"
+            if due.problem:
+                typer.echo(f"{said} would not be sent: {visible(due.problem)}")
+                continue
+            typer.echo(f"{said} to segment {due.segment}: {due.recipients} recipient(s)")
         typer.echo("nothing was written")
         return
     parts = [f"{report.sent} sent", f"{report.handed} scheduled at the provider"]

@@ -363,6 +363,24 @@ def test_rescheduling_without_segment_never_changes_who_gets_it(root: Path) -> N
     assert set(_outbox(root)) == {"p0@example.org", "p6@example.org", "p9@example.org"}
 
 
+def test_a_dry_run_says_a_due_broadcast_would_not_be_sent_when_its_file_is_broken(
+    root: Path,
+) -> None:
+    """The dry run said the broadcast would go out; the real run then refused its file."""
+    seed(open_store("sqlite:///dripmail.db", root), 10)
+    issue = root / "newsletters" / "hips.md"
+    scheduled = _cli(root, "broadcast", "newsletters/hips.md", "--schedule", "2099-01-01T09:00Z")
+    assert scheduled.returncode == 0, scheduled.stderr
+    issue.write_text(ISSUE.replace("preheader:", "segmnt: tag:desk\npreheader:"))
+    dry = _cli(root, "run", "--now", "2099-01-01T09:05Z", "--dry-run")
+    line = next(x for x in dry.stdout.splitlines() if "scheduled broadcast 1" in x)
+    assert line.startswith("and scheduled broadcast 1 (hips) would not be sent: ")
+    assert "segmnt: unknown field (did you mean 'segment'?)" in line
+    real = _cli(root, "run", "--now", "2099-01-01T09:05Z", "-q")
+    assert real.returncode == 3 and "scheduled broadcast 1 not sent: " in real.stdout
+    assert not _outbox(root)
+
+
 def test_schedule_run_then_list_and_show(root: Path) -> None:
     seed(open_store("sqlite:///dripmail.db", root), 10)
     out = _cli(root, "broadcast", "newsletters/hips.md", "--schedule", "2099-01-01T09:00+00:00")
@@ -629,7 +647,8 @@ def test_a_broadcast_stopped_by_a_template_error_says_so_why_and_what_to_do(root
 
 def test_a_scheduled_broadcast_stopped_by_a_template_error_is_shown_stopped(root: Path) -> None:
     seed(open_store("sqlite:///dripmail.db", root), 10)
-    assert _cli(root, "broadcast", "newsletters/hips.md", "--schedule", "2099-01-01T09:00Z")
+    scheduled = _cli(root, "broadcast", "newsletters/hips.md", "--schedule", "2099-01-01T09:00Z")
+    assert scheduled.returncode == 0, scheduled.stderr
     template = root / "emails" / "newsletter.txt.j2"
     good = template.read_text()
     template.write_text(good + "\n{% if %}\n")
