@@ -91,6 +91,10 @@ def load_settings(root: Path | None = None) -> Settings:
         raise ConfigError("invalid setting " + "; ".join(problems)) from None
 
 
+# What a setting's name looks like (DRIPMAIL_PROVIDER, POSTMARK_SERVER_TOKEN): upper case.
+_SETTING_NAME = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
+
+
 def check_env_file(path: Path) -> None:
     """ConfigError for the first line of a ``.env`` file that python-dotenv cannot read (its
     own parser, so what passes here is what it loads). The message names the file, the line
@@ -111,7 +115,8 @@ def check_env_file(path: Path) -> None:
             line += len(raw) - len(raw.lstrip("\n"))
             start = raw.strip().split("\n", 1)[0]
             name = re.split(r"[\s:=]", start, maxsplit=1)[0] if start else ""
-            starts = f" (it starts with {name})" if name else ""
+            # Only a setting's name is said: a token pasted at the start of a line is not.
+            starts = f" (it starts with {name})" if _SETTING_NAME.fullmatch(name) else ""
             raise ConfigError(
                 f"{path}:{line}: cannot read this line{starts}: write NAME=value, one setting "
                 "per line, quoting a value that has spaces or # in it"

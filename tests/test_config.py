@@ -78,3 +78,14 @@ def test_providers_check_warns_of_a_credential_for_another_provider(tmp_path: Pa
         "set DRIPMAIL_PROVIDER to the provider you mean to send with\n"
     )
     assert out.stdout.startswith("outbox: ")
+
+
+def test_a_token_pasted_at_the_start_of_a_line_is_never_shown(tmp_path: Path) -> None:
+    token = "c0ffee5e-cret-4b1d-t0ken-123456789abc"
+    (tmp_path / ".env").write_text(f"DRIPMAIL_PROVIDER=postmark\n{token} postmark\n")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(tmp_path)
+    assert str(caught.value) == (
+        f"{tmp_path / '.env'}:2: cannot read this line: write NAME=value, one setting per "
+        "line, quoting a value that has spaces or # in it"
+    )
