@@ -525,11 +525,25 @@ class DeliveryUseCases:
         return out
 
     def _due_newsletter(self, row: RowMapping) -> Newsletter:
-        """The file of a scheduled broadcast that is due, loaded as `run` sends it;
-        InputError/ContentError when it is missing or broken."""
+        """The file of a scheduled broadcast that is due, loaded as `run` sends it.
+
+        InputError/ContentError: the file is missing or broken, or (not started yet) its
+        `segment:` changed since it was scheduled (`file_segment`): who gets it is the
+        operator's call, never a silent change. An explicit `--segment` over a file left as
+        it was still goes to the segment chosen.
+        """
         from dripmail.content import load_newsletter
 
-        return load_newsletter(self.project, self.project.newsletters_dir / f"{row['slug']}.md")
+        path = self.project.newsletters_dir / f"{row['slug']}.md"
+        newsletter = load_newsletter(self.project, path)
+        then = row["file_segment"]
+        if row["started_at"] is None and then is not None and newsletter.segment != then:
+            raise InputError(
+                f"newsletters/{row['slug']}.md now says segment {newsletter.segment} (it said "
+                f"{then} when scheduled for {row['segment']}): schedule it again with "
+                f"--segment {newsletter.segment} or --segment {row['segment']}"
+            )
+        return newsletter
 
     def send_due_broadcasts(self, at: datetime | None = None) -> list[ScheduledBroadcast]:
         """Send the scheduled broadcasts whose time has come (`run` calls this).

@@ -279,6 +279,7 @@ def open_broadcast(
                     finished_at=None,
                     subject=newsletter.subject,
                     segment=segment,
+                    file_segment=newsletter.segment,
                     content_hash=digest,
                     scheduled_at=scheduled_at,
                 )
@@ -292,6 +293,7 @@ def open_broadcast(
                         slug=newsletter.slug,
                         subject=newsletter.subject,
                         segment=segment,
+                        file_segment=newsletter.segment,
                         status="scheduled",
                         scheduled_at=scheduled_at,
                         content_hash=digest,
@@ -308,6 +310,7 @@ def open_broadcast(
         changes = {
             "subject": newsletter.subject,
             "segment": segment,
+            "file_segment": newsletter.segment,
             "content_hash": digest,
             "scheduled_at": scheduled_at,
         }

@@ -219,6 +219,10 @@ broadcasts = Table(
     # The status stays what it was (scheduled or sending): running it again continues it.
     Column("stopped_reason", Text),
     Column("stopped_at", UTCDateTime),
+    # The file's own `segment:` when the row was last written (migration 0012): a file whose
+    # segment changed since it was scheduled is not sent to the stored one (`run` asks),
+    # while an explicit `--segment` (stored in `segment`) still wins over an unchanged file.
+    Column("file_segment", String(100)),
 )
 
 broadcast_deliveries = Table(

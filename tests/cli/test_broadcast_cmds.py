@@ -381,6 +381,33 @@ def test_a_dry_run_says_a_due_broadcast_would_not_be_sent_when_its_file_is_broke
     assert not _outbox(root)
 
 
+def test_a_file_whose_segment_changed_after_scheduling_is_not_sent_to_either(
+    root: Path,
+) -> None:
+    """Scheduled for everyone, then the file narrowed to tag:desk: `run` sent it to everyone
+    (the stored segment). An explicit --segment over an unchanged file still wins (the
+    rescheduling test above)."""
+    seed(open_store("sqlite:///dripmail.db", root), 10)  # desk: p0, p6, p9
+    issue = root / "newsletters" / "hips.md"
+    issue.write_text(ISSUE.replace("preheader:", "segment: all\npreheader:"))
+    schedule = ("broadcast", "newsletters/hips.md", "--schedule", "2099-01-01T09:00Z")
+    assert _cli(root, *schedule).returncode == 0
+    issue.write_text(ISSUE.replace("preheader:", "segment: tag:desk\npreheader:"))
+    why = (
+        "newsletters/hips.md now says segment tag:desk (it said all when scheduled for all): "
+        "schedule it again with --segment tag:desk or --segment all"
+    )
+    dry = _cli(root, "run", "--now", "2099-01-01T09:05Z", "--dry-run")
+    assert f"and scheduled broadcast 1 (hips) would not be sent: {why}\n" in dry.stdout
+    real = _cli(root, "run", "--now", "2099-01-01T09:05Z", "-q")
+    assert real.returncode == 3 and why in real.stdout, real.stdout + real.stderr
+    assert not _outbox(root)
+    again = _cli(root, *schedule[:3], "2099-01-02T09:00Z", "--segment", "tag:desk")
+    assert again.returncode == 0, again.stderr
+    assert _cli(root, "run", "--now", "2099-01-02T09:05Z", "-q").returncode == 0
+    assert set(_outbox(root)) == {"p0@example.org", "p6@example.org", "p9@example.org"}
+
+
 def test_schedule_run_then_list_and_show(root: Path) -> None:
     seed(open_store("sqlite:///dripmail.db", root), 10)
     out = _cli(root, "broadcast", "newsletters/hips.md", "--schedule", "2099-01-01T09:00+00:00")
