@@ -153,7 +153,14 @@ def show(email: str = typer.Argument(..., help="The subscriber's address.")) -> 
             f" = {when:%Y-%m-%d %H:%M} UTC{extra}"
         )
     if not found.lessons:
-        typer.echo("  none planned (pending confirmation?)")
+        # Why, by status: an imported reader who had unsubscribed has none, and never will.
+        why = {
+            "pending": " (not confirmed yet: lessons are planned when they confirm)",
+            "unsubscribed": " (unsubscribed: nothing more is sent)",
+            "bounced": " (bounced: nothing more is sent)",
+            "complained": " (complained: nothing more is sent)",
+        }.get(str(row["status"]), "")
+        typer.echo(f"  none planned{why}")
     typer.echo("Events")
     for e in found.events:
         # Stored text (a provider's words, a note typed by someone): one line each, always.

@@ -321,3 +321,16 @@ def test_ctrl_c_or_sigterm_during_an_import_says_how_far_it_got_and_a_rerun_cont
     final = run_cli(root, "subscribers", "import", "people.csv")
     assert final.returncode == 0
     assert final.stdout == f"added {total - inside}, already there {inside}, rejected 0\n"
+
+
+def test_show_says_why_a_reader_has_no_lessons(tmp_path: Path) -> None:
+    """An exported reader who had unsubscribed comes in with no lessons: `show` said
+    "pending confirmation?" for them."""
+    (tmp_path / "people.csv").write_text(
+        "email,status\nuna@example.org,unsubscribed\npia@example.org,pending\n"
+    )
+    assert _run(tmp_path, "subscribers", "import", "people.csv").returncode == 0
+    una = _run(tmp_path, "subscribers", "show", "una@example.org").stdout
+    assert "  none planned (unsubscribed: nothing more is sent)\n" in una
+    pia = _run(tmp_path, "subscribers", "show", "pia@example.org").stdout
+    assert "  none planned (not confirmed yet: lessons are planned when they confirm)\n" in pia
