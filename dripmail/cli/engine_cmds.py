@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time as wallclock
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -71,7 +72,7 @@ def _one_pass(
         return result
 
 
-def _print_report(report, now: datetime, dry_run: bool, broadcasts=()) -> None:
+def _print_report(report, now: datetime, dry_run: bool, broadcasts: Sequence[Any] = ()) -> None:
     if dry_run:
         typer.echo(f"dry run at {now:%Y-%m-%d %H:%M} UTC: {len(report.due)} lesson(s) would go out")
         for row in report.due[:50]:
