@@ -38,7 +38,9 @@ from dripmail.subscriber_io import ImportReport
 from dripmail.validation import (
     clean_name,
     normalise_email,
+    parse_send_time,
     parse_start_date,
+    parse_status,
     start_date_warning,
     validate_timezone,
     zone_note,
@@ -799,16 +801,8 @@ def _note(conn: Any, subscriber_id: int, kind: str, detail: str, now: datetime) 
 
 
 def _status(value: str) -> str:
-    try:
-        return SubscriberStatus(value).value
-    except ValueError:
-        names = ", ".join(s.value for s in SubscriberStatus)
-        raise InputError(f"--status {value[:20]!r} is not a status: use one of {names}") from None
+    return parse_status(value, "--status").value
 
 
 def _parse_send_time(value: str) -> str:
-    try:
-        parsed = time.fromisoformat(value.strip())
-    except ValueError:
-        raise InputError(f"send time: {value[:20]!r} is not a time like 07:00") from None
-    return parsed.strftime("%H:%M")
+    return parse_send_time(value, "send time")

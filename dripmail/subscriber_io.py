@@ -53,7 +53,9 @@ from dripmail.validation import (
     clean_name,
     normalise_email,
     normalise_tags,
+    parse_send_time,
     parse_start_date,
+    parse_status,
     start_date_warning,
     validate_timezone,
     zone_note,
@@ -394,17 +396,9 @@ _NO = frozenset({"no", "n", "false", "0", "off"})
 
 def _status_of(cell: str) -> SubscriberStatus | None:
     """The `status` cell: None when empty (the import decides), else a known status."""
-    given = cell.strip().lower()
-    if not given:
+    if not cell.strip():
         return None
-    try:
-        return SubscriberStatus(given)
-    except ValueError:
-        names = ", ".join(s.value for s in SubscriberStatus)
-        raise InputError(
-            f"status: {cell.strip()[:30]!r} is not a status dripmail knows: use one of {names}, "
-            "or leave it empty (active)"
-        ) from None
+    return parse_status(cell, "status:", ", or leave it empty (active)")
 
 
 def _flag_of(cell: str) -> bool:
@@ -419,15 +413,9 @@ def _flag_of(cell: str) -> bool:
 
 def _send_time_of(cell: str) -> str | None:
     """The `send_time` cell as "HH:MM" (None when empty: the course's send time)."""
-    given = cell.strip()
-    if not given:
+    if not cell.strip():
         return None
-    try:
-        return time.fromisoformat(given).strftime("%H:%M")
-    except ValueError:
-        raise InputError(
-            f"send_time: {given[:30]!r} is not a local time like 07:00 (or leave it empty)"
-        ) from None
+    return parse_send_time(cell, "send_time", " (or leave it empty)")
 
 
 # The cells most files repeat on every row (a zone, a start date, a tag list) are checked once

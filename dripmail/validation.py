@@ -10,14 +10,18 @@ from __future__ import annotations
 import difflib
 import re
 import unicodedata
-from datetime import date, timedelta
+from datetime import date, time, timedelta
 from functools import lru_cache
 from importlib import resources
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo, available_timezones
 
 from email_validator import EmailNotValidError, validate_email
 
 from dripmail.errors import InputError
+
+if TYPE_CHECKING:
+    from dripmail.states import SubscriberStatus
 
 MAX_NAME = 100
 MAX_EMAIL = 320
@@ -307,6 +311,31 @@ def scrub_addresses(text: str) -> str:
 # terminal when `subscribers show` prints it), and the text-direction embeddings, overrides and
 # isolates (U+202A-202E, U+2066-2069), which make a note read in another order than stored.
 _NOT_ON_ONE_LINE = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def parse_send_time(value: str, label: str, hint: str = "") -> str:
+    """A reader's local send time ("7:00", "07:00:00") as stored, "HH:MM"; InputError naming
+    `label` (the field or option) and ending with `hint` otherwise."""
+    given = value.strip()
+    try:
+        return time.fromisoformat(given).strftime("%H:%M")
+    except ValueError:
+        raise InputError(f"{label}: {given[:30]!r} is not a local time like 07:00{hint}") from None
+
+
+def parse_status(value: str, label: str, hint: str = "") -> SubscriberStatus:
+    """A subscriber status given by name (any case); InputError naming `label` and listing
+    the statuses, ending with `hint`, otherwise."""
+    from dripmail.states import SubscriberStatus
+
+    given = value.strip()
+    try:
+        return SubscriberStatus(given.lower())
+    except ValueError:
+        names = ", ".join(s.value for s in SubscriberStatus)
+        raise InputError(
+            f"{label} {given[:30]!r} is not a status dripmail knows: use one of {names}{hint}"
+        ) from None
 
 
 def one_line(value: str, option: str) -> str:
